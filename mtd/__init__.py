@@ -1,0 +1,8 @@
+"""Flash access: the Flash protocol, Linux MTD devices (cffi) and a flash simulator."""
+from mtd.errors import FlashOpenError, FlashViolation, MtdError
+from mtd.flash import Bitflips, Flash, FlashType, Geometry, Stats
+from mtd.locate import open_flash
+from mtd.sim import SimFlash
+
+__all__ = ["Bitflips", "Flash", "FlashOpenError", "FlashType", "FlashViolation", "Geometry",
+           "MtdError", "SimFlash", "Stats", "open_flash"]

@@ -1,0 +1,136 @@
+"""The Flash protocol: what the snapshot package may ask of a flash device.
+
+Two implementations exist, `mtd.device.MtdDevice` (Linux MTD character devices) and
+`mtd.sim.SimFlash` (a file-backed simulator). Nothing above this protocol knows which one
+it holds. Offsets and lengths are bytes from the start of the partition.
+"""
+import errno
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from mtd.errors import MtdError
+
+
+class FlashType(StrEnum):
+    NOR = "nor"
+    NAND = "nand"
+    MLC_NAND = "mlc-nand"
+    RAM = "ram"
+    ROM = "rom"
+    DATAFLASH = "dataflash"
+    UBI = "ubi"
+    ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    type: FlashType
+    size: int
+    erasesize: int
+    writesize: int
+    oobsize: int
+    flags: int = 0
+
+    @property
+    def blocks(self) -> int:
+        return self.size // self.erasesize
+
+    @property
+    def is_nand(self) -> bool:
+        return self.type in (FlashType.NAND, FlashType.MLC_NAND)
+
+    def block_offset(self, block: int) -> int:
+        return block * self.erasesize
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"type": str(self.type), "blocks": self.blocks}
+
+
+@dataclass(frozen=True)
+class Bitflips:
+    """ECC events seen during one read: `corrected` flips (data is right, the block should be
+    rewritten soon) and `uncorrectable` ones (the data returned is wrong)."""
+    corrected: int = 0
+    uncorrectable: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.corrected or self.uncorrectable)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Wear and traffic figures. None where the backend does not keep the figure (the kernel
+    counts ECC events and bad blocks, but not programs, erases or bytes)."""
+    programs: int | None
+    erases: int | None
+    bytes_programmed: int | None
+    bytes_read: int | None
+    erase_counts: list[int] | None
+    ecc_corrected: int | None
+    ecc_failed: int | None
+    bad_blocks: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Flash(Protocol):
+    name: str
+    geometry: Geometry
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes as stored; ECC events are hidden (see read_ecc)."""
+
+    def read_ecc(self, offset: int, length: int) -> tuple[bytes, Bitflips]:
+        """Bytes plus the ECC events this read caused."""
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Program bytes. Offset and length must be multiples of writesize (MtdError EINVAL).
+        A failing block raises MtdError EIO; the caller decides whether to mark it bad."""
+
+    def erase(self, offset: int, length: int) -> None:
+        """Erase whole blocks to 0xFF. A failing block raises MtdError EIO."""
+
+    def is_bad(self, block: int) -> bool: ...
+
+    def mark_bad(self, block: int) -> None: ...
+
+    def stats(self) -> Stats: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Flash": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+def check_span(name: str, geometry: Geometry, operation: str, offset: int, length: int) -> None:
+    """Refuse a request outside the device, as the kernel does (EINVAL)."""
+    if offset < 0 or length < 0 or offset + length > geometry.size:
+        raise MtdError(errno.EINVAL, name, operation, offset,
+                       f"{length} bytes do not fit in a {geometry.size}-byte device")
+
+
+def check_write(name: str, geometry: Geometry, offset: int, length: int) -> None:
+    """Programs must start and end on a page boundary; the kernel answers EINVAL otherwise,
+    with no hint why, so the reason is spelled out here before the kernel sees the request."""
+    check_span(name, geometry, "write", offset, length)
+    if offset % geometry.writesize or length % geometry.writesize:
+        raise MtdError(errno.EINVAL, name, "write", offset,
+                       f"{length} bytes at 0x{offset:x} are not aligned to the "
+                       f"{geometry.writesize}-byte page")
+
+
+def check_erase(name: str, geometry: Geometry, offset: int, length: int) -> None:
+    check_span(name, geometry, "erase", offset, length)
+    if offset % geometry.erasesize or length % geometry.erasesize:
+        raise MtdError(errno.EINVAL, name, "erase", offset,
+                       f"{length} bytes at 0x{offset:x} are not whole "
+                       f"{geometry.erasesize}-byte erase blocks")
+
+
+def check_block(name: str, geometry: Geometry, operation: str, block: int) -> None:
+    if not 0 <= block < geometry.blocks:
+        raise MtdError(errno.EINVAL, name, operation, None,
+                       f"block {block} is outside 0..{geometry.blocks - 1}")

@@ -1,0 +1,380 @@
+"""A file-backed flash simulator that implements the Flash protocol and enforces flash physics.
+
+The image file holds exactly `size` bytes, so the same bytes can go to a real device, to
+block2mtd or to nandsim. A sidecar file next to it (IMAGE.sim.json) holds the geometry, bad
+blocks, injected faults, which NAND pages are programmed, and wear counters, so that state
+carries over from one process to the next.
+
+Rules enforced (a violation raises FlashViolation, a bug in the caller):
+- NOR: a program may only clear bits (1 -> 0); only an erase sets them again.
+- NAND: a page is programmed at most once between two erases of its block.
+Rules the kernel enforces too (raise MtdError, as the kernel would):
+- programs aligned to the page (EINVAL); erases of whole blocks (EINVAL);
+- erasing or programming a bad or worn-out block fails with EIO.
+
+Faults: factory bad blocks; blocks that wear out after N erases; bit flips on read, corrected
+(reported, data intact) or uncorrectable (reported, data wrong); and power cuts:
+
+Power-cut contract. With MTDSIM_POWERCUT_AFTER=N in the environment, the N-th program or
+block erase this process issues on any simulated device is torn: a program lands only partly
+(a prefix is written; on NAND the page being programmed gets unspecified bytes), an erase
+leaves its block partly erased with unspecified contents in the rest. The image and sidecar
+are then flushed and the process exits at once with status 99 (os._exit: no finally blocks,
+no atexit handlers). MTDSIM_SEED=S makes the torn contents reproducible.
+"""
+import base64
+import errno
+import fcntl
+import json
+import os
+import random
+import zlib
+from pathlib import Path
+
+from mtd.errors import FlashOpenError, FlashViolation, MtdError
+from mtd.flash import (Bitflips, FlashType, Geometry, Stats, check_block, check_erase,
+                       check_span, check_write)
+
+SIDECAR_SUFFIX = ".sim.json"
+SIDECAR_FORMAT = "snapshot-flash-sim/1"
+POWERCUT_EXIT_STATUS = 99
+CORRECTED = "corrected"
+UNCORRECTABLE = "uncorrectable"
+
+_COUNTERS = ("programs", "erases", "bytes_programmed", "bytes_read", "ecc_corrected",
+             "ecc_failed")
+
+# Program and erase operations issued by this process on any simulated device, for the
+# power-cut contract ("the N-th operation that the process issues").
+_operations_issued = 0
+
+
+def sidecar_path(image: str | Path) -> Path:
+    return Path(f"{image}{SIDECAR_SUFFIX}")
+
+
+def is_sim_image(path: str | Path) -> bool:
+    return sidecar_path(path).is_file()
+
+
+def _pack_bits(bits: bytearray) -> str:
+    return base64.b64encode(zlib.compress(bytes(bits))).decode()
+
+
+def _unpack_bits(text: str) -> bytearray:
+    return bytearray(zlib.decompress(base64.b64decode(text)))
+
+
+class SimFlash:
+    """A simulated flash device backed by IMAGE and IMAGE.sim.json.
+
+    Opened read-only unless `writable`. After any error other than a power cut the image
+    holds exactly what the device would: the failed operation's effect is what real flash
+    leaves (see each method).
+    """
+
+    @classmethod
+    def create(cls, image: str | Path, geometry: Geometry, bad_blocks=(),
+               wear_limits: dict[int, int] | None = None,
+               bitflips: dict[int, str] | None = None) -> None:
+        """Write an erased image and its sidecar. `bad_blocks` are factory bad blocks;
+        `wear_limits` maps a block to the erase count at which it wears out; `bitflips` maps
+        a byte offset to CORRECTED or UNCORRECTABLE (cleared when its block is erased)."""
+        validate_geometry(geometry)
+        for block in bad_blocks:
+            if not 0 <= block < geometry.blocks:
+                raise ValueError(f"bad block {block} is outside 0..{geometry.blocks - 1}")
+        if bad_blocks and not geometry.is_nand:
+            raise ValueError("only NAND flash has bad blocks")
+        image = Path(image)
+        with open(image, "wb") as f:
+            chunk = b"\xff" * geometry.erasesize
+            for _ in range(geometry.blocks):
+                f.write(chunk)
+        pages = geometry.size // geometry.writesize if geometry.is_nand else 0
+        state = {
+            "format": SIDECAR_FORMAT,
+            "geometry": {"type": str(geometry.type), "size": geometry.size,
+                         "erasesize": geometry.erasesize, "writesize": geometry.writesize,
+                         "oobsize": geometry.oobsize},
+            "factory_bad_blocks": sorted(set(bad_blocks)),
+            "bad_blocks": sorted(set(bad_blocks)),
+            "wear_limits": {str(b): n for b, n in (wear_limits or {}).items()},
+            "bitflips": {str(o): k for o, k in (bitflips or {}).items()},
+            "programmed_pages": _pack_bits(bytearray((pages + 7) // 8)),
+            "erase_counts": [0] * geometry.blocks,
+            "stats": dict.fromkeys(_COUNTERS, 0),
+        }
+        sidecar_path(image).write_text(json.dumps(state))
+
+    def __init__(self, image: str | Path, writable: bool = False):
+        self.name = str(image)
+        self.writable = writable
+        self._sidecar = sidecar_path(image)
+        try:
+            state = json.loads(self._sidecar.read_text())
+            if state.get("format") != SIDECAR_FORMAT:
+                raise ValueError(f"unknown sidecar format {state.get('format')!r}")
+            g = state["geometry"]
+            self.geometry = Geometry(type=FlashType(g["type"]), size=g["size"],
+                                     erasesize=g["erasesize"], writesize=g["writesize"],
+                                     oobsize=g["oobsize"])
+        except FileNotFoundError:
+            raise FlashOpenError(f"{image}: not a simulated flash image "
+                                 f"(no sidecar {self._sidecar.name})") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise FlashOpenError(f"{self._sidecar}: damaged simulator sidecar ({e})") from None
+        try:
+            self._fd = os.open(image, os.O_RDWR if writable else os.O_RDONLY)
+        except FileNotFoundError:
+            raise FlashOpenError(f"{image}: no such image") from None
+        except PermissionError:
+            raise FlashOpenError(f"{image}: permission denied") from None
+        if os.fstat(self._fd).st_size != self.geometry.size:
+            os.close(self._fd)
+            raise FlashOpenError(f"{image}: image is not {self.geometry.size} bytes long")
+        self._state = state
+        self._bad = set(state["bad_blocks"])
+        self._wear_limits = {int(b): n for b, n in state["wear_limits"].items()}
+        self._bitflips = {int(o): k for o, k in state["bitflips"].items()}
+        self._programmed = _unpack_bits(state["programmed_pages"])
+        self._erase_counts = list(state["erase_counts"])
+        self._delta = dict.fromkeys(_COUNTERS, 0)
+        self._erase_delta = [0] * self.geometry.blocks
+        self._mutated = False
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.read_ecc(offset, length)[0]
+
+    def read_ecc(self, offset: int, length: int) -> tuple[bytes, Bitflips]:
+        check_span(self.name, self.geometry, "read", offset, length)
+        data = os.pread(self._fd, length, offset)
+        corrected = failed = 0
+        for flip_at, kind in self._bitflips.items():
+            if offset <= flip_at < offset + length:
+                if kind == UNCORRECTABLE:
+                    data = bytearray(data) if isinstance(data, bytes) else data
+                    data[flip_at - offset] ^= 0x01
+                    failed += 1
+                else:
+                    corrected += 1
+        self._count(bytes_read=length, ecc_corrected=corrected, ecc_failed=failed)
+        return bytes(data), Bitflips(corrected, failed)
+
+    # -- programming and erasing -----------------------------------------------------------
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Program `data`. On EIO (bad or worn-out block) nothing is programmed."""
+        self._check_writable("write", offset)
+        g = self.geometry
+        check_write(self.name, g, offset, len(data))
+        for block in range(offset // g.erasesize, (offset + len(data) - 1) // g.erasesize + 1):
+            self._check_usable(block, "write", offset)
+        current = os.pread(self._fd, len(data), offset)
+        if g.is_nand:
+            for page in self._pages(offset, len(data)):
+                if self._page_programmed(page):
+                    raise FlashViolation(
+                        f"{self.name}: NAND page {page} (0x{page * g.writesize:x}) programmed "
+                        f"twice without an erase of block {page * g.writesize // g.erasesize}")
+        else:
+            wanted = int.from_bytes(data, "big")
+            if wanted & ~int.from_bytes(current, "big") & ((1 << (8 * len(data))) - 1):
+                raise FlashViolation(
+                    f"{self.name}: NOR program at 0x{offset:x} would set bits from 0 to 1; "
+                    f"only an erase can do that")
+        if self._power_cut_now():
+            self._tear_program(offset, data, current)
+        self._program(offset, data)
+        self._count(programs=1, bytes_programmed=len(data))
+
+    def erase(self, offset: int, length: int) -> None:
+        """Erase whole blocks, one at a time (each is one operation for the power-cut
+        counter). A worn-out block fails with EIO and is left partly erased."""
+        self._check_writable("erase", offset)
+        check_erase(self.name, self.geometry, offset, length)
+        for start in range(offset, offset + length, self.geometry.erasesize):
+            block = start // self.geometry.erasesize
+            self._check_usable(block, "erase", start)
+            if self._power_cut_now():
+                self._tear_erase(block)
+            self._erase_block(block)
+
+    def _check_writable(self, operation: str, offset: int) -> None:
+        if not self.writable:
+            raise MtdError(errno.EBADF, self.name, operation, offset, "device opened read-only")
+
+    def _check_usable(self, block: int, operation: str, offset: int) -> None:
+        # The kernel refuses to erase a block marked bad with EIO; a failing chip answers a
+        # program or erase of a worn-out block with an EIO status.
+        if block in self._bad:
+            raise MtdError(errno.EIO, self.name, operation, offset, f"block {block} is bad")
+        limit = self._wear_limits.get(block)
+        if limit is not None and self._erase_counts[block] >= limit:
+            if operation == "erase":
+                self._mutated = True
+                self._garble(block, self._rng())
+            raise MtdError(errno.EIO, self.name, operation, offset,
+                           f"block {block} failed (worn out after {limit} erases)")
+
+    def _pages(self, offset: int, length: int) -> range:
+        ws = self.geometry.writesize
+        return range(offset // ws, (offset + length) // ws)
+
+    def _page_programmed(self, page: int) -> bool:
+        return bool(self._programmed[page >> 3] & (1 << (page & 7)))
+
+    def _set_pages(self, pages: range, programmed: bool) -> None:
+        for page in pages:
+            if programmed:
+                self._programmed[page >> 3] |= 1 << (page & 7)
+            else:
+                self._programmed[page >> 3] &= ~(1 << (page & 7))
+
+    def _program(self, offset: int, data: bytes) -> None:
+        self._mutated = True
+        os.pwrite(self._fd, data, offset)
+        if self.geometry.is_nand:
+            self._set_pages(self._pages(offset, len(data)), True)
+
+    def _erase_block(self, block: int) -> None:
+        g = self.geometry
+        start = g.block_offset(block)
+        self._mutated = True
+        os.pwrite(self._fd, b"\xff" * g.erasesize, start)
+        if g.is_nand:
+            self._set_pages(self._pages(start, g.erasesize), False)
+        self._bitflips = {o: k for o, k in self._bitflips.items()
+                          if not start <= o < start + g.erasesize}
+        self._erase_counts[block] += 1
+        self._erase_delta[block] += 1
+        self._count(erases=1)
+
+    def _garble(self, block: int, rng: random.Random) -> None:
+        """Leave `block` partly erased: a prefix reads 0xFF, the rest is the old contents
+        with random bits set (erasing only ever sets bits). NAND pages count as programmed
+        until the next complete erase, because their state is unknown."""
+        g = self.geometry
+        start = g.block_offset(block)
+        old = os.pread(self._fd, g.erasesize, start)
+        cut = rng.randrange(g.erasesize)
+        noise = rng.randbytes(g.erasesize - cut)
+        rest = bytes(a | b for a, b in zip(old[cut:], noise))
+        os.pwrite(self._fd, b"\xff" * cut + rest, start)
+        if g.is_nand:
+            self._set_pages(self._pages(start, g.erasesize), True)
+
+    # -- power cuts ------------------------------------------------------------------------
+
+    def _power_cut_now(self) -> bool:
+        global _operations_issued
+        _operations_issued += 1
+        after = os.environ.get("MTDSIM_POWERCUT_AFTER")
+        return after is not None and _operations_issued == int(after)
+
+    def _rng(self) -> random.Random:
+        seed = os.environ.get("MTDSIM_SEED")
+        return random.Random(f"{seed}:{_operations_issued}" if seed is not None else None)
+
+    def _tear_program(self, offset: int, data: bytes, current: bytes) -> None:
+        rng = self._rng()
+        g = self.geometry
+        if g.is_nand:
+            torn = rng.randrange(len(data) // g.writesize) * g.writesize
+            if torn:
+                self._program(offset, data[:torn])
+            self._program(offset + torn, rng.randbytes(g.writesize))
+        else:
+            cut = rng.randrange(len(data))
+            # The byte being programmed when power failed has only some of its bits cleared.
+            partial = current[cut] & (data[cut] | rng.randrange(256))
+            self._program(offset, data[:cut] + bytes([partial]))
+        self._die()
+
+    def _tear_erase(self, block: int) -> None:
+        self._garble(block, self._rng())
+        self._die()
+
+    def _die(self) -> None:
+        self._save()
+        os._exit(POWERCUT_EXIT_STATUS)
+
+    # -- bad blocks, statistics, persistence -----------------------------------------------
+
+    def is_bad(self, block: int) -> bool:
+        check_block(self.name, self.geometry, "is_bad", block)
+        return block in self._bad
+
+    def mark_bad(self, block: int) -> None:
+        check_block(self.name, self.geometry, "mark_bad", block)
+        self._check_writable("mark_bad", self.geometry.block_offset(block))
+        if not self.geometry.is_nand:
+            raise MtdError(errno.EOPNOTSUPP, self.name, "mark_bad", None,
+                           "NOR flash keeps no bad block table")
+        self._bad.add(block)
+        self._mutated = True
+        self._save()
+
+    def bad_blocks(self) -> list[int]:
+        return sorted(self._bad)
+
+    def _count(self, **amounts: int) -> None:
+        for key, amount in amounts.items():
+            self._delta[key] += amount
+
+    def stats(self) -> Stats:
+        base = self._state["stats"]
+        total = {k: base[k] + self._delta[k] for k in _COUNTERS}
+        return Stats(erase_counts=list(self._erase_counts), bad_blocks=len(self._bad), **total)
+
+    def _save(self) -> None:
+        """Merge this process's counters into the sidecar, and its flash state if it changed
+        any. Locked, so readers running beside a writer lose no counts."""
+        with open(self._sidecar, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            state = json.load(f)
+            for key in _COUNTERS:
+                state["stats"][key] += self._delta[key]
+            state["erase_counts"] = [a + b for a, b in
+                                     zip(state["erase_counts"], self._erase_delta)]
+            if self._mutated:
+                state["bad_blocks"] = sorted(self._bad)
+                state["bitflips"] = {str(o): k for o, k in self._bitflips.items()}
+                state["programmed_pages"] = _pack_bits(self._programmed)
+            f.seek(0)
+            f.truncate()
+            json.dump(state, f)
+        self._state = state
+        self._erase_counts = list(state["erase_counts"])
+        self._delta = dict.fromkeys(_COUNTERS, 0)
+        self._erase_delta = [0] * self.geometry.blocks
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._save()
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "SimFlash":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def validate_geometry(g: Geometry) -> None:
+    """Refuse geometries no chip has, with the reason."""
+    if g.type not in (FlashType.NOR, FlashType.NAND):
+        raise ValueError(f"the simulator models NOR and NAND flash, not {g.type}")
+    for name in ("size", "erasesize", "writesize"):
+        if getattr(g, name) <= 0:
+            raise ValueError(f"{name} must be positive")
+    if g.size % g.erasesize:
+        raise ValueError(f"size {g.size} is not a multiple of the erase size {g.erasesize}")
+    if g.erasesize % g.writesize:
+        raise ValueError(f"erase size {g.erasesize} is not a multiple of the page size "
+                         f"{g.writesize}")
+    if g.oobsize < 0:
+        raise ValueError("oob size must not be negative")

@@ -1,0 +1,16 @@
+from setuptools import setup
+
+setup(
+    name="snapshot",
+    version="0.1.0",
+    description="Power-cut-safe snapshots of OpenWrt overlay state on raw MTD flash",
+    license="GPL-2.0-or-later",
+    python_requires=">=3.11",
+    packages=["snapshot", "mtd"],
+    package_data={"mtd": ["mtd_abi.h"]},
+    setup_requires=["cffi>=1.15"],
+    cffi_modules=["mtd/build_abi.py:ffibuilder"],
+    install_requires=["click>=8.0", "cffi>=1.15", "crcmod-plus>=2.0"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["snapshot = snapshot.cli:main"]},
+)

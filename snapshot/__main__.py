@@ -1,0 +1,3 @@
+from snapshot.cli import main
+
+main()
