@@ -75,7 +75,13 @@ def main(ctx, device):
 
 @main.group()
 def flash():
-    """Inspect flash devices and create simulated ones."""
+    """Inspect flash devices and create simulated ones.
+
+    \b
+    Example:
+      snapshot flash create /tmp/flash.img --type nand --size 64M --erase-size 128K
+      snapshot --device /tmp/flash.img flash info
+    """
 
 
 @flash.command("create")

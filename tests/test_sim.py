@@ -1,0 +1,218 @@
+"""The flash simulator enforces flash physics and injects the faults real chips have."""
+import errno
+
+import pytest
+
+from mtd import FlashType, FlashViolation, Geometry, MtdError, SimFlash
+from mtd.errors import FlashOpenError
+from mtd.sim import CORRECTED, UNCORRECTABLE
+
+KIB = 1024
+NOR = Geometry(FlashType.NOR, 256 * KIB, 64 * KIB, 1, 0)
+NAND = Geometry(FlashType.NAND, 1024 * KIB, 128 * KIB, 2048, 64)
+
+
+def make(tmp_path, geometry, **faults) -> str:
+    image = tmp_path / f"{geometry.type}.img"
+    SimFlash.create(image, geometry, **faults)
+    return str(image)
+
+
+def test_image_is_a_raw_erased_file_of_exactly_size_bytes(tmp_path):
+    image = make(tmp_path, NAND)
+    data = open(image, "rb").read()
+    assert len(data) == NAND.size and data == b"\xff" * NAND.size
+
+
+def test_programmed_bytes_land_at_their_offset_in_the_image(tmp_path):
+    image = make(tmp_path, NAND)
+    with SimFlash(image, writable=True) as f:
+        f.write(4096, b"A" * 2048)
+    assert open(image, "rb").read()[4096:6144] == b"A" * 2048
+
+
+def test_erase_sets_every_byte_of_the_block_to_ff(tmp_path):
+    with SimFlash(make(tmp_path, NOR), writable=True) as f:
+        f.write(64 * KIB, b"\x00" * 100)
+        f.erase(64 * KIB, 64 * KIB)
+        assert f.read(64 * KIB, 64 * KIB) == b"\xff" * (64 * KIB)
+
+
+def test_nor_program_may_clear_bits(tmp_path):
+    with SimFlash(make(tmp_path, NOR), writable=True) as f:
+        f.write(10, b"\x0f")
+        f.write(10, b"\x07")
+        assert f.read(10, 1) == b"\x07"
+
+
+def test_nor_program_that_would_set_a_bit_is_refused(tmp_path):
+    with SimFlash(make(tmp_path, NOR), writable=True) as f:
+        f.write(10, b"\x0f")
+        with pytest.raises(FlashViolation, match="set bits from 0 to 1"):
+            f.write(10, b"\xf0")
+        assert f.read(10, 1) == b"\x0f"
+
+
+@pytest.mark.parametrize("offset,length", [(1, 2048), (0, 100), (2048, 2049)])
+def test_nand_program_must_be_page_aligned(tmp_path, offset, length):
+    with SimFlash(make(tmp_path, NAND), writable=True) as f:
+        with pytest.raises(MtdError, match="not aligned to the 2048-byte page") as e:
+            f.write(offset, b"\0" * length)
+        assert e.value.errno == errno.EINVAL
+
+
+def test_nand_page_programmed_twice_without_erase_is_refused(tmp_path):
+    with SimFlash(make(tmp_path, NAND), writable=True) as f:
+        f.write(0, b"\xff" * 2048)
+        with pytest.raises(FlashViolation, match="programmed twice"):
+            f.write(0, b"\x00" * 2048)
+
+
+def test_nand_page_may_be_programmed_again_after_its_block_is_erased(tmp_path):
+    with SimFlash(make(tmp_path, NAND), writable=True) as f:
+        f.write(0, b"\x01" * 2048)
+        f.erase(0, 128 * KIB)
+        f.write(0, b"\x02" * 2048)
+        assert f.read(0, 2048) == b"\x02" * 2048
+
+
+def test_programmed_pages_are_remembered_by_the_next_process(tmp_path):
+    image = make(tmp_path, NAND)
+    with SimFlash(image, writable=True) as f:
+        f.write(2048, b"\xff" * 2048)
+    with SimFlash(image, writable=True) as f:
+        with pytest.raises(FlashViolation):
+            f.write(2048, b"\x00" * 2048)
+
+
+def test_erase_must_cover_whole_blocks(tmp_path):
+    with SimFlash(make(tmp_path, NAND), writable=True) as f:
+        with pytest.raises(MtdError, match="not whole 131072-byte erase blocks"):
+            f.erase(2048, 128 * KIB)
+
+
+def test_access_beyond_the_device_is_refused(tmp_path):
+    with SimFlash(make(tmp_path, NOR), writable=True) as f:
+        with pytest.raises(MtdError, match="do not fit"):
+            f.read(NOR.size - 1, 2)
+
+
+def test_factory_bad_blocks_are_reported(tmp_path):
+    with SimFlash(make(tmp_path, NAND, bad_blocks=[3])) as f:
+        assert [b for b in range(NAND.blocks) if f.is_bad(b)] == [3]
+
+
+@pytest.mark.parametrize("operation", ["erase", "write"])
+def test_erase_or_program_of_a_bad_block_fails_with_eio(tmp_path, operation):
+    with SimFlash(make(tmp_path, NAND, bad_blocks=[3]), writable=True) as f:
+        start = 3 * 128 * KIB
+        with pytest.raises(MtdError, match="block 3 is bad") as e:
+            if operation == "erase":
+                f.erase(start, 128 * KIB)
+            else:
+                f.write(start, b"\0" * 2048)
+        assert e.value.errno == errno.EIO
+
+
+def test_a_block_marked_bad_stays_bad_for_the_next_process(tmp_path):
+    image = make(tmp_path, NAND)
+    with SimFlash(image, writable=True) as f:
+        f.mark_bad(6)
+    with SimFlash(image) as f:
+        assert f.is_bad(6) and f.bad_blocks() == [6]
+
+
+def test_nor_keeps_no_bad_block_table(tmp_path):
+    with SimFlash(make(tmp_path, NOR), writable=True) as f:
+        assert not f.is_bad(0)
+        with pytest.raises(MtdError) as e:
+            f.mark_bad(0)
+        assert e.value.errno == errno.EOPNOTSUPP
+
+
+def test_block_fails_with_eio_once_worn_out(tmp_path):
+    with SimFlash(make(tmp_path, NAND, wear_limits={2: 2}), writable=True) as f:
+        start = 2 * 128 * KIB
+        f.erase(start, 128 * KIB)
+        f.erase(start, 128 * KIB)
+        with pytest.raises(MtdError, match="worn out") as e:
+            f.erase(start, 128 * KIB)
+        assert e.value.errno == errno.EIO
+        with pytest.raises(MtdError, match="worn out"):
+            f.write(start, b"\0" * 2048)
+
+
+def test_corrected_bitflip_is_reported_and_data_is_intact(tmp_path):
+    with SimFlash(make(tmp_path, NAND, bitflips={100: CORRECTED})) as f:
+        data, flips = f.read_ecc(0, 2048)
+        assert data == b"\xff" * 2048
+        assert (flips.corrected, flips.uncorrectable) == (1, 0)
+        assert f.stats().ecc_corrected == 1
+
+
+def test_uncorrectable_bitflip_is_reported_and_data_is_wrong(tmp_path):
+    with SimFlash(make(tmp_path, NAND, bitflips={100: UNCORRECTABLE})) as f:
+        data, flips = f.read_ecc(0, 2048)
+        assert data[100] != 0xFF and data[:100] == b"\xff" * 100
+        assert (flips.corrected, flips.uncorrectable) == (0, 1)
+        assert f.stats().ecc_failed == 1
+
+
+def test_read_outside_a_bitflip_reports_nothing(tmp_path):
+    with SimFlash(make(tmp_path, NAND, bitflips={100: UNCORRECTABLE})) as f:
+        assert not f.read_ecc(2048, 2048)[1]
+
+
+def test_erasing_a_block_clears_its_bitflips(tmp_path):
+    with SimFlash(make(tmp_path, NAND, bitflips={100: UNCORRECTABLE}), writable=True) as f:
+        f.erase(0, 128 * KIB)
+        assert not f.read_ecc(0, 2048)[1]
+
+
+def test_statistics_count_programs_erases_and_bytes(tmp_path):
+    with SimFlash(make(tmp_path, NAND), writable=True) as f:
+        f.erase(128 * KIB, 256 * KIB)
+        f.write(128 * KIB, b"\0" * 4096)
+        f.read(0, 1000)
+        s = f.stats()
+    assert (s.programs, s.erases, s.bytes_programmed, s.bytes_read) == (1, 2, 4096, 1000)
+    assert s.erase_counts == [0, 1, 1, 0, 0, 0, 0, 0]
+
+
+def test_statistics_accumulate_across_processes(tmp_path):
+    image = make(tmp_path, NAND)
+    for _ in range(2):
+        with SimFlash(image, writable=True) as f:
+            f.erase(0, 128 * KIB)
+    with SimFlash(image) as f:
+        assert f.stats().erases == 2 and f.stats().erase_counts[0] == 2
+
+
+def test_read_only_open_refuses_to_write(tmp_path):
+    with SimFlash(make(tmp_path, NAND)) as f:
+        with pytest.raises(MtdError, match="opened read-only"):
+            f.erase(0, 128 * KIB)
+
+
+@pytest.mark.parametrize("geometry,message", [
+    (Geometry(FlashType.NOR, 100 * KIB, 64 * KIB, 1, 0), "not a multiple of the erase size"),
+    (Geometry(FlashType.NAND, 1024 * KIB, 128 * KIB, 3000, 64), "not a multiple of the page"),
+    (Geometry(FlashType.RAM, 1024 * KIB, 128 * KIB, 1, 0), "models NOR and NAND"),
+])
+def test_create_refuses_impossible_geometry(tmp_path, geometry, message):
+    with pytest.raises(ValueError, match=message):
+        SimFlash.create(tmp_path / "x.img", geometry)
+
+
+def test_image_without_sidecar_is_not_a_simulated_device(tmp_path):
+    (tmp_path / "plain.img").write_bytes(b"\xff" * 1024)
+    with pytest.raises(FlashOpenError, match="not a simulated flash image"):
+        SimFlash(tmp_path / "plain.img")
+
+
+def test_image_of_the_wrong_length_is_refused(tmp_path):
+    image = make(tmp_path, NOR)
+    with open(image, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(FlashOpenError, match="is not 262144 bytes long"):
+        SimFlash(image)
