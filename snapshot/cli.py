@@ -3,6 +3,7 @@
 Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usage.
 """
 import json
+import os
 import re
 
 import click
@@ -93,7 +94,8 @@ def flash():
 @click.option("--oob-size", type=Size(), help="Out-of-band bytes per page [NOR: 0, NAND: 64].")
 @click.option("--bad-blocks", type=BlockList(), default="",
               help="Factory bad blocks (NAND only), e.g. 3,17.")
-def flash_create(image, flash_type, size, erase_size, page_size, oob_size, bad_blocks):
+@click.option("--force", is_flag=True, help="Replace an existing IMAGE.")
+def flash_create(image, flash_type, size, erase_size, page_size, oob_size, bad_blocks, force):
     """Create a simulated flash IMAGE (erased) and its IMAGE.sim.json sidecar.
 
     \b
@@ -102,6 +104,8 @@ def flash_create(image, flash_type, size, erase_size, page_size, oob_size, bad_b
       snapshot flash create /tmp/nand.img --type nand --size 64M --erase-size 128K \\
           --bad-blocks 3,17
     """
+    if os.path.exists(image) and not force:
+        raise click.ClickException(f"{image} exists; add --force to replace it")
     nand = flash_type == "nand"
     geometry = Geometry(type=FlashType(flash_type), size=size, erasesize=erase_size,
                         writesize=page_size or (2048 if nand else 1),

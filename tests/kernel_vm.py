@@ -163,12 +163,9 @@ echo "kernel-vm: kernel requested module ($*), not in the initramfs" > /dev/kmsg
 exit $rc
 """
 
-# Kernel options: panic=-1 + qemu -no-reboot turns a guest panic (e.g. init dying) into a qemu exit
-# instead of a hang until the timeout; the rest only shorten the boot under TCG.
-KERNEL_CMDLINE = (
-    "console=ttyS0 quiet panic=-1 nokaslr mitigations=off i8042.noaux i8042.nokbd i8042.nopnp "
-    "tsc=unstable"
-)
+# panic=-1 + qemu's -no-reboot turn a guest panic (e.g. init dying) into a qemu exit instead of a
+# hang until the timeout. quiet: every console byte is an emulated serial write.
+KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1"
 
 
 class KernelTierUnavailable(Exception):

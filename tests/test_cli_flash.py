@@ -43,6 +43,20 @@ def test_create_nand_defaults_to_2k_pages_and_64_bytes_oob(tmp_path):
     assert data["bad_blocks"] == [3, 17]
 
 
+def test_create_refuses_to_replace_an_existing_file(tmp_path):
+    (tmp_path / "flash.img").write_bytes(b"keep me")
+    result = run("flash", "create", str(tmp_path / "flash.img"), "--type", "nor",
+                 "--size", "256K", "--erase-size", "64K")
+    assert error_of(result) == f"Error: {tmp_path}/flash.img exists; add --force to replace it"
+    assert (tmp_path / "flash.img").read_bytes() == b"keep me"
+
+
+def test_create_with_force_replaces_an_existing_file(tmp_path):
+    (tmp_path / "flash.img").write_bytes(b"old")
+    create(tmp_path, "--type", "nor", "--size", "256K", "--erase-size", "64K", "--force")
+    assert (tmp_path / "flash.img").stat().st_size == 256 * 1024
+
+
 def test_create_takes_page_and_oob_sizes(tmp_path):
     image = create(tmp_path, "--type", "nand", "--size", "2M", "--erase-size", "256K",
                    "--page-size", "4K", "--oob-size", "128")

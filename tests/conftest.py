@@ -1,0 +1,146 @@
+"""Test tiers. Tests marked `kernel` need real kernel MTD devices, which only a qemu guest has
+here (the host kernel has no MTD). On the host, every selected kernel test is replaced by a
+stand-in that reports the result of the same test run inside one guest, booted once per
+session; inside the guest (SNAPSHOT_KERNEL_GUEST=1) they run for real.
+
+If the guest cannot boot, the kernel tests fail with the reason: the tier is never skipped
+silently. Deselect it explicitly with `-m "not kernel"`.
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+IN_GUEST = os.environ.get("SNAPSHOT_KERNEL_GUEST") == "1"
+REPORT_ENV = "SNAPSHOT_GUEST_REPORT"
+GUEST_TIMEOUT = float(os.environ.get("SNAPSHOT_GUEST_TIMEOUT", "1800"))
+
+
+class GuestTestFailed(Exception):
+    """The test failed inside the guest; the message is the guest's failure report."""
+
+
+class KernelTierFailed(Exception):
+    """The guest could not run the kernel tier at all."""
+
+
+class GuestRun:
+    """One guest boot that runs every selected kernel test, started by the first stand-in."""
+
+    def __init__(self, config, nodeids: list[str]):
+        self.config = config
+        self.nodeids = nodeids
+        self.outcomes: dict | None = None
+        self.error: str | None = None
+        self.summary = ""
+
+    def outcome(self, nodeid: str) -> dict:
+        if self.outcomes is None and self.error is None:
+            self._boot()
+        if self.error is not None:
+            raise KernelTierFailed(self.error)
+        if nodeid not in self.outcomes:
+            raise GuestTestFailed(f"{nodeid} did not run in the guest")
+        return self.outcomes[nodeid]
+
+    def _boot(self) -> None:
+        from kernel_vm import KernelTierUnavailable, KernelVM, KernelVMError
+
+        results = Path(tempfile.mkdtemp(prefix="snapshot-kernel-tier-"))
+        report = results / "report.json"
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "kernel",
+                *self.nodeids]
+        started = time.monotonic()
+        try:
+            vm = KernelVM()
+            result = vm.run(argv, cwd=str(self.config.rootpath),
+                            env={REPORT_ENV: str(report), "PYTHONDONTWRITEBYTECODE": "1"},
+                            timeout=GUEST_TIMEOUT, results_dir=results)
+        except (KernelTierUnavailable, KernelVMError) as e:
+            self.error = f"kernel tier could not run: {e}"
+            return
+        if not report.exists():
+            self.error = (f"the guest produced no test report (exit {result.returncode}); "
+                          f"its output:\n{result.output[-4000:]}")
+            return
+        self.outcomes = json.loads(report.read_text())
+        counts = {}
+        for outcome in self.outcomes.values():
+            counts[outcome["outcome"]] = counts.get(outcome["outcome"], 0) + 1
+        self.summary = (f"kernel tier: Linux {vm.kernel_version} guest under qemu ran "
+                        f"{len(self.outcomes)} tests in {time.monotonic() - started:.0f}s: "
+                        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+
+
+class GuestItem(pytest.Item):
+    """Stands on the host for a kernel test and reports its outcome in the guest."""
+
+    def __init__(self, *, run: GuestRun, original: pytest.Item, **kwargs):
+        super().__init__(**kwargs)
+        self.run = run
+        self.own_markers.extend(original.iter_markers())
+
+    def runtest(self):
+        outcome = self.run.outcome(self.nodeid)
+        if outcome["outcome"] == "failed":
+            raise GuestTestFailed(outcome["longrepr"])
+        if outcome["outcome"] == "skipped":
+            pytest.skip(f"skipped in the guest: {outcome['longrepr']}")
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, (GuestTestFailed, KernelTierFailed)):
+            return f"[in the qemu guest] {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.name} [kernel guest]"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    if IN_GUEST:
+        return
+    kernel = [i for i, item in enumerate(items) if item.get_closest_marker("kernel")]
+    if not kernel:
+        return
+    run = GuestRun(config, [items[i].nodeid for i in kernel])
+    config.stash[GUEST_RUN] = run
+    for i in kernel:
+        original = items[i]
+        items[i] = GuestItem.from_parent(original.parent, name=original.name, run=run,
+                                         original=original)
+
+
+GUEST_RUN = pytest.StashKey[GuestRun]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    run = config.stash.get(GUEST_RUN, None)
+    if run is not None and (run.summary or run.error):
+        terminalreporter.write_line(run.summary or run.error.splitlines()[0])
+
+
+# -- inside the guest: record each test's outcome for the host --------------------------------
+
+_guest_outcomes: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report):
+    if not IN_GUEST:
+        return
+    entry = _guest_outcomes.setdefault(report.nodeid, {"outcome": "passed", "longrepr": ""})
+    if report.failed:
+        entry["outcome"] = "failed"
+        entry["longrepr"] += f"[{report.when}] {report.longreprtext}\n"
+    elif report.skipped and entry["outcome"] == "passed":
+        entry["outcome"] = "skipped"
+        entry["longrepr"] = report.longreprtext
+
+
+def pytest_sessionfinish(session):
+    if IN_GUEST and os.environ.get(REPORT_ENV):
+        Path(os.environ[REPORT_ENV]).write_text(json.dumps(_guest_outcomes))
