@@ -14,7 +14,8 @@
 set -euo pipefail
 
 CACHE="${SNAPSHOT_VM_CACHE:-/var/cache/snapshot-kernel-vm}"
-PACKAGES=(qemu-system-x86 busybox-static kmod cpio)
+# xz-utils: fallback decompressor for vmlinuz when python3 was built without lzma.
+PACKAGES=(qemu-system-x86 busybox-static kmod cpio xz-utils)
 
 log() { echo "setup-kernel-tier: $*" >&2; }
 
@@ -50,11 +51,6 @@ fi
 mkdir -p "$CACHE"
 
 # --- 2. kernel package --------------------------------------------------------------------------
-if [[ -f "$CACHE/KERNEL_VERSION" && -f "$CACHE/vmlinux" ]]; then
-    log "kernel assets present in $CACHE ($(cat "$CACHE/KERNEL_VERSION")); nothing to do"
-    exit 0
-fi
-
 if [[ ! -d "$CACHE/root/lib/modules" ]]; then
     kpkg="${SNAPSHOT_VM_KERNEL_PKG:-}"
     if [[ -z $kpkg ]]; then
@@ -95,7 +91,12 @@ fi
 if [[ ! -f "$CACHE/vmlinux" ]]; then
     log "extracting vmlinux from vmlinuz-$kver"
     python3 - "$CACHE/root/boot/vmlinuz-$kver" "$CACHE/vmlinux.tmp" <<'PY'
-import gzip, lzma, shutil, subprocess, sys, zlib
+import shutil, subprocess, sys, zlib
+
+try:
+    import lzma
+except ImportError:  # a python3 built without liblzma: use the xz CLI instead
+    lzma = None
 
 src, dst = sys.argv[1], sys.argv[2]
 data = open(src, "rb").read()
@@ -106,20 +107,29 @@ def gunzip(buf):
     return zlib.decompressobj(31).decompress(buf)
 
 
+def cli(tool, fmt_args, buf):
+    # The CLIs exit non-zero on the padding after the stream but have already written the decoded
+    # stream, so keep stdout whatever the exit code.
+    if not shutil.which(tool):
+        raise RuntimeError(f"{tool} not installed")
+    return subprocess.run([tool, "-dc", *fmt_args], input=buf, capture_output=True).stdout
+
+
 def unxz(buf):
+    if lzma is None:
+        return cli("xz", ["--format=xz"], buf)
     return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(buf)
 
 
 def unlzma(buf):
+    if lzma is None:
+        return cli("xz", ["--format=lzma"], buf)
     return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(buf)
 
 
 def unzstd(buf):
-    # zstd is not in the Python 3.11 stdlib. The CLI exits non-zero on the padding after the frame
-    # but has already written the decoded frame, so keep stdout whatever the exit code.
-    if not shutil.which("zstd"):
-        raise RuntimeError("zstd-compressed kernel: install the zstd package")
-    return subprocess.run(["zstd", "-dc"], input=buf, capture_output=True).stdout
+    # zstd is not in the Python 3.11 stdlib.
+    return cli("zstd", [], buf)
 
 
 candidates = [
@@ -136,7 +146,7 @@ for magic, decode in candidates:
         tries += 1
         try:
             out = decode(data[pos:])
-        except (OSError, EOFError, lzma.LZMAError, zlib.error, RuntimeError):
+        except Exception:  # not a stream start after all (false magic match): try the next one
             out = b""
         if out[:4] == b"\x7fELF":
             open(dst, "wb").write(out)
