@@ -1,0 +1,467 @@
+"""The record chain on flash: the anchor log, record streams, block allocation and commits.
+
+Layout (FORMAT.md): the first ANCHOR_BLOCKS blocks are the anchor area, an append-only log of
+anchor entries; the newest valid entry lists every record of the chain. Records live in the
+data area: snapshots are allocated from the front upwards, the volatile from the tail
+downwards (the back buffer), so a new record never overlaps a record the current anchor
+lists. Every write operation writes its new record into free blocks first and then commits by
+appending one anchor entry. Until that entry is complete the old anchor is the newest valid
+one, so after a power cut anywhere the next open sees exactly the old chain or the new one
+(DESIGN.md walks every step).
+"""
+import errno
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+
+from mtd import Flash, MtdError
+from snapshot.errors import (AnchorWornOut, Busy, ChainDamaged, FlashFull, NoChain,
+                             RecordDamaged)
+from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, SNAPSHOT, VOLATILE, Anchor,
+                             Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
+                             anchor_length, crc32, round_up, unpack_anchor)
+
+READ_CHUNK = 64 * 1024
+
+
+def anchor_blocks(flash: Flash) -> range:
+    return range(min(ANCHOR_BLOCKS, flash.geometry.blocks))
+
+
+@dataclass
+class AnchorBlock:
+    """What one anchor-area block holds: its newest valid entry and where the log ends."""
+    block: int
+    bad: bool = False
+    newest: Anchor | None = None
+    newest_offset: int = -1
+    end: int = 0            # first byte after the last entry whose header parsed
+    corrected: bool = False  # a read of this block needed ECC correction
+
+
+@dataclass
+class AnchorScan:
+    blocks: list[AnchorBlock]
+    max_gen: int = 0
+
+    @property
+    def newest(self) -> AnchorBlock | None:
+        live = [b for b in self.blocks if b.newest is not None]
+        return max(live, key=lambda b: b.newest.gen) if live else None
+
+
+def scan_anchors(flash: Flash) -> AnchorScan:
+    """Read the anchor area. Bounded: at most one header per page of each anchor block, then
+    whole entries only from the last parsed one backwards until one passes its CRC."""
+    g = flash.geometry
+    scan = AnchorScan([])
+    for block in anchor_blocks(flash):
+        info = AnchorBlock(block)
+        scan.blocks.append(info)
+        if flash.is_bad(block):
+            info.bad = True
+            continue
+        base = g.block_offset(block)
+        headers = []
+        offset = 0
+        while offset + ANCHOR_HEADER.size <= g.erasesize:
+            head, flips = flash.read_ecc(base + offset, ANCHOR_HEADER.size)
+            info.corrected |= flips.corrected > 0
+            try:
+                length = anchor_length(head, g.erasesize - offset)
+            except FormatError:
+                break
+            headers.append((offset, length))
+            offset = round_up(offset + length, g.writesize)
+        info.end = offset
+        for offset, length in reversed(headers):
+            data, flips = flash.read_ecc(base + offset, length)
+            info.corrected |= flips.corrected > 0
+            try:
+                anchor = unpack_anchor(data)
+            except FormatError:
+                continue
+            info.newest, info.newest_offset = anchor, offset
+            break
+        if info.newest is not None:
+            scan.max_gen = max(scan.max_gen, info.newest.gen)
+    return scan
+
+
+class DeviceLock:
+    """An exclusive, non-blocking lock on the device node or image: a second writer gets Busy
+    at once instead of interleaving its writes with the first one's."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise Busy(f"{path}: busy, another snapshot command is writing to it") from None
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class Record:
+    """A record the anchor lists, with the good blocks it occupies now and its layout."""
+    entry: DirEntry
+    blocks: list[int]
+    layout: Layout
+
+
+class Chain:
+    """The chain as the newest valid anchor entry describes it. Opening never writes."""
+
+    def __init__(self, flash: Flash):
+        self.flash = flash
+        self.scan = scan_anchors(flash)
+        newest = self.scan.newest
+        if newest is None:
+            raise NoChain(f"{flash.name}: no snapshot chain on this device "
+                          f"(run `snapshot format`)")
+        self.anchor = newest.newest
+        self.records = [self._locate(e) for e in self.anchor.records]
+        self.problems = self._directory_problems()
+        self._gen = max([self.scan.max_gen] + [e.gen for e in self.anchor.records])
+
+    def next_gen(self) -> int:
+        """A generation number no valid anchor entry or listed record has used."""
+        self._gen += 1
+        return self._gen
+
+    def _committed(self, block: AnchorBlock, offset: int, data: bytes) -> None:
+        anchor = unpack_anchor(data)
+        block.newest, block.newest_offset, block.end = anchor, offset, offset + len(data)
+        self.scan.max_gen = max(self.scan.max_gen, anchor.gen)
+        self.anchor = anchor
+        self.records = [self._locate(e) for e in anchor.records]
+        self.problems = self._directory_problems()
+
+    @property
+    def snapshots(self) -> list[Record]:
+        return [r for r in self.records if r.entry.type == SNAPSHOT]
+
+    @property
+    def volatile(self) -> Record | None:
+        return next((r for r in self.records if r.entry.type == VOLATILE), None)
+
+    def _locate(self, entry: DirEntry) -> Record:
+        g = self.flash.geometry
+        blocks = []
+        for extent in entry.extents:
+            for b in extent.blocks():
+                # Bounded by the device: an extent outside it is reported, not walked.
+                if not 0 <= b < g.blocks:
+                    break
+                if not self.flash.is_bad(b):
+                    blocks.append(b)
+        return Record(entry, blocks, Layout(entry.header.size, entry.payload_length,
+                                            g.writesize))
+
+    def _directory_problems(self) -> list[str]:
+        """Inconsistencies inside a CRC-valid anchor: only a bug or a crafted image gives any."""
+        problems, owner = [], {}
+        g = self.flash.geometry
+        for index, record in enumerate(self.records):
+            name = describe(record, index)
+            for extent in record.entry.extents:
+                if not (ANCHOR_BLOCKS <= min(extent.first, extent.last)
+                        and max(extent.first, extent.last) < g.blocks):
+                    problems.append(f"{name} lists blocks outside the data area")
+            if len(record.blocks) * g.erasesize < record.layout.end:
+                problems.append(f"{name} has fewer good blocks than its length needs")
+            for b in record.blocks:
+                if b in owner:
+                    problems.append(f"{name} shares block {b} with {owner[b]}")
+                owner[b] = name
+        return problems
+
+    # -- reading records --------------------------------------------------------------------
+
+    def read_header(self, record: Record) -> RecordHeader:
+        """Check a record's header and commit marker against the anchor (no payload read)."""
+        head = self._read_stream(record, 0, record.layout.header_size)
+        try:
+            header = RecordHeader.unpack(head)
+        except FormatError as e:
+            raise self._damaged(record, 0, str(e)) from None
+        if header != record.entry.header:
+            raise self._damaged(record, 0, "header does not match the anchor (block reused)")
+        commit_at = record.layout.commit_offset
+        try:
+            commit = Commit.unpack(self._read_stream(record, commit_at, COMMIT.size))
+        except FormatError as e:
+            raise self._damaged(record, commit_at, str(e)) from None
+        e = record.entry
+        if commit != Commit(e.gen, e.payload_length, e.payload_crc, e.header_crc):
+            raise self._damaged(record, commit_at, "commit marker does not match the anchor")
+        return header
+
+    def payload(self, record: Record) -> "PayloadReader":
+        self.read_header(record)
+        return PayloadReader(self, record)
+
+    def verify(self, record: Record) -> int:
+        """Read a whole record and check every CRC. Returns the corrected bit flips seen."""
+        reader = self.payload(record)
+        while reader.read(READ_CHUNK):
+            pass
+        return reader.corrected
+
+    def _read_stream(self, record: Record, start: int, length: int,
+                     flips_seen: list | None = None) -> bytes:
+        es = self.flash.geometry.erasesize
+        chunks = []
+        while length > 0:
+            index, offset = divmod(start, es)
+            if index >= len(record.blocks):
+                raise self._damaged(record, start, "runs past its blocks")
+            n = min(length, es - offset)
+            data, flips = self.flash.read_ecc(self.flash.geometry.block_offset(
+                record.blocks[index]) + offset, n)
+            if flips.uncorrectable:
+                raise self._damaged(record, start, "uncorrectable bit flips")
+            if flips_seen is not None and flips.corrected:
+                flips_seen.append(flips.corrected)
+            chunks.append(data)
+            start += n
+            length -= n
+        return b"".join(chunks)
+
+    def _damaged(self, record: Record, stream_offset: int, reason: str) -> RecordDamaged:
+        index = stream_offset // self.flash.geometry.erasesize
+        block = record.blocks[index] if index < len(record.blocks) else None
+        return RecordDamaged(self.flash.name, describe(record, self.records.index(record)),
+                             block, reason)
+
+    # -- free space --------------------------------------------------------------------------
+
+    def used_blocks(self) -> set[int]:
+        return {b for r in self.records for b in r.blocks}
+
+    def free_blocks(self) -> list[int]:
+        used = self.used_blocks()
+        return [b for b in range(ANCHOR_BLOCKS, self.flash.geometry.blocks)
+                if b not in used and not self.flash.is_bad(b)]
+
+    def free_bytes(self) -> int:
+        return len(self.free_blocks()) * self.flash.geometry.erasesize
+
+
+def describe(record: Record, index: int) -> str:
+    if record.entry.type == VOLATILE:
+        return "the volatile record"
+    return f"snapshot {index + 1}"
+
+
+class PayloadReader:
+    """A file-like stream over a record's payload. Reaching the end checks the payload CRC;
+    a mismatch or an uncorrectable read raises RecordDamaged."""
+
+    def __init__(self, chain: Chain, record: Record):
+        self.chain = chain
+        self.record = record
+        self.corrected = 0
+        self._flips: list[int] = []
+        self._pos = 0
+        self._crc = crc32(b"")
+        self._buffer = b""
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self.record.entry.payload_length - self._pos
+        if n < 0 or n > remaining:
+            n = remaining
+        if n == 0:
+            return b""
+        data = self.chain._read_stream(self.record, self.record.layout.payload_offset
+                                       + self._pos, n, self._flips)
+        self._pos += n
+        self._crc = crc32(data, self._crc)
+        self.corrected = sum(self._flips)
+        if self._pos == self.record.entry.payload_length and \
+                self._crc != self.record.entry.payload_crc:
+            raise self.chain._damaged(self.record, self.record.layout.payload_offset,
+                                      "payload CRC mismatch")
+        return data
+
+
+class Allocator:
+    """Hands out free good blocks in one direction: upwards from the front for snapshots,
+    downwards from the tail (the back buffer) for the volatile. Blocks the current anchor
+    lists are never handed out, so the old state survives until the commit. Records the
+    extents it handed out; a bad block inside an extent is skipped by readers too."""
+
+    def __init__(self, chain: Chain, downwards: bool):
+        self.flash = chain.flash
+        self.used = chain.used_blocks()
+        blocks = self.flash.geometry.blocks
+        order = range(blocks - 1, ANCHOR_BLOCKS - 1, -1) if downwards else \
+            range(ANCHOR_BLOCKS, blocks)
+        self._order = iter(order)
+        self._open = False
+        self.extents: list[Extent] = []
+        self.handed_out = 0
+
+    def next(self) -> int:
+        for block in self._order:
+            if block in self.used:
+                self._open = False
+                continue
+            if self.flash.is_bad(block):
+                continue
+            if self._open:
+                self.extents[-1] = Extent(self.extents[-1].first, block)
+            else:
+                self.extents.append(Extent(block, block))
+                self._open = True
+            self.handed_out += 1
+            return block
+        raise FlashFull(f"{self.flash.name}: flash full: the record does not fit in the "
+                        f"{self.handed_out} free blocks; nothing was changed")
+
+
+class RecordWriter:
+    """Streams one record into free blocks: header, payload (through write()), commit marker.
+    Nothing it writes is visible until Chain.commit() lists the DirEntry finish() returns.
+    A block whose erase or program fails is marked bad and the write goes on in the next."""
+
+    def __init__(self, chain: Chain, rtype: int, seq: int, message: str, compression: int,
+                 progress=None):
+        self.chain = chain
+        self.flash = chain.flash
+        self.header = RecordHeader(rtype, compression, seq, chain.next_gen(), int(time.time()),
+                                   message)
+        self.alloc = Allocator(chain, downwards=rtype == VOLATILE)
+        self.progress = progress
+        g = self.flash.geometry
+        self._layout = Layout(self.header.size, 0, g.writesize)
+        head = self.header.pack()
+        self._pending = bytearray(head + b"\xff" * (self._layout.payload_offset - len(head)))
+        self._block: int | None = None
+        self._block_data = bytearray()
+        self.length = 0
+        self._crc = crc32(b"")
+
+    def write(self, data: bytes) -> int:
+        self.length += len(data)
+        self._crc = crc32(data, self._crc)
+        self._pending += data
+        self._flush_full_blocks()
+        return len(data)
+
+    def finish(self) -> DirEntry:
+        """Program the rest and the commit marker; returns the entry to commit."""
+        layout = Layout(self.header.size, self.length, self.flash.geometry.writesize)
+        self._pending += b"\xff" * (layout.commit_offset - layout.payload_offset - self.length)
+        self._flush_full_blocks()
+        if self._pending:
+            self._program(bytes(self._pending))
+            self._pending.clear()
+        commit = Commit(self.header.gen, self.length, self._crc, self.header.crc).pack()
+        self._pending += commit + b"\xff" * (layout.end - layout.commit_offset - len(commit))
+        self._flush_full_blocks()
+        if self._pending:
+            self._program(bytes(self._pending))
+        h = self.header
+        return DirEntry(h.type, h.compression, h.seq, h.gen, h.created, self.length,
+                        self._crc, h.crc, tuple(self.alloc.extents), h.message)
+
+    def _room(self) -> int:
+        es = self.flash.geometry.erasesize
+        return es if self._block is None else es - len(self._block_data)
+
+    def _flush_full_blocks(self) -> None:
+        while len(self._pending) >= self._room():
+            room = self._room()
+            self._program(bytes(self._pending[:room]))
+            del self._pending[:room]
+
+    def _program(self, chunk: bytes) -> None:
+        es = self.flash.geometry.erasesize
+        if self._block is None or len(self._block_data) == es:
+            self._start_block()
+        while True:
+            try:
+                self.flash.write(self.flash.geometry.block_offset(self._block)
+                                 + len(self._block_data), chunk)
+                break
+            except MtdError as e:
+                if e.errno != errno.EIO:
+                    raise
+                # The block failed: retire it and carry what it already held to the next one.
+                carried = bytes(self._block_data)
+                self.flash.mark_bad(self._block)
+                self._start_block()
+                chunk = carried + chunk
+        self._block_data += chunk
+        if len(self._block_data) == es and self.progress:
+            self.progress(es)
+
+    def _start_block(self) -> None:
+        while True:
+            block = self.alloc.next()
+            try:
+                self.flash.erase(self.flash.geometry.block_offset(block),
+                                 self.flash.geometry.erasesize)
+            except MtdError as e:
+                if e.errno != errno.EIO:
+                    raise
+                self.flash.mark_bad(block)
+                continue
+            self._block, self._block_data = block, bytearray()
+            return
+
+
+def _erased(flash: Flash, offset: int, length: int) -> bool:
+    return flash.read(offset, length) == b"\xff" * length
+
+
+def commit(chain: Chain, entries: list[DirEntry]) -> None:
+    """Append an anchor entry listing `entries`: the single step that makes a write visible.
+
+    The entry goes after the newest one when the bytes there read erased, otherwise into the
+    anchor block holding the oldest entry, which is erased first; the newest entry is never
+    touched. A block that fails is marked bad and the next one is tried."""
+    flash, g = chain.flash, chain.flash.geometry
+    data = Anchor(chain.next_gen(), tuple(entries)).pack()
+    data += b"\xff" * (round_up(len(data), g.writesize) - len(data))
+    if len(data) > g.erasesize:
+        raise FlashFull(f"{flash.name}: too many records for one anchor entry")
+    current = chain.scan.newest
+    if current is not None and current.end + len(data) <= g.erasesize and \
+            _erased(flash, g.block_offset(current.block) + current.end, len(data)):
+        try:
+            flash.write(g.block_offset(current.block) + current.end, data)
+            chain._committed(current, current.end, data)
+            return
+        except MtdError as e:
+            if e.errno != errno.EIO:
+                raise
+    others = [b for b in chain.scan.blocks if not b.bad and b is not current]
+    target = write_fresh_anchor_block(
+        flash, sorted(others, key=lambda b: b.newest.gen if b.newest else -1), data)
+    chain._committed(target, 0, data)
+
+
+def write_fresh_anchor_block(flash: Flash, candidates: list[AnchorBlock],
+                             data: bytes) -> AnchorBlock:
+    """Erase the first usable candidate and program `data` at its start. A block whose erase
+    or program fails is marked bad and the next candidate is tried."""
+    g = flash.geometry
+    for target in candidates:
+        try:
+            flash.erase(g.block_offset(target.block), g.erasesize)
+            flash.write(g.block_offset(target.block), data)
+        except MtdError as e:
+            if e.errno != errno.EIO:
+                raise
+            flash.mark_bad(target.block)
+            target.bad = True
+            continue
+        return target
+    raise AnchorWornOut(f"{flash.name}: no block of the anchor area can be written")

@@ -1,0 +1,39 @@
+"""Errors the snapshot package raises for users. The CLI prints each as one `Error: ...` line
+and exits with its `exit_code`."""
+
+
+class SnapshotError(Exception):
+    exit_code = 1
+
+
+class NoChain(SnapshotError):
+    """The device holds no snapshot chain (never formatted, or something else is on it)."""
+
+
+class Busy(SnapshotError):
+    """Another snapshot command is writing to the same device."""
+    exit_code = 3
+
+
+class FlashFull(SnapshotError):
+    """The new record does not fit; nothing was committed, the old state stands."""
+
+
+class RecordDamaged(SnapshotError):
+    """A record failed a check: torn, bad CRC, uncorrectable bit flips, or reused blocks."""
+
+    def __init__(self, device: str, what: str, block: int | None, reason: str):
+        where = f" (block {block})" if block is not None else ""
+        super().__init__(f"{device}: {what}{where} is damaged: {reason}")
+        self.what = what
+        self.block = block
+        self.reason = reason
+
+
+class ChainDamaged(SnapshotError):
+    """The chain has a damaged record; writing past it needs `check --repair`."""
+    exit_code = 4
+
+
+class AnchorWornOut(SnapshotError):
+    """No block of the anchor area can be written any more."""

@@ -1,0 +1,240 @@
+"""The on-flash format, as pure bytes: pack, unpack and check. No I/O here.
+
+Every constant and field below is specified in FORMAT.md; the section is cited beside it.
+The format version is independent of the package version.
+"""
+import struct
+from dataclasses import dataclass, field
+
+import crcmod.predefined
+
+FORMAT_VERSION = 1
+
+# FORMAT.md §1: CRC-32 (IEEE 802.3: poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF).
+crc32 = crcmod.predefined.mkCrcFun("crc-32")
+
+ANCHOR_BLOCKS = 4          # FORMAT.md §2: blocks 0..3 form the anchor area
+MAX_MESSAGE = 255          # FORMAT.md §4: message bytes (UTF-8)
+
+SNAPSHOT = 1               # FORMAT.md §4: record types
+VOLATILE = 2
+TYPE_NAMES = {SNAPSHOT: "snapshot", VOLATILE: "volatile"}
+
+COMPRESSION_NONE = 0       # FORMAT.md §4: payload compression
+COMPRESSION_GZIP = 1
+COMPRESSION_XZ = 2
+
+# FORMAT.md §3: anchor entry header.
+ANCHOR_MAGIC = b"SnpA"
+ANCHOR_HEADER = struct.Struct("<4sIHHIQ")
+assert ANCHOR_HEADER.size == 24
+
+# FORMAT.md §3: one directory entry inside an anchor entry, followed by its extents and message.
+DIR_ENTRY = struct.Struct("<BBHIQQQIIHH")
+assert DIR_ENTRY.size == 44
+EXTENT = struct.Struct("<II")
+assert EXTENT.size == 8
+
+# FORMAT.md §4: record header, at the start of a record's first block.
+RECORD_MAGIC = b"SnpR"
+RECORD_HEADER = struct.Struct("<4sIHBBIQQHH")
+assert RECORD_HEADER.size == 36
+
+# FORMAT.md §5: commit marker, after the payload.
+COMMIT_MAGIC = b"SnpC"
+COMMIT = struct.Struct("<4sIQQII")
+assert COMMIT.size == 32
+
+
+class FormatError(ValueError):
+    """Bytes that are not a valid structure of this format; the message says which check failed."""
+
+
+def round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Physical blocks first..last, walked in that direction (descending when first > last).
+    Every block in the range that is not bad belongs to the record."""
+    first: int
+    last: int
+
+    def blocks(self) -> range:
+        step = 1 if self.last >= self.first else -1
+        return range(self.first, self.last + step, step)
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    type: int
+    compression: int
+    seq: int
+    gen: int
+    created: int
+    message: str
+
+    def pack(self) -> bytes:
+        message = self.message.encode()
+        body = RECORD_HEADER.pack(RECORD_MAGIC, 0, FORMAT_VERSION, self.type, self.compression,
+                                  self.seq, self.gen, self.created, len(message), 0) + message
+        return body[:4] + struct.pack("<I", crc32(body[8:])) + body[8:]
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "RecordHeader":
+        if len(data) < RECORD_HEADER.size:
+            raise FormatError("record header truncated")
+        magic, crc, version, rtype, compression, seq, gen, created, mlen, _ = \
+            RECORD_HEADER.unpack_from(data)
+        if magic != RECORD_MAGIC:
+            raise FormatError("no record header (wrong magic)")
+        if mlen > MAX_MESSAGE or RECORD_HEADER.size + mlen > len(data):
+            raise FormatError(f"record header claims a {mlen}-byte message")
+        if crc != crc32(data[8:RECORD_HEADER.size + mlen]):
+            raise FormatError("record header CRC mismatch")
+        if version != FORMAT_VERSION:
+            raise FormatError(f"record format version {version} is not {FORMAT_VERSION}")
+        if rtype not in TYPE_NAMES:
+            raise FormatError(f"unknown record type {rtype}")
+        message = data[RECORD_HEADER.size:RECORD_HEADER.size + mlen].decode(errors="replace")
+        return cls(rtype, compression, seq, gen, created, message)
+
+    @property
+    def size(self) -> int:
+        return RECORD_HEADER.size + len(self.message.encode())
+
+    @property
+    def crc(self) -> int:
+        return struct.unpack_from("<I", self.pack(), 4)[0]
+
+
+@dataclass(frozen=True)
+class Commit:
+    gen: int
+    payload_length: int
+    payload_crc: int
+    header_crc: int
+
+    def pack(self) -> bytes:
+        body = COMMIT.pack(COMMIT_MAGIC, 0, self.gen, self.payload_length, self.payload_crc,
+                           self.header_crc)
+        return body[:4] + struct.pack("<I", crc32(body[8:])) + body[8:]
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Commit":
+        if len(data) < COMMIT.size:
+            raise FormatError("commit marker truncated")
+        magic, crc, gen, length, payload_crc, header_crc = COMMIT.unpack_from(data)
+        if magic != COMMIT_MAGIC:
+            raise FormatError("no commit marker")
+        if crc != crc32(data[8:COMMIT.size]):
+            raise FormatError("commit marker CRC mismatch")
+        return cls(gen, length, payload_crc, header_crc)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a record's parts lie in its byte stream (its blocks' bytes, concatenated).
+    FORMAT.md §4: header at 0, payload at the next page boundary, commit marker at the page
+    boundary after the payload."""
+    header_size: int
+    payload_length: int
+    writesize: int
+
+    @property
+    def payload_offset(self) -> int:
+        return round_up(self.header_size, self.writesize)
+
+    @property
+    def commit_offset(self) -> int:
+        return round_up(self.payload_offset + self.payload_length, self.writesize)
+
+    @property
+    def end(self) -> int:
+        return self.commit_offset + round_up(COMMIT.size, self.writesize)
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """What the anchor says about one record (FORMAT.md §3)."""
+    type: int
+    compression: int
+    seq: int
+    gen: int
+    created: int
+    payload_length: int
+    payload_crc: int
+    header_crc: int
+    extents: tuple[Extent, ...]
+    message: str
+    flags: int = 0
+
+    def pack(self) -> bytes:
+        message = self.message.encode()[:MAX_MESSAGE]
+        return (DIR_ENTRY.pack(self.type, self.compression, len(message), self.seq, self.gen,
+                               self.created, self.payload_length, self.payload_crc,
+                               self.header_crc, len(self.extents), self.flags)
+                + b"".join(EXTENT.pack(e.first, e.last) for e in self.extents) + message)
+
+    @property
+    def header(self) -> RecordHeader:
+        return RecordHeader(self.type, self.compression, self.seq, self.gen, self.created,
+                            self.message)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """One anchor entry: the whole chain as of generation `gen` (FORMAT.md §3)."""
+    gen: int
+    records: tuple[DirEntry, ...] = field(default_factory=tuple)
+
+    def pack(self) -> bytes:
+        body = b"".join(r.pack() for r in self.records)
+        length = ANCHOR_HEADER.size + len(body)
+        head = ANCHOR_HEADER.pack(ANCHOR_MAGIC, 0, FORMAT_VERSION, len(self.records), length,
+                                  self.gen)
+        data = head + body
+        return data[:4] + struct.pack("<I", crc32(data[8:])) + data[8:]
+
+
+def anchor_length(header: bytes, room: int) -> int:
+    """The length an anchor entry header claims, checked against the room left in its block
+    before anything more is read. Raises FormatError for anything but a plausible header."""
+    if len(header) < ANCHOR_HEADER.size:
+        raise FormatError("anchor header truncated")
+    magic, _, version, _, length, _ = ANCHOR_HEADER.unpack_from(header)
+    if magic != ANCHOR_MAGIC:
+        raise FormatError("no anchor entry (wrong magic)")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"anchor format version {version} is not {FORMAT_VERSION}")
+    if not ANCHOR_HEADER.size <= length <= room:
+        raise FormatError(f"anchor entry claims {length} bytes, {room} fit")
+    return length
+
+
+def unpack_anchor(data: bytes) -> Anchor:
+    """Parse a whole anchor entry whose length anchor_length() accepted."""
+    magic, crc, _, count, length, gen = ANCHOR_HEADER.unpack_from(data)
+    if len(data) < length or crc != crc32(data[8:length]):
+        raise FormatError("anchor entry CRC mismatch (torn or damaged)")
+    records, pos = [], ANCHOR_HEADER.size
+    for _ in range(count):
+        if pos + DIR_ENTRY.size > length:
+            raise FormatError("anchor directory overruns its entry")
+        (rtype, compression, mlen, seq, rgen, created, plen, pcrc, hcrc, nextents,
+         flags) = DIR_ENTRY.unpack_from(data, pos)
+        pos += DIR_ENTRY.size
+        end = pos + nextents * EXTENT.size + mlen
+        if end > length:
+            raise FormatError("anchor directory overruns its entry")
+        extents = tuple(Extent(*EXTENT.unpack_from(data, pos + i * EXTENT.size))
+                        for i in range(nextents))
+        pos += nextents * EXTENT.size
+        message = data[pos:pos + mlen].decode(errors="replace")
+        pos += mlen
+        records.append(DirEntry(rtype, compression, seq, rgen, created, plen, pcrc, hcrc,
+                                extents, message, flags))
+    if pos != length:
+        raise FormatError("anchor directory does not fill its entry")
+    return Anchor(gen, tuple(records))
