@@ -37,6 +37,7 @@ class AnchorBlock:
     newest: Anchor | None = None
     newest_offset: int = -1
     end: int = 0            # first byte after the last entry whose header parsed
+    torn: bool = False      # something follows the newest entry: an interrupted append
     corrected: bool = False  # a read of this block needed ECC correction
 
 
@@ -71,6 +72,7 @@ def scan_anchors(flash: Flash) -> AnchorScan:
             try:
                 length = anchor_length(head, g.erasesize - offset)
             except FormatError:
+                info.torn = head != b"\xff" * len(head)
                 break
             headers.append((offset, length))
             offset = round_up(offset + length, g.writesize)
@@ -83,6 +85,7 @@ def scan_anchors(flash: Flash) -> AnchorScan:
             except FormatError:
                 continue
             info.newest, info.newest_offset = anchor, offset
+            info.torn |= offset != headers[-1][0]
             break
         if info.newest is not None:
             scan.max_gen = max(scan.max_gen, info.newest.gen)
@@ -126,7 +129,7 @@ class Chain:
                           f"(run `snapshot format`)")
         self.anchor = newest.newest
         self.records = [self._locate(e) for e in self.anchor.records]
-        self.problems = self._directory_problems()
+        self._check_directory()
         self._gen = max([self.scan.max_gen] + [e.gen for e in self.anchor.records])
 
     def next_gen(self) -> int:
@@ -137,10 +140,11 @@ class Chain:
     def _committed(self, block: AnchorBlock, offset: int, data: bytes) -> None:
         anchor = unpack_anchor(data)
         block.newest, block.newest_offset, block.end = anchor, offset, offset + len(data)
+        block.torn = False
         self.scan.max_gen = max(self.scan.max_gen, anchor.gen)
         self.anchor = anchor
         self.records = [self._locate(e) for e in anchor.records]
-        self.problems = self._directory_problems()
+        self._check_directory()
 
     @property
     def snapshots(self) -> list[Record]:
@@ -163,9 +167,11 @@ class Chain:
         return Record(entry, blocks, Layout(entry.header.size, entry.payload_length,
                                             g.writesize))
 
-    def _directory_problems(self) -> list[str]:
-        """Inconsistencies inside a CRC-valid anchor: only a bug or a crafted image gives any."""
+    def _check_directory(self) -> None:
+        """Find inconsistencies inside a CRC-valid anchor (only a bug or a crafted image has
+        any): `problems` says what, `valid_prefix` counts the records before the first."""
         problems, owner = [], {}
+        self.valid_prefix = len(self.records)
         g = self.flash.geometry
         for index, record in enumerate(self.records):
             name = describe(record, index)
@@ -179,7 +185,9 @@ class Chain:
                 if b in owner:
                     problems.append(f"{name} shares block {b} with {owner[b]}")
                 owner[b] = name
-        return problems
+            if problems and self.valid_prefix == len(self.records):
+                self.valid_prefix = index
+        self.problems = problems
 
     # -- reading records --------------------------------------------------------------------
 
@@ -331,11 +339,11 @@ class RecordWriter:
     A block whose erase or program fails is marked bad and the write goes on in the next."""
 
     def __init__(self, chain: Chain, rtype: int, seq: int, message: str, compression: int,
-                 progress=None):
+                 progress=None, created: int | None = None):
         self.chain = chain
         self.flash = chain.flash
-        self.header = RecordHeader(rtype, compression, seq, chain.next_gen(), int(time.time()),
-                                   message)
+        created = int(time.time()) if created is None else created
+        self.header = RecordHeader(rtype, compression, seq, chain.next_gen(), created, message)
         self.alloc = Allocator(chain, downwards=rtype == VOLATILE)
         self.progress = progress
         g = self.flash.geometry

@@ -1,15 +1,23 @@
 """The `snapshot` command line: thin click commands over the library.
 
-Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usage.
+Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usage, 3 busy
+(another command is writing), 4 the chain is damaged (see `check --repair`).
 """
 import json
 import os
 import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
 from mtd import FlashOpenError, FlashType, Geometry, MtdError, SimFlash, open_flash
 from mtd.sim import validate_geometry
+from snapshot import operations
+from snapshot.chain import Chain
+from snapshot.errors import ChainDamaged, SnapshotError
+from snapshot.operations import DEFAULT_UPPER, format_device, opened
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -51,8 +59,10 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (FlashOpenError, MtdError) as e:
-            raise click.ClickException(str(e)) from None
+        except (FlashOpenError, MtdError, SnapshotError) as e:
+            error = click.ClickException(str(e))
+            error.exit_code = getattr(e, "exit_code", 1)
+            raise error from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +79,8 @@ def main(ctx, device):
     Example:
       snapshot --device /tmp/flash.img flash info
 
-    Exit status: 0 success, 1 error (a one-line message on stderr), 2 bad usage.
+    Exit status: 0 success, 1 error (a one-line message on stderr), 2 bad usage,
+    3 busy (another command is writing), 4 the chain is damaged (run check --repair).
     """
     ctx.obj = {"device": device}
 
@@ -161,3 +172,195 @@ def flash_info(obj, as_json):
 
 def _unknown(figure, text) -> str:
     return "not kept by the kernel" if figure is None else str(text)
+
+
+# -- the chain ---------------------------------------------------------------------------------
+
+class Progress:
+    """Blocks written so far, on one refreshed stderr line, when stderr is a terminal."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.bytes = 0
+        self.shown = click.get_text_stream("stderr").isatty()
+
+    def __call__(self, amount: int) -> None:
+        self.bytes += amount
+        if self.shown:
+            click.echo(f"\r{self.what}: {human(self.bytes)} written", nl=False, err=True)
+
+    def done(self) -> None:
+        if self.shown and self.bytes:
+            click.echo(err=True)
+
+
+@contextmanager
+def writing(obj, what: str):
+    """A locked, writable chain and a progress line for `what`."""
+    with opened(obj["device"], writable=True) as dev:
+        progress = Progress(what)
+        try:
+            yield Chain(dev), progress
+        finally:
+            progress.done()
+
+
+def reading(obj):
+    return opened(obj["device"])
+
+
+SOURCE = click.option("--from", "source", type=click.Path(file_okay=False, path_type=Path),
+                      default=DEFAULT_UPPER, show_default=True,
+                      help="Directory to store (an overlay upper dir).")
+
+
+@main.command("format")
+@click.option("--force", is_flag=True, help="Replace a chain, jffs2 or old-format data.")
+@click.pass_obj
+def format_cmd(obj, force):
+    """Create an empty snapshot chain on --device.
+
+    Refuses to overwrite anything recognisable (a chain, jffs2, the old fstools format)
+    unless --force is given.
+
+    \b
+    Example:
+      snapshot --device /tmp/flash.img format
+    """
+    with opened(obj["device"], writable=True) as dev:
+        format_device(dev, force)
+    click.echo(f"formatted {dev.name}: empty chain")
+
+
+@main.command()
+@SOURCE
+@click.pass_obj
+def save(obj, source):
+    """Store a directory as the volatile record, replacing the previous one.
+
+    \b
+    Example:
+      snapshot save --from /volatile/upper
+    """
+    with writing(obj, "save") as (chain, progress):
+        operations.save(chain, source, progress)
+        size = chain.volatile.entry.payload_length
+    click.echo(f"saved the volatile record ({human(size)})")
+
+
+@main.command()
+@SOURCE
+@click.option("-m", "--message", default="", help="What this snapshot is.")
+@click.pass_obj
+def push(obj, source, message):
+    """Append a directory as a new snapshot; the volatile record is consumed into it.
+
+    \b
+    Example:
+      snapshot push --from /volatile/upper -m "installed tcpdump"
+    """
+    with writing(obj, "push") as (chain, progress):
+        operations.push(chain, source, message, progress)
+        count = len(chain.snapshots)
+    click.echo(f"pushed snapshot {count}")
+
+
+@main.command()
+@click.option("--to", "to", type=int, help="Keep snapshots 1..N [default: all but the newest].")
+@click.pass_obj
+def rollback(obj, to):
+    """Drop every snapshot after N, and the volatile record.
+
+    With only one snapshot left, rolling back needs an explicit --to 0.
+
+    \b
+    Examples:
+      snapshot rollback            # drop the newest snapshot
+      snapshot rollback --to 2     # keep snapshots 1 and 2
+    """
+    with writing(obj, "rollback") as (chain, _):
+        dropped = operations.rollback(chain, to)
+    click.echo("dropped " + (f"snapshots {', '.join(map(str, dropped))} and " if dropped else "")
+               + "the volatile record")
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def list_cmd(obj, as_json):
+    """List the snapshots and the volatile record (reads record headers only).
+
+    \b
+    Example:
+      snapshot list --json
+    """
+    with reading(obj) as dev:
+        info = operations.listing(Chain(dev))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'blocks':>6}  {'created':<19}  state  message")
+    for s in info["snapshots"]:
+        click.echo(f"{s['index']:>3}  {s['seq']:>4}  {human(s['size']):>10}  {s['blocks']:>6}  "
+                   f"{_when(s['created'])}  {s['state']}  {s['message']}")
+    v = info["volatile"]
+    click.echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks, {v['state']}" if v
+               else "volatile: none")
+    click.echo(f"free: {human(info['free_bytes'])}")
+
+
+def _when(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+@main.command("unpack")
+@click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to apply the snapshots into.")
+@click.option("--upto", type=int, help="Apply snapshots 1..N only [default: all].")
+@click.option("--volatile-to", type=click.Path(file_okay=False, path_type=Path),
+              help="Also unpack the volatile record here.")
+@click.pass_obj
+def unpack_cmd(obj, dest, upto, volatile_to):
+    """Apply snapshots 1..N in order into a directory, as boot does.
+
+    \b
+    Example:
+      snapshot unpack --to /tmp/upper --volatile-to /tmp/volatile
+    """
+    with reading(obj) as dev:
+        count = operations.unpack(Chain(dev), dest, upto, volatile_to)
+    click.echo(f"unpacked {count} snapshots into {dest}")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Make the recovered state persistent.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def check(obj, repair, as_json):
+    """Verify every record (read-only); with --repair, fix what was found.
+
+    --repair drops damaged records (and the snapshots after one), rewrites records with
+    corrected bit flips and rewrites a torn anchor entry; it says what it dropped.
+
+    \b
+    Exit status: 0 clean (or repaired), 4 problems found, 1 error.
+    Example:
+      snapshot check --json
+    """
+    if repair:
+        with writing(obj, "repair") as (chain, progress):
+            report = operations.repair(chain, progress)
+    else:
+        with reading(obj) as dev:
+            report = operations.check(Chain(dev))
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for line in report.problems:
+            click.echo(f"problem: {line}")
+        for line in report.repairs:
+            click.echo(f"repaired: {line}")
+        click.echo("clean" if report.clean else
+                   "repaired" if report.repairs else "not clean: run check --repair")
+    if not report.clean and not report.repairs:
+        raise SystemExit(ChainDamaged.exit_code)

@@ -1,0 +1,277 @@
+"""What the commands do: format, save, push, rollback, list, unpack and check.
+
+Every write follows one pattern: write the new record into free blocks, then commit one
+anchor entry. A failure or power cut before the commit leaves the old state; DESIGN.md has
+the step tables.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtd import Flash, open_flash
+from snapshot import archive
+from snapshot.chain import (Chain, DeviceLock, Record, RecordWriter, commit, describe,
+                            scan_anchors, write_fresh_anchor_block)
+from snapshot.errors import ChainDamaged, RecordDamaged, SnapshotError
+from snapshot.format import (COMPRESSION_GZIP, MAX_MESSAGE, SNAPSHOT, VOLATILE, Anchor,
+                             DirEntry, round_up)
+
+DEFAULT_UPPER = "/volatile/upper"
+
+
+@contextmanager
+def opened(device: str | None, writable: bool = False):
+    """The flash, locked against a second writer when `writable`."""
+    with open_flash(device, writable=writable) as flash:
+        lock = DeviceLock(flash.name) if writable else None
+        try:
+            yield flash
+        finally:
+            if lock:
+                lock.release()
+
+
+# -- format ------------------------------------------------------------------------------------
+
+JFFS2_MAGICS = (b"\x85\x19", b"\x19\x85")
+LEGACY_MAGIC = b"OWRT"
+
+
+def recognise(flash: Flash) -> str | None:
+    """Name what the device holds, if it is something a user would not want erased."""
+    if scan_anchors(flash).newest is not None:
+        return "a snapshot chain"
+    first_good = next((b for b in range(flash.geometry.blocks) if not flash.is_bad(b)), None)
+    if first_good is None:
+        return None
+    head = flash.read(flash.geometry.block_offset(first_good), 4)
+    if head == LEGACY_MAGIC:
+        return "an old-format (fstools) snapshot chain"
+    if head[:2] in JFFS2_MAGICS:
+        return "a jffs2 filesystem"
+    return None
+
+
+def format_device(flash: Flash, force: bool = False) -> None:
+    """Make an empty chain. Power cut: before the new anchor entry is complete the device
+    holds what it held; after it, the empty chain (older entries are erased afterwards)."""
+    found = recognise(flash)
+    if found and not force:
+        raise SnapshotError(f"{flash.name} holds {found}; add --force to replace it")
+    g = flash.geometry
+    scan = scan_anchors(flash)
+    data = Anchor(scan.max_gen + 1).pack()
+    data += b"\xff" * (round_up(len(data), g.writesize) - len(data))
+    newest = scan.newest
+    candidates = [b for b in scan.blocks if not b.bad and b is not newest]
+    target = write_fresh_anchor_block(flash, candidates, data)
+    for other in scan.blocks:
+        if other is not target and not other.bad:
+            flash.erase(g.block_offset(other.block), g.erasesize)
+
+
+# -- save, push, rollback --------------------------------------------------------------------
+
+def _write_record(chain: Chain, rtype: int, seq: int, source: Path, message: str,
+                  progress) -> DirEntry:
+    writer = RecordWriter(chain, rtype, seq, message, COMPRESSION_GZIP, progress)
+    archive.pack(source, writer)
+    return writer.finish()
+
+
+def _refuse_if_damaged(chain: Chain) -> None:
+    """Writers check what is cheap to check (the directory, each record's header and commit
+    marker); payload damage is found by check, unpack and boot."""
+    problems = list(chain.problems)
+    for index, record in enumerate(chain.records):
+        try:
+            chain.read_header(record)
+        except RecordDamaged as e:
+            problems.append(str(e))
+    if problems:
+        raise ChainDamaged(f"{problems[0]}; run `snapshot check --repair` first")
+
+
+def save(chain: Chain, source: Path, progress=None) -> None:
+    """Replace the volatile record by `source`. The new one goes into the back buffer
+    beside the old one; the commit switches; the old one's blocks become free."""
+    _refuse_if_damaged(chain)
+    snapshots = [r.entry for r in chain.snapshots]
+    entry = _write_record(chain, VOLATILE, len(snapshots), source, "", progress)
+    commit(chain, snapshots + [entry])
+
+
+def push(chain: Chain, source: Path, message: str = "", progress=None) -> None:
+    """Append `source` as a new snapshot and drop the volatile record, in one commit: after
+    any power cut the device holds (old chain, old volatile) or (new chain, no volatile)."""
+    if len(message.encode()) > MAX_MESSAGE:
+        raise SnapshotError(f"message is longer than {MAX_MESSAGE} bytes")
+    _refuse_if_damaged(chain)
+    snapshots = [r.entry for r in chain.snapshots]
+    entry = _write_record(chain, SNAPSHOT, len(snapshots) + 1, source, message, progress)
+    commit(chain, snapshots + [entry])
+
+
+def rollback(chain: Chain, to: int | None) -> list[int]:
+    """Drop every snapshot after `to` (default: the newest one) and the volatile record.
+    Returns the dropped snapshot numbers. One commit; nothing is erased."""
+    count = len(chain.snapshots)
+    if to is None:
+        if count <= 1:
+            raise SnapshotError("only one snapshot is left; use --to 0 to drop it too"
+                                if count else "there are no snapshots to roll back")
+        to = count - 1
+    if not 0 <= to <= count:
+        raise SnapshotError(f"--to {to} is not a snapshot number (0..{count})")
+    if to == count and chain.volatile is None:
+        raise SnapshotError(f"nothing to roll back: snapshot {to} is the newest and there is "
+                            f"no volatile record")
+    commit(chain, [r.entry for r in chain.snapshots[:to]])
+    return list(range(to + 1, count + 1))
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def record_info(chain: Chain, record: Record, index: int) -> dict:
+    """What list shows of a record: from the anchor plus its header and commit marker."""
+    try:
+        chain.read_header(record)
+        state = "ok"
+    except RecordDamaged as e:
+        state = f"damaged: {e.reason}"
+    e = record.entry
+    info = {"seq": e.seq, "size": e.payload_length, "blocks": len(record.blocks),
+            "created": e.created, "message": e.message, "state": state}
+    return {"index": index + 1, **info} if e.type == SNAPSHOT else info
+
+
+def listing(chain: Chain) -> dict:
+    volatile = chain.volatile
+    return {
+        "device": chain.flash.name,
+        "geometry": chain.flash.geometry.as_dict(),
+        "snapshots": [record_info(chain, r, i) for i, r in enumerate(chain.snapshots)],
+        "volatile": record_info(chain, volatile, 0) if volatile else None,
+        "free_bytes": chain.free_bytes(),
+    }
+
+
+def unpack(chain: Chain, dest: Path, upto: int | None = None,
+           volatile_dest: Path | None = None) -> int:
+    """Apply snapshots 1..upto in order into dest (and the volatile into volatile_dest).
+    Each record is verified before it is extracted, so a damaged record is never applied;
+    the ones before it are. Returns the number of snapshots applied."""
+    snapshots = chain.snapshots
+    if upto is None:
+        upto = len(snapshots)
+    if not 0 <= upto <= len(snapshots):
+        raise SnapshotError(f"--upto {upto} is not a snapshot number (0..{len(snapshots)})")
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    for index, record in enumerate(snapshots[:upto]):
+        _apply(chain, record, Path(dest), f"unpacked snapshots 1..{index}" if index
+               else "nothing was unpacked")
+    if volatile_dest is not None and chain.volatile is not None:
+        _apply(chain, chain.volatile, Path(volatile_dest), f"snapshots 1..{upto} were unpacked")
+    return upto
+
+
+def _apply(chain: Chain, record: Record, dest: Path, done_so_far: str) -> None:
+    try:
+        chain.verify(record)
+    except RecordDamaged as e:
+        raise ChainDamaged(f"{e}; {done_so_far}") from None
+    archive.unpack(chain.payload(record), dest)
+
+
+# -- check and repair --------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    device: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+    snapshots: int = 0
+    volatile: bool = False
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {"device": self.device, "clean": self.clean, "snapshots": self.snapshots,
+                "volatile": self.volatile, "problems": self.problems, "notes": self.notes,
+                "repairs": self.repairs}
+
+
+@dataclass
+class Findings:
+    keep: int                      # records (in anchor order) before the first damaged one
+    scrub: list[int]               # indexes of kept records read with corrected bit flips
+    torn_anchor: bool
+
+
+def examine(chain: Chain, report: Report) -> Findings:
+    """Read everything and say what is wrong. Reads only."""
+    report.snapshots = len(chain.snapshots)
+    report.volatile = chain.volatile is not None
+    report.problems.extend(chain.problems)
+    keep = chain.valid_prefix
+    scrub = []
+    for index, record in enumerate(chain.records[:keep]):
+        name = describe(record, index)
+        try:
+            corrected = chain.verify(record)
+        except RecordDamaged as e:
+            report.problems.append(str(e))
+            # Records after a damaged one go too: later snapshots are deltas on top of it,
+            # and the volatile is on top of them all.
+            keep = index
+            break
+        if corrected:
+            report.problems.append(f"{name}: {corrected} corrected bit flips; "
+                                   f"it should be rewritten")
+            scrub.append(index)
+    newest = chain.scan.newest
+    torn = newest.torn if newest else False
+    if torn:
+        report.problems.append("an interrupted write left a torn anchor entry")
+    if newest and newest.corrected:
+        report.problems.append("the anchor area had corrected bit flips")
+    return Findings(keep, scrub, torn or bool(newest and newest.corrected))
+
+
+def check(chain: Chain) -> Report:
+    report = Report(chain.flash.name)
+    examine(chain, report)
+    return report
+
+
+def repair(chain: Chain, progress=None) -> Report:
+    """Make the state the next open sees explicit and clean: drop damaged records (and the
+    snapshots after a damaged one), rewrite records with corrected bit flips, and rewrite a
+    torn anchor. One commit; running it again finds nothing to do."""
+    report = Report(chain.flash.name)
+    found = examine(chain, report)
+    if report.clean:
+        return report
+    records = chain.records[:found.keep]
+    for dropped_index in range(found.keep, len(chain.records)):
+        report.repairs.append(f"dropped {describe(chain.records[dropped_index], dropped_index)}")
+    entries = [r.entry for r in records]
+    for index in found.scrub:
+        entries[index] = _rewrite(chain, records[index], progress)
+        report.repairs.append(f"rewrote {describe(records[index], index)}")
+    commit(chain, entries)
+    if found.torn_anchor:
+        report.repairs.append("rewrote the anchor")
+    return report
+
+
+def _rewrite(chain: Chain, record: Record, progress) -> DirEntry:
+    e = record.entry
+    writer = RecordWriter(chain, e.type, e.seq, e.message, e.compression, progress, e.created)
+    source = chain.payload(record)
+    while chunk := source.read(64 * 1024):
+        writer.write(chunk)
+    return writer.finish()
