@@ -170,6 +170,8 @@ class SimFlash:
         self._check_writable("write", offset)
         g = self.geometry
         check_write(self.name, g, offset, len(data))
+        if not data:
+            return
         for block in range(offset // g.erasesize, (offset + len(data) - 1) // g.erasesize + 1):
             self._check_usable(block, "write", offset)
         current = os.pread(self._fd, len(data), offset)

@@ -381,7 +381,9 @@ class RecordWriter:
 
     def _room(self) -> int:
         es = self.flash.geometry.erasesize
-        return es if self._block is None else es - len(self._block_data)
+        if self._block is None or len(self._block_data) == es:
+            return es
+        return es - len(self._block_data)
 
     def _flush_full_blocks(self) -> None:
         while len(self._pending) >= self._room():

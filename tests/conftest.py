@@ -119,6 +119,11 @@ GUEST_RUN = pytest.StashKey[GuestRun]()
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    sweep = sys.modules.get("sweep")
+    if sweep is not None and sweep.CHECKED:
+        terminalreporter.write_line(
+            f"power-cut sweep: checked {sum(sweep.CHECKED.values())} cut points ("
+            + ", ".join(f"{k}: {n}" for k, n in sorted(sweep.CHECKED.items())) + ")")
     run = config.stash.get(GUEST_RUN, None)
     if run is not None and (run.summary or run.error):
         terminalreporter.write_line(run.summary or run.error.splitlines()[0])

@@ -1,0 +1,196 @@
+"""Power-cut sweep machinery shared by the simulator sweep and the kernel-tier sweep.
+
+A scenario builds a base state in-process, then one command runs in a subprocess with a power
+cut after its 1st, 2nd, ... program or erase. After each cut the visible state (what list and
+unpack show) must be exactly the state before the command or exactly the state after it.
+"""
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mtd import FlashType, Geometry, SimFlash, open_flash
+from snapshot import archive, operations
+from snapshot.chain import Chain
+from snapshot.errors import NoChain, RecordDamaged
+
+KIB = 1024
+GEOMETRIES = {
+    "nor": (Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0), []),
+    # A factory bad block where the first snapshots go, so writes must skip it.
+    "nand": (Geometry(FlashType.NAND, 4096 * KIB, 128 * KIB, 2048, 64), [5]),
+}
+# Cut points checked in this process, by scenario, for the summary line.
+CHECKED: dict[str, int] = {}
+
+
+def make_tree(root: Path, seed: int, blob_kib: int) -> Path:
+    """A small overlay-like tree; the blob is incompressible so records span blocks."""
+    rng = random.Random(seed)
+    (root / "etc/config").mkdir(parents=True, exist_ok=True)
+    (root / "etc/config/network").write_text(f"config interface 'lan{seed}'\n")
+    (root / "etc/rc.local").write_text(f"# {seed}\nexit 0\n")
+    os.chmod(root / "etc/rc.local", 0o755)
+    (root / "usr/lib").mkdir(parents=True, exist_ok=True)
+    (root / "usr/lib/blob").write_bytes(rng.randbytes(blob_kib * KIB))
+    (root / "usr/lib/link").symlink_to("blob")
+    return root
+
+
+def tree(root: Path) -> dict:
+    """Everything a user would see in a directory: types, modes, contents, link targets."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        st = path.lstat()
+        if path.is_symlink():
+            found[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("dir", st.st_mode & 0o7777)
+        else:
+            found[rel] = ("file", st.st_mode & 0o7777,
+                          hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def visible(device: str):
+    """The state list and unpack show, read in-process without writing: the snapshot
+    list, the merged tree of the valid snapshots, and the volatile tree."""
+    with open_flash(device) as flash:
+        try:
+            chain = Chain(flash)
+        except NoChain:
+            return "no chain"
+        with tempfile.TemporaryDirectory() as work:
+            upper, snaps = Path(work) / "upper", []
+            upper.mkdir()
+            for record in chain.snapshots:
+                try:
+                    chain.verify(record)
+                except RecordDamaged:
+                    snaps.append("damaged")
+                    break
+                archive.unpack(chain.payload(record), upper)
+                snaps.append((record.entry.seq, record.entry.message))
+            volatile = None
+            if chain.volatile is not None and "damaged" not in snaps:
+                try:
+                    chain.verify(chain.volatile)
+                    archive.unpack(chain.payload(chain.volatile), Path(work) / "volatile")
+                    volatile = tree(Path(work) / "volatile")
+                except RecordDamaged:
+                    volatile = "damaged"
+            return tuple(snaps), tree(upper), volatile
+
+
+def image_digest(image: Path) -> str:
+    return hashlib.sha256(image.read_bytes()).hexdigest()
+
+
+def run_cli(device: str, args: list[str], cut: int | None = None, seed: int = 1,
+            runner: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MTDSIM_SEED=str(seed))
+    env.pop("MTDSIM_POWERCUT_AFTER", None)
+    if cut is not None:
+        env["MTDSIM_POWERCUT_AFTER"] = str(cut)
+    argv = runner or [sys.executable, "-m", "snapshot"]
+    return subprocess.run([*argv, "--device", device, *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@dataclass
+class Scenario:
+    name: str
+    build: Callable[[str, Path], None]      # (device, workdir) -> base state on device
+    command: Callable[[Path], list[str]]    # workdir -> the CLI arguments under test
+
+
+def _formatted(device: str) -> None:
+    with open_flash(device, writable=True) as flash:
+        operations.format_device(flash, force=True)
+
+
+def _write(device: str, op, *args) -> None:
+    with open_flash(device, writable=True) as flash:
+        op(Chain(flash), *args)
+
+
+def base_one_snapshot_and_volatile(device: str, work: Path) -> None:
+    _formatted(device)
+    _write(device, operations.push, make_tree(work / "s1", 1, 100), "first")
+    _write(device, operations.save, make_tree(work / "v1", 2, 20))
+
+
+def base_two_snapshots_and_volatile(device: str, work: Path) -> None:
+    base_one_snapshot_and_volatile(device, work)
+    _write(device, operations.push, make_tree(work / "s2", 3, 60), "second")
+    _write(device, operations.save, make_tree(work / "v2", 4, 10))
+
+
+def base_damaged_volatile(device: str, work: Path) -> None:
+    base_two_snapshots_and_volatile(device, work)
+    with open_flash(device) as flash:
+        chain = Chain(flash)
+        record = chain.volatile
+        offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
+    # Damage one payload byte behind the flash layer's back, as a failing cell would.
+    with open(device, "r+b") as f:
+        f.seek(offset + 40)
+        byte = f.read(1)
+        f.seek(offset + 40)
+        f.write(bytes([byte[0] ^ 0x5A]))
+
+
+SCENARIOS = {
+    "format": Scenario("format", base_one_snapshot_and_volatile, lambda w: ["format", "--force"]),
+    "save": Scenario("save", base_one_snapshot_and_volatile,
+                     lambda w: ["save", "--from", str(make_tree(w / "v9", 9, 70))]),
+    "push": Scenario("push", base_one_snapshot_and_volatile,
+                     lambda w: ["push", "--from", str(make_tree(w / "s9", 8, 150)), "-m", "new"]),
+    "rollback": Scenario("rollback", base_two_snapshots_and_volatile, lambda w: ["rollback"]),
+    "repair": Scenario("repair", base_damaged_volatile, lambda w: ["check", "--repair"]),
+}
+
+
+class SimCase:
+    """A scenario on a simulated image: the base image is built once and copied per cut."""
+
+    def __init__(self, scenario: Scenario, geometry: str, root: Path):
+        self.scenario = scenario
+        self.work = root / f"{scenario.name}-{geometry}"
+        self.work.mkdir(parents=True)
+        self.base = self.work / "base.img"
+        g, bad = GEOMETRIES[geometry]
+        SimFlash.create(self.base, g, bad_blocks=bad)
+        scenario.build(str(self.base), self.work)
+        self.args = scenario.command(self.work)
+        self.old = visible(str(self.base))
+        done = self.copy("done.img")
+        result = run_cli(str(done), self.args)
+        assert result.returncode == 0, result.stderr
+        self.new = visible(str(done))
+        assert self.new != self.old, "the command must change the visible state"
+        with SimFlash(self.base) as before, SimFlash(done) as after:
+            self.operations = ((after.stats().programs + after.stats().erases)
+                               - (before.stats().programs + before.stats().erases))
+
+    def copy(self, name: str) -> Path:
+        image = self.work / name
+        shutil.copyfile(self.base, image)
+        shutil.copyfile(f"{self.base}.sim.json", f"{image}.sim.json")
+        return image
+
+
+def assert_old_or_new(case, image: Path, label: str) -> None:
+    """The visible state is exactly the old or the new one, and reading it wrote nothing."""
+    digest = image_digest(image)
+    state = visible(str(image))
+    assert image_digest(image) == digest, f"{label}: reading the state wrote to flash"
+    assert state in (case.old, case.new), f"{label}: state is neither old nor new: {state}"
+    CHECKED[case.scenario.name] = CHECKED.get(case.scenario.name, 0) + 1
