@@ -6,6 +6,7 @@ Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usag
 import json
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,7 +183,7 @@ class Progress:
     def __init__(self, what: str):
         self.what = what
         self.bytes = 0
-        self.shown = click.get_text_stream("stderr").isatty()
+        self.shown = sys.stderr.isatty()
 
     def __call__(self, amount: int) -> None:
         self.bytes += amount

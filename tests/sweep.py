@@ -39,7 +39,8 @@ def make_tree(root: Path, seed: int, blob_kib: int) -> Path:
     os.chmod(root / "etc/rc.local", 0o755)
     (root / "usr/lib").mkdir(parents=True, exist_ok=True)
     (root / "usr/lib/blob").write_bytes(rng.randbytes(blob_kib * KIB))
-    (root / "usr/lib/link").symlink_to("blob")
+    if not (root / "usr/lib/link").is_symlink():
+        (root / "usr/lib/link").symlink_to("blob")
     return root
 
 

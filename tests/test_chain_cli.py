@@ -1,0 +1,220 @@
+"""The chain commands as users run them: format, save, push, rollback, list, unpack, check."""
+import fcntl
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from mtd import FlashType, Geometry, SimFlash
+from snapshot.chain import Chain
+from snapshot.cli import main
+from snapshot.format import ANCHOR_BLOCKS
+from sweep import make_tree, tree
+
+KIB = 1024
+NAND = Geometry(FlashType.NAND, 4096 * KIB, 128 * KIB, 2048, 64)
+NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
+
+
+def run(image, *args):
+    result = CliRunner().invoke(main, ["--device", str(image), *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def ok(image, *args):
+    result = run(image, *args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def error_of(result, code=1) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: "), result.output
+    return lines[-1]
+
+
+def listing(image) -> dict:
+    return json.loads(ok(image, "list", "--json"))
+
+
+@pytest.fixture(params=["nand", "nor"])
+def image(request, tmp_path):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, NAND if request.param == "nand" else NOR,
+                    bad_blocks=[5] if request.param == "nand" else [])
+    ok(path, "format")
+    return path
+
+
+def test_new_chain_is_empty(image):
+    info = listing(image)
+    assert info["snapshots"] == [] and info["volatile"] is None
+    assert set(info) == {"device", "geometry", "snapshots", "volatile", "free_bytes"}
+
+
+def test_push_appends_snapshots_in_order(image, tmp_path):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)), "-m", "first")
+    ok(image, "push", "--from", str(make_tree(tmp_path / "b", 2, 4)), "-m", "second")
+    snaps = listing(image)["snapshots"]
+    assert [(s["index"], s["seq"], s["message"], s["state"]) for s in snaps] == \
+        [(1, 1, "first", "ok"), (2, 2, "second", "ok")]
+    assert set(snaps[0]) == {"index", "seq", "size", "blocks", "created", "message", "state"}
+
+
+def test_push_consumes_the_volatile(image, tmp_path):
+    ok(image, "save", "--from", str(make_tree(tmp_path / "v", 1, 1)))
+    assert listing(image)["volatile"] is not None
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 2, 1)))
+    assert listing(image)["volatile"] is None
+
+
+def test_save_replaces_the_volatile(image, tmp_path):
+    ok(image, "save", "--from", str(make_tree(tmp_path / "v1", 1, 1)))
+    ok(image, "save", "--from", str(make_tree(tmp_path / "v2", 2, 1)))
+    ok(image, "unpack", "--to", str(tmp_path / "out"), "--volatile-to", str(tmp_path / "vol"))
+    assert tree(tmp_path / "vol") == tree(tmp_path / "v2")
+
+
+def test_unpack_applies_snapshots_in_order(image, tmp_path):
+    a = make_tree(tmp_path / "a", 1, 2)
+    b = tmp_path / "b"
+    (b / "etc/config").mkdir(parents=True)
+    (b / "etc/config/network").write_text("changed\n")
+    (b / ".profile").write_text("top-level dotfile\n")
+    ok(image, "push", "--from", str(a))
+    ok(image, "push", "--from", str(b))
+    ok(image, "unpack", "--to", str(tmp_path / "all"))
+    assert (tmp_path / "all/etc/config/network").read_text() == "changed\n"
+    assert (tmp_path / "all/.profile").exists()
+    assert (tmp_path / "all/usr/lib/blob").read_bytes() == (a / "usr/lib/blob").read_bytes()
+    ok(image, "unpack", "--to", str(tmp_path / "first"), "--upto", "1")
+    assert tree(tmp_path / "first") == tree(a)
+
+
+def test_unpack_keeps_modes_and_symlinks(image, tmp_path):
+    a = make_tree(tmp_path / "a", 1, 1)
+    ok(image, "push", "--from", str(a))
+    ok(image, "unpack", "--to", str(tmp_path / "out"))
+    assert tree(tmp_path / "out") == tree(a)
+
+
+def test_rollback_drops_the_newest_snapshot_and_the_volatile(image, tmp_path):
+    for seed in (1, 2):
+        ok(image, "push", "--from", str(make_tree(tmp_path / str(seed), seed, 1)))
+    ok(image, "save", "--from", str(make_tree(tmp_path / "v", 3, 1)))
+    assert "dropped snapshots 2 and the volatile record" in ok(image, "rollback")
+    info = listing(image)
+    assert len(info["snapshots"]) == 1 and info["volatile"] is None
+
+
+def test_rollback_to_n_keeps_snapshots_up_to_n(image, tmp_path):
+    for seed in (1, 2, 3):
+        ok(image, "push", "--from", str(make_tree(tmp_path / str(seed), seed, 1)))
+    ok(image, "rollback", "--to", "1")
+    assert [s["seq"] for s in listing(image)["snapshots"]] == [1]
+
+
+def test_rollback_of_the_last_snapshot_needs_to_0(image, tmp_path):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 1)))
+    assert "use --to 0" in error_of(run(image, "rollback"))
+    assert len(listing(image)["snapshots"]) == 1
+    ok(image, "rollback", "--to", "0")
+    assert listing(image)["snapshots"] == []
+
+
+def test_rollback_to_a_missing_snapshot_is_an_error(image, tmp_path):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 1)))
+    assert "is not a snapshot number (0..1)" in error_of(run(image, "rollback", "--to", "5"))
+
+
+def test_format_refuses_an_existing_chain_without_force(image):
+    assert "holds a snapshot chain; add --force" in error_of(run(image, "format"))
+    ok(image, "format", "--force")
+
+
+@pytest.mark.parametrize("content,what", [
+    (b"\x85\x19\x01\xe0", "a jffs2 filesystem"),
+    (b"OWRT\x44\x41\x54\x41", "an old-format (fstools) snapshot chain"),
+])
+def test_format_refuses_recognisable_data_without_force(tmp_path, content, what):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, NOR)
+    with SimFlash(path, writable=True) as flash:
+        flash.write(0, content)
+    before = path.read_bytes()
+    assert f"holds {what}; add --force" in error_of(run(path, "format"))
+    assert path.read_bytes() == before
+    ok(path, "format", "--force")
+    assert listing(path)["snapshots"] == []
+
+
+def test_commands_on_an_unformatted_device_say_so(tmp_path):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, NOR)
+    assert "no snapshot chain on this device (run `snapshot format`)" in \
+        error_of(run(path, "list"))
+
+
+def test_missing_source_directory_is_an_error_and_writes_nothing(image, tmp_path):
+    before = image.read_bytes()
+    assert "no such directory" in error_of(run(image, "push", "--from", str(tmp_path / "nope")))
+    assert image.read_bytes() == before
+
+
+def test_flash_full_is_a_clear_error_and_keeps_the_old_state(tmp_path):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, NOR)   # 16 blocks of 64 KiB, 12 for data
+    ok(path, "format")
+    ok(path, "push", "--from", str(make_tree(tmp_path / "a", 1, 300)))
+    before = listing(path)
+    message = error_of(run(path, "push", "--from", str(make_tree(tmp_path / "b", 2, 600))))
+    assert "flash full" in message and "nothing was changed" in message
+    assert listing(path) == before
+
+
+def test_second_writer_gets_busy(image, tmp_path):
+    fd = os.open(image, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        result = run(image, "save", "--from", str(make_tree(tmp_path / "v", 1, 1)))
+        assert "busy, another snapshot command is writing" in error_of(result, code=3)
+    finally:
+        os.close(fd)
+
+
+def test_read_only_commands_never_write(image, tmp_path):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)))
+    ok(image, "save", "--from", str(make_tree(tmp_path / "v", 2, 1)))
+    before = image.read_bytes()
+    ok(image, "list")
+    ok(image, "list", "--json")
+    ok(image, "check")
+    ok(image, "unpack", "--to", str(tmp_path / "o"), "--volatile-to", str(tmp_path / "v2"))
+    assert image.read_bytes() == before
+
+
+def test_check_of_a_healthy_chain_is_clean(image, tmp_path):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)))
+    report = json.loads(ok(image, "check", "--json"))
+    assert report["clean"] is True and report["problems"] == []
+
+
+def test_every_chain_command_has_help_with_an_example():
+    for command in ("format", "save", "push", "rollback", "list", "unpack", "check"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output, command
+
+
+def test_records_skip_the_factory_bad_block(tmp_path):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, NAND, bad_blocks=[ANCHOR_BLOCKS + 1])
+    ok(path, "format")
+    a = make_tree(tmp_path / "a", 1, 300)   # three blocks: 4, (5 is bad), 6, 7
+    ok(path, "push", "--from", str(a))
+    with SimFlash(path) as flash:
+        assert Chain(flash).snapshots[0].blocks == [4, 6, 7]
+    ok(path, "unpack", "--to", str(tmp_path / "out"))
+    assert tree(tmp_path / "out") == tree(a)

@@ -1,0 +1,242 @@
+"""The chain under flash faults and corruption: blocks that fail, bit flips, damaged and
+garbage data. Nothing hangs, nothing tracebacks, read-only commands never write."""
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from mtd import FlashType, Geometry, SimFlash
+from mtd.sim import CORRECTED, UNCORRECTABLE
+from snapshot.chain import Chain
+from snapshot.cli import main
+from snapshot.format import ANCHOR_BLOCKS
+from sweep import make_tree, tree
+
+KIB = 1024
+NAND = Geometry(FlashType.NAND, 4096 * KIB, 128 * KIB, 2048, 64)
+
+
+def run(image, *args):
+    result = CliRunner().invoke(main, ["--device", str(image), *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def ok(image, *args):
+    result = run(image, *args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def chain_of(image):
+    with SimFlash(image) as flash:
+        chain = Chain(flash)
+        return [(r.entry.seq, list(r.blocks)) for r in chain.records]
+
+
+def with_two_snapshots(tmp_path, **faults):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NAND, **faults)
+    ok(image, "format")
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)), "-m", "one")
+    ok(image, "push", "--from", str(make_tree(tmp_path / "b", 2, 4)), "-m", "two")
+    return image
+
+
+def set_bitflip(image, offset, kind):
+    """Add a bit flip fault to an existing simulated image's sidecar."""
+    sidecar = image.with_name(image.name + ".sim.json")
+    state = json.loads(sidecar.read_text())
+    state["bitflips"][str(offset)] = kind
+    sidecar.write_text(json.dumps(state))
+
+
+def payload_offset_of(image, index):
+    with SimFlash(image) as flash:
+        record = Chain(flash).records[index]
+        return flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
+
+
+# -- failing blocks ----------------------------------------------------------------------------
+
+def test_block_whose_erase_fails_is_marked_bad_and_skipped(tmp_path):
+    image = tmp_path / "flash.img"
+    # Block 4 (the first data block) has no erases left.
+    SimFlash.create(image, NAND, wear_limits={ANCHOR_BLOCKS: 0})
+    ok(image, "format")
+    a = make_tree(tmp_path / "a", 1, 4)
+    ok(image, "push", "--from", str(a))
+    with SimFlash(image) as flash:
+        assert flash.is_bad(ANCHOR_BLOCKS)
+        assert Chain(flash).snapshots[0].blocks == [ANCHOR_BLOCKS + 1]
+    ok(image, "unpack", "--to", str(tmp_path / "out"))
+    assert tree(tmp_path / "out") == tree(a)
+
+
+def test_block_whose_program_fails_moves_its_data_to_the_next_block(tmp_path):
+    image = tmp_path / "flash.img"
+    # Block 5 survives one erase, then its programs fail: the record's second block.
+    SimFlash.create(image, NAND, wear_limits={ANCHOR_BLOCKS + 1: 1})
+    ok(image, "format")
+    a = make_tree(tmp_path / "a", 1, 300)
+    ok(image, "push", "--from", str(a))
+    with SimFlash(image) as flash:
+        assert flash.is_bad(ANCHOR_BLOCKS + 1)
+        assert Chain(flash).snapshots[0].blocks == [4, 6, 7]
+    ok(image, "unpack", "--to", str(tmp_path / "out"))
+    assert tree(tmp_path / "out") == tree(a)
+
+
+def test_anchor_block_that_fails_is_replaced_by_another(tmp_path):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NAND, wear_limits={0: 0})
+    ok(image, "format")
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 1)))
+    with SimFlash(image) as flash:
+        assert flash.is_bad(0)
+    assert chain_of(image)[0][0] == 1
+
+
+# -- bit flips ---------------------------------------------------------------------------------
+
+def test_corrected_bit_flips_are_reported_and_repair_rewrites_the_record(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    set_bitflip(image, payload_offset_of(image, 0) + 10, CORRECTED)
+    result = run(image, "check")
+    assert result.exit_code == 4 and "corrected bit flips" in result.output
+    old_blocks = chain_of(image)[0][1]
+    assert "repaired: rewrote snapshot 1" in ok(image, "check", "--repair")
+    assert chain_of(image)[0][1] != old_blocks
+    assert "clean" in ok(image, "check")
+
+
+def test_uncorrectable_record_ends_the_visible_chain_before_it(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    set_bitflip(image, payload_offset_of(image, 1) + 10, UNCORRECTABLE)
+    result = run(image, "unpack", "--to", str(tmp_path / "out"))
+    assert result.exit_code == 4
+    assert "snapshot 2 (block" in result.output and "uncorrectable" in result.output
+    assert "unpacked snapshots 1..1" in result.output
+    assert (tmp_path / "out/etc/config/network").read_text() == "config interface 'lan1'\n"
+    assert run(image, "check").exit_code == 4
+
+
+def test_writing_past_a_damaged_record_needs_repair_which_says_what_it_drops(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    corrupt(image, payload_offset_of(image, 0) - 2048, 4)   # snapshot 1's header
+    result = run(image, "push", "--from", str(make_tree(tmp_path / "c", 3, 1)))
+    assert result.exit_code == 4 and "run `snapshot check --repair` first" in result.output
+    out = ok(image, "check", "--repair")
+    assert "dropped snapshot 1" in out and "dropped snapshot 2" in out
+    ok(image, "push", "--from", str(make_tree(tmp_path / "c", 3, 1)))
+    assert [seq for seq, _ in chain_of(image)] == [1]
+
+
+def test_repair_is_idempotent(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    corrupt(image, payload_offset_of(image, 1) + 100, 8)
+    ok(image, "check", "--repair")
+    before = image.read_bytes()
+    assert "clean" in ok(image, "check", "--repair")
+    assert image.read_bytes() == before
+
+
+# -- corruption: list, check and unpack report, never hang, never write -------------------------
+
+def corrupt(image, offset, length, data=None):
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        old = f.read(length)
+        f.seek(offset)
+        f.write(data if data is not None else bytes(b ^ 0xA5 for b in old))
+
+
+def read_only_commands_survive(image, tmp_path):
+    """Run list, check and unpack as a user would (subprocess, with a time limit): each
+    answers with output or one Error line, no traceback, and the image is unchanged."""
+    before = image.read_bytes()
+    outputs = []
+    for args in (["list", "--json"], ["check", "--json"], ["unpack", "--to", str(tmp_path / "u")]):
+        proc = subprocess.run([sys.executable, "-m", "snapshot", "--device", str(image), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode in (0, 1, 4), proc.stderr
+        if proc.returncode == 1:
+            assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1
+        outputs.append(proc)
+    assert image.read_bytes() == before
+    return outputs
+
+
+def test_garbage_anchor_header_is_no_chain(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    for block in range(ANCHOR_BLOCKS):
+        corrupt(image, block * NAND.erasesize, 24)
+    listed, _, _ = read_only_commands_survive(image, tmp_path)
+    assert "no snapshot chain" in listed.stderr
+
+
+def test_garbage_record_header_is_reported_damaged(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    corrupt(image, payload_offset_of(image, 1) - 2048, 36)
+    listed, checked, unpacked = read_only_commands_survive(image, tmp_path)
+    states = [s["state"] for s in json.loads(listed.stdout)["snapshots"]]
+    assert states[0] == "ok" and states[1].startswith("damaged")
+    assert checked.returncode == 4 and unpacked.returncode == 4
+
+
+def test_bad_payload_crc_is_reported(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    corrupt(image, payload_offset_of(image, 0) + 50, 1)
+    _, checked, unpacked = read_only_commands_survive(image, tmp_path)
+    assert "payload CRC mismatch" in checked.stdout
+    assert unpacked.returncode == 4 and "nothing was unpacked" in unpacked.stderr
+
+
+def test_truncated_record_is_reported(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    # Erase the end of snapshot 2: its commit marker is gone, as after a torn write.
+    start = payload_offset_of(image, 1)
+    corrupt(image, start + 512, NAND.erasesize - (start % NAND.erasesize) - 512,
+            b"\xff" * (NAND.erasesize - (start % NAND.erasesize) - 512))
+    _, checked, _ = read_only_commands_survive(image, tmp_path)
+    assert "snapshot 2" in checked.stdout and checked.returncode == 4
+
+
+def test_record_claiming_a_huge_length_is_reported(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    # Rewrite the newest anchor entry so snapshot 2 claims 2**40 payload bytes, with a
+    # correct CRC: only a crafted image can do this.
+    from snapshot.format import Anchor, DirEntry
+    from dataclasses import replace
+    with SimFlash(image) as flash:
+        chain = Chain(flash)
+        block = chain.scan.newest
+        entries = [r.entry for r in chain.records]
+    entries[1] = replace(entries[1], payload_length=1 << 40)
+    data = Anchor(block.newest.gen + 1, tuple(entries)).pack()
+    corrupt(image, block.block * NAND.erasesize + block.end, len(data), data)
+    listed, checked, unpacked = read_only_commands_survive(image, tmp_path)
+    assert "fewer good blocks than its length needs" in checked.stdout
+
+
+def test_anchor_entry_length_beyond_its_block_stops_the_walk(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    with SimFlash(image) as flash:
+        block = Chain(flash).scan.newest
+    import struct
+    header = struct.pack("<4sIHHIQ", b"SnpA", 0, 1, 0, 10 ** 9, 99)
+    corrupt(image, block.block * NAND.erasesize + block.end, len(header), header)
+    listed, checked, _ = read_only_commands_survive(image, tmp_path)
+    assert len(json.loads(listed.stdout)["snapshots"]) == 2
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_bytes_over_the_whole_image(tmp_path, seed):
+    image = with_two_snapshots(tmp_path)
+    image.write_bytes(random.Random(seed).randbytes(NAND.size))
+    listed, _, _ = read_only_commands_survive(image, tmp_path)
+    assert "no snapshot chain" in listed.stderr
