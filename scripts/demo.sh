@@ -7,6 +7,20 @@ export PATH="$PWD/.venv/bin:$PATH"
 work=$(mktemp -d /tmp/snapshot-demo.XXXXXX)
 export SNAPSHOT_DEVICE="$work/flash.img"
 
+# Stand-ins for an overlay's upper directory before and after a change.
+mkdir -p "$work/upper/etc/config" "$work/later/etc/config"
+printf "config interface 'lan'\n\toption proto 'static'\n" > "$work/upper/etc/config/network"
+printf "config system\n\toption hostname 'rooftop-7'\n" > "$work/later/etc/config/system"
+
 set -x
 snapshot flash create "$SNAPSHOT_DEVICE" --type nand --size 16M --erase-size 128K --bad-blocks 5
+snapshot format
+snapshot push --from "$work/upper" -m "first boot"
+snapshot save --from "$work/later"
+snapshot push --from "$work/later" -m "hostname"
+snapshot list
+snapshot unpack --to "$work/restored"
+find "$work/restored" -type f
+snapshot rollback
+snapshot check
 snapshot flash info

@@ -281,8 +281,7 @@ def rollback(obj, to):
     """
     with writing(obj, "rollback") as (chain, _):
         dropped = operations.rollback(chain, to)
-    click.echo("dropped " + (f"snapshots {', '.join(map(str, dropped))} and " if dropped else "")
-               + "the volatile record")
+    click.echo("dropped " + ", ".join(dropped))
 
 
 @main.command("list")

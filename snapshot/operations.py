@@ -79,24 +79,26 @@ def _write_record(chain: Chain, rtype: int, seq: int, source: Path, message: str
     return writer.finish()
 
 
-def _refuse_if_damaged(chain: Chain) -> None:
-    """Writers check what is cheap to check (the directory, each record's header and commit
-    marker); payload damage is found by check, unpack and boot."""
-    problems = list(chain.problems)
-    for index, record in enumerate(chain.records):
+def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
+    """The snapshot entries a write builds on, after reading every snapshot in full.
+    A damaged snapshot refuses the write (later ones would be invisible on top of it);
+    one read with corrected bit flips is rewritten now, in the same commit."""
+    if chain.problems:
+        raise ChainDamaged(f"{chain.problems[0]}; run `snapshot check --repair` first")
+    entries = []
+    for record in chain.snapshots:
         try:
-            chain.read_header(record)
+            corrected = chain.verify(record)
         except RecordDamaged as e:
-            problems.append(str(e))
-    if problems:
-        raise ChainDamaged(f"{problems[0]}; run `snapshot check --repair` first")
+            raise ChainDamaged(f"{e}; run `snapshot check --repair` first") from None
+        entries.append(_rewrite(chain, record, progress) if corrected else record.entry)
+    return entries
 
 
 def save(chain: Chain, source: Path, progress=None) -> None:
     """Replace the volatile record by `source`. The new one goes into the back buffer
     beside the old one; the commit switches; the old one's blocks become free."""
-    _refuse_if_damaged(chain)
-    snapshots = [r.entry for r in chain.snapshots]
+    snapshots = _current_snapshots(chain, progress)
     entry = _write_record(chain, VOLATILE, len(snapshots), source, "", progress)
     commit(chain, snapshots + [entry])
 
@@ -106,15 +108,14 @@ def push(chain: Chain, source: Path, message: str = "", progress=None) -> None:
     any power cut the device holds (old chain, old volatile) or (new chain, no volatile)."""
     if len(message.encode()) > MAX_MESSAGE:
         raise SnapshotError(f"message is longer than {MAX_MESSAGE} bytes")
-    _refuse_if_damaged(chain)
-    snapshots = [r.entry for r in chain.snapshots]
+    snapshots = _current_snapshots(chain, progress)
     entry = _write_record(chain, SNAPSHOT, len(snapshots) + 1, source, message, progress)
     commit(chain, snapshots + [entry])
 
 
-def rollback(chain: Chain, to: int | None) -> list[int]:
+def rollback(chain: Chain, to: int | None) -> list[str]:
     """Drop every snapshot after `to` (default: the newest one) and the volatile record.
-    Returns the dropped snapshot numbers. One commit; nothing is erased."""
+    Returns what was dropped. One commit; nothing is erased."""
     count = len(chain.snapshots)
     if to is None:
         if count <= 1:
@@ -126,8 +127,9 @@ def rollback(chain: Chain, to: int | None) -> list[int]:
     if to == count and chain.volatile is None:
         raise SnapshotError(f"nothing to roll back: snapshot {to} is the newest and there is "
                             f"no volatile record")
+    dropped = [describe(r, i) for i, r in enumerate(chain.records) if i >= to]
     commit(chain, [r.entry for r in chain.snapshots[:to]])
-    return list(range(to + 1, count + 1))
+    return dropped
 
 
 # -- reading -----------------------------------------------------------------------------------

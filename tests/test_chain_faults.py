@@ -124,6 +124,25 @@ def test_uncorrectable_record_ends_the_visible_chain_before_it(tmp_path):
     assert run(image, "check").exit_code == 4
 
 
+def test_push_on_top_of_an_uncorrectable_snapshot_is_refused(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    set_bitflip(image, payload_offset_of(image, 1) + 10, UNCORRECTABLE)
+    before = image.read_bytes()
+    result = run(image, "push", "--from", str(make_tree(tmp_path / "c", 3, 1)))
+    assert result.exit_code == 4 and "uncorrectable" in result.output
+    assert image.read_bytes() == before
+    assert "dropped snapshot 2" in ok(image, "check", "--repair")
+
+
+def test_corrected_bit_flips_are_scrubbed_by_the_next_save(tmp_path):
+    image = with_two_snapshots(tmp_path)
+    set_bitflip(image, payload_offset_of(image, 0) + 10, CORRECTED)
+    old_blocks = chain_of(image)[0][1]
+    ok(image, "save", "--from", str(make_tree(tmp_path / "v", 3, 1)))
+    assert chain_of(image)[0][1] != old_blocks
+    assert "clean" in ok(image, "check")
+
+
 def test_writing_past_a_damaged_record_needs_repair_which_says_what_it_drops(tmp_path):
     image = with_two_snapshots(tmp_path)
     corrupt(image, payload_offset_of(image, 0) - 2048, 4)   # snapshot 1's header
