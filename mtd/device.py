@@ -9,7 +9,7 @@ import stat
 
 from mtd._mtd_abi import ffi, lib
 from mtd.errors import FlashOpenError, MtdError, from_errno
-from mtd.flash import (Bitflips, FlashType, Geometry, Stats, check_block, check_erase,
+from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
                        check_span, check_write)
 
 DEFAULT_PARTITION = "rootfs_data"
@@ -63,7 +63,7 @@ def path_for_name(name: str, proc_mtd: str = "/proc/mtd") -> str:
     return path
 
 
-class MtdDevice:
+class MtdDevice(Closing):
     """One MTD character device. Opened read-only unless `writable`, so that a read-only
     command cannot write to flash even by mistake. Use it as a context manager."""
 
@@ -186,9 +186,3 @@ class MtdDevice:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> "MtdDevice":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

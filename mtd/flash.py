@@ -75,6 +75,19 @@ class Stats:
         return asdict(self)
 
 
+class Closing:
+    """Context-manager behaviour shared by the Flash implementations: `with` closes."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Flash(Protocol):
     name: str
     geometry: Geometry
@@ -112,22 +125,24 @@ def check_span(name: str, geometry: Geometry, operation: str, offset: int, lengt
                        f"{length} bytes do not fit in a {geometry.size}-byte device")
 
 
+def _check_aligned(name: str, geometry: Geometry, operation: str, offset: int, length: int,
+                   unit: int, what: str) -> None:
+    check_span(name, geometry, operation, offset, length)
+    if offset % unit or length % unit:
+        raise MtdError(errno.EINVAL, name, operation, offset,
+                       f"{length} bytes at 0x{offset:x} are not {what}")
+
+
 def check_write(name: str, geometry: Geometry, offset: int, length: int) -> None:
     """Programs must start and end on a page boundary; the kernel answers EINVAL otherwise,
     with no hint why, so the reason is spelled out here before the kernel sees the request."""
-    check_span(name, geometry, "write", offset, length)
-    if offset % geometry.writesize or length % geometry.writesize:
-        raise MtdError(errno.EINVAL, name, "write", offset,
-                       f"{length} bytes at 0x{offset:x} are not aligned to the "
-                       f"{geometry.writesize}-byte page")
+    _check_aligned(name, geometry, "write", offset, length, geometry.writesize,
+                   f"aligned to the {geometry.writesize}-byte page")
 
 
 def check_erase(name: str, geometry: Geometry, offset: int, length: int) -> None:
-    check_span(name, geometry, "erase", offset, length)
-    if offset % geometry.erasesize or length % geometry.erasesize:
-        raise MtdError(errno.EINVAL, name, "erase", offset,
-                       f"{length} bytes at 0x{offset:x} are not whole "
-                       f"{geometry.erasesize}-byte erase blocks")
+    _check_aligned(name, geometry, "erase", offset, length, geometry.erasesize,
+                   f"whole {geometry.erasesize}-byte erase blocks")
 
 
 def check_block(name: str, geometry: Geometry, operation: str, block: int) -> None:

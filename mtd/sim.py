@@ -32,7 +32,7 @@ import zlib
 from pathlib import Path
 
 from mtd.errors import FlashOpenError, FlashViolation, MtdError
-from mtd.flash import (Bitflips, FlashType, Geometry, Stats, check_block, check_erase,
+from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
                        check_span, check_write)
 
 SIDECAR_SUFFIX = ".sim.json"
@@ -65,7 +65,7 @@ def _unpack_bits(text: str) -> bytearray:
     return bytearray(zlib.decompress(base64.b64decode(text)))
 
 
-class SimFlash:
+class SimFlash(Closing):
     """A simulated flash device backed by IMAGE and IMAGE.sim.json.
 
     Opened read-only unless `writable`. After any error other than a power cut the image
@@ -358,12 +358,6 @@ class SimFlash:
             self._save()
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> "SimFlash":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def validate_geometry(g: Geometry) -> None:

@@ -4,11 +4,12 @@ Every write follows one pattern: write the new record into free blocks, then com
 anchor entry. A failure or power cut before the commit leaves the old state; DESIGN.md has
 the step tables.
 """
+import errno
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtd import Flash, open_flash
+from mtd import Flash, MtdError, open_flash
 from snapshot import archive
 from snapshot.chain import (Chain, DeviceLock, Record, RecordWriter, commit, describe,
                             scan_anchors, write_fresh_anchor_block)
@@ -67,7 +68,12 @@ def format_device(flash: Flash, force: bool = False) -> None:
     target = write_fresh_anchor_block(flash, candidates, data)
     for other in scan.blocks:
         if other is not target and not other.bad:
-            flash.erase(g.block_offset(other.block), g.erasesize)
+            try:
+                flash.erase(g.block_offset(other.block), g.erasesize)
+            except MtdError as e:
+                if e.errno != errno.EIO:
+                    raise
+                flash.mark_bad(other.block)
 
 
 # -- save, push, rollback --------------------------------------------------------------------

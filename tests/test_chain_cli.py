@@ -4,12 +4,11 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
 
 from mtd import FlashType, Geometry, SimFlash
 from snapshot.chain import Chain
-from snapshot.cli import main
 from snapshot.format import ANCHOR_BLOCKS
+from clirun import error_of, invoke, ok, run
 from sweep import make_tree, tree
 
 KIB = 1024
@@ -17,23 +16,10 @@ NAND = Geometry(FlashType.NAND, 4096 * KIB, 128 * KIB, 2048, 64)
 NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
 
 
-def run(image, *args):
-    result = CliRunner().invoke(main, ["--device", str(image), *args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
 
 
-def ok(image, *args):
-    result = run(image, *args)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
-def error_of(result, code=1) -> str:
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("Error: "), result.output
-    return lines[-1]
 
 
 def listing(image) -> dict:
@@ -204,7 +190,7 @@ def test_check_of_a_healthy_chain_is_clean(image, tmp_path):
 
 def test_every_chain_command_has_help_with_an_example():
     for command in ("format", "save", "push", "rollback", "list", "unpack", "check"):
-        result = CliRunner().invoke(main, [command, "--help"])
+        result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output, command
 
 

@@ -6,29 +6,20 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 from mtd import FlashType, Geometry, SimFlash
 from mtd.sim import CORRECTED, UNCORRECTABLE
 from snapshot.chain import Chain
-from snapshot.cli import main
 from snapshot.format import ANCHOR_BLOCKS
+from clirun import error_of, invoke, ok, run
 from sweep import make_tree, tree
 
 KIB = 1024
 NAND = Geometry(FlashType.NAND, 4096 * KIB, 128 * KIB, 2048, 64)
 
 
-def run(image, *args):
-    result = CliRunner().invoke(main, ["--device", str(image), *args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
 
 
-def ok(image, *args):
-    result = run(image, *args)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def chain_of(image):

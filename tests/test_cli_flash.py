@@ -3,27 +3,21 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
 
-from snapshot.cli import main
+from clirun import error_of, invoke
 
 
-def run(*args, env=None):
-    result = CliRunner().invoke(main, list(args), env=env)
-    # A traceback would surface as an exception other than SystemExit.
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
 
 
 def create(tmp_path, *extra):
     image = str(tmp_path / "flash.img")
-    result = run("flash", "create", image, *extra)
+    result = invoke("flash", "create", image, *extra)
     assert result.exit_code == 0, result.output
     return image
 
 
 def info(image):
-    result = run("--device", image, "flash", "info", "--json")
+    result = invoke("--device", image, "flash", "info", "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -45,7 +39,7 @@ def test_create_nand_defaults_to_2k_pages_and_64_bytes_oob(tmp_path):
 
 def test_create_refuses_to_replace_an_existing_file(tmp_path):
     (tmp_path / "flash.img").write_bytes(b"keep me")
-    result = run("flash", "create", str(tmp_path / "flash.img"), "--type", "nor",
+    result = invoke("flash", "create", str(tmp_path / "flash.img"), "--type", "nor",
                  "--size", "256K", "--erase-size", "64K")
     assert error_of(result) == f"Error: {tmp_path}/flash.img exists; add --force to replace it"
     assert (tmp_path / "flash.img").read_bytes() == b"keep me"
@@ -73,66 +67,61 @@ def test_info_json_reports_wear_statistics(tmp_path):
 
 def test_info_text_names_the_geometry(tmp_path):
     image = create(tmp_path, "--type", "nand", "--size", "1M", "--erase-size", "128K")
-    result = run("--device", image, "flash", "info")
+    result = invoke("--device", image, "flash", "info")
     assert "1 MiB in 8 blocks of 128 KiB" in result.output
 
 
 def test_device_can_come_from_the_environment(tmp_path):
     image = create(tmp_path, "--type", "nor", "--size", "256K", "--erase-size", "64K")
-    result = run("flash", "info", "--json", env={"SNAPSHOT_DEVICE": image})
+    result = invoke("flash", "info", "--json", env={"SNAPSHOT_DEVICE": image})
     assert json.loads(result.output)["device"] == image
 
 
-def error_of(result) -> str:
-    assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def test_size_that_does_not_divide_is_an_error(tmp_path):
-    result = run("flash", "create", str(tmp_path / "x.img"), "--type", "nor",
+    result = invoke("flash", "create", str(tmp_path / "x.img"), "--type", "nor",
                  "--size", "100K", "--erase-size", "64K")
     assert error_of(result) == "Error: size 102400 is not a multiple of the erase size 65536"
     assert not (tmp_path / "x.img").exists()
 
 
 def test_page_size_that_does_not_divide_is_an_error(tmp_path):
-    result = run("flash", "create", str(tmp_path / "x.img"), "--type", "nand",
+    result = invoke("flash", "create", str(tmp_path / "x.img"), "--type", "nand",
                  "--size", "1M", "--erase-size", "128K", "--page-size", "3000")
     assert "not a multiple of the page size 3000" in error_of(result)
 
 
 def test_bad_block_outside_the_device_is_an_error(tmp_path):
-    result = run("flash", "create", str(tmp_path / "x.img"), "--type", "nand",
+    result = invoke("flash", "create", str(tmp_path / "x.img"), "--type", "nand",
                  "--size", "1M", "--erase-size", "128K", "--bad-blocks", "8")
     assert error_of(result) == "Error: bad block 8 is outside 0..7"
 
 
 def test_unparsable_size_is_a_usage_error(tmp_path):
-    result = run("flash", "create", str(tmp_path / "x.img"), "--type", "nor",
+    result = invoke("flash", "create", str(tmp_path / "x.img"), "--type", "nor",
                  "--size", "12Q", "--erase-size", "64K")
     assert result.exit_code == 2 and "'12Q' is not a size" in result.output
 
 
 def test_missing_device_is_an_error(tmp_path):
-    result = run("--device", str(tmp_path / "nothing"), "flash", "info")
+    result = invoke("--device", str(tmp_path / "nothing"), "flash", "info")
     assert error_of(result) == f"Error: {tmp_path}/nothing: no such device or image"
 
 
 def test_regular_file_is_not_an_mtd_device(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    result = run("--device", str(tmp_path / "notes.txt"), "flash", "info")
+    result = invoke("--device", str(tmp_path / "notes.txt"), "flash", "info")
     assert error_of(result).endswith("not an MTD device or a simulated flash image")
 
 
 def test_character_device_without_mtd_ioctls_is_not_an_mtd_device():
-    result = run("--device", "/dev/null", "flash", "info")
+    result = invoke("--device", "/dev/null", "flash", "info")
     assert error_of(result) == "Error: /dev/null: not an MTD device"
 
 
 def test_unknown_partition_name_is_an_error():
-    result = run("--device", "mtd:no_such_partition", "flash", "info")
+    result = invoke("--device", "mtd:no_such_partition", "flash", "info")
     assert "no MTD partition named 'no_such_partition'" in error_of(result)
 
 
@@ -146,11 +135,11 @@ def test_permission_denied_is_an_error(tmp_path, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", deny)
-    result = run("--device", image, "flash", "info")
+    result = invoke("--device", image, "flash", "info")
     assert error_of(result) == f"Error: {image}: permission denied"
 
 
 @pytest.mark.parametrize("command", [[], ["flash"], ["flash", "create"], ["flash", "info"]])
 def test_every_command_has_help_with_an_example(command):
-    result = run(*command, "--help")
+    result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Example" in result.output
