@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import Flash, MtdError, open_flash
-from snapshot import archive
+from snapshot import archive, restore
 from snapshot.chain import (Chain, DeviceLock, Record, RecordWriter, commit, describe,
                             scan_anchors, write_fresh_anchor_block)
 from snapshot.errors import ChainDamaged, RecordDamaged, SnapshotError
@@ -79,9 +79,9 @@ def format_device(flash: Flash, force: bool = False) -> None:
 # -- save, push, rollback --------------------------------------------------------------------
 
 def _write_record(chain: Chain, rtype: int, seq: int, source: Path, message: str,
-                  progress) -> DirEntry:
-    writer = RecordWriter(chain, rtype, seq, message, COMPRESSION_GZIP, progress)
-    archive.pack(source, writer)
+                  compression: int, progress) -> DirEntry:
+    writer = RecordWriter(chain, rtype, seq, message, compression, progress)
+    archive.pack(source, writer, compression)
     return writer.finish()
 
 
@@ -101,21 +101,24 @@ def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
     return entries
 
 
-def save(chain: Chain, source: Path, progress=None) -> None:
+def save(chain: Chain, source: Path, progress=None,
+         compression: int = COMPRESSION_GZIP) -> None:
     """Replace the volatile record by `source`. The new one goes into the back buffer
     beside the old one; the commit switches; the old one's blocks become free."""
     snapshots = _current_snapshots(chain, progress)
-    entry = _write_record(chain, VOLATILE, len(snapshots), source, "", progress)
+    entry = _write_record(chain, VOLATILE, len(snapshots), source, "", compression, progress)
     commit(chain, snapshots + [entry])
 
 
-def push(chain: Chain, source: Path, message: str = "", progress=None) -> None:
+def push(chain: Chain, source: Path, message: str = "", progress=None,
+         compression: int = COMPRESSION_GZIP) -> None:
     """Append `source` as a new snapshot and drop the volatile record, in one commit: after
     any power cut the device holds (old chain, old volatile) or (new chain, no volatile)."""
     if len(message.encode()) > MAX_MESSAGE:
         raise SnapshotError(f"message is longer than {MAX_MESSAGE} bytes")
     snapshots = _current_snapshots(chain, progress)
-    entry = _write_record(chain, SNAPSHOT, len(snapshots) + 1, source, message, progress)
+    entry = _write_record(chain, SNAPSHOT, len(snapshots) + 1, source, message, compression,
+                          progress)
     commit(chain, snapshots + [entry])
 
 
@@ -167,8 +170,8 @@ def listing(chain: Chain) -> dict:
 def unpack(chain: Chain, dest: Path, upto: int | None = None,
            volatile_dest: Path | None = None) -> int:
     """Apply snapshots 1..upto in order into dest (and the volatile into volatile_dest).
-    Each record is verified before it is extracted, so a damaged record is never applied;
-    the ones before it are. Returns the number of snapshots applied."""
+    Each record is read and checked in full before it is applied, so a damaged or unsafe
+    record is never applied; the ones before it are. Returns the number of snapshots applied."""
     snapshots = chain.snapshots
     if upto is None:
         upto = len(snapshots)
@@ -185,10 +188,9 @@ def unpack(chain: Chain, dest: Path, upto: int | None = None,
 
 def _apply(chain: Chain, record: Record, dest: Path, done_so_far: str) -> None:
     try:
-        chain.verify(record)
+        restore.apply(lambda: (chain.payload(record), record.entry.compression), dest)
     except RecordDamaged as e:
         raise ChainDamaged(f"{e}; {done_so_far}") from None
-    archive.unpack(chain.payload(record), dest)
 
 
 # -- check and repair --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from mtd import FlashType, Geometry, SimFlash, open_flash
-from snapshot import archive, operations
+from snapshot import operations, restore
 from snapshot.chain import Chain
 from snapshot.errors import NoChain, RecordDamaged
 
@@ -73,17 +73,18 @@ def visible(device: str):
             upper.mkdir()
             for record in chain.snapshots:
                 try:
-                    chain.verify(record)
+                    restore.apply(lambda: (chain.payload(record), record.entry.compression),
+                                  upper)
                 except RecordDamaged:
                     snaps.append("damaged")
                     break
-                archive.unpack(chain.payload(record), upper)
                 snaps.append((record.entry.seq, record.entry.message))
             volatile = None
             if chain.volatile is not None and "damaged" not in snaps:
                 try:
-                    chain.verify(chain.volatile)
-                    archive.unpack(chain.payload(chain.volatile), Path(work) / "volatile")
+                    record = chain.volatile
+                    restore.apply(lambda: (chain.payload(record), record.entry.compression),
+                                  Path(work) / "volatile")
                     volatile = tree(Path(work) / "volatile")
                 except RecordDamaged:
                     volatile = "damaged"
