@@ -15,7 +15,8 @@ import click
 
 from mtd import FlashOpenError, FlashType, Geometry, MtdError, SimFlash, open_flash
 from mtd.sim import validate_geometry
-from snapshot import operations
+from snapshot import config, operations
+from snapshot.archive import COMPRESSIONS
 from snapshot.chain import Chain
 from snapshot.errors import ChainDamaged, SnapshotError
 from snapshot.operations import DEFAULT_UPPER, format_device, opened
@@ -210,6 +211,20 @@ def reading(obj):
     return opened(obj["device"])
 
 
+def compression_option(f):
+    return click.option("--compression", type=click.Choice(sorted(COMPRESSIONS)),
+                        help="Payload compression [default: from /etc/config/snapshot, "
+                             "else gzip].")(f)
+
+
+def compression_of(name: str | None) -> int:
+    name = name or config.load()["compression"]
+    if name not in COMPRESSIONS:
+        raise SnapshotError(f"compression {name!r} in the configuration is not one of "
+                            f"{', '.join(sorted(COMPRESSIONS))}")
+    return COMPRESSIONS[name]
+
+
 SOURCE = click.option("--from", "source", type=click.Path(file_okay=False, path_type=Path),
                       default=DEFAULT_UPPER, show_default=True,
                       help="Directory to store (an overlay upper dir).")
@@ -235,8 +250,9 @@ def format_cmd(obj, force):
 
 @main.command()
 @SOURCE
+@compression_option
 @click.pass_obj
-def save(obj, source):
+def save(obj, source, compression):
     """Store a directory as the volatile record, replacing the previous one.
 
     \b
@@ -244,7 +260,7 @@ def save(obj, source):
       snapshot save --from /volatile/upper
     """
     with writing(obj, "save") as (chain, progress):
-        operations.save(chain, source, progress)
+        operations.save(chain, source, progress, compression_of(compression))
         size = chain.volatile.entry.payload_length
     click.echo(f"saved the volatile record ({human(size)})")
 
@@ -252,8 +268,9 @@ def save(obj, source):
 @main.command()
 @SOURCE
 @click.option("-m", "--message", default="", help="What this snapshot is.")
+@compression_option
 @click.pass_obj
-def push(obj, source, message):
+def push(obj, source, message, compression):
     """Append a directory as a new snapshot; the volatile record is consumed into it.
 
     \b
@@ -261,7 +278,7 @@ def push(obj, source, message):
       snapshot push --from /volatile/upper -m "installed tcpdump"
     """
     with writing(obj, "push") as (chain, progress):
-        operations.push(chain, source, message, progress)
+        operations.push(chain, source, message, progress, compression_of(compression))
         count = len(chain.snapshots)
     click.echo(f"pushed snapshot {count}")
 
@@ -364,3 +381,44 @@ def check(obj, repair, as_json):
                    "repaired" if report.repairs else "not clean: run check --repair")
     if not report.clean and not report.repairs:
         raise SystemExit(ChainDamaged.exit_code)
+
+
+@main.command()
+@click.argument("index", type=int)
+@click.option("--rom", type=click.Path(file_okay=False, path_type=Path), default="/rom",
+              show_default=True, help="The read-only root, to tell added from modified.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show(obj, index, rom, as_json):
+    """List what snapshot N changed: added, modified, deleted, made opaque.
+
+    \b
+    Example:
+      snapshot show 3 --json
+    """
+    with reading(obj) as dev:
+        info = operations.show(Chain(dev), index, rom if rom.is_dir() else None)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"snapshot {index} ({_when(info['created'])}) {info['message']}".rstrip())
+    for kind in ("added", "modified", "deleted", "opaque"):
+        for name in info[kind]:
+            click.echo(f"  {kind:<9} {name}")
+
+
+@main.command()
+@click.argument("index", type=int)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write the archive to.")
+@click.pass_obj
+def export(obj, index, output):
+    """Write snapshot N's archive to a file, as a compressed tar GNU tar reads.
+
+    \b
+    Example:
+      snapshot export 2 -o /tmp/snapshot-2.tar.gz && tar tvf /tmp/snapshot-2.tar.gz
+    """
+    with reading(obj) as dev:
+        size = operations.export(Chain(dev), index, output)
+    click.echo(f"exported snapshot {index} ({human(size)}) to {output}")

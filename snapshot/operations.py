@@ -5,6 +5,7 @@ anchor entry. A failure or power cut before the commit leaves the old state; DES
 the step tables.
 """
 import errno
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,63 @@ def _apply(chain: Chain, record: Record, dest: Path, done_so_far: str) -> None:
         restore.apply(lambda: (chain.payload(record), record.entry.compression), dest)
     except RecordDamaged as e:
         raise ChainDamaged(f"{e}; {done_so_far}") from None
+
+
+def snapshot_record(chain: Chain, index: int) -> Record:
+    count = len(chain.snapshots)
+    if not 1 <= index <= count:
+        raise SnapshotError(f"there is no snapshot {index} (the chain has {count})")
+    return chain.snapshots[index - 1]
+
+
+def _names(chain: Chain, record: Record):
+    yield from archive.members(chain.payload(record), record.entry.compression)
+
+
+def show(chain: Chain, index: int, rom: Path | None = None) -> dict:
+    """What snapshot `index` changed, against snapshots 1..index-1 and the read-only root
+    `rom` (when given): added, modified, deleted (whiteouts), made opaque."""
+    record = snapshot_record(chain, index)
+    before: set[str] = set()
+    for earlier in chain.snapshots[:index - 1]:
+        for _, member in _names(chain, earlier):
+            name = restore.clean_name(member.name)
+            if archive.is_whiteout(member) or archive.is_opaque(member):
+                before = {p for p in before if p != name and not p.startswith(name + "/")}
+            if not archive.is_whiteout(member):
+                before.add(name)
+    changes = {"added": [], "modified": [], "deleted": [], "opaque": []}
+    for _, member in _names(chain, record):
+        name = restore.clean_name(member.name)
+        existed = name in before or (rom is not None and os.path.lexists(rom / name))
+        if archive.is_whiteout(member):
+            changes["deleted"].append(name)
+        elif archive.is_opaque(member):
+            changes["opaque"].append(name)
+        elif not existed:
+            changes["added"].append(name)
+        elif not member.isdir():
+            # A directory that existed is only the parent of a change: not listed.
+            changes["modified"].append(name)
+    e = record.entry
+    return {"index": index, "seq": e.seq, "created": e.created, "message": e.message, **changes}
+
+
+def export(chain: Chain, index: int, target: Path) -> int:
+    """Write snapshot `index`'s archive (a compressed tar) to target. The record's CRC is
+    checked to the end before target appears; returns the bytes written."""
+    record = snapshot_record(chain, index)
+    partial = target.with_name(target.name + ".part")
+    source = chain.payload(record)
+    try:
+        with open(partial, "wb") as out:
+            while chunk := source.read(archive.READ_CHUNK):
+                out.write(chunk)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return record.entry.payload_length
 
 
 # -- check and repair --------------------------------------------------------------------------
