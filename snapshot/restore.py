@@ -24,17 +24,26 @@ class UnsafeEntry(ArchiveError):
         super().__init__(f"archive entry {name!r} refused: {reason}; nothing was unpacked")
 
 
-def clean_name(name: str) -> str:
-    """The entry's path relative to the target, or UnsafeEntry."""
+def _relative(name: str) -> str:
+    """`name` as a path relative to the target; ValueError says why it cannot be one."""
     path = PurePosixPath(name)
     if path.is_absolute():
-        raise UnsafeEntry(name, "absolute path")
+        raise ValueError("absolute path")
     parts = [p for p in path.parts if p != "."]
     if ".." in parts:
-        raise UnsafeEntry(name, "'..' in the path")
+        raise ValueError("'..' in the path")
     if not parts:
-        raise UnsafeEntry(name, "empty path")
+        raise ValueError("empty path")
     return "/".join(parts)
+
+
+def clean_name(name: str, entry: str | None = None) -> str:
+    """The path relative to the target, or UnsafeEntry naming the archive entry."""
+    try:
+        return _relative(name)
+    except ValueError as e:
+        reason = str(e) if entry is None else f"hardlink target {name!r}: {e}"
+        raise UnsafeEntry(entry or name, reason) from None
 
 
 def check(open_payload, dest: Path) -> None:
@@ -46,7 +55,7 @@ def check(open_payload, dest: Path) -> None:
         for parent in list(PurePosixPath(name).parents)[:-1]:
             _check_parent(str(parent), kinds, dest, member.name)
         if member.islnk():
-            target = clean_name(member.linkname)
+            target = clean_name(member.linkname, member.name)
             if kinds.get(target) != "file":
                 raise UnsafeEntry(member.name, f"hardlink to {member.linkname!r}, which is not "
                                                f"a file earlier in this archive")

@@ -54,9 +54,11 @@ def tree(root: Path) -> dict:
             found[rel] = ("link", os.readlink(path))
         elif path.is_dir():
             found[rel] = ("dir", st.st_mode & 0o7777)
-        else:
+        elif path.is_file():
             found[rel] = ("file", st.st_mode & 0o7777,
                           hashlib.sha256(path.read_bytes()).hexdigest())
+        else:
+            found[rel] = ("special", st.st_mode, st.st_rdev)
     return found
 
 

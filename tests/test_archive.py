@@ -1,0 +1,363 @@
+"""Capturing an overlay upper dir and applying it with overlayfs semantics, without mounts
+(tier 1, as root: whiteouts are device nodes and opaque marks are trusted xattrs)."""
+import io
+import os
+import stat
+import tarfile
+
+import pytest
+
+from mtd import FlashType, Geometry, SimFlash
+from snapshot import archive, restore
+from snapshot.archive import ArchiveError
+from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ
+from snapshot.restore import UnsafeEntry
+from clirun import invoke, ok, run
+from sweep import tree
+
+OPAQUE = "trusted.overlay.opaque"
+
+
+def packed(root, compression=COMPRESSION_GZIP) -> bytes:
+    out = io.BytesIO()
+    archive.pack(root, out, compression)
+    return out.getvalue()
+
+
+def apply(data: bytes, dest, compression=COMPRESSION_GZIP):
+    restore.apply(lambda: (io.BytesIO(data), compression), dest)
+
+
+def whiteout(path):
+    os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
+
+
+def opaque_dir(path):
+    path.mkdir()
+    os.setxattr(path, OPAQUE, b"y")
+
+
+def is_whiteout(path):
+    st = path.lstat()
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def full_view(root):
+    """tree() plus owners, xattrs and file mtimes."""
+    view = {}
+    for rel, entry in tree(root).items():
+        path = root / rel
+        st = path.lstat()
+        xattrs = {k: os.getxattr(path, k, follow_symlinks=False)
+                  for k in sorted(os.listxattr(path, follow_symlinks=False))}
+        view[rel] = (entry, st.st_uid, st.st_gid, xattrs,
+                     None if stat.S_ISDIR(st.st_mode) else int(st.st_mtime), st.st_rdev)
+    return view
+
+
+@pytest.fixture
+def upper(tmp_path):
+    """An upper dir with every kind of entry overlayfs leaves in one."""
+    u = tmp_path / "upper"
+    (u / "etc/config").mkdir(parents=True)
+    (u / "etc/config/network").write_text("config interface 'lan'\n")
+    os.chown(u / "etc/config/network", 1000, 100)
+    (u / "usr/bin").mkdir(parents=True)
+    (u / "usr/bin/suid").write_text("#!/bin/sh\n")
+    os.chmod(u / "usr/bin/suid", 0o4755)
+    os.utime(u / "usr/bin/suid", (1_600_000_000, 1_600_000_000))
+    os.link(u / "etc/config/network", u / "etc/network.link")
+    (u / "etc/rc.d").mkdir()
+    (u / "etc/rc.d/S10boot").symlink_to("../init.d/boot")
+    os.mkfifo(u / "etc/fifo")
+    whiteout(u / "etc/banner")
+    opaque_dir(u / "www")
+    (u / "www/index.html").write_text("<html/>\n")
+    os.setxattr(u / "usr/bin/suid", "security.capability",
+                bytes.fromhex("0100000200200000000000000000000000000000"))
+    os.setxattr(u / "etc/config", "user.note", b"\xff\x00binary")
+    (u / ".profile").write_text("export PS1='# '\n")
+    return u
+
+
+def test_round_trip_keeps_every_kind_of_entry(upper, tmp_path):
+    apply(packed(upper), tmp_path / "out")
+    assert full_view(tmp_path / "out") == full_view(upper)
+
+
+def test_hardlinks_stay_hardlinks(upper, tmp_path):
+    apply(packed(upper), tmp_path / "out")
+    a, b = (tmp_path / "out/etc/config/network").stat(), (tmp_path / "out/etc/network.link").stat()
+    assert a.st_ino == b.st_ino
+
+
+def test_xz_round_trip(upper, tmp_path):
+    data = packed(upper, COMPRESSION_XZ)
+    assert data.startswith(b"\xfd7zXZ")
+    apply(data, tmp_path / "out", COMPRESSION_XZ)
+    assert full_view(tmp_path / "out") == full_view(upper)
+
+
+def test_archives_are_deterministic(upper):
+    assert packed(upper) == packed(upper)
+
+
+def test_entries_are_sorted_and_nameless(upper):
+    with tarfile.open(fileobj=io.BytesIO(packed(upper))) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names[:5] == [".profile", "etc", "usr", "www", "etc/banner"]
+    assert all(m.uname == "" and m.gname == "" for m in members)
+
+
+def test_overlay_bookkeeping_xattrs_are_not_stored(tmp_path):
+    u = tmp_path / "u"
+    (u / "f").parent.mkdir()
+    (u / "f").write_text("x")
+    os.setxattr(u / "f", "trusted.overlay.origin", b"\x00\xfb")
+    apply(packed(u), tmp_path / "out")
+    assert os.listxattr(tmp_path / "out/f") == []
+
+
+def test_metacopy_upper_entries_are_refused(tmp_path):
+    u = tmp_path / "u"
+    u.mkdir()
+    (u / "f").write_text("")
+    os.setxattr(u / "f", "trusted.overlay.metacopy", b"")
+    with pytest.raises(ArchiveError, match="metacopy entries cannot be stored"):
+        packed(u)
+
+
+def test_device_nodes_other_than_whiteouts_are_refused_when_stored(tmp_path):
+    u = tmp_path / "u"
+    u.mkdir()
+    os.mknod(u / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    with pytest.raises(ArchiveError, match="device nodes cannot be stored"):
+        packed(u)
+
+
+# -- overlayfs semantics when snapshots are applied in order -----------------------------------
+
+def layer(tmp_path, name, build):
+    root = tmp_path / name
+    root.mkdir()
+    build(root)
+    return packed(root)
+
+
+def test_whiteout_removes_what_earlier_snapshots_put_there_and_stays(tmp_path):
+    first = layer(tmp_path, "1", lambda r: ((r / "d").mkdir(), (r / "d/f").write_text("x")))
+    second = layer(tmp_path, "2", lambda r: whiteout(r / "d"))
+    out = tmp_path / "out"
+    apply(first, out)
+    apply(second, out)
+    assert is_whiteout(out / "d")
+
+
+def test_opaque_directory_replaces_earlier_contents(tmp_path):
+    def one(r):
+        (r / "d").mkdir()
+        (r / "d/old").write_text("x")
+
+    def two(r):
+        opaque_dir(r / "d")
+        (r / "d/new").write_text("y")
+    out = tmp_path / "out"
+    apply(layer(tmp_path, "1", one), out)
+    apply(layer(tmp_path, "2", two), out)
+    assert sorted(os.listdir(out / "d")) == ["new"]
+    assert os.getxattr(out / "d", OPAQUE) == b"y"
+
+
+def test_plain_directory_merges_with_earlier_contents_and_stays_opaque(tmp_path):
+    def one(r):
+        opaque_dir(r / "d")
+        (r / "d/old").write_text("x")
+
+    def two(r):
+        (r / "d").mkdir()
+        (r / "d/new").write_text("y")
+    out = tmp_path / "out"
+    apply(layer(tmp_path, "1", one), out)
+    apply(layer(tmp_path, "2", two), out)
+    assert sorted(os.listdir(out / "d")) == ["new", "old"]
+    assert os.getxattr(out / "d", OPAQUE) == b"y"
+
+
+@pytest.mark.parametrize("before", ["whiteout", "file"])
+def test_directory_where_a_whiteout_or_file_was_becomes_opaque(tmp_path, before):
+    first = layer(tmp_path, "1", lambda r: whiteout(r / "d") if before == "whiteout"
+                  else (r / "d").write_text("x"))
+    second = layer(tmp_path, "2", lambda r: ((r / "d").mkdir(), (r / "d/f").write_text("y")))
+    out = tmp_path / "out"
+    apply(first, out)
+    apply(second, out)
+    assert os.getxattr(out / "d", OPAQUE) == b"y" and os.listdir(out / "d") == ["f"]
+
+
+def test_file_replaces_a_file_and_a_directory(tmp_path):
+    def one(r):
+        (r / "f").write_text("old")
+        (r / "d").mkdir()
+        (r / "d/inner").write_text("x")
+
+    def two(r):
+        (r / "f").write_text("new")
+        (r / "d").write_text("now a file")
+    out = tmp_path / "out"
+    apply(layer(tmp_path, "1", one), out)
+    apply(layer(tmp_path, "2", two), out)
+    assert (out / "f").read_text() == "new" and (out / "d").read_text() == "now a file"
+
+
+# -- safety: crafted archives ------------------------------------------------------------------
+
+def crafted(*entries) -> bytes:
+    """A gzip tar of (TarInfo fields..., data) entries, as an attacker could write it."""
+    out = io.BytesIO()
+    with archive.compressor(out, COMPRESSION_GZIP) as gz, \
+            tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, extra in entries:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            data = None
+            for key, value in extra.items():
+                if key != "data":
+                    setattr(info, key, value)
+            if kind == tarfile.REGTYPE:
+                data = extra.get("data", b"x")
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+FILE = (tarfile.REGTYPE, {})
+
+
+@pytest.mark.parametrize("entries,reason", [
+    ([("/etc/passwd", *FILE)], "absolute path"),
+    ([("../outside", *FILE)], "'..' in the path"),
+    ([("a/../../outside", *FILE)], "'..' in the path"),
+    ([("escape", tarfile.SYMTYPE, {"linkname": "/tmp"}), ("escape/file", *FILE)],
+     "a symlink"),
+    ([("hl", tarfile.LNKTYPE, {"linkname": "/etc/shadow"})], "absolute path"),
+    ([("hl", tarfile.LNKTYPE, {"linkname": "../../etc/shadow"})], "'..' in the path"),
+    ([("hl", tarfile.LNKTYPE, {"linkname": "not-in-archive"})], "not a file earlier"),
+    ([("null", tarfile.CHRTYPE, {"devmajor": 1, "devminor": 3})], "device node"),
+    ([("disk", tarfile.BLKTYPE, {"devmajor": 8, "devminor": 0})], "device node"),
+])
+def test_unsafe_entries_are_refused_and_nothing_is_unpacked(tmp_path, entries, reason):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep").write_text("untouched")
+    data = crafted(("first", *FILE), *entries)
+    with pytest.raises(UnsafeEntry, match=reason) as e:
+        apply(data, out)
+    assert repr(entries[-1][0]) in str(e.value)
+    assert os.listdir(out) == ["keep"] and (out / "keep").read_text() == "untouched"
+
+
+def test_writing_through_a_symlink_already_in_the_target_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "etc").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafeEntry, match="'etc' is a symlink in the target"):
+        apply(crafted(("etc/passwd", *FILE)), out)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_file_replacing_a_symlink_does_not_follow_it(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (out / "f").symlink_to(victim)
+    apply(crafted(("f", tarfile.REGTYPE, {"data": b"attack"})), out)
+    assert victim.read_text() == "precious" and (out / "f").read_text() == "attack"
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, Geometry(FlashType.NAND, 8 << 20, 128 << 10, 2048, 64))
+    ok(path, "format")
+    return path
+
+
+def test_compression_is_recorded_and_listed(image, upper, tmp_path):
+    ok(image, "push", "--from", upper, "--compression", "xz")
+    ok(image, "push", "--from", upper)
+    from snapshot.chain import Chain
+    with SimFlash(image) as flash:
+        assert [r.entry.compression for r in Chain(flash).snapshots] == \
+            [COMPRESSION_XZ, COMPRESSION_GZIP]
+    ok(image, "unpack", "--to", tmp_path / "out")
+    assert full_view(tmp_path / "out") == full_view(upper)
+
+
+def test_compression_default_comes_from_the_config_file(image, upper, tmp_path, monkeypatch):
+    config = tmp_path / "snapshot.uci"
+    config.write_text("config snapshot 'main'\n\toption compression 'xz'\n")
+    monkeypatch.setenv("SNAPSHOT_CONFIG", str(config))
+    ok(image, "push", "--from", upper)
+    from snapshot.chain import Chain
+    with SimFlash(image) as flash:
+        assert Chain(flash).snapshots[0].entry.compression == COMPRESSION_XZ
+
+
+def test_show_lists_what_a_snapshot_changed(image, tmp_path):
+    one = tmp_path / "one"
+    (one / "etc/config").mkdir(parents=True)
+    (one / "etc/config/network").write_text("a\n")
+    two = tmp_path / "two"
+    (two / "etc/config").mkdir(parents=True)
+    (two / "etc/config/network").write_text("b\n")
+    (two / "etc/config/wireless").write_text("c\n")
+    whiteout(two / "etc/banner")
+    opaque_dir(two / "www")
+    ok(image, "push", "--from", one)
+    ok(image, "push", "--from", two, "-m", "wifi")
+    import json
+    info = json.loads(ok(image, "show", "2", "--json"))
+    assert (info["added"], info["modified"], info["deleted"], info["opaque"]) == \
+        (["etc/config/wireless"], ["etc/config/network"], ["etc/banner"], ["www"])
+    assert info["message"] == "wifi"
+    assert "  deleted   etc/banner" in ok(image, "show", "2")
+
+
+def test_show_of_a_missing_snapshot_is_an_error(image):
+    assert "there is no snapshot 3 (the chain has 0)" in run(image, "show", "3").output
+
+
+def test_export_writes_a_tar_gnu_tar_lists(image, upper, tmp_path):
+    import subprocess
+    ok(image, "push", "--from", upper)
+    ok(image, "export", "1", "-o", tmp_path / "s1.tar.gz")
+    listing = subprocess.run(["tar", "tvf", str(tmp_path / "s1.tar.gz")], capture_output=True,
+                             text=True, check=True).stdout
+    assert "etc/config/network" in listing and "usr/bin/suid" in listing
+    assert " 0,0 " in listing   # the whiteout
+
+
+def test_archive_commands_have_help_with_an_example():
+    for command in ("show", "export"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_unpack_of_a_crafted_record_fails_with_one_clear_line(image, tmp_path):
+    from snapshot.chain import Chain, RecordWriter, commit
+    from snapshot.format import SNAPSHOT
+    with SimFlash(image, writable=True) as flash:
+        chain = Chain(flash)
+        writer = RecordWriter(chain, SNAPSHOT, 1, "crafted", COMPRESSION_GZIP)
+        writer.write(crafted(("ok", *FILE), ("../../etc/cron", *FILE)))
+        commit(chain, [writer.finish()])
+    out = tmp_path / "out"
+    result = run(image, "unpack", "--to", out)
+    assert result.exit_code == 1
+    assert result.output == ("Error: archive entry '../../etc/cron' refused: '..' in the path; "
+                             "nothing was unpacked\n")
+    assert list(out.iterdir()) == []
