@@ -12,8 +12,10 @@ import gzip
 import lzma
 import os
 import stat
+import struct
 import tarfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from snapshot.errors import SnapshotError
@@ -109,41 +111,179 @@ def _tarinfo(tar: tarfile.TarFile, path: Path, name: str) -> tarfile.TarInfo | N
         raise ArchiveError(f"{path}: device nodes cannot be stored (only overlayfs whiteouts)")
     info = tar.gettarinfo(str(path), arcname=name)
     info.uname = info.gname = ""
+    # Whole seconds, as in a ustar header: a fractional mtime would cost every entry an
+    # extra pax header block to write and to parse.
+    info.mtime = int(info.mtime)
     for key, value in _xattrs(path).items():
         info.pax_headers[XATTR_PREFIX + key] = value.decode("utf-8", "surrogateescape")
     return info
 
 
-def xattrs_of(info: tarfile.TarInfo) -> dict[str, bytes]:
-    return {key[len(XATTR_PREFIX):]: value.encode("utf-8", "surrogateescape")
-            for key, value in info.pax_headers.items() if key.startswith(XATTR_PREFIX)}
+# -- reading ---------------------------------------------------------------------------------
+# A lean reader for the tar subset pack() writes (ustar headers, pax extended headers):
+# the stdlib's tarfile spends most of an unpack parsing headers it does not need.
+
+FILE, HARDLINK, SYMLINK, CHAR, BLOCK, DIRECTORY, FIFO = "0", "1", "2", "3", "4", "5", "6"
+_TYPES = {b"0": FILE, b"\0": FILE, b"7": FILE, b"1": HARDLINK, b"2": SYMLINK, b"3": CHAR,
+          b"4": BLOCK, b"5": DIRECTORY, b"6": FIFO}
+_BLOCK = 512
+_EMPTY = bytes(_BLOCK)
 
 
-def is_whiteout(info: tarfile.TarInfo) -> bool:
-    return info.ischr() and info.devmajor == 0 and info.devminor == 0
+@dataclass
+class Entry:
+    """One archive entry. For a FILE, copy_to() reads its data before the next entry."""
+    name: str
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int
+    linkname: str
+    devmajor: int
+    devminor: int
+    xattrs: dict[str, bytes]
+
+    @property
+    def is_whiteout(self) -> bool:
+        return self.type == CHAR and self.devmajor == 0 and self.devminor == 0
+
+    @property
+    def is_opaque(self) -> bool:
+        return self.type == DIRECTORY and any(self.xattrs.get(k) == b"y" for k in OPAQUE_XATTRS)
 
 
-def is_opaque(info: tarfile.TarInfo) -> bool:
-    return info.isdir() and any(v == b"y" for k, v in xattrs_of(info).items()
-                                if k in OPAQUE_XATTRS)
+# POSIX ustar header: name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic,
+# version, uname, gname, devmajor, devminor, prefix.
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+assert _USTAR.size == 512
 
 
-def members(source, compression: int):
-    """The tar members of a payload stream, in order; a member's data is readable from
-    `tar.extractfile(member)` until the next member is taken."""
+def _number(field: bytes) -> int:
+    if field and field[0] & 0x80:   # base-256, for values too large for octal
+        return int.from_bytes(field[1:], "big")
+    return int(field.strip(b"\0 ") or b"0", 8)
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _pax(data: bytes) -> dict[str, bytes]:
+    records, pos = {}, 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        if length <= 0:
+            raise ArchiveError("damaged pax header")
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        records[key.decode("utf-8", "surrogateescape")] = value
+        pos += length
+    return records
+
+
+class TarReader:
+    """Iterates the entries of an uncompressed tar stream (anything with read(n))."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._left = 0      # data bytes of the current entry not yet read
+        self._padding = 0
+
+    def _read(self, n: int) -> bytes:
+        data = self._stream.read(n)
+        while len(data) < n:
+            more = self._stream.read(n - len(data))
+            if not more:
+                raise ArchiveError("archive ends in the middle of an entry")
+            data += more
+        return data
+
+    def _skip(self) -> None:
+        left = self._left + self._padding
+        while left:
+            left -= len(self._read(min(left, READ_CHUNK)))
+        self._left = self._padding = 0
+
+    def copy_to(self, fd: int) -> None:
+        """Write the current entry's data to fd."""
+        while self._left:
+            chunk = memoryview(self._read(min(self._left, READ_CHUNK)))
+            self._left -= len(chunk)
+            while chunk:
+                chunk = chunk[os.write(fd, chunk):]
+
+    def _header(self) -> tuple | None:
+        """The next header's fields; None at the end-of-archive zero block."""
+        block = self._read(_BLOCK)
+        if block == _EMPTY:
+            return None
+        fields = _USTAR.unpack(block)
+        if _number(fields[6]) != sum(block) - sum(fields[6]) + 8 * 32:
+            raise ArchiveError("damaged tar header (checksum mismatch)")
+        return fields
+
+    def __iter__(self):
+        pax: dict[str, bytes] = {}
+        while True:
+            self._skip()
+            fields = self._header()
+            if fields is None:
+                return
+            (name, mode, uid, gid, size, mtime, _, kind, linkname, magic, _, _, _, major,
+             minor, prefix) = fields
+            size = _number(size)
+            if kind in (b"x", b"g"):
+                data = self._read(size)
+                self._padding = -size % _BLOCK
+                if kind == b"x":
+                    pax.update(_pax(data))
+                continue
+            etype = _TYPES.get(kind, "unsupported")
+            if "path" in pax:
+                name = pax["path"].decode("utf-8", "surrogateescape")
+            elif magic == b"ustar\0" and prefix[0]:
+                name = _text(prefix) + "/" + _text(name)
+            else:
+                name = _text(name)
+            device = etype in (CHAR, BLOCK)
+            entry = Entry(
+                name=name,
+                type=etype,
+                mode=_number(mode),
+                uid=int(pax["uid"]) if "uid" in pax else _number(uid),
+                gid=int(pax["gid"]) if "gid" in pax else _number(gid),
+                mtime=int(float(pax["mtime"])) if "mtime" in pax else _number(mtime),
+                size=int(pax["size"]) if "size" in pax else size,
+                linkname=(pax["linkpath"].decode("utf-8", "surrogateescape")
+                          if "linkpath" in pax else _text(linkname)),
+                devmajor=_number(major) if device else 0,
+                devminor=_number(minor) if device else 0,
+                xattrs={k[len(XATTR_PREFIX):]: v for k, v in pax.items()
+                        if k.startswith(XATTR_PREFIX)} if pax else {},
+            )
+            pax = {}
+            self._left = entry.size if etype == FILE else 0
+            self._padding = -self._left % _BLOCK
+            yield entry
+
+
+def entries(source, compression: int):
+    """(reader, entry) for each entry of a payload stream, in order. Reads the stream to its
+    end, so the record's CRC is always checked; a damaged record raises RecordDamaged even
+    where the damage first garbles the archive."""
     try:
-        with decompressor(source, compression) as stream, \
-                tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
-            for member in tar:
-                yield tar, member
-            # Read to the very end, so the record's CRC is checked even past the tar's end.
+        with decompressor(source, compression) as stream:
+            reader = TarReader(stream)
+            for entry in reader:
+                yield reader, entry
             while stream.read(READ_CHUNK):
                 pass
             while source.read(READ_CHUNK):
                 pass
-    except (tarfile.TarError, gzip.BadGzipFile, lzma.LZMAError, zlib.error, EOFError) as e:
-        # Damaged flash shows up here first; reading on to the end lets the record's CRC
-        # say so (RecordDamaged) before the archive is blamed.
+    except (ArchiveError, gzip.BadGzipFile, lzma.LZMAError, zlib.error, EOFError,
+            ValueError) as e:
         while source.read(READ_CHUNK):
             pass
         raise ArchiveError(f"archive cannot be read: {e}") from None

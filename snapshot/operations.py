@@ -201,8 +201,9 @@ def snapshot_record(chain: Chain, index: int) -> Record:
     return chain.snapshots[index - 1]
 
 
-def _names(chain: Chain, record: Record):
-    yield from archive.members(chain.payload(record), record.entry.compression)
+def _entries(chain: Chain, record: Record):
+    for _, entry in archive.entries(chain.payload(record), record.entry.compression):
+        yield entry
 
 
 def show(chain: Chain, index: int, rom: Path | None = None) -> dict:
@@ -211,23 +212,23 @@ def show(chain: Chain, index: int, rom: Path | None = None) -> dict:
     record = snapshot_record(chain, index)
     before: set[str] = set()
     for earlier in chain.snapshots[:index - 1]:
-        for _, member in _names(chain, earlier):
-            name = restore.clean_name(member.name)
-            if archive.is_whiteout(member) or archive.is_opaque(member):
+        for entry in _entries(chain, earlier):
+            name = restore.clean_name(entry.name)
+            if entry.is_whiteout or entry.is_opaque:
                 before = {p for p in before if p != name and not p.startswith(name + "/")}
-            if not archive.is_whiteout(member):
+            if not entry.is_whiteout:
                 before.add(name)
     changes = {"added": [], "modified": [], "deleted": [], "opaque": []}
-    for _, member in _names(chain, record):
-        name = restore.clean_name(member.name)
+    for entry in _entries(chain, record):
+        name = restore.clean_name(entry.name)
         existed = name in before or (rom is not None and os.path.lexists(rom / name))
-        if archive.is_whiteout(member):
+        if entry.is_whiteout:
             changes["deleted"].append(name)
-        elif archive.is_opaque(member):
+        elif entry.is_opaque:
             changes["opaque"].append(name)
         elif not existed:
             changes["added"].append(name)
-        elif not member.isdir():
+        elif entry.type != archive.DIRECTORY:
             # A directory that existed is only the parent of a change: not listed.
             changes["modified"].append(name)
     e = record.entry

@@ -1,20 +1,22 @@
 """Applying a snapshot's archive onto an overlay upper directory, with overlayfs semantics.
 
 Applying snapshots 1..N in order into one upper directory gives the upper directory the user
-had (DESIGN.md §7 has the rules). An archive is read twice: the first pass checks every entry
-against the safety rules and the target (and the record's CRC, at the end of the stream); only
-an archive that passes all of it is applied, so a refused archive leaves the target untouched.
+had (DESIGN.md §7 has the rules). Every entry is checked against the safety rules and the
+target, and the record's CRC at the end of the stream, before anything in the target
+changes, so a refused or damaged archive leaves the target untouched.
 """
 import os
 import shutil
 import stat
-import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from snapshot.archive import (OPAQUE_XATTRS, READ_CHUNK, ArchiveError, is_opaque, is_whiteout,
-                              members, xattrs_of)
+from snapshot.archive import (BLOCK, CHAR, DIRECTORY, FIFO, FILE, HARDLINK, OPAQUE_XATTRS,
+                              SYMLINK, ArchiveError, Entry, entries)
 
 OPAQUE = "trusted.overlay.opaque"
+# Where file contents wait inside the target until the whole archive has passed its checks.
+STAGING = ".snapshot-unpacking"
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeEntry(ArchiveError):
@@ -26,10 +28,9 @@ class UnsafeEntry(ArchiveError):
 
 def _relative(name: str) -> str:
     """`name` as a path relative to the target; ValueError says why it cannot be one."""
-    path = PurePosixPath(name)
-    if path.is_absolute():
+    if name.startswith("/"):
         raise ValueError("absolute path")
-    parts = [p for p in path.parts if p != "."]
+    parts = [p for p in name.split("/") if p and p != "."]
     if ".." in parts:
         raise ValueError("'..' in the path")
     if not parts:
@@ -46,37 +47,39 @@ def clean_name(name: str, entry: str | None = None) -> str:
         raise UnsafeEntry(entry or name, reason) from None
 
 
-def check(open_payload, dest: Path) -> None:
-    """First pass: every entry is safe against dest as it is now. Reads the whole stream."""
-    dest = Path(dest)
-    kinds: dict[str, str] = {}   # what this archive has put at each path so far
-    for _, member in members(*open_payload()):
-        name = clean_name(member.name)
-        for parent in list(PurePosixPath(name).parents)[:-1]:
-            _check_parent(str(parent), kinds, dest, member.name)
-        if member.islnk():
-            target = clean_name(member.linkname, member.name)
-            if kinds.get(target) != "file":
-                raise UnsafeEntry(member.name, f"hardlink to {member.linkname!r}, which is not "
-                                               f"a file earlier in this archive")
-        elif member.ischr() or member.isblk():
-            if not is_whiteout(member):
-                raise UnsafeEntry(member.name, "device node (only 0/0 whiteouts are allowed)")
-        elif not (member.isreg() or member.isdir() or member.issym() or member.isfifo()):
-            raise UnsafeEntry(member.name, "unsupported entry type")
-        kinds[name] = "dir" if member.isdir() else "link" if member.issym() else \
-            "whiteout" if member.ischr() else "file"
+def _check(entry: Entry, kinds: dict[str, str], dest: Path) -> str:
+    """The entry's path if it is safe against dest as it is now and against the entries
+    before it (`kinds`: what the archive has put at each path so far); else UnsafeEntry."""
+    name = clean_name(entry.name)
+    if name.partition("/")[0] == STAGING:
+        raise UnsafeEntry(entry.name, "reserved name")
+    parent = name.rpartition("/")[0]
+    while parent:
+        _check_parent(parent, kinds, dest, entry.name)
+        parent = parent.rpartition("/")[0]
+    if entry.type == HARDLINK:
+        target = clean_name(entry.linkname, entry.name)
+        if kinds.get(target) != FILE:
+            raise UnsafeEntry(entry.name, f"hardlink to {entry.linkname!r}, which is not "
+                                          f"a file earlier in this archive")
+    elif entry.type in (CHAR, BLOCK):
+        if not entry.is_whiteout:
+            raise UnsafeEntry(entry.name, "device node (only 0/0 whiteouts are allowed)")
+    elif entry.type not in (FILE, DIRECTORY, SYMLINK, FIFO):
+        raise UnsafeEntry(entry.name, "unsupported entry type")
+    kinds[name] = FILE if entry.type == HARDLINK else entry.type
+    return name
 
 
 def _check_parent(parent: str, kinds: dict, dest: Path, name: str) -> None:
     kind = kinds.get(parent)
     if kind is not None:
-        if kind != "dir":
+        if kind != DIRECTORY:
             raise UnsafeEntry(name, f"{parent!r} earlier in this archive is not a directory"
-                              + (" (a symlink)" if kind == "link" else ""))
+                              + (" (a symlink)" if kind == SYMLINK else ""))
         return
     try:
-        mode = (dest / parent).lstat().st_mode
+        mode = os.lstat(f"{dest}/{parent}").st_mode
     except FileNotFoundError:
         return
     if stat.S_ISLNK(mode):
@@ -86,91 +89,118 @@ def _check_parent(parent: str, kinds: dict, dest: Path, name: str) -> None:
 
 
 def apply(open_payload, dest: Path) -> None:
-    """Check the archive, then apply it onto dest with overlayfs semantics."""
+    """Apply an archive onto dest with overlayfs semantics, or leave dest untouched.
+
+    One pass reads the archive, checks every entry and writes file contents into a staging
+    directory inside dest (same filesystem, so no copy of the archive lands in /tmp). Only
+    when the whole stream has passed, CRC included, are the entries applied: files by
+    rename, everything else created in place."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    check(open_payload, dest)
-    dir_times = []
-    for tar, member in members(*open_payload()):
-        path = dest / clean_name(member.name)
-        try:
-            _apply_member(tar, member, path, dest)
-        except OSError as e:
-            raise ArchiveError(f"cannot unpack {member.name!r} into {dest}: "
-                               f"{e.strerror}") from None
-        if member.isdir():
-            dir_times.append((path, member.mtime))
+    staging = f"{dest}/{STAGING}"
+    _remove(staging)
+    os.mkdir(staging, 0o700)
+    try:
+        plan, kinds = [], {}
+        for reader, entry in entries(*open_payload()):
+            name = _check(entry, kinds, dest)
+            staged = None
+            if entry.type == FILE:
+                staged = f"{staging}/{len(plan)}"
+                _write_file(reader, entry, staged)
+            plan.append((name, entry, staged))
+        dir_times = []
+        for name, entry, staged in plan:
+            path = f"{dest}/{name}"
+            try:
+                _apply_entry(entry, path, staged, dest)
+            except OSError as e:
+                raise ArchiveError(f"cannot unpack {entry.name!r} into {dest}: "
+                                   f"{e.strerror}") from None
+            if entry.type == DIRECTORY:
+                dir_times.append((path, entry.mtime))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     # Creating entries changes their directory's mtime: set directories' times last.
     for path, mtime in reversed(dir_times):
         os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
-def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path,
-                  dest: Path) -> None:
-    if member.isdir():
-        _apply_dir(path, member)
+def _remove(path: str) -> bool:
+    """Remove whatever is at path; True if something was there."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+    return True
+
+
+def _write_file(reader, entry: Entry, path: str) -> None:
+    fd = os.open(path, _CREATE, 0o600)
+    try:
+        reader.copy_to(fd)
+        _metadata(fd, entry)
+    finally:
+        os.close(fd)
+
+
+def _apply_entry(entry: Entry, path: str, staged: str | None, dest: Path) -> None:
+    if entry.type == DIRECTORY:
+        _apply_dir(path, entry)
         return
     _remove(path)
-    if member.isreg():
-        _write_file(tar, member, path)
-    elif member.islnk():
-        os.link(dest / clean_name(member.linkname), path, follow_symlinks=False)
+    if staged is not None:
+        os.rename(staged, path)
+        return
+    if entry.type == HARDLINK:
+        os.link(f"{dest}/{clean_name(entry.linkname)}", path, follow_symlinks=False)
         return  # a hardlink shares its target's metadata
-    elif member.issym():
-        os.symlink(member.linkname, path)
-    elif member.isfifo():
+    if entry.type == SYMLINK:
+        os.symlink(entry.linkname, path)
+    elif entry.type == FIFO:
         os.mkfifo(path)
     else:
         os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
-    _metadata(path, member)
+    _metadata(path, entry)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        path.unlink()
-
-
-def _apply_dir(path: Path, member: tarfile.TarInfo) -> None:
-    existing = path.is_dir() and not path.is_symlink()
-    opaque = is_opaque(member)
-    if existing and opaque:
+def _apply_dir(path: str, entry: Entry) -> None:
+    try:
+        existing = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        existing = None
+    if existing and entry.is_opaque:
         # An opaque directory replaces everything earlier snapshots put in it.
         shutil.rmtree(path)
-        existing = False
+        existing = None
     if not existing:
-        replaced = os.path.lexists(path)
-        _remove(path)
-        path.mkdir()
+        replaced = _remove(path) if existing is not None else False
+        os.mkdir(path)
         # A directory where a file or a whiteout was must hide the lower layer's directory
         # of the same name, which the file or whiteout used to hide.
-        if replaced and not opaque:
+        if replaced and not entry.is_opaque:
             os.setxattr(path, OPAQUE, b"y")
-    _metadata(path, member)
+    if existing:
+        # A directory kept from an earlier snapshot gets exactly the new xattrs, except that
+        # it stays opaque: that mark hides the lower layer, which the new delta cannot see.
+        for key in os.listxattr(path):
+            if key not in entry.xattrs and key not in OPAQUE_XATTRS:
+                os.removexattr(path, key)
+    _metadata(path, entry)
 
 
-def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
-    source = tar.extractfile(member)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        while chunk := source.read(READ_CHUNK):
-            out.write(chunk)
-
-
-def _metadata(path: Path, member: tarfile.TarInfo) -> None:
-    link = member.issym()
-    os.chown(path, member.uid, member.gid, follow_symlinks=False)
-    wanted = xattrs_of(member)
-    # A directory kept from an earlier snapshot gets exactly the new xattrs, except that it
-    # stays opaque: the opaque mark hides the lower layer, which the new delta cannot see.
-    for key in os.listxattr(path, follow_symlinks=False):
-        if key not in wanted and key not in OPAQUE_XATTRS:
-            os.removexattr(path, key, follow_symlinks=False)
-    for key, value in wanted.items():
-        os.setxattr(path, key, value, follow_symlinks=False)
+def _metadata(target: str | int, entry: Entry) -> None:
+    """Owner, xattrs, mode and mtime of a new entry (a path, or an open file's fd)."""
+    link = entry.type == SYMLINK
+    os.chown(target, entry.uid, entry.gid, follow_symlinks=isinstance(target, int))
+    for key, value in entry.xattrs.items():
+        os.setxattr(target, key, value, follow_symlinks=isinstance(target, int))
     if not link:
         # After chown: chown clears setuid and setgid.
-        os.chmod(path, member.mode & 0o7777)
-    if not member.isdir():
-        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+        os.chmod(target, entry.mode & 0o7777)
+    if entry.type != DIRECTORY:
+        os.utime(target, (entry.mtime, entry.mtime), follow_symlinks=isinstance(target, int))

@@ -57,9 +57,12 @@ def overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
     mount("overlay", target, f"lowerdir={lower},upperdir={upper},workdir={work}", "overlay")
 
 
-def view(root: Path) -> dict:
+def view(root: Path, uppers: list[Path]) -> dict:
     """Everything a user sees below root: paths, types, modes, owners, xattrs, symlink
-    targets, file contents and mtimes, and which paths are hardlinks of each other."""
+    targets, file contents and mtimes, and which paths are hardlinks of each other.
+
+    overlayfs reports a copied-up file under its lower inode number, so hardlinks are found
+    in the upper dirs (`uppers`, top first) that provide each file, not by st_ino."""
     entries, inodes = {}, {}
     for directory, dirs, files in os.walk(root):
         for name in dirs + files:
@@ -74,10 +77,22 @@ def view(root: Path) -> dict:
             elif stat.S_ISREG(st.st_mode):
                 entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
                 entry["mtime"] = int(st.st_mtime)
-                inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
+                if st.st_nlink > 1:
+                    inodes.setdefault(_real_inode(rel, uppers), []).append(rel)
             entries[rel] = entry
     groups = sorted(sorted(paths) for paths in inodes.values() if len(paths) > 1)
     return {"entries": entries, "hardlinks": groups}
+
+
+def _real_inode(rel: str, uppers: list[Path]) -> tuple:
+    for layer, upper in enumerate(uppers):
+        try:
+            st = (upper / rel).lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            return layer, st.st_ino
+    return "lower", rel
 
 
 def change(root: Path, op: list) -> None:
@@ -91,7 +106,7 @@ def change(root: Path, op: list) -> None:
         with open(path, "a") as f:
             f.write(args[1])
     elif kind == "chmod":
-        os.chmod(path, args[1], follow_symlinks=False)
+        os.chmod(path, args[1])   # as chmod(1): through a symlink
     elif kind == "chown":
         os.chown(path, args[1], args[2], follow_symlinks=False)
     elif kind == "rm":
@@ -146,14 +161,14 @@ def main() -> None:
                 change(top, op)
             except OSError:
                 skipped += 1   # generated changes may not apply (a path already gone)
-        expected = view(top)
+        expected = view(top, [base / f"v{k}", upper])
         snapshot(image, "push", "--from", str(base / f"v{k}"), "-m", f"step {k}")
         umount(top)
         umount(merged)
         fresh, again = base / f"f{k}", base / f"a{k}"
         snapshot(image, "unpack", "--to", str(fresh))
         overlay(lower, fresh, base / f"fw{k}", again)
-        actual = view(again)
+        actual = view(again, [fresh])
         umount(again)
         report["steps"] = k
         if actual != expected:
