@@ -5,9 +5,9 @@
 For each step of SPEC, it mounts the layers boot would (a lower tree standing in for the
 squashfs, an overlay whose upper dir holds snapshots 1..k-1 unpacked by `snapshot unpack`, and
 an overlay on top with an empty volatile upper dir), makes the step's changes in the merged
-view, pushes the volatile upper dir as snapshot k, then unpacks snapshots 1..k into a fresh
-upper dir, mounts lower + that, and compares the two merged views in full. Prints a JSON
-report. Every mount dies with the namespace.
+view and pushes the volatile upper dir as snapshot k. Then, in a fresh namespace, it unpacks
+snapshots 1..k into a new upper dir, mounts lower + that, and compares the merged view with
+the one before the push, in full. Prints a JSON report. Every mount dies with its namespace.
 """
 import hashlib
 import json
@@ -39,6 +39,9 @@ def make_lower(root: Path) -> None:
     os.chmod(root / "bin/tool", 0o755)
     (root / "etc/rc.d").mkdir()
     (root / "etc/rc.d/S10boot").symlink_to("../init.d/boot")
+    # Fixed times: the verifying namespace builds its own copy, which must look the same.
+    for path in root.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
 
 
 def mount(fstype: str, target: Path, options: str = "", source: str = "none") -> None:
@@ -143,8 +146,29 @@ def first_difference(expected: dict, actual: dict) -> str:
     return f"hardlink groups: before push {expected['hardlinks']}, after {actual['hardlinks']}"
 
 
+def verify(spec: dict, k: int, expected_file: Path) -> None:
+    """In a fresh namespace: unpack snapshots 1..k into a new upper dir, mount the lower
+    tree + that, and compare with the view recorded before the push."""
+    base = Path(spec["work"]) / f"verify{k}"
+    mount("tmpfs", base)
+    lower, fresh, again = base / "lower", base / "upper", base / "merged"
+    make_lower(lower)
+    snapshot(spec["image"], "unpack", "--to", str(fresh))
+    overlay(lower, fresh, base / "work", again)
+    actual = view(again, [fresh])
+    expected = json.loads(expected_file.read_text())
+    result = {"ok": actual == expected}
+    if actual != expected:
+        result["difference"] = f"step {k}: {first_difference(expected, actual)}"
+    print(json.dumps(result))
+
+
 def main() -> None:
-    spec = json.loads(Path(sys.argv[1]).read_text())
+    spec_file = Path(sys.argv[1])
+    spec = json.loads(spec_file.read_text())
+    if len(sys.argv) > 2:
+        verify(spec, int(sys.argv[2]), Path(sys.argv[3]))
+        return
     image, base = spec["image"], Path(spec["work"])
     mount("tmpfs", base)
     lower = base / "lower"
@@ -155,24 +179,23 @@ def main() -> None:
         snapshot(image, "unpack", "--to", str(upper))
         overlay(lower, upper, base / f"w{k}", merged)
         overlay(merged, base / f"v{k}", base / f"vw{k}", top)
-        skipped = 0
         for op in ops:
             try:
                 change(top, op)
             except OSError:
-                skipped += 1   # generated changes may not apply (a path already gone)
-        expected = view(top, [base / f"v{k}", upper])
+                pass   # generated changes may not apply (a path already gone)
+        expected = spec_file.with_name(f"expected{k}.json")
+        expected.write_text(json.dumps(view(top, [base / f"v{k}", upper])))
         snapshot(image, "push", "--from", str(base / f"v{k}"), "-m", f"step {k}")
         umount(top)
         umount(merged)
-        fresh, again = base / f"f{k}", base / f"a{k}"
-        snapshot(image, "unpack", "--to", str(fresh))
-        overlay(lower, fresh, base / f"fw{k}", again)
-        actual = view(again, [fresh])
-        umount(again)
+        checked = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
+                                  __file__, str(spec_file), str(k), str(expected)],
+                                 capture_output=True, text=True, check=True)
+        result = json.loads(checked.stdout.splitlines()[-1])
         report["steps"] = k
-        if actual != expected:
-            report.update(ok=False, difference=f"step {k}: {first_difference(expected, actual)}")
+        if not result["ok"]:
+            report.update(ok=False, difference=result["difference"])
             break
     print(json.dumps(report))
 
