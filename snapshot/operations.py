@@ -189,7 +189,7 @@ def unpack(chain: Chain, dest: Path, upto: int | None = None,
 
 def _apply(chain: Chain, record: Record, dest: Path, done_so_far: str) -> None:
     try:
-        restore.apply(lambda: (chain.payload(record), record.entry.compression), dest)
+        restore.apply(chain.payload(record), record.entry.compression, dest)
     except RecordDamaged as e:
         raise ChainDamaged(f"{e}; {done_so_far}") from None
 

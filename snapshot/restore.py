@@ -88,7 +88,7 @@ def _check_parent(parent: str, kinds: dict, dest: Path, name: str) -> None:
         raise UnsafeEntry(name, f"{parent!r} is not a directory in the target")
 
 
-def apply(open_payload, dest: Path) -> None:
+def apply(source, compression: int, dest: Path) -> None:
     """Apply an archive onto dest with overlayfs semantics, or leave dest untouched.
 
     One pass reads the archive, checks every entry and writes file contents into a staging
@@ -102,7 +102,7 @@ def apply(open_payload, dest: Path) -> None:
     os.mkdir(staging, 0o700)
     try:
         plan, kinds = [], {}
-        for reader, entry in entries(*open_payload()):
+        for reader, entry in entries(source, compression):
             name = _check(entry, kinds, dest)
             staged = None
             if entry.type == FILE:

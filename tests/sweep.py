@@ -75,8 +75,7 @@ def visible(device: str):
             upper.mkdir()
             for record in chain.snapshots:
                 try:
-                    restore.apply(lambda: (chain.payload(record), record.entry.compression),
-                                  upper)
+                    restore.apply(chain.payload(record), record.entry.compression, upper)
                 except RecordDamaged:
                     snaps.append("damaged")
                     break
@@ -85,7 +84,7 @@ def visible(device: str):
             if chain.volatile is not None and "damaged" not in snaps:
                 try:
                     record = chain.volatile
-                    restore.apply(lambda: (chain.payload(record), record.entry.compression),
+                    restore.apply(chain.payload(record), record.entry.compression,
                                   Path(work) / "volatile")
                     volatile = tree(Path(work) / "volatile")
                 except RecordDamaged:

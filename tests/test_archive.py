@@ -25,7 +25,7 @@ def packed(root, compression=COMPRESSION_GZIP) -> bytes:
 
 
 def apply(data: bytes, dest, compression=COMPRESSION_GZIP):
-    restore.apply(lambda: (io.BytesIO(data), compression), dest)
+    restore.apply(io.BytesIO(data), compression, dest)
 
 
 def whiteout(path):
