@@ -10,7 +10,7 @@ import stat
 from mtd._mtd_abi import ffi, lib
 from mtd.errors import FlashOpenError, MtdError, from_errno
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
-                       check_span, check_write)
+                       check_span, check_write, open_backing)
 
 DEFAULT_PARTITION = "rootfs_data"
 
@@ -70,14 +70,7 @@ class MtdDevice(Closing):
     def __init__(self, path: str, writable: bool = False):
         self.name = path
         self.writable = writable
-        try:
-            self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        except FileNotFoundError:
-            raise FlashOpenError(f"{path}: no such device") from None
-        except PermissionError:
-            raise FlashOpenError(f"{path}: permission denied") from None
-        except OSError as e:
-            raise FlashOpenError(f"{path}: {e.strerror}") from None
+        self._fd = open_backing(path, writable, "no such device")
         try:
             if not stat.S_ISCHR(os.fstat(self._fd).st_mode):
                 raise FlashOpenError(f"{path}: not an MTD device (not a character device)")

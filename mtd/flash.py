@@ -5,11 +5,12 @@ Two implementations exist, `mtd.device.MtdDevice` (Linux MTD character devices) 
 it holds. Offsets and lengths are bytes from the start of the partition.
 """
 import errno
+import os
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from mtd.errors import MtdError
+from mtd.errors import FlashOpenError, MtdError
 
 
 class FlashType(StrEnum):
@@ -149,3 +150,15 @@ def check_block(name: str, geometry: Geometry, operation: str, block: int) -> No
     if not 0 <= block < geometry.blocks:
         raise MtdError(errno.EINVAL, name, operation, None,
                        f"block {block} is outside 0..{geometry.blocks - 1}")
+
+
+def open_backing(path: str, writable: bool, missing: str) -> int:
+    """Open a device node or image read-only (or read-write), as FlashOpenError on failure."""
+    try:
+        return os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    except FileNotFoundError:
+        raise FlashOpenError(f"{path}: {missing}") from None
+    except PermissionError:
+        raise FlashOpenError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise FlashOpenError(f"{path}: {e.strerror}") from None

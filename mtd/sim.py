@@ -33,7 +33,7 @@ from pathlib import Path
 
 from mtd.errors import FlashOpenError, FlashViolation, MtdError
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
-                       check_span, check_write)
+                       check_span, check_write, open_backing)
 
 SIDECAR_SUFFIX = ".sim.json"
 SIDECAR_FORMAT = "snapshot-flash-sim/1"
@@ -124,12 +124,7 @@ class SimFlash(Closing):
                                  f"(no sidecar {self._sidecar.name})") from None
         except (ValueError, KeyError, TypeError) as e:
             raise FlashOpenError(f"{self._sidecar}: damaged simulator sidecar ({e})") from None
-        try:
-            self._fd = os.open(image, os.O_RDWR if writable else os.O_RDONLY)
-        except FileNotFoundError:
-            raise FlashOpenError(f"{image}: no such image") from None
-        except PermissionError:
-            raise FlashOpenError(f"{image}: permission denied") from None
+        self._fd = open_backing(str(image), writable, "no such image")
         if os.fstat(self._fd).st_size != self.geometry.size:
             os.close(self._fd)
             raise FlashOpenError(f"{image}: image is not {self.geometry.size} bytes long")
