@@ -15,7 +15,7 @@ import click
 
 from mtd import FlashOpenError, FlashType, Geometry, MtdError, SimFlash, open_flash
 from mtd.sim import validate_geometry
-from snapshot import config, operations
+from snapshot import boot, config, operations
 from snapshot.archive import COMPRESSIONS
 from snapshot.chain import Chain
 from snapshot.errors import ChainDamaged, SnapshotError
@@ -422,3 +422,40 @@ def export(obj, index, output):
     with reading(obj) as dev:
         size = operations.export(Chain(dev), index, output)
     click.echo(f"exported snapshot {index} ({human(size)}) to {output}")
+
+
+@main.command("mount")
+@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Sandbox form: a mounted squashfs standing for /.")
+@click.option("--target", type=click.Path(file_okay=False, path_type=Path),
+              help="Sandbox form: where to mount the merged root.")
+@click.pass_obj
+def mount_cmd(obj, root, target):
+    """Boot: mount the saved state over the squashfs (run from preinit).
+
+    Recovers the chain, applies snapshots 1..N into a tmpfs overlay over the squashfs,
+    stacks the volatile layer on top and pivots, giving /rom, /overlay/upper and
+    /volatile/upper. A damaged chain boots its valid prefix; if anything else fails, a
+    plain tmpfs overlay is mounted instead. Everything is logged to the kernel log.
+
+    The sandbox form mounts the merged root at T without pivoting, with T/rom,
+    T/overlay/upper and T/volatile/upper laid out as on the router.
+
+    \b
+    Examples:
+      snapshot mount
+      snapshot --device /tmp/flash.img mount --root /mnt/squashfs --target /mnt/root
+    """
+    if (root is None) != (target is None):
+        raise click.UsageError("--root and --target go together")
+    sandbox = root is not None
+    if sandbox:
+        target = target.absolute()
+        scratch = target.parent / f".{target.name}.snapshot"
+    else:
+        root, target, scratch = Path("/"), Path("/mnt"), Path("/tmp/.snapshot")
+    target.mkdir(parents=True, exist_ok=True)
+    boot.mount(obj["device"], root.absolute(), target, scratch, boot.Log(kmsg=not sandbox),
+               sandbox)
+    if not sandbox:
+        boot.pivot(target)

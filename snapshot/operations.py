@@ -168,11 +168,11 @@ def listing(chain: Chain) -> dict:
     }
 
 
-def unpack(chain: Chain, dest: Path, upto: int | None = None,
-           volatile_dest: Path | None = None) -> int:
-    """Apply snapshots 1..upto in order into dest (and the volatile into volatile_dest).
-    Each record is read and checked in full before it is applied, so a damaged or unsafe
-    record is never applied; the ones before it are. Returns the number of snapshots applied."""
+def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None
+                    ) -> tuple[int, SnapshotError | None]:
+    """Apply snapshots 1..upto (default all) in order into dest, stopping at the first that
+    is damaged or refused; it is not applied at all (see restore.apply). Returns how many
+    were applied and the error that stopped them, if any."""
     snapshots = chain.snapshots
     if upto is None:
         upto = len(snapshots)
@@ -180,18 +180,38 @@ def unpack(chain: Chain, dest: Path, upto: int | None = None,
         raise SnapshotError(f"--upto {upto} is not a snapshot number (0..{len(snapshots)})")
     Path(dest).mkdir(parents=True, exist_ok=True)
     for index, record in enumerate(snapshots[:upto]):
-        _apply(chain, record, Path(dest), f"unpacked snapshots 1..{index}" if index
-               else "nothing was unpacked")
-    if volatile_dest is not None and chain.volatile is not None:
-        _apply(chain, chain.volatile, Path(volatile_dest), f"snapshots 1..{upto} were unpacked")
-    return upto
+        try:
+            _apply(chain, record, Path(dest))
+        except SnapshotError as e:
+            return index, e
+    return upto, None
 
 
-def _apply(chain: Chain, record: Record, dest: Path, done_so_far: str) -> None:
-    try:
-        restore.apply(chain.payload(record), record.entry.compression, dest)
-    except RecordDamaged as e:
-        raise ChainDamaged(f"{e}; {done_so_far}") from None
+def apply_volatile(chain: Chain, dest: Path) -> None:
+    """Apply the volatile record (if any) into dest."""
+    if chain.volatile is not None:
+        _apply(chain, chain.volatile, Path(dest))
+
+
+def unpack(chain: Chain, dest: Path, upto: int | None = None,
+           volatile_dest: Path | None = None) -> int:
+    """Apply snapshots 1..upto in order into dest (and the volatile into volatile_dest).
+    A damaged record is never applied, the ones before it are; returns the count applied."""
+    applied, error = apply_snapshots(chain, dest, upto)
+    if error is not None:
+        done = f"unpacked snapshots 1..{applied}" if applied else "nothing was unpacked"
+        failure = ChainDamaged if isinstance(error, RecordDamaged) else type(error)
+        raise failure(f"{error}; {done}")
+    if volatile_dest is not None:
+        try:
+            apply_volatile(chain, volatile_dest)
+        except RecordDamaged as e:
+            raise ChainDamaged(f"{e}; snapshots 1..{applied} were unpacked") from None
+    return applied
+
+
+def _apply(chain: Chain, record: Record, dest: Path) -> None:
+    restore.apply(chain.payload(record), record.entry.compression, dest)
 
 
 def snapshot_record(chain: Chain, index: int) -> Record:

@@ -1,0 +1,203 @@
+"""Boot: rebuild the stacked overlays from the chain (`snapshot mount`).
+
+Layout after a successful mount, on the router and in the sandbox form alike (T is `/` after
+the pivot, or the sandbox target):
+
+    T            overlay: lower = (overlay: squashfs + T/overlay/upper), upper = T/volatile/upper
+    T/rom        the squashfs
+    T/overlay    tmpfs; upper/ holds snapshots 1..N, applied in order
+    T/volatile   tmpfs; upper/ holds the volatile record, and every change made at run time
+
+Two stacked overlays rather than one with two lower dirs: the volatile layer must be writable
+on top of the snapshots, and the snapshots' upper dir must stay a plain directory that
+`unpack` writes into before anything is mounted on it (DESIGN.md §8).
+
+Boot is a write point: the recovery of an interrupted operation is made persistent first
+(`check --repair`). Whatever fails after that, the system still comes up: a damaged record
+ends the applied chain at the record before it, and if building the layers fails, a plain
+tmpfs overlay over the squashfs is mounted instead, the way stock OpenWrt does for a
+partition it does not know. Each such event is logged loudly.
+"""
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtd import FlashOpenError, MtdError
+from snapshot import operations
+from snapshot.chain import Chain
+from snapshot.errors import SnapshotError
+
+MOUNTPOINTS = ("rom", "overlay", "volatile")
+
+
+class MountError(SnapshotError):
+    pass
+
+
+@dataclass
+class BootReport:
+    """What a mount did, for the log and for tests."""
+    snapshots: int = 0
+    volatile: bool = False
+    fallback: bool = False
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Log:
+    """Boot messages: stderr always; the kernel log too on a router, where preinit has no
+    syslog yet and the kernel log is what survives to be read later."""
+
+    def __init__(self, kmsg: bool):
+        self.kmsg = kmsg
+
+    def __call__(self, message: str, loud: bool = False) -> None:
+        line = f"snapshot: {message}"
+        print(line, file=sys.stderr, flush=True)
+        if self.kmsg:
+            try:
+                with open("/dev/kmsg", "w") as kmsg:
+                    kmsg.write(f"<{3 if loud else 5}>{line}\n")
+            except OSError:
+                pass
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MountError(f"{' '.join(argv)}: {result.stderr.strip() or 'failed'}")
+
+
+class Mounts:
+    """The mounts made so far, so a failure can undo them in reverse order."""
+
+    def __init__(self):
+        self.made: list[Path] = []
+
+    def mount(self, target: Path, fstype: str, source: str = "none", options: str = "") -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        _run("mount", "-t", fstype, *(["-o", options] if options else []), source, str(target))
+        self.made.append(target)
+
+    def bind(self, source: Path, target: Path) -> None:
+        _run("mount", "--bind", str(source), str(target))
+        self.made.append(target)
+
+    def move(self, source: Path, target: Path) -> None:
+        _run("mount", "--move", str(source), str(target))
+        self.made[self.made.index(source)] = target
+
+    def overlay(self, lower: Path, layer: Path, target: Path) -> None:
+        self.mount(target, "overlay", "overlay",
+                   f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work")
+
+    def undo(self) -> None:
+        for target in reversed(self.made):
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+        self.made.clear()
+
+
+def _tmpfs_layer(mounts: Mounts, path: Path) -> None:
+    mounts.mount(path, "tmpfs", "tmpfs", "mode=0755")
+    (path / "upper").mkdir()
+    (path / "work").mkdir()
+
+
+def _recover(flash, log: Log, boot: BootReport) -> Chain:
+    """Open the chain and make the recovery persistent. A failing repair is logged; the
+    chain is then used as it reads."""
+    chain = Chain(flash)
+    try:
+        report = operations.repair(chain)
+    except (SnapshotError, MtdError) as e:
+        boot.problems.append(f"repair failed: {e}")
+        log(f"repair failed, booting what reads back: {e}", loud=True)
+        return Chain(flash)
+    for line in report.problems:
+        boot.problems.append(line)
+        log(f"chain damaged: {line}", loud=True)
+    for line in report.repairs:
+        log(f"repaired: {line}", loud=bool(line.startswith("dropped")))
+    return chain
+
+
+def _layers(chain: Chain, root: Path, target: Path, scratch: Path, mounts: Mounts,
+            log: Log, boot: BootReport, sandbox: bool) -> None:
+    """Build the two layers in scratch, mount the merged root at target, then move the
+    layers into it. Raises on a failed mount; a damaged record only shortens the chain."""
+    _tmpfs_layer(mounts, scratch / "overlay")
+    upper = scratch / "overlay/upper"
+    boot.snapshots, error = operations.apply_snapshots(chain, upper)
+    if error is not None:
+        boot.problems.append(str(error))
+        log(f"booting snapshots 1..{boot.snapshots} only: {error}", loud=True)
+    for name in MOUNTPOINTS:
+        # In the snapshots' layer, not the volatile one: `save` must not capture them.
+        if not (root / name).is_dir():
+            (upper / name).mkdir(exist_ok=True)
+    mounts.overlay(root, scratch / "overlay", scratch / "base")
+    _tmpfs_layer(mounts, scratch / "volatile")
+    if chain.volatile is not None and boot.snapshots == len(chain.snapshots):
+        try:
+            operations.apply_volatile(chain, scratch / "volatile/upper")
+            boot.volatile = True
+        except SnapshotError as e:
+            boot.problems.append(str(e))
+            log(f"the volatile record is not applied: {e}", loud=True)
+    mounts.overlay(scratch / "base", scratch / "volatile", target)
+    _place(root, target, scratch, mounts, sandbox)
+    mounts.move(scratch / "volatile", target / "volatile")
+
+
+def _place(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: bool) -> None:
+    """Put the squashfs at T/rom (the router's pivot does that itself) and the snapshots'
+    layer at T/overlay."""
+    if sandbox:
+        mounts.bind(root, target / "rom")
+    mounts.move(scratch / "overlay", target / "overlay")
+
+
+def _fallback(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: bool) -> None:
+    """A plain tmpfs overlay over the squashfs: the system comes up with nothing saved."""
+    _tmpfs_layer(mounts, scratch / "overlay")
+    mounts.overlay(root, scratch / "overlay", target)
+    _place(root, target, scratch, mounts, sandbox)
+
+
+def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
+          sandbox: bool) -> BootReport:
+    """Mount the saved state of `device` over `root` at `target` (see the module doc). In the
+    sandbox form the squashfs is bound at target/rom; otherwise pivot() follows."""
+    started = time.monotonic()
+    boot = BootReport()
+    mounts = Mounts()
+    try:
+        with operations.opened(device, writable=True) as flash:
+            chain = _recover(flash, log, boot)
+            _layers(chain, root, target, scratch, mounts, log, boot, sandbox)
+    except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
+        mounts.undo()
+        boot.problems.append(str(e))
+        boot.fallback = True
+        log(f"cannot boot the snapshot chain ({e}); falling back to a tmpfs overlay",
+            loud=True)
+        _fallback(root, target, scratch, mounts, sandbox)
+    boot.seconds = time.monotonic() - started
+    log(f"mounted {boot.snapshots} snapshots"
+        + (" and the volatile record" if boot.volatile else "")
+        + (" (fallback: nothing saved is applied)" if boot.fallback else "")
+        + f" in {boot.seconds:.2f}s")
+    return boot
+
+
+def pivot(target: Path) -> None:
+    """Make target the root, with the old root (the squashfs) at /rom, as fstools does, and
+    bring the kernel filesystems along."""
+    _run("pivot_root", str(target), str(target / "rom"))
+    for name in ("proc", "sys", "dev", "tmp"):
+        if os.path.ismount(f"/rom/{name}"):
+            Path(f"/{name}").mkdir(exist_ok=True)
+            _run("mount", "--move", f"/rom/{name}", f"/{name}")

@@ -1,0 +1,174 @@
+"""Tier 2: `snapshot mount --root R --target T` on real squashfs, overlayfs and tmpfs, as
+root in private mount namespaces. Each namespace is one "boot"; tearing it down is the
+reboot, after which only the flash image remains."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtd import FlashType, Geometry, SimFlash
+from snapshot import operations
+from snapshot.chain import Chain
+from test_overlayfs import namespaces  # noqa: F401  (the tier-2 availability fixture)
+
+MIB = 1 << 20
+
+# Runs inside the namespace: mount the squashfs, boot, look around, run extra commands.
+BOOT = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+sqfs, image, work, extra = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
+root, target = work / "squashfs", work / "root"
+root.mkdir(exist_ok=True)
+subprocess.run(["mount", "-o", "loop,ro", sqfs, str(root)], check=True)
+cli = [sys.executable, "-m", "snapshot", "--device", image]
+booted = subprocess.run([*cli, "mount", "--root", str(root), "--target", str(target)],
+                        capture_output=True, text=True)
+result = {"rc": booted.returncode, "log": booted.stderr, "files": {}, "mounts": {}}
+for name in ("rom", "overlay", "volatile"):
+    result["mounts"][name] = os.path.ismount(target / name)
+for directory, dirs, files in os.walk(target):
+    if Path(directory).relative_to(target).parts[:1] in (("rom",), ("overlay",), ("volatile",)):
+        continue
+    for f in files:
+        p = Path(directory) / f
+        result["files"][str(p.relative_to(target))] = p.read_text() if p.is_file() else "?"
+for rel, text in extra.get("write", {}).items():
+    (target / rel).write_text(text)
+result["volatile_upper"] = sorted(str(p.relative_to(target / "volatile/upper"))
+                                  for p in (target / "volatile/upper").rglob("*"))
+for args in extra.get("commands", []):
+    args = [a.replace("$T", str(target)) for a in args]
+    done = subprocess.run([*cli, *args], capture_output=True, text=True)
+    result.setdefault("commands", []).append([done.returncode, done.stdout + done.stderr])
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture
+def rootfs(tmp_path):
+    """A small squashfs standing in for the router's root."""
+    tree = tmp_path / "rootfs"
+    for name, text in {"etc/config/system": "config system\n", "etc/banner": "OpenWrt\n",
+                       "etc/config/network": "stock\n", "bin/tool": "#!/bin/sh\n"}.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(text)
+    for name in ("rom", "overlay", "tmp"):
+        (tree / name).mkdir()
+    sqfs = tmp_path / "root.sqfs"
+    subprocess.run(["mksquashfs", str(tree), str(sqfs), "-quiet", "-noappend"], check=True,
+                   capture_output=True)
+    return sqfs
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, Geometry(FlashType.NAND, 16 * MIB, 128 * 1024, 2048, 64),
+                    bad_blocks=[5])
+    with SimFlash(path, writable=True) as flash:
+        operations.format_device(flash)
+    return path
+
+
+def write(image: Path, tmp_path: Path, kind: str, files: dict, whiteouts=()) -> None:
+    source = tmp_path / f"src-{kind}-{len(list(tmp_path.iterdir()))}"
+    for name, text in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text)
+    for name in whiteouts:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        os.mknod(source / name, 0o020000, os.makedev(0, 0))
+    source.mkdir(exist_ok=True)
+    with SimFlash(image, writable=True) as flash:
+        getattr(operations, kind)(Chain(flash), source)
+
+
+def boot(rootfs: Path, image: Path, tmp_path: Path, **extra) -> dict:
+    work = tmp_path / f"boot{len(list(tmp_path.glob('boot*')))}"
+    work.mkdir()
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                           BOOT, str(rootfs), str(image), str(work), json.dumps(extra)],
+                          capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_boot_gives_the_merged_view_of_squashfs_snapshots_and_volatile(namespaces, rootfs,
+                                                                       image, tmp_path):
+    write(image, tmp_path, "push", {"etc/config/network": "lan\n"})
+    write(image, tmp_path, "push", {"etc/config/wireless": "wifi\n"}, whiteouts=["etc/banner"])
+    write(image, tmp_path, "save", {"etc/config/system": "hostname rooftop\n"})
+    result = boot(rootfs, image, tmp_path)
+    assert result["rc"] == 0, result["log"]
+    assert result["files"] == {"etc/config/system": "hostname rooftop\n",
+                               "etc/config/network": "lan\n",
+                               "etc/config/wireless": "wifi\n",
+                               "bin/tool": "#!/bin/sh\n"}
+    assert result["mounts"] == {"rom": True, "overlay": True, "volatile": True}
+    assert "mounted 2 snapshots and the volatile record" in result["log"]
+
+
+def test_writes_land_in_the_volatile_upper_dir(namespaces, rootfs, image, tmp_path):
+    result = boot(rootfs, image, tmp_path, write={"etc/new": "x\n"})
+    assert result["volatile_upper"] == ["etc", "etc/new"]
+
+
+def test_save_survives_a_reboot(namespaces, rootfs, image, tmp_path):
+    first = boot(rootfs, image, tmp_path, write={"etc/config/system": "saved\n"},
+                 commands=[["save", "--from", "$T/volatile/upper"]])
+    assert first["commands"][0][0] == 0, first["commands"]
+    second = boot(rootfs, image, tmp_path)
+    assert second["files"]["etc/config/system"] == "saved\n"
+    assert second["volatile_upper"] == ["etc", "etc/config", "etc/config/system"]
+
+
+def test_push_survives_a_reboot_as_a_snapshot(namespaces, rootfs, image, tmp_path):
+    boot(rootfs, image, tmp_path, write={"etc/pushed": "yes\n"},
+         commands=[["push", "--from", "$T/volatile/upper", "-m", "from the router"]])
+    second = boot(rootfs, image, tmp_path)
+    assert second["files"]["etc/pushed"] == "yes\n"
+    assert second["volatile_upper"] == []
+    assert "mounted 1 snapshots" in second["log"]
+
+
+def test_a_corrupted_newest_record_boots_the_valid_prefix_and_says_so(namespaces, rootfs,
+                                                                      image, tmp_path):
+    write(image, tmp_path, "push", {"etc/one": "1\n"})
+    write(image, tmp_path, "push", {"etc/two": "2\n"})
+    with SimFlash(image) as flash:
+        record = Chain(flash).snapshots[1]
+        offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
+    with open(image, "r+b") as f:
+        f.seek(offset + 20)
+        f.write(b"\x00\x00\x00\x00")
+    result = boot(rootfs, image, tmp_path)
+    assert result["rc"] == 0
+    assert "etc/one" in result["files"] and "etc/two" not in result["files"]
+    assert "chain damaged:" in result["log"] and "snapshot 2 (block 6) is damaged" in result["log"]
+    assert "repaired: dropped snapshot 2" in result["log"]
+    # Boot is a write point: the repair is on flash now.
+    with SimFlash(image) as flash:
+        assert len(Chain(flash).snapshots) == 1
+        assert operations.check(Chain(flash)).clean
+
+
+def test_an_empty_chain_boots_the_squashfs(namespaces, rootfs, image, tmp_path):
+    result = boot(rootfs, image, tmp_path, write={"etc/x": "1\n"})
+    assert result["rc"] == 0
+    assert set(result["files"]) == {"etc/config/system", "etc/banner", "etc/config/network",
+                                    "bin/tool"}
+    assert result["volatile_upper"] == ["etc", "etc/x"]
+
+
+def test_an_unreadable_device_falls_back_to_a_tmpfs_overlay(namespaces, rootfs, tmp_path):
+    missing = tmp_path / "no-such-flash.img"
+    result = boot(rootfs, missing, tmp_path, write={"etc/x": "1\n"})
+    assert result["rc"] == 0
+    assert "falling back to a tmpfs overlay" in result["log"]
+    assert result["files"]["etc/banner"] == "OpenWrt\n"
+    assert result["mounts"]["rom"] and result["mounts"]["overlay"]
