@@ -424,6 +424,24 @@ def export(obj, index, output):
     click.echo(f"exported snapshot {index} ({human(size)}) to {output}")
 
 
+@main.command()
+@click.pass_obj
+def probe(obj):
+    """Exit 0 if --device holds a snapshot chain, 1 if not; prints nothing.
+
+    Reads only the anchor area. Boot scripts use it to choose how to mount the root.
+
+    \b
+    Example:
+      snapshot --device mtd:rootfs_data probe && echo "snapshot chain"
+    """
+    try:
+        with reading(obj) as dev:
+            Chain(dev)
+    except (SnapshotError, FlashOpenError, MtdError):
+        raise SystemExit(1)
+
+
 @main.command("mount")
 @click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Sandbox form: a mounted squashfs standing for /.")

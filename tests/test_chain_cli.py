@@ -204,3 +204,11 @@ def test_records_skip_the_factory_bad_block(tmp_path):
         assert Chain(flash).snapshots[0].blocks == [4, 6, 7]
     ok(path, "unpack", "--to", str(tmp_path / "out"))
     assert tree(tmp_path / "out") == tree(a)
+
+
+def test_probe_says_whether_a_chain_is_there(image, tmp_path):
+    assert run(image, "probe").exit_code == 0
+    blank = tmp_path / "blank.img"
+    SimFlash.create(blank, NOR)
+    result = run(blank, "probe")
+    assert result.exit_code == 1 and result.output == ""

@@ -1,0 +1,109 @@
+"""The OpenWrt side: the preinit hook and the init.d service run under busybox ash with the
+OpenWrt functions they call stubbed, and the UCI defaults file as snapshot reads it."""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from snapshot import config
+
+INITSCRIPTS = Path(__file__).parent.parent / "initscripts"
+BUSYBOX = "busybox"
+
+
+def ash(script: str, tmp_path: Path, env: dict | None = None) -> str:
+    """Run script under busybox ash with a fake `snapshot` that logs its arguments and
+    answers `probe` with $PROBE."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "snapshot"
+    fake.write_text('#!/bin/sh\necho "snapshot $*" >> "$CALLS"\n'
+                    'case "$*" in *probe*) exit ${PROBE:-0};; *mount*) exit ${MOUNT:-0};; esac\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    run_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), **(env or {})}
+    result = subprocess.run([BUSYBOX, "ash", "-c", script], env=run_env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return calls.read_text() + result.stdout
+
+
+PREINIT = f"""
+mount_root() {{ echo "stock mount_root"; }}
+boot_run_hook() {{ echo "hook $1"; }}
+. {INITSCRIPTS}/lib/preinit/81_snapshot
+do_mount_root
+"""
+
+
+def test_preinit_boots_through_snapshot_when_the_partition_holds_a_chain(tmp_path):
+    out = ash(PREINIT, tmp_path, {"PROBE": "0"})
+    assert "snapshot --device mtd:rootfs_data mount" in out
+    assert "stock mount_root" not in out
+    assert "hook preinit_mount_root" in out
+
+
+def test_preinit_keeps_the_stock_behaviour_without_a_chain(tmp_path):
+    out = ash(PREINIT, tmp_path, {"PROBE": "1"})
+    assert "stock mount_root" in out and " mount\n" not in out
+
+
+def test_preinit_falls_back_to_stock_when_snapshot_mount_fails(tmp_path):
+    out = ash(PREINIT, tmp_path, {"PROBE": "0", "MOUNT": "1"})
+    assert "snapshot --device mtd:rootfs_data mount" in out and "stock mount_root" in out
+
+
+def test_preinit_leaves_the_flash_alone_in_failsafe(tmp_path):
+    out = ash(PREINIT, tmp_path, {"FAILSAFE": "true"})
+    assert "stock mount_root" in out and "snapshot" not in out.replace("snapshot:", "")
+
+
+def test_preinit_follows_fstools_overlay_name(tmp_path):
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0 fstools_overlay_name=ubi_data rootfstype=squashfs\n")
+    script = PREINIT.replace("/proc/cmdline", str(cmdline))
+    source = (INITSCRIPTS / "lib/preinit/81_snapshot").read_text()
+    patched = tmp_path / "81_snapshot"
+    patched.write_text(source.replace("/proc/cmdline", str(cmdline)))
+    out = ash(script.replace(f"{INITSCRIPTS}/lib/preinit/81_snapshot", str(patched)), tmp_path)
+    assert "snapshot --device mtd:ubi_data probe" in out
+
+
+SERVICE = f"""
+config_load() {{ :; }}
+config_get_bool() {{ eval "$1=$SAVE"; }}
+. {INITSCRIPTS}/etc/init.d/snapshot
+shutdown
+"""
+
+
+@pytest.mark.parametrize("save,expected", [("1", True), ("0", False)])
+def test_service_saves_the_volatile_on_shutdown_only_when_configured(tmp_path, save, expected):
+    volatile = Path("/volatile/upper")
+    script = SERVICE.replace("/volatile/upper", str(tmp_path))
+    service = (INITSCRIPTS / "etc/init.d/snapshot").read_text().replace(str(volatile),
+                                                                        str(tmp_path))
+    (tmp_path / "service").write_text(service)
+    script = script.replace(f"{INITSCRIPTS}/etc/init.d/snapshot", str(tmp_path / "service"))
+    out = ash(script, tmp_path, {"SAVE": save})
+    assert (f"snapshot save --from {tmp_path}" in out) == expected
+
+
+def test_uci_defaults_file_parses_to_the_documented_defaults():
+    assert config.load(str(INITSCRIPTS / "etc/config/snapshot")) == \
+        {"device": "", "compression": "gzip", "save_on_shutdown": "0"}
+
+
+def test_config_is_read_through_uci_where_present(tmp_path, monkeypatch):
+    uci = tmp_path / "uci"
+    uci.write_text("#!/bin/sh\necho \"snapshot.main=snapshot\"\n"
+                   "echo \"snapshot.main.compression='xz'\"\n")
+    uci.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert config.load(str(INITSCRIPTS / "etc/config/snapshot"))["compression"] == "xz"
+
+
+def test_a_missing_config_file_means_defaults(tmp_path):
+    assert config.load(str(tmp_path / "none")) == config.DEFAULTS
