@@ -69,9 +69,9 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", envvar="SNAPSHOT_DEVICE", metavar="DEV",
-              help="/dev/mtdN, mtd:NAME or a simulated image; default: mtd:rootfs_data "
-                   "(or the name in fstools_overlay_name= on the kernel command line). "
-                   "Env: SNAPSHOT_DEVICE.")
+              help="/dev/mtdN, mtd:NAME or a simulated image; default: option device in "
+                   "/etc/config/snapshot, else mtd:rootfs_data (or the name in "
+                   "fstools_overlay_name= on the kernel command line). Env: SNAPSHOT_DEVICE.")
 @click.version_option(package_name="snapshot")
 @click.pass_context
 def main(ctx, device):
@@ -84,7 +84,7 @@ def main(ctx, device):
     Exit status: 0 success, 1 error (a one-line message on stderr), 2 bad usage,
     3 busy (another command is writing), 4 the chain is damaged (run check --repair).
     """
-    ctx.obj = {"device": device}
+    ctx.obj = {"device": device or config.load()["device"] or None}
 
 
 @main.group()

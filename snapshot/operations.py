@@ -200,7 +200,7 @@ def unpack(chain: Chain, dest: Path, upto: int | None = None,
     applied, error = apply_snapshots(chain, dest, upto)
     if error is not None:
         done = f"unpacked snapshots 1..{applied}" if applied else "nothing was unpacked"
-        failure = ChainDamaged if isinstance(error, RecordDamaged) else type(error)
+        failure = ChainDamaged if isinstance(error, RecordDamaged) else SnapshotError
         raise failure(f"{error}; {done}")
     if volatile_dest is not None:
         try:

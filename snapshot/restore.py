@@ -23,7 +23,7 @@ class UnsafeEntry(ArchiveError):
     """An archive entry that would write outside the target or create something forbidden."""
 
     def __init__(self, name: str, reason: str):
-        super().__init__(f"archive entry {name!r} refused: {reason}; nothing was unpacked")
+        super().__init__(f"archive entry {name!r} refused: {reason}")
 
 
 def _relative(name: str) -> str:

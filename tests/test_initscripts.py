@@ -107,3 +107,15 @@ def test_config_is_read_through_uci_where_present(tmp_path, monkeypatch):
 
 def test_a_missing_config_file_means_defaults(tmp_path):
     assert config.load(str(tmp_path / "none")) == config.DEFAULTS
+
+
+def test_the_device_can_come_from_the_config_file(tmp_path, monkeypatch):
+    from mtd import FlashType, Geometry, SimFlash
+    from clirun import invoke
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, Geometry(FlashType.NOR, 1 << 20, 64 << 10, 1, 0))
+    uci = tmp_path / "snapshot"
+    uci.write_text(f"config snapshot 'main'\n\toption device '{image}'\n")
+    monkeypatch.setenv("SNAPSHOT_CONFIG", str(uci))
+    monkeypatch.delenv("SNAPSHOT_DEVICE", raising=False)
+    assert invoke("flash", "info", "--json").exit_code == 0
