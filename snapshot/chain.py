@@ -22,7 +22,7 @@ from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, SNAPSHOT, VOL
                              Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
                              anchor_length, crc32, round_up, unpack_anchor)
 
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 256 * 1024
 
 
 def anchor_blocks(flash: Flash) -> range:
@@ -268,34 +268,41 @@ def describe(record: Record, index: int) -> str:
 
 
 class PayloadReader:
-    """A file-like stream over a record's payload. Reaching the end checks the payload CRC;
-    a mismatch or an uncorrectable read raises RecordDamaged."""
+    """A file-like stream over a record's payload, read from flash in READ_CHUNK pieces.
+    Reaching the end checks the payload CRC; a mismatch or an uncorrectable read raises
+    RecordDamaged."""
 
     def __init__(self, chain: Chain, record: Record):
         self.chain = chain
         self.record = record
         self.corrected = 0
         self._flips: list[int] = []
-        self._pos = 0
+        self._fetched = 0        # payload bytes read from flash so far
         self._crc = crc32(b"")
-        self._buffer = b""
+        self._buffer = memoryview(b"")
 
     def read(self, n: int = -1) -> bytes:
-        remaining = self.record.entry.payload_length - self._pos
-        if n < 0 or n > remaining:
-            n = remaining
-        if n == 0:
-            return b""
+        if not self._buffer:
+            self._fetch()
+        if n < 0:
+            n = len(self._buffer)
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return bytes(data)
+
+    def _fetch(self) -> None:
+        length = self.record.entry.payload_length
+        n = min(READ_CHUNK, length - self._fetched)
+        if n <= 0:
+            return
         data = self.chain._read_stream(self.record, self.record.layout.payload_offset
-                                       + self._pos, n, self._flips)
-        self._pos += n
+                                       + self._fetched, n, self._flips)
+        self._fetched += n
         self._crc = crc32(data, self._crc)
         self.corrected = sum(self._flips)
-        if self._pos == self.record.entry.payload_length and \
-                self._crc != self.record.entry.payload_crc:
+        if self._fetched == length and self._crc != self.record.entry.payload_crc:
             raise self.chain._damaged(self.record, self.record.layout.payload_offset,
                                       "payload CRC mismatch")
-        return data
+        self._buffer = memoryview(data)
 
 
 class Allocator:
