@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import FlashOpenError, MtdError
-from snapshot import operations
+from snapshot import live, operations
 from snapshot.chain import Chain
 from snapshot.errors import SnapshotError
 
@@ -66,6 +66,8 @@ class Log:
 
 
 def _run(*argv: str) -> None:
+    """Run mount or umount. Callers pass -n: at preinit nothing is writable where util-linux
+    keeps its table (/run), and it would fail the mount for that (exit 16)."""
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         raise MountError(f"{' '.join(argv)}: {result.stderr.strip() or 'failed'}")
@@ -79,15 +81,16 @@ class Mounts:
 
     def mount(self, target: Path, fstype: str, source: str = "none", options: str = "") -> None:
         target.mkdir(parents=True, exist_ok=True)
-        _run("mount", "-t", fstype, *(["-o", options] if options else []), source, str(target))
+        _run("mount", "-n", "-t", fstype, *(["-o", options] if options else []), source,
+             str(target))
         self.made.append(target)
 
     def bind(self, source: Path, target: Path) -> None:
-        _run("mount", "--bind", str(source), str(target))
+        _run("mount", "-n", "--bind", str(source), str(target))
         self.made.append(target)
 
     def move(self, source: Path, target: Path) -> None:
-        _run("mount", "--move", str(source), str(target))
+        _run("mount", "-n", "--move", str(source), str(target))
         self.made[self.made.index(source)] = target
 
     def overlay(self, lower: Path, layer: Path, target: Path) -> None:
@@ -96,7 +99,7 @@ class Mounts:
 
     def undo(self) -> None:
         for target in reversed(self.made):
-            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+            subprocess.run(["umount", "-n", "-l", str(target)], capture_output=True)
         self.made.clear()
 
 
@@ -116,11 +119,15 @@ def _recover(flash, log: Log, boot: BootReport) -> Chain:
         boot.problems.append(f"repair failed: {e}")
         log(f"repair failed, booting what reads back: {e}", loud=True)
         return Chain(flash)
+    # A torn anchor entry or corrected bit flips are what power cuts and ageing flash
+    # leave: their repair is routine. Damage loses data, and is logged loudly.
     for line in report.problems:
-        boot.problems.append(line)
-        log(f"chain damaged: {line}", loud=True)
+        damage = line in report.damage
+        if damage:
+            boot.problems.append(line)
+        log(f"{'chain damaged' if damage else 'recovering'}: {line}", loud=damage)
     for line in report.repairs:
-        log(f"repaired: {line}", loud=bool(line.startswith("dropped")))
+        log(f"repaired: {line}", loud=bool(report.damage))
     return chain
 
 
@@ -134,12 +141,11 @@ def _layers(chain: Chain, root: Path, target: Path, scratch: Path, mounts: Mount
     if error is not None:
         boot.problems.append(str(error))
         log(f"booting snapshots 1..{boot.snapshots} only: {error}", loud=True)
-    for name in MOUNTPOINTS:
-        # In the snapshots' layer, not the volatile one: `save` must not capture them.
-        if not (root / name).is_dir():
-            (upper / name).mkdir(exist_ok=True)
+    _mountpoints(root, upper)
     mounts.overlay(root, scratch / "overlay", scratch / "base")
     _tmpfs_layer(mounts, scratch / "volatile")
+    live.write_base(scratch / "volatile/upper",
+                    [r.entry for r in chain.snapshots[:boot.snapshots]])
     if chain.volatile is not None and boot.snapshots == len(chain.snapshots):
         try:
             operations.apply_volatile(chain, scratch / "volatile/upper")
@@ -150,6 +156,14 @@ def _layers(chain: Chain, root: Path, target: Path, scratch: Path, mounts: Mount
     mounts.overlay(scratch / "base", scratch / "volatile", target)
     _place(root, target, scratch, mounts, sandbox)
     mounts.move(scratch / "volatile", target / "volatile")
+
+
+def _mountpoints(root: Path, upper: Path) -> None:
+    """Make /rom, /overlay and /volatile where the squashfs lacks them. In the snapshots'
+    layer, not the volatile one: `save` must not capture them."""
+    for name in MOUNTPOINTS:
+        if not (root / name).is_dir():
+            (upper / name).mkdir(exist_ok=True)
 
 
 def _place(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: bool) -> None:
@@ -163,6 +177,7 @@ def _place(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: boo
 def _fallback(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: bool) -> None:
     """A plain tmpfs overlay over the squashfs: the system comes up with nothing saved."""
     _tmpfs_layer(mounts, scratch / "overlay")
+    _mountpoints(root, scratch / "overlay/upper")
     mounts.overlay(root, scratch / "overlay", target)
     _place(root, target, scratch, mounts, sandbox)
 
@@ -184,7 +199,12 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
         boot.fallback = True
         log(f"cannot boot the snapshot chain ({e}); falling back to a tmpfs overlay",
             loud=True)
-        _fallback(root, target, scratch, mounts, sandbox)
+        try:
+            _fallback(root, target, scratch, mounts, sandbox)
+        except (SnapshotError, OSError):
+            # Leave nothing half-mounted: the preinit hook then boots the stock way.
+            mounts.undo()
+            raise
     boot.seconds = time.monotonic() - started
     log(f"mounted {boot.snapshots} snapshots"
         + (" and the volatile record" if boot.volatile else "")
@@ -200,4 +220,4 @@ def pivot(target: Path) -> None:
     for name in ("proc", "sys", "dev", "tmp"):
         if os.path.ismount(f"/rom/{name}"):
             Path(f"/{name}").mkdir(exist_ok=True)
-            _run("mount", "--move", f"/rom/{name}", f"/{name}")
+            _run("mount", "-n", "--move", f"/rom/{name}", f"/{name}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import Flash, MtdError, open_flash
-from snapshot import archive, restore
+from snapshot import archive, live, restore
 from snapshot.chain import (Chain, DeviceLock, Record, RecordWriter, commit, describe,
                             scan_anchors, write_fresh_anchor_block)
 from snapshot.errors import ChainDamaged, RecordDamaged, SnapshotError
@@ -105,7 +105,9 @@ def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
 def save(chain: Chain, source: Path, progress=None,
          compression: int = COMPRESSION_GZIP) -> None:
     """Replace the volatile record by `source`. The new one goes into the back buffer
-    beside the old one; the commit switches; the old one's blocks become free."""
+    beside the old one; the commit switches; the old one's blocks become free. A booted
+    volatile layer is refused if the chain changed under it (snapshot/live.py)."""
+    live.check_base(source, [r.entry for r in chain.snapshots])
     snapshots = _current_snapshots(chain, progress)
     entry = _write_record(chain, VOLATILE, len(snapshots), source, "", compression, progress)
     commit(chain, snapshots + [entry])
@@ -114,13 +116,18 @@ def save(chain: Chain, source: Path, progress=None,
 def push(chain: Chain, source: Path, message: str = "", progress=None,
          compression: int = COMPRESSION_GZIP) -> None:
     """Append `source` as a new snapshot and drop the volatile record, in one commit: after
-    any power cut the device holds (old chain, old volatile) or (new chain, no volatile)."""
+    any power cut the device holds (old chain, old volatile) or (new chain, no volatile).
+    A booted volatile layer is refused if the chain changed under it; once pushed, the new
+    snapshot is part of its base (snapshot/live.py)."""
     if len(message.encode()) > MAX_MESSAGE:
         raise SnapshotError(f"message is longer than {MAX_MESSAGE} bytes")
+    booted = live.check_base(source, [r.entry for r in chain.snapshots])
     snapshots = _current_snapshots(chain, progress)
     entry = _write_record(chain, SNAPSHOT, len(snapshots) + 1, source, message, compression,
                           progress)
     commit(chain, snapshots + [entry])
+    if booted:
+        live.write_base(source, snapshots + [entry])
 
 
 def rollback(chain: Chain, to: int | None) -> list[str]:
@@ -280,6 +287,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)   # the problems that lose data
     snapshots: int = 0
     volatile: bool = False
 
@@ -305,6 +313,7 @@ def examine(chain: Chain, report: Report) -> Findings:
     report.snapshots = len(chain.snapshots)
     report.volatile = chain.volatile is not None
     report.problems.extend(chain.problems)
+    report.damage.extend(chain.problems)
     keep = chain.valid_prefix
     scrub = []
     for index, record in enumerate(chain.records[:keep]):
@@ -313,6 +322,7 @@ def examine(chain: Chain, report: Report) -> Findings:
             corrected = chain.verify(record)
         except RecordDamaged as e:
             report.problems.append(str(e))
+            report.damage.append(str(e))
             # Records after a damaged one go too: later snapshots are deltas on top of it,
             # and the volatile is on top of them all.
             keep = index

@@ -3,6 +3,7 @@ root in private mount namespaces. Each namespace is one "boot"; tearing it down 
 reboot, after which only the flash image remains."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,20 +49,24 @@ print(json.dumps(result))
 """
 
 
-@pytest.fixture
-def rootfs(tmp_path):
+def make_rootfs(tmp_path: Path, mountpoints=("rom", "overlay", "tmp")) -> Path:
     """A small squashfs standing in for the router's root."""
     tree = tmp_path / "rootfs"
     for name, text in {"etc/config/system": "config system\n", "etc/banner": "OpenWrt\n",
                        "etc/config/network": "stock\n", "bin/tool": "#!/bin/sh\n"}.items():
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_text(text)
-    for name in ("rom", "overlay", "tmp"):
+    for name in mountpoints:
         (tree / name).mkdir()
     sqfs = tmp_path / "root.sqfs"
     subprocess.run(["mksquashfs", str(tree), str(sqfs), "-quiet", "-noappend"], check=True,
                    capture_output=True)
     return sqfs
+
+
+@pytest.fixture
+def rootfs(tmp_path):
+    return make_rootfs(tmp_path)
 
 
 @pytest.fixture
@@ -172,3 +177,86 @@ def test_an_unreadable_device_falls_back_to_a_tmpfs_overlay(namespaces, rootfs, 
     assert "falling back to a tmpfs overlay" in result["log"]
     assert result["files"]["etc/banner"] == "OpenWrt\n"
     assert result["mounts"]["rom"] and result["mounts"]["overlay"]
+
+
+def test_the_fallback_makes_the_mountpoints_a_squashfs_lacks(namespaces, tmp_path):
+    bare = make_rootfs(tmp_path, mountpoints=())
+    result = boot(bare, tmp_path / "no-such-flash.img", tmp_path, write={"etc/x": "1\n"})
+    assert result["rc"] == 0, result["log"]
+    assert "falling back to a tmpfs overlay" in result["log"]
+    assert result["mounts"]["rom"] and result["mounts"]["overlay"]
+    assert result["files"]["etc/banner"] == "OpenWrt\n"
+
+
+def test_a_squashfs_without_mountpoints_boots_the_chain(namespaces, tmp_path, image):
+    bare = make_rootfs(tmp_path, mountpoints=())
+    write(image, tmp_path, "push", {"etc/one": "1\n"})
+    result = boot(bare, image, tmp_path)
+    assert result["rc"] == 0, result["log"]
+    assert result["mounts"] == {"rom": True, "overlay": True, "volatile": True}
+    assert result["files"]["etc/one"] == "1\n"
+
+
+def test_push_then_save_from_the_running_system_keeps_both(namespaces, rootfs, image,
+                                                           tmp_path):
+    first = boot(rootfs, image, tmp_path, write={"etc/pushed": "p\n"},
+                 commands=[["push", "--from", "$T/volatile/upper", "-m", "live"],
+                           ["save", "--from", "$T/volatile/upper"]])
+    assert [rc for rc, _ in first["commands"]] == [0, 0], first["commands"]
+    second = boot(rootfs, image, tmp_path)
+    assert second["files"]["etc/pushed"] == "p\n"
+    assert "mounted 1 snapshots and the volatile record" in second["log"]
+
+
+def test_storing_the_running_layer_after_a_rollback_is_refused(namespaces, rootfs, image,
+                                                               tmp_path):
+    """The rolled-back changes are still visible in the running system; saving its layer
+    would bring them back."""
+    write(image, tmp_path, "push", {"etc/one": "1\n"})
+    write(image, tmp_path, "push", {"etc/two": "2\n"})
+    result = boot(rootfs, image, tmp_path, write={"etc/x": "1\n"},
+                  commands=[["rollback"], ["save", "--from", "$T/volatile/upper"],
+                            ["push", "--from", "$T/volatile/upper"]])
+    (_, _), (save_rc, save_out), (push_rc, push_out) = result["commands"]
+    for rc, out in ((save_rc, save_out), (push_rc, push_out)):
+        assert rc == 1 and out.count("\n") == 1, out
+        assert out.startswith("Error: the chain changed under the running system") and (
+            "reboot first" in out)
+    with SimFlash(image) as flash:
+        chain = Chain(flash)
+        assert len(chain.snapshots) == 1 and chain.volatile is None
+    second = boot(rootfs, image, tmp_path, commands=[["save", "--from", "$T/volatile/upper"]])
+    assert "etc/two" not in second["files"] and second["commands"][0][0] == 0
+
+
+def test_a_torn_anchor_entry_is_repaired_as_routine_not_as_damage(namespaces, rootfs, image,
+                                                                  tmp_path):
+    """A power cut during the anchor program is the normal case recovery exists for."""
+    write(image, tmp_path, "push", {"etc/one": "1\n"})
+    source = tmp_path / "src"
+    (source / "etc").mkdir(parents=True)
+    (source / "etc/two").write_text("2\n")
+    trial = tmp_path / "trial.img"
+    for suffix in ("", ".sim.json"):
+        shutil.copy(f"{image}{suffix}", f"{trial}{suffix}")
+    operations_of_push = _flash_operations(trial, ["push", "--from", str(source)])
+    cut = subprocess.run([sys.executable, "-m", "snapshot", "--device", str(image), "push",
+                          "--from", str(source)], capture_output=True, text=True,
+                         env={**os.environ, "MTDSIM_POWERCUT_AFTER": str(operations_of_push)})
+    assert cut.returncode == 99, cut.stderr
+    result = boot(rootfs, image, tmp_path)
+    assert "recovering: an interrupted write left a torn anchor entry" in result["log"]
+    assert "chain damaged" not in result["log"]
+    assert "mounted 1 snapshots" in result["log"] and "etc/two" not in result["files"]
+
+
+def _flash_operations(image: Path, args: list[str]) -> int:
+    """How many programs and erases one command makes, run on a copy."""
+    def count():
+        with SimFlash(image) as flash:
+            stats = flash.stats()
+            return stats.programs + stats.erases
+    before = count()
+    subprocess.run([sys.executable, "-m", "snapshot", "--device", str(image), *args],
+                   check=True, capture_output=True)
+    return count() - before
