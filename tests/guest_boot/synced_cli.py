@@ -1,0 +1,66 @@
+"""The snapshot CLI with every flash program and erase made durable before it returns, for the
+power-cut tests in the kernel-tier boot (test_kernel_boot.py).
+
+On real flash a program or erase is done when the driver returns. block2mtd only dirties
+the block device's page cache, which is written back later, and in offset order, not
+program order; fsync() on /dev/mtdN is refused. So a kill of the guest could keep an anchor
+entry without the record pages programmed before it, which real flash cannot do. This
+test-only launcher wraps the writable device, as tests/cut_runner.py does, and calls sync()
+after each operation: the disk image then follows the program order, and a kill lands
+between two operations or tears the one under way.
+
+Usage: python synced_cli.py [snapshot CLI arguments]
+"""
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+import mtd.locate  # noqa: E402
+from snapshot import operations  # noqa: E402
+from snapshot.cli import main  # noqa: E402
+
+
+class Synced:
+    def __init__(self, flash):
+        self._flash = flash
+
+    def __getattr__(self, name):
+        return getattr(self._flash, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._flash.close()
+
+    def write(self, offset, data):
+        try:
+            return self._flash.write(offset, data)
+        finally:
+            os.sync()
+
+    def erase(self, offset, length):
+        try:
+            return self._flash.erase(offset, length)
+        finally:
+            os.sync()
+
+    def mark_bad(self, block):
+        try:
+            return self._flash.mark_bad(block)
+        finally:
+            os.sync()
+
+
+def open_synced(spec, writable=False):
+    flash = real_open(spec, writable)
+    return Synced(flash) if writable else flash
+
+
+real_open = mtd.locate.open_flash
+operations.open_flash = open_synced
+
+if __name__ == "__main__":
+    main(prog_name="snapshot")
