@@ -2,7 +2,8 @@
 # Install everything and run every test tier: unit and simulator tests on the host; real
 # squashfs, overlayfs and tmpfs mounts as root in `unshare -m`; and the kernel tier (real
 # nandsim, mtdram and block2mtd devices) inside a qemu guest.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not kernel"` for a quick run.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not kernel and not kernel_boot"`
+# for a quick run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

@@ -131,6 +131,23 @@ class Chain:
         self.records = [self._locate(e) for e in self.anchor.records]
         self._check_directory()
         self._gen = max([self.scan.max_gen] + [e.gen for e in self.anchor.records])
+        self.reserved: frozenset[int] = frozenset()
+
+    @classmethod
+    def replacing(cls, flash: Flash, reserved: set[int]) -> "Chain":
+        """An empty chain to be written over a device that holds other data (jffs2) in the
+        `reserved` blocks. No write touches them, the anchor's included: until the first
+        commit the device holds that data, after it the chain. Anchor blocks are never
+        reserved by a chain's own data: only by what is being replaced."""
+        chain = cls.__new__(cls)
+        chain.flash = flash
+        chain.scan = scan_anchors(flash)
+        chain.anchor = Anchor(chain.scan.max_gen)
+        chain.records = []
+        chain._check_directory()
+        chain._gen = chain.scan.max_gen
+        chain.reserved = frozenset(reserved)
+        return chain
 
     def next_gen(self) -> int:
         """A generation number no valid anchor entry or listed record has used."""
@@ -250,7 +267,7 @@ class Chain:
     # -- free space --------------------------------------------------------------------------
 
     def used_blocks(self) -> set[int]:
-        return {b for r in self.records for b in r.blocks}
+        return {b for r in self.records for b in r.blocks} | self.reserved
 
     def free_blocks(self) -> list[int]:
         used = self.used_blocks()
@@ -459,7 +476,8 @@ def commit(chain: Chain, entries: list[DirEntry]) -> None:
         except MtdError as e:
             if e.errno != errno.EIO:
                 raise
-    others = [b for b in chain.scan.blocks if not b.bad and b is not current]
+    others = [b for b in chain.scan.blocks
+              if not b.bad and b is not current and b.block not in chain.reserved]
     target = write_fresh_anchor_block(
         flash, sorted(others, key=lambda b: b.newest.gen if b.newest else -1), data)
     chain._committed(target, 0, data)

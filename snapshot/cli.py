@@ -16,6 +16,7 @@ import click
 from mtd import FlashOpenError, FlashType, Geometry, MtdError, SimFlash, open_flash
 from mtd.sim import validate_geometry
 from snapshot import boot, config, operations
+from snapshot import convert as conversion
 from snapshot.archive import COMPRESSIONS
 from snapshot.chain import Chain
 from snapshot.errors import ChainDamaged, SnapshotError
@@ -299,6 +300,63 @@ def rollback(obj, to):
     with writing(obj, "rollback") as (chain, _):
         dropped = operations.rollback(chain, to)
     click.echo("dropped " + ", ".join(dropped))
+
+
+STAGE = "/lib/snapshot/convert-stage"
+STAGED = Path("/tmp/snapshot-convert/overlay.tar.gz")
+
+
+@main.command()
+@click.option("--from", "source", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Convert this overlay upper dir (the device must not be mounted).")
+@click.option("--archive", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Convert an archive staged by `snapshot convert` (the RAM stage does).")
+@click.option("-m", "--message", default="converted from jffs2", show_default=True,
+              help="Message of snapshot 1.")
+@compression_option
+@click.pass_obj
+def convert(obj, source, archive, message, compression):
+    """Replace the jffs2 overlay on --device by a chain holding it as snapshot 1.
+
+    On a running router (jffs2 mounted at /overlay), it packs /overlay/upper into RAM and
+    hands over to the RAM stage, which stops the other processes, makes jffs2 read-only,
+    moves onto the squashfs, writes the chain and reboots. Until the chain's one commit the
+    jffs2 data stays intact: a power cut leaves jffs2 or the chain, never a mix.
+
+    \b
+    Examples:
+      snapshot convert                     # on the router: then it reboots
+      snapshot --device /tmp/flash.img convert --from /tmp/overlay/upper
+    """
+    if source and archive:
+        raise click.UsageError("--from and --archive exclude each other")
+    with opened(obj["device"], writable=True) as dev:
+        mounted = conversion.mount_of(dev.name)
+        if source or archive:
+            if mounted:
+                raise SnapshotError(f"{dev.name} is mounted at {mounted[0]} ({mounted[1]}); "
+                                    f"run `snapshot convert` without --from to go through "
+                                    f"the RAM stage")
+            progress = Progress("convert")
+            try:
+                if archive:
+                    conversion.from_archive(dev, archive, message, progress)
+                else:
+                    conversion.from_directory(dev, source, compression_of(compression),
+                                              message, progress)
+            finally:
+                progress.done()
+            click.echo(f"converted {dev.name}: snapshot 1 ({message})")
+            return
+        if mounted is None or mounted[1] != "jffs2":
+            raise SnapshotError(f"{dev.name} is not mounted as jffs2; nothing to convert "
+                                f"(use --from DIR for an overlay dir)")
+        device = dev.name
+    upper = Path(mounted[0]) / "upper"
+    conversion.stage(upper, STAGED, compression_of(compression))
+    click.echo(f"staged {upper} in {STAGED} ({human(STAGED.stat().st_size)}); "
+               f"the RAM stage converts {device} and reboots")
+    os.execv("/bin/sh", ["/bin/sh", STAGE, device, str(STAGED), message])
 
 
 @main.command("list")

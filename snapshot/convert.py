@@ -1,0 +1,163 @@
+"""convert: replace a jffs2 overlay by a snapshot chain whose snapshot 1 is its contents.
+
+The old data stays intact until one commit (DESIGN.md §9). Every block that holds data is
+reserved: the record goes into blocks that are free (erased, or holding nothing but a jffs2
+cleanmarker), and the anchor entry into a free block of the anchor area. When jffs2 fills
+the whole anchor area, one of its blocks there (never block 0, which tells the stock
+mount_root that the partition is jffs2) is first copied verbatim into a free block and then
+erased. jffs2 finds its nodes by scanning, wherever they are, and takes two identical copies
+of a node for one, which is what its own garbage collector leaves after a cut; so through the
+copy and the erase jffs2 still mounts with all its data.
+
+jffs2 must not be mounted read-write while this runs: it would write into the blocks it
+considers free. The CLI checks that, and the router's way is the RAM stage
+(initscripts/lib/snapshot/convert-stage).
+"""
+import struct
+from pathlib import Path
+
+from mtd import Flash
+from snapshot import archive
+from snapshot.chain import Chain, RecordWriter, anchor_blocks, commit
+from snapshot.errors import SnapshotError
+from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, DirEntry
+from snapshot.operations import LEGACY_MAGIC, recognise
+
+#: A jffs2 cleanmarker node header (magic, nodetype, totlen, hdr_crc), either byte order.
+CLEANMARKER = {"<": struct.Struct("<HHII"), ">": struct.Struct(">HHII")}
+JFFS2_MAGIC = 0x1985
+JFFS2_NODETYPE_CLEANMARKER = 0x2003
+XZ_MAGIC = b"\xfd7zXZ\x00"
+MAGICS = ((b"\x1f\x8b", COMPRESSION_GZIP), (XZ_MAGIC, COMPRESSION_XZ))
+
+
+def _is_free(data: bytes) -> bool:
+    """Whether a block's contents hold no data: erased, or a cleanmarker and then erased."""
+    erased = b"\xff" * len(data)
+    if data == erased:
+        return True
+    for layout in CLEANMARKER.values():
+        magic, nodetype, _, _ = layout.unpack_from(data)
+        if magic == JFFS2_MAGIC and nodetype == JFFS2_NODETYPE_CLEANMARKER:
+            return data[layout.size:] == erased[layout.size:]
+    return False
+
+
+def blocks_holding_data(flash: Flash) -> set[int]:
+    """Good blocks that are not free. Most used blocks show it in their first page."""
+    g = flash.geometry
+    first = max(g.writesize, 16)
+    held = set()
+    for block in range(g.blocks):
+        if flash.is_bad(block):
+            continue
+        base = g.block_offset(block)
+        if not _is_free(flash.read(base, first)) or not _is_free(flash.read(base, g.erasesize)):
+            held.add(block)
+    return held
+
+
+def _anchor_room(flash: Flash, chain: Chain, progress) -> None:
+    """Make sure a block of the anchor area is free, relocating a jffs2 block if need be."""
+    usable = [b for b in anchor_blocks(flash) if not flash.is_bad(b)]
+    if any(b not in chain.reserved for b in usable):
+        return
+    movable = [b for b in usable if b != 0]
+    spare = chain.free_blocks()
+    if not movable or not spare:
+        raise SnapshotError(f"{flash.name}: no free block to make room for the anchor; "
+                            f"nothing was changed")
+    g = flash.geometry
+    source, target = movable[-1], spare[-1]
+    data = flash.read(g.block_offset(source), g.erasesize)
+    flash.erase(g.block_offset(target), g.erasesize)
+    # Trailing erased pages stay unprogrammed (NAND programs a page once).
+    end = len(data.rstrip(b"\xff"))
+    end += -end % g.writesize
+    if end:
+        flash.write(g.block_offset(target), data[:end])
+    if flash.read(g.block_offset(target), g.erasesize) != data:
+        raise SnapshotError(f"{flash.name}: the copy of block {source} in block {target} "
+                            f"does not read back; nothing else was changed")
+    if progress:
+        progress(g.erasesize)
+    chain.reserved = chain.reserved - {source} | {target}
+    flash.erase(g.block_offset(source), g.erasesize)
+
+
+def convert(flash: Flash, fill, compression: int, message: str, progress=None) -> DirEntry:
+    """Write snapshot 1 with what fill(writer) streams into it, and commit the chain. Before
+    the commit the device holds the old data unchanged (blocks copied aside included); after
+    it, the chain. Refuses a device that already holds a chain or the old fstools format."""
+    found = recognise(flash)
+    if found == "a snapshot chain":
+        raise SnapshotError(f"{flash.name} already holds a snapshot chain; nothing to convert")
+    head = flash.read(0, len(LEGACY_MAGIC))
+    if found and head == LEGACY_MAGIC:
+        raise SnapshotError(f"{flash.name} holds {found}, which convert cannot read yet")
+    chain = Chain.replacing(flash, blocks_holding_data(flash))
+    _anchor_room(flash, chain, progress)
+    writer = RecordWriter(chain, SNAPSHOT, 1, message, compression, progress)
+    fill(writer)
+    entry = writer.finish()
+    commit(chain, [entry])
+    return entry
+
+
+def from_directory(flash: Flash, source: Path, compression: int, message: str,
+                   progress=None) -> DirEntry:
+    """convert() with `source` (an overlay upper dir) packed as the snapshot."""
+    return convert(flash, lambda writer: archive.pack(source, writer, compression),
+                   compression, message, progress)
+
+
+def from_archive(flash: Flash, staged: Path, message: str, progress=None) -> DirEntry:
+    """convert() with an archive `pack` made earlier (the RAM stage's staged copy). It is
+    read through once before the flash is touched: a damaged copy changes nothing."""
+    with open(staged, "rb") as f:
+        magic = f.read(len(XZ_MAGIC))
+        compression = next((c for m, c in MAGICS if magic.startswith(m)), None)
+        if compression is None:
+            raise SnapshotError(f"{staged}: not a gzip or xz archive; nothing was changed")
+        f.seek(0)
+        try:
+            for _ in archive.entries(f, compression):
+                pass
+        except SnapshotError as e:
+            raise SnapshotError(f"{staged}: {e}; nothing was changed") from None
+
+    def fill(writer):
+        with open(staged, "rb") as f:
+            while chunk := f.read(256 * 1024):
+                writer.write(chunk)
+    return convert(flash, fill, compression, message, progress)
+
+
+def mount_of(device: str, mounts: Path = Path("/proc/mounts")) -> tuple[str, str] | None:
+    """(mount point, fstype) where the MTD device `device` (/dev/mtdN) is mounted, through its
+    mtdblock or mtdN name, if it is; None for anything else (a simulator image)."""
+    index = device.removeprefix("/dev/mtd")
+    if not index.isdigit():
+        return None
+    names = {f"/dev/mtdblock{index}", f"/dev/mtd{index}", f"mtd{index}"}
+    for line in mounts.read_text().splitlines():
+        source, mountpoint, fstype = line.split()[:3]
+        if source in names:
+            return mountpoint.replace("\\040", " "), fstype
+    return None
+
+
+def stage(upper: Path, staged: Path, compression: int) -> None:
+    """Pack the overlay upper dir into `staged` (in RAM, /tmp) for the RAM stage. A failure,
+    such as /tmp running out of room, leaves no partial file."""
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(staged, "wb") as out:
+            archive.pack(upper, out, compression)
+    except OSError as e:
+        staged.unlink(missing_ok=True)
+        raise SnapshotError(f"cannot stage {upper} in {staged}: {e.strerror or e}; "
+                            f"nothing was changed") from None
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
