@@ -351,6 +351,8 @@ def convert(obj, source, archive, message, compression):
         if mounted is None or mounted[1] != "jffs2":
             raise SnapshotError(f"{dev.name} is not mounted as jffs2; nothing to convert "
                                 f"(use --from DIR for an overlay dir)")
+        if not Path(STAGE).is_file():
+            raise SnapshotError(f"{STAGE} is missing (reinstall snapshot); nothing was changed")
         device = dev.name
     upper = Path(mounted[0]) / "upper"
     conversion.stage(upper, STAGED, compression_of(compression))
