@@ -11,9 +11,11 @@ the same bytes.
 import gzip
 import lzma
 import os
+import queue
 import stat
 import struct
 import tarfile
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,9 @@ GZIP_LEVEL = 6
 # router can afford; CRC32 because every xz decoder (busybox too) knows it.
 XZ_PRESET = 2
 READ_CHUNK = 256 * 1024
+# Reading decompresses ahead in pieces of PIECE bytes, at most PIECES_AHEAD of them waiting.
+PIECE = 1024 * 1024
+PIECES_AHEAD = 2
 XATTR_PREFIX = "SCHILY.xattr."
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 # overlayfs bookkeeping that only makes sense on the filesystem it was made on.
@@ -41,19 +46,19 @@ class ArchiveError(SnapshotError):
     pass
 
 
+class Unreadable(ArchiveError):
+    """The stream cannot be decompressed or parsed. Raised only once the record has been
+    read to its end: a damaged record raises RecordDamaged (its CRC) instead."""
+
+    def __init__(self, reason):
+        super().__init__(f"archive cannot be read: {reason}")
+
+
 def compressor(out, compression: int):
     if compression == COMPRESSION_XZ:
         return lzma.LZMAFile(out, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
                              preset=XZ_PRESET)
     return gzip.GzipFile(fileobj=out, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
-
-
-def decompressor(source, compression: int):
-    if compression == COMPRESSION_XZ:
-        return lzma.LZMAFile(source, "rb")
-    if compression == COMPRESSION_GZIP:
-        return gzip.GzipFile(fileobj=source, mode="rb")
-    raise ArchiveError(f"unknown compression {compression}")
 
 
 def _entries(root: Path):
@@ -166,6 +171,14 @@ def _number(field: bytes) -> int:
     return int(field.strip(b"\0 ") or b"0", 8)
 
 
+def _checksum(header: bytes) -> int:
+    """The sum of a header's bytes, its checksum field counted as spaces. adler32 computes
+    it, several times faster than sum(): the low 16 bits of adler32 are 1 + the byte sum
+    modulo 65521, and a 256-byte half sums to at most 65280, so exactly."""
+    return ((zlib.adler32(header[:256]) & 0xFFFF) + (zlib.adler32(header[256:]) & 0xFFFF) - 2
+            - sum(header[148:156]) + 8 * 32)
+
+
 def _text(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
@@ -184,55 +197,58 @@ def _pax(data: bytes) -> dict[str, bytes]:
 
 
 class TarReader:
-    """Iterates the entries of an uncompressed tar stream (anything with read(n))."""
+    """Iterates the entries of an uncompressed tar stream, given as an iterable of byte
+    pieces. A FILE's data goes from the pieces to copy_to() without being copied."""
 
-    def __init__(self, stream):
-        self._stream = stream
+    def __init__(self, pieces):
+        self._pieces = iter(pieces)
+        self._piece = memoryview(b"")
+        self._at = 0        # read position in the current piece
         self._left = 0      # data bytes of the current entry not yet read
         self._padding = 0
 
-    def _read(self, n: int) -> bytes:
-        data = self._stream.read(n)
-        while len(data) < n:
-            more = self._stream.read(n - len(data))
-            if not more:
+    def _take(self, n: int) -> memoryview:
+        """Up to n bytes, at least one: the rest of the current piece or of the next."""
+        if self._at == len(self._piece):
+            piece = next(self._pieces, b"")
+            if not piece:
                 raise ArchiveError("archive ends in the middle of an entry")
-            data += more
+            self._piece, self._at = memoryview(piece), 0
+        start = self._at
+        self._at = min(start + n, len(self._piece))
+        return self._piece[start:self._at]
+
+    def _read(self, n: int) -> bytes:
+        data = bytes(self._take(n))
+        while len(data) < n:
+            data += self._take(n - len(data))
         return data
 
     def _skip(self) -> None:
         left = self._left + self._padding
         while left:
-            left -= len(self._read(min(left, READ_CHUNK)))
+            left -= len(self._take(left))
         self._left = self._padding = 0
 
     def copy_to(self, fd: int) -> None:
         """Write the current entry's data to fd."""
         while self._left:
-            chunk = memoryview(self._read(min(self._left, READ_CHUNK)))
+            chunk = self._take(self._left)
             self._left -= len(chunk)
             while chunk:
                 chunk = chunk[os.write(fd, chunk):]
-
-    def _header(self) -> tuple | None:
-        """The next header's fields; None at the end-of-archive zero block."""
-        block = self._read(_BLOCK)
-        if block == _EMPTY:
-            return None
-        fields = _USTAR.unpack(block)
-        if _number(fields[6]) != sum(block) - sum(fields[6]) + 8 * 32:
-            raise ArchiveError("damaged tar header (checksum mismatch)")
-        return fields
 
     def __iter__(self):
         pax: dict[str, bytes] = {}
         while True:
             self._skip()
-            fields = self._header()
-            if fields is None:
+            block = self._read(_BLOCK)
+            if block == _EMPTY:
                 return
-            (name, mode, uid, gid, size, mtime, _, kind, linkname, magic, _, _, _, major,
-             minor, prefix) = fields
+            (name, mode, uid, gid, size, mtime, checksum, kind, linkname, magic, _, _, _,
+             major, minor, prefix) = _USTAR.unpack(block)
+            if _number(checksum) != _checksum(block):
+                raise ArchiveError("damaged tar header (checksum mismatch)")
             size = _number(size)
             if kind in (b"x", b"g"):
                 data = self._read(size)
@@ -241,32 +257,110 @@ class TarReader:
                     pax.update(_pax(data))
                 continue
             etype = _TYPES.get(kind, "unsupported")
-            if "path" in pax:
-                name = pax["path"].decode("utf-8", "surrogateescape")
-            elif magic == b"ustar\0" and prefix[0]:
-                name = _text(prefix) + "/" + _text(name)
-            else:
-                name = _text(name)
+            name = _text(name)
+            if magic == b"ustar\0" and prefix[0]:
+                name = _text(prefix) + "/" + name
             device = etype in (CHAR, BLOCK)
-            entry = Entry(
-                name=name,
-                type=etype,
-                mode=_number(mode),
-                uid=int(pax["uid"]) if "uid" in pax else _number(uid),
-                gid=int(pax["gid"]) if "gid" in pax else _number(gid),
-                mtime=int(float(pax["mtime"])) if "mtime" in pax else _number(mtime),
-                size=int(pax["size"]) if "size" in pax else size,
-                linkname=(pax["linkpath"].decode("utf-8", "surrogateescape")
-                          if "linkpath" in pax else _text(linkname)),
-                devmajor=_number(major) if device else 0,
-                devminor=_number(minor) if device else 0,
-                xattrs={k[len(XATTR_PREFIX):]: v for k, v in pax.items()
-                        if k.startswith(XATTR_PREFIX)} if pax else {},
-            )
-            pax = {}
+            entry = Entry(name, etype, _number(mode), _number(uid), _number(gid), _number(mtime),
+                          size, _text(linkname), _number(major) if device else 0,
+                          _number(minor) if device else 0, {})
+            if pax:
+                _apply_pax(entry, pax)
+                pax = {}
             self._left = entry.size if etype == FILE else 0
             self._padding = -self._left % _BLOCK
             yield entry
+
+
+def _apply_pax(entry: Entry, pax: dict[str, bytes]) -> None:
+    """Let an entry's pax records override its ustar header fields."""
+    if "path" in pax:
+        entry.name = pax["path"].decode("utf-8", "surrogateescape")
+    if "linkpath" in pax:
+        entry.linkname = pax["linkpath"].decode("utf-8", "surrogateescape")
+    for key in ("uid", "gid", "size"):
+        if key in pax:
+            setattr(entry, key, int(pax[key]))
+    if "mtime" in pax:
+        entry.mtime = int(float(pax["mtime"]))
+    entry.xattrs = {k[len(XATTR_PREFIX):]: v for k, v in pax.items()
+                    if k.startswith(XATTR_PREFIX)}
+
+
+def _decompressed(source, compression: int):
+    """The decompressed stream, in pieces of at most PIECE bytes. The decoders check the
+    stream's own integrity data (gzip's CRC-32 and length, xz's CRC32) at its end."""
+    try:
+        if compression == COMPRESSION_XZ:
+            decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+        elif compression == COMPRESSION_GZIP:
+            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)   # 16+: the gzip wrapper
+        else:
+            raise ArchiveError(f"unknown compression {compression}")
+        data = b""
+        while not decoder.eof:
+            piece = decoder.decompress(data, PIECE)
+            # zlib hands back the input it had no room to decompress; lzma keeps it itself.
+            data = getattr(decoder, "unconsumed_tail", b"")
+            if piece:
+                yield piece
+            elif not data:
+                data = source.read(READ_CHUNK)
+                if not data:
+                    raise ArchiveError("compressed stream ends early")
+        if decoder.unused_data or source.read(READ_CHUNK):
+            raise ArchiveError("data after the end of the compressed stream")
+    except (ArchiveError, lzma.LZMAError, zlib.error) as e:
+        raise _unreadable(source, e) from None
+
+
+def _unreadable(source, reason) -> Unreadable:
+    """Read the record to its end, then say why its archive cannot be read."""
+    while source.read(READ_CHUNK):
+        pass
+    return Unreadable(reason)
+
+
+class _Inflating:
+    """Runs an iterator of decompressed pieces in a thread, so that inflating overlaps the
+    caller's work on the pieces before (zlib and lzma release the GIL); at most PIECES_AHEAD
+    pieces wait, which bounds the memory. The `with` gives an iterator over the pieces;
+    leaving it stops the thread, so nothing else reads the source while the thread does."""
+
+    def __init__(self, pieces):
+        self._pieces: queue.Queue = queue.Queue(PIECES_AHEAD)
+        self._stop = threading.Event()
+        # A daemon: a reader abandoned without being closed must not keep the process alive.
+        self._thread = threading.Thread(target=self._inflate, args=(pieces,), daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self._received()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        # Once stopped, the thread puts at most one more piece: make room for it.
+        try:
+            self._pieces.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join()
+
+    def _inflate(self, pieces) -> None:
+        try:
+            for piece in pieces:
+                self._pieces.put(piece)
+                if self._stop.is_set():
+                    return
+            self._pieces.put(b"")
+        except Exception as e:
+            self._pieces.put(e)
+
+    def _received(self):
+        while piece := self._pieces.get():
+            if isinstance(piece, Exception):
+                raise piece
+            yield piece
 
 
 def entries(source, compression: int):
@@ -274,16 +368,13 @@ def entries(source, compression: int):
     end, so the record's CRC is always checked; a damaged record raises RecordDamaged even
     where the damage first garbles the archive."""
     try:
-        with decompressor(source, compression) as stream:
-            reader = TarReader(stream)
+        with _Inflating(_decompressed(source, compression)) as pieces:
+            reader = TarReader(pieces)
             for entry in reader:
                 yield reader, entry
-            while stream.read(READ_CHUNK):
+            for _ in pieces:
                 pass
-            while source.read(READ_CHUNK):
-                pass
-    except (ArchiveError, gzip.BadGzipFile, lzma.LZMAError, zlib.error, EOFError,
-            ValueError) as e:
-        while source.read(READ_CHUNK):
-            pass
-        raise ArchiveError(f"archive cannot be read: {e}") from None
+    except Unreadable:
+        raise
+    except (ArchiveError, ValueError) as e:
+        raise _unreadable(source, e) from None

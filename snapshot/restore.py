@@ -152,10 +152,16 @@ def _apply_entry(entry: Entry, path: str, staged: str | None, dest: Path) -> Non
     if entry.type == DIRECTORY:
         _apply_dir(path, entry)
         return
-    _remove(path)
     if staged is not None:
-        os.rename(staged, path)
+        # rename() replaces a file, symlink or whiteout at path (never following a
+        # symlink); only a directory has to be removed first.
+        try:
+            os.rename(staged, path)
+        except IsADirectoryError:
+            _remove(path)
+            os.rename(staged, path)
         return
+    _remove(path)
     if entry.type == HARDLINK:
         os.link(f"{dest}/{clean_name(entry.linkname)}", path, follow_symlinks=False)
         return  # a hardlink shares its target's metadata

@@ -4,6 +4,8 @@ import io
 import os
 import stat
 import tarfile
+import threading
+import time
 
 import pytest
 
@@ -96,6 +98,29 @@ def test_xz_round_trip(upper, tmp_path):
     assert data.startswith(b"\xfd7zXZ")
     apply(data, tmp_path / "out", COMPRESSION_XZ)
     assert full_view(tmp_path / "out") == full_view(upper)
+
+
+@pytest.mark.parametrize("piece", [1, 511, 513, 100_000])
+def test_reading_does_not_depend_on_where_the_stream_is_cut(upper, tmp_path, monkeypatch, piece):
+    (upper / "big").write_bytes(os.urandom(300_000))
+    monkeypatch.setattr(archive, "PIECE", piece)
+    apply(packed(upper), tmp_path / "out")
+    assert full_view(tmp_path / "out") == full_view(upper)
+    assert (tmp_path / "out/big").read_bytes() == (upper / "big").read_bytes()
+
+
+def test_a_refused_archive_leaves_no_reader_thread_behind(tmp_path, monkeypatch):
+    check = restore._check
+
+    def slow_check(*args):
+        time.sleep(0.3)   # meanwhile the thread decompresses ahead until it has to wait
+        return check(*args)
+    monkeypatch.setattr(restore, "_check", slow_check)
+    before = threading.active_count()
+    with pytest.raises(UnsafeEntry):
+        apply(crafted(("../x", *FILE), ("zeros", tarfile.REGTYPE, {"data": bytes(16 << 20)})),
+              tmp_path / "out")
+    assert threading.active_count() == before
 
 
 def test_archives_are_deterministic(upper):

@@ -206,6 +206,20 @@ def test_bad_payload_crc_is_reported(tmp_path):
     assert unpacked.returncode == 4 and "nothing was unpacked" in unpacked.stderr
 
 
+def test_damage_inside_a_large_file_is_reported_as_a_damaged_record(tmp_path):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NAND)
+    ok(image, "format")
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 2048)))
+    # Inside the 2 MiB blob, and long enough to garble the stream there: the error surfaces
+    # while unpack is writing the blob.
+    corrupt(image, payload_offset_of(image, 0) + 1536 * KIB, 80 * KIB)
+    _, checked, unpacked = read_only_commands_survive(image, tmp_path)
+    assert "payload CRC mismatch" in checked.stdout
+    assert unpacked.returncode == 4 and "payload CRC mismatch" in unpacked.stderr
+    assert "nothing was unpacked" in unpacked.stderr
+
+
 def test_truncated_record_is_reported(tmp_path):
     image = with_two_snapshots(tmp_path)
     # Erase the end of snapshot 2: its commit marker is gone, as after a torn write.
