@@ -137,7 +137,7 @@ def _layers(chain: Chain, root: Path, target: Path, scratch: Path, mounts: Mount
     layers into it. Raises on a failed mount; a damaged record only shortens the chain."""
     _tmpfs_layer(mounts, scratch / "overlay")
     upper = scratch / "overlay/upper"
-    boot.snapshots, error = operations.apply_snapshots(chain, upper)
+    boot.snapshots, error = operations.apply_snapshots(chain, upper, lower=root)
     if error is not None:
         boot.problems.append(str(error))
         log(f"booting snapshots 1..{boot.snapshots} only: {error}", loud=True)
@@ -148,7 +148,7 @@ def _layers(chain: Chain, root: Path, target: Path, scratch: Path, mounts: Mount
                     [r.entry for r in chain.snapshots[:boot.snapshots]])
     if chain.volatile is not None and boot.snapshots == len(chain.snapshots):
         try:
-            operations.apply_volatile(chain, scratch / "volatile/upper")
+            operations.apply_volatile(chain, scratch / "volatile/upper", scratch / "base")
             boot.volatile = True
         except SnapshotError as e:
             boot.problems.append(str(e))

@@ -396,16 +396,22 @@ def _when(timestamp: int) -> str:
 @click.option("--upto", type=int, help="Apply snapshots 1..N only [default: all].")
 @click.option("--volatile-to", type=click.Path(file_okay=False, path_type=Path),
               help="Also unpack the volatile record here.")
+@click.option("--rom", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The squashfs the directory will go over: whiteouts with nothing to "
+                   "hide there are left out, as boot does.")
 @click.pass_obj
-def unpack_cmd(obj, dest, upto, volatile_to):
+def unpack_cmd(obj, dest, upto, volatile_to, rom):
     """Apply snapshots 1..N in order into a directory, as boot does.
+
+    Without --rom every whiteout is kept; overlayfs then lists those in directories the
+    squashfs lacks (it hides whiteouts only in directories it merges).
 
     \b
     Example:
-      snapshot unpack --to /tmp/upper --volatile-to /tmp/volatile
+      snapshot unpack --to /tmp/upper --volatile-to /tmp/volatile --rom /rom
     """
     with reading(obj) as dev:
-        count = operations.unpack(Chain(dev), dest, upto, volatile_to)
+        count = operations.unpack(Chain(dev), dest, upto, volatile_to, rom)
     click.echo(f"unpacked {count} snapshots into {dest}")
 
 

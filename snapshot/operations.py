@@ -175,11 +175,11 @@ def listing(chain: Chain) -> dict:
     }
 
 
-def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None
-                    ) -> tuple[int, SnapshotError | None]:
+def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
+                    lower: Path | None = None) -> tuple[int, SnapshotError | None]:
     """Apply snapshots 1..upto (default all) in order into dest, stopping at the first that
-    is damaged or refused; it is not applied at all (see restore.apply). Returns how many
-    were applied and the error that stopped them, if any."""
+    is damaged or refused; it is not applied at all (see restore.apply, also for `lower`).
+    Returns how many were applied and the error that stopped them, if any."""
     snapshots = chain.snapshots
     if upto is None:
         upto = len(snapshots)
@@ -188,23 +188,24 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None
     Path(dest).mkdir(parents=True, exist_ok=True)
     for index, record in enumerate(snapshots[:upto]):
         try:
-            _apply(chain, record, Path(dest))
+            _apply(chain, record, Path(dest), lower)
         except SnapshotError as e:
             return index, e
     return upto, None
 
 
-def apply_volatile(chain: Chain, dest: Path) -> None:
+def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
     """Apply the volatile record (if any) into dest."""
     if chain.volatile is not None:
-        _apply(chain, chain.volatile, Path(dest))
+        _apply(chain, chain.volatile, Path(dest), lower)
 
 
 def unpack(chain: Chain, dest: Path, upto: int | None = None,
-           volatile_dest: Path | None = None) -> int:
-    """Apply snapshots 1..upto in order into dest (and the volatile into volatile_dest).
-    A damaged record is never applied, the ones before it are; returns the count applied."""
-    applied, error = apply_snapshots(chain, dest, upto)
+           volatile_dest: Path | None = None, lower: Path | None = None) -> int:
+    """Apply snapshots 1..upto in order into dest (and the volatile into volatile_dest),
+    over `lower` if given (see restore.apply). A damaged record is never applied, the ones
+    before it are; returns the count applied."""
+    applied, error = apply_snapshots(chain, dest, upto, lower)
     if error is not None:
         done = f"unpacked snapshots 1..{applied}" if applied else "nothing was unpacked"
         failure = ChainDamaged if isinstance(error, RecordDamaged) else SnapshotError
@@ -217,8 +218,8 @@ def unpack(chain: Chain, dest: Path, upto: int | None = None,
     return applied
 
 
-def _apply(chain: Chain, record: Record, dest: Path) -> None:
-    restore.apply(chain.payload(record), record.entry.compression, dest)
+def _apply(chain: Chain, record: Record, dest: Path, lower: Path | None = None) -> None:
+    restore.apply(chain.payload(record), record.entry.compression, dest, lower)
 
 
 def snapshot_record(chain: Chain, index: int) -> Record:

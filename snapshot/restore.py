@@ -88,8 +88,13 @@ def _check_parent(parent: str, kinds: dict, dest: Path, name: str) -> None:
         raise UnsafeEntry(name, f"{parent!r} is not a directory in the target")
 
 
-def apply(source, compression: int, dest: Path) -> None:
+def apply(source, compression: int, dest: Path, lower: Path | None = None) -> None:
     """Apply an archive onto dest with overlayfs semantics, or leave dest untouched.
+
+    With `lower` (the squashfs dest goes over), a whiteout with nothing there to hide is
+    left out: it only removes what earlier snapshots put at its path. overlayfs hides
+    whiteouts only in directories it merges, so one in a directory the lower layer lacks
+    would show up in listings.
 
     One pass reads the archive, checks every entry and writes file contents into a staging
     directory inside dest (same filesystem, so no copy of the archive lands in /tmp). Only
@@ -113,6 +118,9 @@ def apply(source, compression: int, dest: Path) -> None:
         for name, entry, staged in plan:
             path = f"{dest}/{name}"
             try:
+                if entry.is_whiteout and lower is not None and not _in_lower(lower, name):
+                    _remove(path)
+                    continue
                 _apply_entry(entry, path, staged, dest)
             except OSError as e:
                 raise ArchiveError(f"cannot unpack {entry.name!r} into {dest}: "
@@ -124,6 +132,20 @@ def apply(source, compression: int, dest: Path) -> None:
     # Creating entries changes their directory's mtime: set directories' times last.
     for path, mtime in reversed(dir_times):
         os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def _in_lower(lower: Path, name: str) -> bool:
+    """Whether the lower layer has something at name. A symlink on the way counts as yes:
+    it cannot be followed safely here, and a whiteout too many is harmless."""
+    parts = name.split("/")
+    for depth in range(1, len(parts) + 1):
+        try:
+            mode = os.lstat(f"{lower}/{'/'.join(parts[:depth])}").st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if depth < len(parts) and not stat.S_ISDIR(mode):
+            return stat.S_ISLNK(mode)
+    return True
 
 
 def _remove(path: str) -> bool:

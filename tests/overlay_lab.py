@@ -153,7 +153,7 @@ def verify(spec: dict, k: int, expected_file: Path) -> None:
     mount("tmpfs", base)
     lower, fresh, again = base / "lower", base / "upper", base / "merged"
     make_lower(lower)
-    snapshot(spec["image"], "unpack", "--to", str(fresh))
+    snapshot(spec["image"], "unpack", "--to", str(fresh), "--rom", str(lower))
     overlay(lower, fresh, base / "work", again)
     actual = view(again, [fresh])
     expected = json.loads(expected_file.read_text())
@@ -176,7 +176,7 @@ def main() -> None:
     report = {"steps": 0, "ok": True}
     for k, ops in enumerate(spec["steps"], start=1):
         upper, merged, top = base / f"u{k}", base / f"m{k}", base / f"t{k}"
-        snapshot(image, "unpack", "--to", str(upper))
+        snapshot(image, "unpack", "--to", str(upper), "--rom", str(lower))
         overlay(lower, upper, base / f"w{k}", merged)
         overlay(merged, base / f"v{k}", base / f"vw{k}", top)
         for op in ops:

@@ -179,6 +179,41 @@ def test_whiteout_removes_what_earlier_snapshots_put_there_and_stays(tmp_path):
     assert is_whiteout(out / "d")
 
 
+def test_whiteout_over_a_lower_without_that_path_only_removes(tmp_path):
+    """overlayfs lists whiteouts in directories it does not merge, so one with nothing
+    below to hide is left out when the lower layer is known."""
+    first = layer(tmp_path, "1", lambda r: ((r / "new").mkdir(), (r / "new/a").mkdir()))
+    second = layer(tmp_path, "2", lambda r: ((r / "new").mkdir(), whiteout(r / "new/a")))
+    lower = tmp_path / "lower"
+    (lower / "etc").mkdir(parents=True)
+    out = tmp_path / "out"
+    for data in (first, second):
+        restore.apply(io.BytesIO(data), COMPRESSION_GZIP, out, lower)
+    assert os.listdir(out / "new") == []
+
+
+def test_whiteout_over_a_lower_with_that_path_stays(tmp_path):
+    second = layer(tmp_path, "2", lambda r: ((r / "etc").mkdir(), whiteout(r / "etc/banner")))
+    lower = tmp_path / "lower"
+    (lower / "etc").mkdir(parents=True)
+    (lower / "etc/banner").write_text("OpenWrt\n")
+    out = tmp_path / "out"
+    restore.apply(io.BytesIO(second), COMPRESSION_GZIP, out, lower)
+    assert is_whiteout(out / "etc/banner")
+
+
+def test_whiteout_below_a_lower_symlink_stays(tmp_path):
+    """The symlink is not followed (it may point anywhere on the host); a whiteout too many
+    is harmless, one too few shows a deleted file again."""
+    second = layer(tmp_path, "2", lambda r: ((r / "var").mkdir(), whiteout(r / "var/f")))
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "var").symlink_to("/nonexistent")
+    out = tmp_path / "out"
+    restore.apply(io.BytesIO(second), COMPRESSION_GZIP, out, lower)
+    assert is_whiteout(out / "var/f")
+
+
 def test_opaque_directory_replaces_earlier_contents(tmp_path):
     def one(r):
         (r / "d").mkdir()

@@ -98,6 +98,13 @@ def test_every_kind_of_change_survives_push_and_unpack(namespaces, tmp_path):
     assert report["steps"] == 3
 
 
+def test_a_directory_emptied_where_the_squashfs_has_none_lists_empty(namespaces, tmp_path):
+    """Found by the property test: snapshot 2's whiteout for new/a, applied into one upper
+    dir over a squashfs without new/, would be listed by overlayfs."""
+    report = run_lab(tmp_path, [[["mkdir", "new/a"]], [["rmtree", "new/a"]]])
+    assert report["ok"], report.get("difference")
+
+
 PATHS = ["etc/config/network", "etc/banner", "www/index.html", "usr/share/doc/pkg",
          "usr/share/doc/pkg/README", "new", "new/a", "new/sub/b", ".dot", "bin/tool", "etc/rc.d"]
 OPS = st.one_of(
