@@ -10,7 +10,7 @@ setup(
     package_data={"mtd": ["mtd_abi.h"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["mtd/build_abi.py:ffibuilder"],
-    install_requires=["click>=8.0", "cffi>=1.15"],
+    install_requires=["click>=8.0", "cffi>=1.15", "crcmod-plus>=2.0"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["snapshot = snapshot.cli:main"]},
 )

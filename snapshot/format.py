@@ -4,14 +4,15 @@ Every constant and field below is specified in FORMAT.md; the section is cited b
 The format version is independent of the package version.
 """
 import struct
-import zlib
 from dataclasses import dataclass, field
+
+import crcmod.predefined
 
 FORMAT_VERSION = 1
 
-# FORMAT.md §1: CRC-32 (IEEE 802.3: poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF),
-# which is zlib's: crc32(data, previous) continues a running CRC.
-crc32 = zlib.crc32
+# FORMAT.md §1: CRC-32 (IEEE 802.3: poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF);
+# crc32(data, previous) continues a running CRC.
+crc32 = crcmod.predefined.mkCrcFun("crc-32")
 
 ANCHOR_BLOCKS = 4          # FORMAT.md §2: blocks 0..3 form the anchor area
 MAX_MESSAGE = 255          # FORMAT.md §4: message bytes (UTF-8)
