@@ -2,10 +2,10 @@
 
 The old data stays intact until one commit (DESIGN.md §9). Every block that holds data is
 reserved: the record goes into blocks that are free (erased, or holding nothing but a jffs2
-cleanmarker), and the anchor entry into a free block of the anchor area. When jffs2 fills
-the whole anchor area, one of its blocks there (never block 0, which tells the stock
-mount_root that the partition is jffs2) is first copied verbatim into a free block and then
-erased. jffs2 finds its nodes by scanning, wherever they are, and takes two identical copies
+cleanmarker), and the anchor entry into a free block of the anchor area other than block 0,
+which is never touched: its first word tells the stock mount_root that the partition is jffs2,
+also when it holds just a cleanmarker. When jffs2 fills blocks 1-3, one of them is first
+copied verbatim into a free block and then erased. jffs2 finds its nodes by scanning, wherever they are, and takes two identical copies
 of a node for one, which is what its own garbage collector leaves after a cut; so through the
 copy and the erase jffs2 still mounts with all its data.
 
@@ -95,7 +95,9 @@ def convert(flash: Flash, fill, compression: int, message: str, progress=None) -
     head = flash.read(0, len(LEGACY_MAGIC))
     if found and head == LEGACY_MAGIC:
         raise SnapshotError(f"{flash.name} holds {found}, which convert cannot read yet")
-    chain = Chain.replacing(flash, blocks_holding_data(flash))
+    # Block 0 stays as it is even when free: its first word (a cleanmarker's magic, on a
+    # fresh jffs2) is how the stock mount_root recognises jffs2 until the commit.
+    chain = Chain.replacing(flash, blocks_holding_data(flash) | {0})
     _anchor_room(flash, chain, progress)
     writer = RecordWriter(chain, SNAPSHOT, 1, message, compression, progress)
     fill(writer)
