@@ -9,20 +9,29 @@ merged root with its type, mode and content hash.
 
 Steps:
     {"op": "report", "label": L}
-    {"op": "write", "path": P, "text": T}          a file in the merged root
+    {"op": "write", "path": P, "text": T}          a file in the merged root (optional
+                                                   "mode": M, an int, chmod'ed after)
+    {"op": "symlink", "path": P, "target": T}      a symlink in the merged root
     {"op": "tree", "path": P, "files": N, "size": S} N files of S random bytes under P
     {"op": "delete", "path": P}                    rm -rf in the merged root, if there
     {"op": "snapshot", "args": [...]}              run the CLI; stop the plan if it fails
-    {"op": "cut", "args": [...]}                   run the CLI for the host to kill (below)
+    {"op": "cut", "args": [...]}                   run the CLI for the host to kill (below;
+                                                   optional "env": {...} for synced_cli.py)
+    {"op": "final", "args": [...]}                 run the CLI, its output in this boot's:
+                                                   for a command that ends the boot (the
+                                                   RAM stage of `convert` reboots)
 
 `cut` writes `kboot-cut: start` on the serial console (the host watches console.log), runs
 the command through synced_cli.py (each flash operation durable when it returns, as on real
 flash) with stderr on the console, which is a terminal, so the CLI's progress line shows
-every erase block it has written, and then writes `kboot-cut: done rc=N`.
+every erase block it has written, and then writes `kboot-cut: done rc=N`. A `snapshot` that
+runs through synced_cli.py comes first on its PATH, so the CLI a script of the command runs
+(convert's RAM stage) is synced as well.
 """
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -113,6 +122,18 @@ def report(label: str) -> None:
     say(f"KBOOT-STATE {label} {json.dumps(state, sort_keys=True)}")
 
 
+def synced_path() -> dict[str, str]:
+    """The environment with a synced `snapshot` first on PATH. It lives in /tmp, which the
+    RAM stage takes along onto the squashfs."""
+    bin_dir = Path("/tmp/kboot-synced")
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "snapshot"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} '
+                       f'{shlex.quote(str(SYNCED_CLI))} "$@"\n')
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
 def run(step: dict) -> bool:
     op = step["op"]
     if op == "report":
@@ -121,6 +142,12 @@ def run(step: dict) -> bool:
         path = Path(step["path"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(step["text"])
+        if "mode" in step:
+            path.chmod(step["mode"])
+    elif op == "symlink":
+        path = Path(step["path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(step["target"])
     elif op == "tree":
         top = Path(step["path"])
         top.mkdir(parents=True, exist_ok=True)
@@ -142,9 +169,15 @@ def run(step: dict) -> bool:
             console.write("kboot-cut: start\n")
             console.flush()
             done = subprocess.run([sys.executable, str(SYNCED_CLI), *step["args"]],
-                                  stdout=subprocess.PIPE, stderr=console, text=True)
+                                  stdout=subprocess.PIPE, stderr=console, text=True,
+                                  env={**synced_path(), **step.get("env", {})})
             console.write(f"\nkboot-cut: done rc={done.returncode}\n")
         say(f"kboot: cut {' '.join(step['args'])}: rc={done.returncode} {done.stdout.strip()}")
+        return done.returncode == 0
+    elif op == "final":
+        say(f"kboot: final snapshot {' '.join(step['args'])}")
+        done = subprocess.run(["snapshot", *step["args"]])
+        say(f"kboot: final snapshot {' '.join(step['args'])}: rc={done.returncode}")
         return done.returncode == 0
     else:
         raise ValueError(f"unknown step {step!r}")

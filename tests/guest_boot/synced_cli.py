@@ -9,10 +9,16 @@ test-only launcher wraps the writable device, as tests/cut_runner.py does, and c
 after each operation: the disk image then follows the program order, and a kill lands
 between two operations or tears the one under way.
 
+With KBOOT_HOLD_ANCHOR_ERASE=S in the environment, after erasing a block of the anchor area
+it writes `kboot-cut: anchor block N erased` on stderr and waits S seconds before going on
+(to program the anchor entry there): the host can cut the power in that window, which is
+otherwise a few milliseconds wide. The wait changes nothing on the flash.
+
 Usage: python synced_cli.py [snapshot CLI arguments]
 """
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
@@ -20,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 import mtd.locate  # noqa: E402
 from snapshot import operations  # noqa: E402
 from snapshot.cli import main  # noqa: E402
+from snapshot.format import ANCHOR_BLOCKS  # noqa: E402
+
+HOLD_ANCHOR_ERASE = float(os.environ.get("KBOOT_HOLD_ANCHOR_ERASE", "0"))
 
 
 class Synced:
@@ -43,9 +52,14 @@ class Synced:
 
     def erase(self, offset, length):
         try:
-            return self._flash.erase(offset, length)
+            result = self._flash.erase(offset, length)
         finally:
             os.sync()
+        block = offset // self._flash.geometry.erasesize
+        if HOLD_ANCHOR_ERASE and block < ANCHOR_BLOCKS:
+            print(f"\nkboot-cut: anchor block {block} erased", file=sys.stderr, flush=True)
+            time.sleep(HOLD_ANCHOR_ERASE)
+        return result
 
     def mark_bad(self, block):
         try:
