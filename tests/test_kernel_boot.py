@@ -111,15 +111,26 @@ def kernel_vm() -> KernelVM:
     pytest.fail(f"kernel tier unavailable: {reason}", pytrace=False)
 
 
+def _borrowed() -> list[Path]:
+    return [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable))]
+
+
 def borrowed_tops() -> list[str]:
-    """Top-level directories of the host tree the guest's Python and the project live in."""
-    paths = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable))]
-    tops = sorted({p.parts[1] for p in paths if len(p.parts) > 1} - {"usr"})
+    """Top-level directories of the host tree the guest's Python and the project live in,
+    but /tmp, which tmp_links() covers."""
+    tops = sorted({p.parts[1] for p in _borrowed() if len(p.parts) > 1} - {"usr", "tmp"})
     clash = sorted(set(tops) & ROUTER_DIRS)
     if clash:
         pytest.fail(f"the checkout or Python lives under /{clash[0]}, which the test squashfs "
                     f"needs for itself; move it elsewhere (e.g. /work, /opt)", pytrace=False)
     return tops
+
+
+def tmp_links() -> str:
+    """Names under the host's /tmp the project lives in (a CI clone can). The router's /tmp
+    is its own tmpfs: guest_boot/rootfs.sh links these names there to the host tree."""
+    return " ".join(sorted({p.parts[2] for p in _borrowed()
+                            if len(p.parts) > 2 and p.parts[1] == "tmp"}))
 
 
 def build_rootfs(dest: Path, work: Path) -> Path:
@@ -235,7 +246,7 @@ class Router:
         self.boots += 1
         env = {"KBOOT_SQUASHFS": str(self.squashfs), "KBOOT_PYTHON": sys.executable,
                "KBOOT_PLAN": json.dumps(plan), "PYTHONDONTWRITEBYTECODE": "1",
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "KBOOT_TMP_LINKS": tmp_links()}
         if format:
             env["KBOOT_FORMAT"] = "1"
         return self.vm.start(["/bin/sh", str(GUEST / "guest.sh")], cwd=str(REPO), env=env,

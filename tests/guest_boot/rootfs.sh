@@ -19,6 +19,10 @@ mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
+# A checkout under the host's /tmp (KBOOT_TMP_LINKS: the names there) stays reachable.
+for name in ${KBOOT_TMP_LINKS:-}; do
+	ln -s "/rom/.host/tmp/$name" "$root/tmp/$name"
+done
 cd "$root"
 pivot_root . .host
 cd /
