@@ -6,6 +6,7 @@ the step tables.
 """
 import errno
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,19 +186,54 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
         upto = len(snapshots)
     if not 0 <= upto <= len(snapshots):
         raise SnapshotError(f"--upto {upto} is not a snapshot number (0..{len(snapshots)})")
-    Path(dest).mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    # Into an empty dest (boot's tmpfs, a new directory) records go in place: one that fails
+    # is undone by emptying dest and applying the ones before it again.
+    in_place = _is_empty(dest)
     for index, record in enumerate(snapshots[:upto]):
         try:
-            _apply(chain, record, Path(dest), lower)
+            _apply(chain, record, dest, lower, in_place)
         except SnapshotError as e:
-            return index, e
+            if not in_place:
+                return index, e
+            _empty(dest)
+            applied, again = apply_snapshots(chain, dest, index, lower)
+            return applied, again or e
+        except BaseException:
+            if in_place:
+                _empty(dest)
+            raise
     return upto, None
 
 
 def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
-    """Apply the volatile record (if any) into dest."""
-    if chain.volatile is not None:
-        _apply(chain, chain.volatile, Path(dest), lower)
+    """Apply the volatile record (if any) into dest; on an error dest is as it was."""
+    if chain.volatile is None:
+        return
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    in_place = _is_empty(dest)
+    try:
+        _apply(chain, chain.volatile, dest, lower, in_place)
+    except BaseException:
+        if in_place:
+            _empty(dest)
+        raise
+
+
+def _is_empty(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return next(entries, None) is None
+
+
+def _empty(directory: Path) -> None:
+    """Remove what is in directory, keeping it (it may be a mountpoint)."""
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def unpack(chain: Chain, dest: Path, upto: int | None = None,
@@ -218,8 +254,9 @@ def unpack(chain: Chain, dest: Path, upto: int | None = None,
     return applied
 
 
-def _apply(chain: Chain, record: Record, dest: Path, lower: Path | None = None) -> None:
-    restore.apply(chain.payload(record), record.entry.compression, dest, lower)
+def _apply(chain: Chain, record: Record, dest: Path, lower: Path | None,
+           in_place: bool) -> None:
+    restore.apply(chain.payload(record), record.entry.compression, dest, lower, in_place)
 
 
 def snapshot_record(chain: Chain, index: int) -> Record:

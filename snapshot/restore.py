@@ -28,6 +28,10 @@ class UnsafeEntry(ArchiveError):
 
 def _relative(name: str) -> str:
     """`name` as a path relative to the target; ValueError says why it cannot be one."""
+    # Most names are already in the form wanted (no leading, doubled or trailing slash, no
+    # component starting with a dot): take those as they are.
+    if name and name[-1] != "/" and "//" not in f"/{name}" and "/." not in f"/{name}":
+        return name
     if name.startswith("/"):
         raise ValueError("absolute path")
     parts = [p for p in name.split("/") if p and p != "."]
@@ -47,91 +51,134 @@ def clean_name(name: str, entry: str | None = None) -> str:
         raise UnsafeEntry(entry or name, reason) from None
 
 
-def _check(entry: Entry, kinds: dict[str, str], dest: Path) -> str:
-    """The entry's path if it is safe against dest as it is now and against the entries
-    before it (`kinds`: what the archive has put at each path so far); else UnsafeEntry."""
-    name = clean_name(entry.name)
-    if name.partition("/")[0] == STAGING:
-        raise UnsafeEntry(entry.name, "reserved name")
-    parent = name.rpartition("/")[0]
-    while parent:
-        _check_parent(parent, kinds, dest, entry.name)
-        parent = parent.rpartition("/")[0]
-    if entry.type == HARDLINK:
-        target = clean_name(entry.linkname, entry.name)
-        if kinds.get(target) != FILE:
-            raise UnsafeEntry(entry.name, f"hardlink to {entry.linkname!r}, which is not "
-                                          f"a file earlier in this archive")
-    elif entry.type in (CHAR, BLOCK):
-        if not entry.is_whiteout:
-            raise UnsafeEntry(entry.name, "device node (only 0/0 whiteouts are allowed)")
-    elif entry.type not in (FILE, DIRECTORY, SYMLINK, FIFO):
-        raise UnsafeEntry(entry.name, "unsupported entry type")
-    kinds[name] = FILE if entry.type == HARDLINK else entry.type
-    return name
+class _Checks:
+    """The safety checks of one archive's entries, in order, against dest as it is now (it
+    does not change until every entry has passed)."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self.kinds: dict[str, str] = {}   # what the archive has put at each path so far
+        # Parent directories found safe, with all their ancestors: entries come sorted, so
+        # most need one lookup here instead of a walk up to the top.
+        self._safe: set[str] = set()
+
+    def check(self, entry: Entry) -> str:
+        """The entry's path if it is safe; else UnsafeEntry."""
+        name = clean_name(entry.name)
+        if name.partition("/")[0] == STAGING:
+            raise UnsafeEntry(entry.name, "reserved name")
+        parent = name.rpartition("/")[0]
+        walked = []
+        while parent and parent not in self._safe:
+            self._check_parent(parent, entry.name)
+            walked.append(parent)
+            parent = parent.rpartition("/")[0]
+        self._safe.update(walked)
+        if entry.type == HARDLINK:
+            target = clean_name(entry.linkname, entry.name)
+            if self.kinds.get(target) != FILE:
+                raise UnsafeEntry(entry.name, f"hardlink to {entry.linkname!r}, which is not "
+                                              f"a file earlier in this archive")
+        elif entry.type in (CHAR, BLOCK):
+            if not entry.is_whiteout:
+                raise UnsafeEntry(entry.name, "device node (only 0/0 whiteouts are allowed)")
+        elif entry.type not in (FILE, DIRECTORY, SYMLINK, FIFO):
+            raise UnsafeEntry(entry.name, "unsupported entry type")
+        kind = FILE if entry.type == HARDLINK else entry.type
+        # A later entry can put a symlink or a file where a directory found safe was: what
+        # lies below it has to be checked again.
+        if kind != DIRECTORY and name in self._safe:
+            self._safe.clear()
+        self.kinds[name] = kind
+        return name
+
+    def _check_parent(self, parent: str, name: str) -> None:
+        kind = self.kinds.get(parent)
+        if kind is not None:
+            if kind != DIRECTORY:
+                raise UnsafeEntry(name, f"{parent!r} earlier in this archive is not a "
+                                  f"directory" + (" (a symlink)" if kind == SYMLINK else ""))
+            return
+        try:
+            mode = os.lstat(f"{self.dest}/{parent}").st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return   # an ancestor further up is not a directory: the walk up finds it
+        if stat.S_ISLNK(mode):
+            raise UnsafeEntry(name, f"{parent!r} is a symlink in the target")
+        if not stat.S_ISDIR(mode):
+            raise UnsafeEntry(name, f"{parent!r} is not a directory in the target")
 
 
-def _check_parent(parent: str, kinds: dict, dest: Path, name: str) -> None:
-    kind = kinds.get(parent)
-    if kind is not None:
-        if kind != DIRECTORY:
-            raise UnsafeEntry(name, f"{parent!r} earlier in this archive is not a directory"
-                              + (" (a symlink)" if kind == SYMLINK else ""))
-        return
-    try:
-        mode = os.lstat(f"{dest}/{parent}").st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(mode):
-        raise UnsafeEntry(name, f"{parent!r} is a symlink in the target")
-    if not stat.S_ISDIR(mode):
-        raise UnsafeEntry(name, f"{parent!r} is not a directory in the target")
+def apply(source, compression: int, dest: Path, lower: Path | None = None,
+          in_place: bool = False) -> None:
+    """Apply an archive onto dest with overlayfs semantics.
 
+    Staged (the default), dest is left untouched unless the whole archive passes. One pass
+    reads the archive, checks every entry and writes file contents into a staging directory
+    inside dest (same filesystem, so no copy of the archive lands in /tmp). Only when the
+    whole stream has passed, CRC included, are the entries applied: files by rename,
+    everything else created in place.
 
-def apply(source, compression: int, dest: Path, lower: Path | None = None) -> None:
-    """Apply an archive onto dest with overlayfs semantics, or leave dest untouched.
+    In place, each entry is applied as soon as it has passed its checks, which saves staging
+    and renaming every file. After an error dest holds part of the archive: the caller
+    discards it (operations.apply_snapshots empties the directory it started empty).
 
     With `lower` (the squashfs dest goes over), a whiteout with nothing there to hide is
     left out: it only removes what earlier snapshots put at its path. overlayfs hides
     whiteouts only in directories it merges, so one in a directory the lower layer lacks
-    would show up in listings.
-
-    One pass reads the archive, checks every entry and writes file contents into a staging
-    directory inside dest (same filesystem, so no copy of the archive lands in /tmp). Only
-    when the whole stream has passed, CRC included, are the entries applied: files by
-    rename, everything else created in place."""
+    would show up in listings."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    staging = f"{dest}/{STAGING}"
-    _remove(staging)
-    os.mkdir(staging, 0o700)
-    try:
-        plan, kinds = [], {}
+    checks, dir_times = _Checks(dest), []
+    if in_place:
         for reader, entry in entries(source, compression):
-            name = _check(entry, kinds, dest)
-            staged = None
-            if entry.type == FILE:
-                staged = f"{staging}/{len(plan)}"
-                _write_file(reader, entry, staged)
-            plan.append((name, entry, staged))
-        dir_times = []
-        for name, entry, staged in plan:
-            path = f"{dest}/{name}"
-            try:
-                if entry.is_whiteout and lower is not None and not _in_lower(lower, name):
-                    _remove(path)
-                    continue
-                _apply_entry(entry, path, staged, dest)
-            except OSError as e:
-                raise ArchiveError(f"cannot unpack {entry.name!r} into {dest}: "
-                                   f"{e.strerror}") from None
-            if entry.type == DIRECTORY:
-                dir_times.append((path, entry.mtime))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            _place(dest, checks.check(entry), entry, lower, dir_times, reader=reader)
+    else:
+        staging = f"{dest}/{STAGING}"
+        _remove(staging)
+        os.mkdir(staging, 0o700)
+        try:
+            plan = []
+            for reader, entry in entries(source, compression):
+                name = checks.check(entry)
+                staged = None
+                if entry.type == FILE:
+                    staged = f"{staging}/{len(plan)}"
+                    try:
+                        _write_file(reader, entry, staged)
+                    except OSError as e:
+                        raise _cannot(entry, dest, e) from None
+                plan.append((name, entry, staged))
+            for name, entry, staged in plan:
+                _place(dest, name, entry, lower, dir_times, staged=staged)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     # Creating entries changes their directory's mtime: set directories' times last.
     for path, mtime in reversed(dir_times):
         os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def _place(dest: Path, name: str, entry: Entry, lower: Path | None, dir_times: list,
+           staged: str | None = None, reader=None) -> None:
+    """Put one checked entry at its path: a FILE from its staged copy, or from the reader
+    when applying in place."""
+    path = f"{dest}/{name}"
+    try:
+        if entry.is_whiteout and lower is not None and not _in_lower(lower, name):
+            _remove(path)
+            return
+        if reader is not None and entry.type == FILE:
+            _write_file(reader, entry, path)
+        else:
+            _apply_entry(entry, path, staged, dest)
+    except OSError as e:
+        raise _cannot(entry, dest, e) from None
+    if entry.type == DIRECTORY:
+        dir_times.append((path, entry.mtime))
+
+
+def _cannot(entry: Entry, dest: Path, error: OSError) -> ArchiveError:
+    return ArchiveError(f"cannot unpack {entry.name!r} into {dest}: {error.strerror}")
 
 
 def _in_lower(lower: Path, name: str) -> bool:
@@ -162,10 +209,15 @@ def _remove(path: str) -> bool:
 
 
 def _write_file(reader, entry: Entry, path: str) -> None:
-    fd = os.open(path, _CREATE, 0o600)
+    try:
+        fd = os.open(path, _CREATE, entry.mode & 0o777)
+    except FileExistsError:
+        # Replace what is there; never write through a symlink or into a hardlinked file.
+        _remove(path)
+        fd = os.open(path, _CREATE, entry.mode & 0o777)
     try:
         reader.copy_to(fd)
-        _metadata(fd, entry)
+        _metadata(fd, entry, os.fstat(fd))
     finally:
         os.close(fd)
 
@@ -221,14 +273,18 @@ def _apply_dir(path: str, entry: Entry) -> None:
     _metadata(path, entry)
 
 
-def _metadata(target: str | int, entry: Entry) -> None:
-    """Owner, xattrs, mode and mtime of a new entry (a path, or an open file's fd)."""
+def _metadata(target: str | int, entry: Entry, created: os.stat_result | None = None) -> None:
+    """Owner, xattrs, mode and mtime of a new entry (a path, or an open file's fd). With
+    `created` (the new file's status), owner and mode are set only where they differ."""
     link = entry.type == SYMLINK
-    os.chown(target, entry.uid, entry.gid, follow_symlinks=isinstance(target, int))
+    follow = isinstance(target, int)
+    if created is None or (created.st_uid, created.st_gid) != (entry.uid, entry.gid):
+        os.chown(target, entry.uid, entry.gid, follow_symlinks=follow)
+        created = None
     for key, value in entry.xattrs.items():
-        os.setxattr(target, key, value, follow_symlinks=isinstance(target, int))
-    if not link:
-        # After chown: chown clears setuid and setgid.
+        os.setxattr(target, key, value, follow_symlinks=follow)
+    # After chown: chown clears setuid and setgid.
+    if not link and (created is None or stat.S_IMODE(created.st_mode) != entry.mode & 0o7777):
         os.chmod(target, entry.mode & 0o7777)
     if entry.type != DIRECTORY:
-        os.utime(target, (entry.mtime, entry.mtime), follow_symlinks=isinstance(target, int))
+        os.utime(target, (entry.mtime, entry.mtime), follow_symlinks=follow)

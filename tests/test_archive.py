@@ -110,12 +110,12 @@ def test_reading_does_not_depend_on_where_the_stream_is_cut(upper, tmp_path, mon
 
 
 def test_a_refused_archive_leaves_no_reader_thread_behind(tmp_path, monkeypatch):
-    check = restore._check
+    check = restore._Checks.check
 
     def slow_check(*args):
         time.sleep(0.3)   # meanwhile the thread decompresses ahead until it has to wait
         return check(*args)
-    monkeypatch.setattr(restore, "_check", slow_check)
+    monkeypatch.setattr(restore._Checks, "check", slow_check)
     before = threading.active_count()
     with pytest.raises(UnsafeEntry):
         apply(crafted(("../x", *FILE), ("zeros", tarfile.REGTYPE, {"data": bytes(16 << 20)})),
@@ -300,6 +300,9 @@ FILE = (tarfile.REGTYPE, {})
     ([("a/../../outside", *FILE)], "'..' in the path"),
     ([("escape", tarfile.SYMTYPE, {"linkname": "/tmp"}), ("escape/file", *FILE)],
      "a symlink"),
+    # The directory was safe for the entries below it until a later entry replaced it.
+    ([("d", tarfile.DIRTYPE, {}), ("d/e", tarfile.DIRTYPE, {}), ("d/e/f", *FILE),
+      ("d", tarfile.SYMTYPE, {"linkname": "/tmp"}), ("d/e/g", *FILE)], "a symlink"),
     ([("hl", tarfile.LNKTYPE, {"linkname": "/etc/shadow"})], "absolute path"),
     ([("hl", tarfile.LNKTYPE, {"linkname": "../../etc/shadow"})], "'..' in the path"),
     ([("hl", tarfile.LNKTYPE, {"linkname": "not-in-archive"})], "not a file earlier"),
@@ -324,6 +327,15 @@ def test_writing_through_a_symlink_already_in_the_target_is_refused(tmp_path):
     with pytest.raises(UnsafeEntry, match="'etc' is a symlink in the target"):
         apply(crafted(("etc/passwd", *FILE)), out)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_path_through_a_file_in_the_target_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "etc").write_text("a file")
+    with pytest.raises(UnsafeEntry, match="'etc' is not a directory in the target"):
+        apply(crafted(("etc/config/network", *FILE)), out)
+    assert (out / "etc").read_text() == "a file"
 
 
 def test_a_file_replacing_a_symlink_does_not_follow_it(tmp_path):

@@ -220,6 +220,26 @@ def test_damage_inside_a_large_file_is_reported_as_a_damaged_record(tmp_path):
     assert "nothing was unpacked" in unpacked.stderr
 
 
+def test_a_record_damaged_after_its_files_were_unpacked_leaves_exactly_the_ones_before(
+        tmp_path):
+    """Into an empty directory records are unpacked in place; snapshot 2 replaces snapshot
+    1's files before the damage near its end shows, and the directory is rebuilt."""
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NAND)
+    ok(image, "format")
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)))
+    second = make_tree(tmp_path / "b", 2, 1024)
+    (second / "etc/added").write_text("only in snapshot 2")
+    ok(image, "push", "--from", str(second))
+    with SimFlash(image) as flash:
+        length = Chain(flash).records[1].entry.payload_length
+    corrupt(image, payload_offset_of(image, 1) + length - 64 * KIB, 1)
+    ok(image, "unpack", "--to", str(tmp_path / "first"), "--upto", "1")
+    result = run(image, "unpack", "--to", str(tmp_path / "out"))
+    assert result.exit_code == 4 and "unpacked snapshots 1..1" in result.output
+    assert tree(tmp_path / "out") == tree(tmp_path / "first")
+
+
 def test_truncated_record_is_reported(tmp_path):
     image = with_two_snapshots(tmp_path)
     # Erase the end of snapshot 2: its commit marker is gone, as after a torn write.
