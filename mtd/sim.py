@@ -26,6 +26,7 @@ import base64
 import errno
 import fcntl
 import json
+import mmap
 import os
 import random
 import zlib
@@ -47,6 +48,25 @@ _COUNTERS = ("programs", "erases", "bytes_programmed", "bytes_read", "ecc_correc
 # Program and erase operations issued by this process on any simulated device, for the
 # power-cut contract ("the N-th operation that the process issues").
 _operations_issued = 0
+
+
+class _Counters:
+    """A handle's operation counts since its last save, in memory shared with the processes
+    it forks: a child that reads the flash (the archive reader does, while its parent does
+    not use the flash) counts towards the handle's stats."""
+
+    def __init__(self):
+        self._memory = mmap.mmap(-1, 8 * len(_COUNTERS))
+        self._values = memoryview(self._memory).cast("q")
+
+    def __getitem__(self, key: str) -> int:
+        return self._values[_COUNTERS.index(key)]
+
+    def add(self, key: str, amount: int) -> None:
+        self._values[_COUNTERS.index(key)] += amount
+
+    def clear(self) -> None:
+        self._memory[:] = bytes(len(self._memory))
 
 
 def sidecar_path(image: str | Path) -> Path:
@@ -134,7 +154,7 @@ class SimFlash(Closing):
         self._bitflips = {int(o): k for o, k in state["bitflips"].items()}
         self._programmed = _unpack_bits(state["programmed_pages"])
         self._erase_counts = list(state["erase_counts"])
-        self._delta = dict.fromkeys(_COUNTERS, 0)
+        self._delta = _Counters()
         self._erase_delta = [0] * self.geometry.blocks
         self._mutated = False
 
@@ -319,7 +339,7 @@ class SimFlash(Closing):
 
     def _count(self, **amounts: int) -> None:
         for key, amount in amounts.items():
-            self._delta[key] += amount
+            self._delta.add(key, amount)
 
     def stats(self) -> Stats:
         base = self._state["stats"]
@@ -345,7 +365,7 @@ class SimFlash(Closing):
             json.dump(state, f)
         self._state = state
         self._erase_counts = list(state["erase_counts"])
-        self._delta = dict.fromkeys(_COUNTERS, 0)
+        self._delta.clear()
         self._erase_delta = [0] * self.geometry.blocks
 
     def close(self) -> None:

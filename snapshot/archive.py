@@ -8,14 +8,14 @@ other xattrs (pax SCHILY.xattr.* records, as GNU tar writes them), and top-level
 Entries are in sorted order and carry no user or group names, so the same tree always gives
 the same bytes.
 """
+import fcntl
 import gzip
 import lzma
 import os
-import queue
+import signal
 import stat
 import struct
 import tarfile
-import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +30,12 @@ GZIP_LEVEL = 6
 # router can afford; CRC32 because every xz decoder (busybox too) knows it.
 XZ_PRESET = 2
 READ_CHUNK = 256 * 1024
-# Reading decompresses ahead in pieces of PIECE bytes, at most PIECES_AHEAD of them waiting.
-PIECE = 1024 * 1024
-PIECES_AHEAD = 2
+# Reading decompresses in pieces of at most PIECE bytes, which a child process hands over
+# through a pipe that holds PIPE bytes.
+PIECE = 256 * 1024
+PIPE = 1024 * 1024
+# A small first piece lets the reader of a child's pipe start sooner.
+FIRST_PIECE = 16 * 1024
 XATTR_PREFIX = "SCHILY.xattr."
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 # overlayfs bookkeeping that only makes sense on the filesystem it was made on.
@@ -166,7 +169,7 @@ assert _USTAR.size == 512
 
 
 def _number(field: bytes) -> int:
-    if field and field[0] & 0x80:   # base-256, for values too large for octal
+    if field[0] & 0x80:   # base-256, for values too large for octal
         return int.from_bytes(field[1:], "big")
     return int(field.strip(b"\0 ") or b"0", 8)
 
@@ -226,9 +229,21 @@ class TarReader:
 
     def _skip(self) -> None:
         left = self._left + self._padding
+        self._left = self._padding = 0
+        if left <= len(self._piece) - self._at:
+            self._at += left
+            return
         while left:
             left -= len(self._take(left))
-        self._left = self._padding = 0
+
+    def _header(self):
+        """The next 512-byte header block; a view into the current piece where it lies
+        whole inside it, which it nearly always does."""
+        at = self._at
+        if len(self._piece) - at >= _BLOCK:
+            self._at = at + _BLOCK
+            return self._piece[at:at + _BLOCK]
+        return self._read(_BLOCK)
 
     def copy_to(self, fd: int) -> None:
         """Write the current entry's data to fd."""
@@ -242,14 +257,14 @@ class TarReader:
         pax: dict[str, bytes] = {}
         while True:
             self._skip()
-            block = self._read(_BLOCK)
+            block = self._header()
             if block == _EMPTY:
                 return
-            (name, mode, uid, gid, size, mtime, checksum, kind, linkname, magic, _, _, _,
-             major, minor, prefix) = _USTAR.unpack(block)
-            if _number(checksum) != _checksum(block):
+            (name, *numbers, kind, linkname, magic, _, _, _, major, minor,
+             prefix) = _USTAR.unpack(block)
+            mode, uid, gid, size, mtime, checksum = map(_number, numbers)
+            if checksum != _checksum(block):
                 raise ArchiveError("damaged tar header (checksum mismatch)")
-            size = _number(size)
             if kind in (b"x", b"g"):
                 data = self._read(size)
                 self._padding = -size % _BLOCK
@@ -261,9 +276,9 @@ class TarReader:
             if magic == b"ustar\0" and prefix[0]:
                 name = _text(prefix) + "/" + name
             device = etype in (CHAR, BLOCK)
-            entry = Entry(name, etype, _number(mode), _number(uid), _number(gid), _number(mtime),
-                          size, _text(linkname), _number(major) if device else 0,
-                          _number(minor) if device else 0, {})
+            entry = Entry(name, etype, mode, uid, gid, mtime, size,
+                          _text(linkname) if linkname[0] else "",
+                          _number(major) if device else 0, _number(minor) if device else 0, {})
             if pax:
                 _apply_pax(entry, pax)
                 pax = {}
@@ -297,9 +312,10 @@ def _decompressed(source, compression: int):
             decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)   # 16+: the gzip wrapper
         else:
             raise ArchiveError(f"unknown compression {compression}")
-        data = b""
+        data, size = b"", FIRST_PIECE
         while not decoder.eof:
-            piece = decoder.decompress(data, PIECE)
+            piece = decoder.decompress(data, size)
+            size = min(2 * size, PIECE)
             # zlib hands back the input it had no room to decompress; lzma keeps it itself.
             data = getattr(decoder, "unconsumed_tail", b"")
             if piece:
@@ -321,46 +337,78 @@ def _unreadable(source, reason) -> Unreadable:
     return Unreadable(reason)
 
 
-class _Inflating:
-    """Runs an iterator of decompressed pieces in a thread, so that inflating overlaps the
-    caller's work on the pieces before (zlib and lzma release the GIL); at most PIECES_AHEAD
-    pieces wait, which bounds the memory. The `with` gives an iterator over the pieces;
-    leaving it stops the thread, so nothing else reads the source while the thread does."""
+class _Reader:
+    """Reads and decompresses a payload stream in a child process where there is a second
+    CPU, as `tar -z` runs gzip beside tar: the child reads the flash, checks the CRC and
+    inflates while the caller parses the pieces and writes files. The child only reads.
 
-    def __init__(self, pieces):
-        self._pieces: queue.Queue = queue.Queue(PIECES_AHEAD)
-        self._stop = threading.Event()
-        # A daemon: a reader abandoned without being closed must not keep the process alive.
-        self._thread = threading.Thread(target=self._inflate, args=(pieces,), daemon=True)
+    The `with` gives an iterator over the pieces; leaving it ends the child. A child that
+    fails (a damaged record, a read error) ends the pieces early: the caller then reads the
+    record again itself, which raises the error the child met. Where the child cannot be
+    started, or there is one CPU, or the stream is short (its `length`, where it has one:
+    starting a child costs more than it saves there), the caller decompresses in its own
+    process."""
+
+    def __init__(self, source, compression: int):
+        self._source = source
+        self._compression = compression
+        self._pid = self._fd = None
 
     def __enter__(self):
-        self._thread.start()
+        if (len(os.sched_getaffinity(0)) < 2
+                or getattr(self._source, "length", PIECE) < PIECE):
+            return _decompressed(self._source, self._compression)
+        read_end, write_end = os.pipe()
+        try:
+            # Larger than the default 64 KiB, so the child is rarely stopped waiting for room.
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE)
+        except OSError:
+            pass   # above /proc/sys/fs/pipe-max-size: works, a little slower
+        try:
+            self._pid = os.fork()
+        except OSError:
+            os.close(read_end)
+            os.close(write_end)
+            return _decompressed(self._source, self._compression)
+        if self._pid == 0:
+            self._child(read_end, write_end)
+        os.close(write_end)
+        self._fd = read_end
         return self._received()
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        # Once stopped, the thread puts at most one more piece: make room for it.
-        try:
-            self._pieces.get_nowait()
-        except queue.Empty:
-            pass
-        self._thread.join()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._pid is not None:
+            # The child writes nothing anywhere but to the pipe: stopping it loses nothing.
+            os.kill(self._pid, signal.SIGKILL)
+            os.waitpid(self._pid, 0)
+            self._pid = None
 
-    def _inflate(self, pieces) -> None:
+    def _child(self, read_end: int, write_end: int) -> None:
+        status = 1
         try:
-            for piece in pieces:
-                self._pieces.put(piece)
-                if self._stop.is_set():
-                    return
-            self._pieces.put(b"")
-        except Exception as e:
-            self._pieces.put(e)
+            os.close(read_end)
+            for piece in _decompressed(self._source, self._compression):
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(write_end, view):]
+            status = 0
+        finally:
+            # Never return into the caller's code: it runs on in the parent.
+            os._exit(status)
 
     def _received(self):
-        while piece := self._pieces.get():
-            if isinstance(piece, Exception):
-                raise piece
+        while piece := os.read(self._fd, PIECE):
             yield piece
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        if status:
+            for _ in _decompressed(self._source, self._compression):
+                pass
+            raise ArchiveError(f"the reading process failed (exit status "
+                               f"{os.waitstatus_to_exitcode(status)}), a second read did not")
 
 
 def entries(source, compression: int):
@@ -368,7 +416,7 @@ def entries(source, compression: int):
     end, so the record's CRC is always checked; a damaged record raises RecordDamaged even
     where the damage first garbles the archive."""
     try:
-        with _Inflating(_decompressed(source, compression)) as pieces:
+        with _Reader(source, compression) as pieces:
             reader = TarReader(pieces)
             for entry in reader:
                 yield reader, entry

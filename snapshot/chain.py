@@ -292,6 +292,7 @@ class PayloadReader:
     def __init__(self, chain: Chain, record: Record):
         self.chain = chain
         self.record = record
+        self.length = record.entry.payload_length
         self.corrected = 0
         self._flips: list[int] = []
         self._fetched = 0        # payload bytes read from flash so far

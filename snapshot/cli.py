@@ -15,8 +15,7 @@ import click
 
 from mtd import FlashOpenError, FlashType, Geometry, MtdError, SimFlash, open_flash
 from mtd.sim import validate_geometry
-from snapshot import boot, config, operations
-from snapshot import convert as conversion
+from snapshot import config, operations
 from snapshot.archive import COMPRESSIONS
 from snapshot.chain import Chain
 from snapshot.errors import ChainDamaged, SnapshotError
@@ -328,6 +327,7 @@ def convert(obj, source, archive, message, compression):
       snapshot convert                     # on the router: then it reboots
       snapshot --device /tmp/flash.img convert --from /tmp/overlay/upper
     """
+    from snapshot import convert as conversion   # here: every other command starts sooner
     if source and archive:
         raise click.UsageError("--from and --archive exclude each other")
     with opened(obj["device"], writable=True) as dev:
@@ -530,6 +530,7 @@ def mount_cmd(obj, root, target):
       snapshot mount
       snapshot --device /tmp/flash.img mount --root /mnt/squashfs --target /mnt/root
     """
+    from snapshot import boot   # here: every other command starts sooner
     if (root is None) != (target is None):
         raise click.UsageError("--root and --target go together")
     sandbox = root is not None

@@ -213,7 +213,10 @@ def _write_file(reader, entry: Entry, path: str) -> None:
         fd = os.open(path, _CREATE, entry.mode & 0o777)
     except FileExistsError:
         # Replace what is there; never write through a symlink or into a hardlinked file.
-        _remove(path)
+        try:
+            os.unlink(path)
+        except IsADirectoryError:
+            shutil.rmtree(path)
         fd = os.open(path, _CREATE, entry.mode & 0o777)
     try:
         reader.copy_to(fd)
@@ -250,7 +253,8 @@ def _apply_entry(entry: Entry, path: str, staged: str | None, dest: Path) -> Non
 
 def _apply_dir(path: str, entry: Entry) -> None:
     try:
-        existing = stat.S_ISDIR(os.lstat(path).st_mode)
+        current = os.lstat(path)
+        existing = stat.S_ISDIR(current.st_mode)
     except FileNotFoundError:
         existing = None
     if existing and entry.is_opaque:
@@ -270,21 +274,21 @@ def _apply_dir(path: str, entry: Entry) -> None:
         for key in os.listxattr(path):
             if key not in entry.xattrs and key not in OPAQUE_XATTRS:
                 os.removexattr(path, key)
-    _metadata(path, entry)
+    _metadata(path, entry, current if existing else None)
 
 
-def _metadata(target: str | int, entry: Entry, created: os.stat_result | None = None) -> None:
-    """Owner, xattrs, mode and mtime of a new entry (a path, or an open file's fd). With
-    `created` (the new file's status), owner and mode are set only where they differ."""
+def _metadata(target: str | int, entry: Entry, current: os.stat_result | None = None) -> None:
+    """Owner, xattrs, mode and mtime of an entry (a path, or an open file's fd). With
+    `current` (its status now), owner and mode are set only where they differ."""
     link = entry.type == SYMLINK
     follow = isinstance(target, int)
-    if created is None or (created.st_uid, created.st_gid) != (entry.uid, entry.gid):
+    if current is None or (current.st_uid, current.st_gid) != (entry.uid, entry.gid):
         os.chown(target, entry.uid, entry.gid, follow_symlinks=follow)
-        created = None
+        current = None
     for key, value in entry.xattrs.items():
         os.setxattr(target, key, value, follow_symlinks=follow)
     # After chown: chown clears setuid and setgid.
-    if not link and (created is None or stat.S_IMODE(created.st_mode) != entry.mode & 0o7777):
+    if not link and (current is None or stat.S_IMODE(current.st_mode) != entry.mode & 0o7777):
         os.chmod(target, entry.mode & 0o7777)
     if entry.type != DIRECTORY:
         os.utime(target, (entry.mtime, entry.mtime), follow_symlinks=follow)

@@ -1,11 +1,10 @@
 """Capturing an overlay upper dir and applying it with overlayfs semantics, without mounts
 (tier 1, as root: whiteouts are device nodes and opaque marks are trusted xattrs)."""
+import errno
 import io
 import os
 import stat
 import tarfile
-import threading
-import time
 
 import pytest
 
@@ -109,18 +108,52 @@ def test_reading_does_not_depend_on_where_the_stream_is_cut(upper, tmp_path, mon
     assert (tmp_path / "out/big").read_bytes() == (upper / "big").read_bytes()
 
 
-def test_a_refused_archive_leaves_no_reader_thread_behind(tmp_path, monkeypatch):
-    check = restore._Checks.check
+def forks(monkeypatch) -> list[int]:
+    """The pids of the processes the archive reader forks from now on."""
+    pids, fork = [], os.fork
 
-    def slow_check(*args):
-        time.sleep(0.3)   # meanwhile the thread decompresses ahead until it has to wait
-        return check(*args)
-    monkeypatch.setattr(restore._Checks, "check", slow_check)
-    before = threading.active_count()
+    def recording_fork():
+        pid = fork()
+        if pid:
+            pids.append(pid)
+        return pid
+    monkeypatch.setattr(os, "fork", recording_fork)
+    return pids
+
+
+def test_a_refused_archive_leaves_no_reading_process_behind(tmp_path, monkeypatch):
+    pids = forks(monkeypatch)
     with pytest.raises(UnsafeEntry):
         apply(crafted(("../x", *FILE), ("zeros", tarfile.REGTYPE, {"data": bytes(16 << 20)})),
               tmp_path / "out")
-    assert threading.active_count() == before
+    assert len(pids) == 1
+    with pytest.raises(ChildProcessError):   # reaped: no zombie, no orphan
+        os.waitpid(pids[0], os.WNOHANG)
+
+
+def test_archives_are_read_in_a_child_process_where_there_are_two_cpus(upper, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    pids = forks(monkeypatch)
+    apply(packed(upper), tmp_path / "out")
+    assert len(pids) == 1 and full_view(tmp_path / "out") == full_view(upper)
+
+
+def test_with_one_cpu_the_archive_is_read_in_process(upper, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    pids = forks(monkeypatch)
+    apply(packed(upper), tmp_path / "out")
+    assert pids == [] and full_view(tmp_path / "out") == full_view(upper)
+
+
+def test_when_no_process_can_be_started_the_archive_is_read_in_process(upper, tmp_path,
+                                                                       monkeypatch):
+    def no_fork():
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "fork", no_fork)
+    apply(packed(upper), tmp_path / "out")
+    assert full_view(tmp_path / "out") == full_view(upper)
 
 
 def test_archives_are_deterministic(upper):

@@ -1,5 +1,6 @@
 """The flash simulator enforces flash physics and injects the faults real chips have."""
 import errno
+import os
 
 import pytest
 
@@ -177,6 +178,18 @@ def test_statistics_count_programs_erases_and_bytes(tmp_path):
         s = f.stats()
     assert (s.programs, s.erases, s.bytes_programmed, s.bytes_read) == (1, 2, 4096, 1000)
     assert s.erase_counts == [0, 1, 1, 0, 0, 0, 0, 0]
+
+
+def test_reads_of_a_forked_child_count_in_the_parents_statistics(tmp_path):
+    with SimFlash(make(tmp_path, NAND)) as f:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                f.read(0, 1000)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert f.stats().bytes_read == 1000
 
 
 def test_statistics_accumulate_across_processes(tmp_path):
