@@ -2,6 +2,7 @@
 against GNU tar extracting the same archives in order into tmpfs, measured side by side in
 one run, to show how the cost grows with chain length. Needs root (mounts, in `unshare -m`).
 
+The package is compiled as installed (bench/installed.py).
 Run: .venv/bin/python bench/bench_boot.py
 """
 import os
@@ -9,7 +10,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mtd import FlashType, Geometry, SimFlash  # noqa: E402
 from snapshot import operations  # noqa: E402
 from snapshot.chain import Chain  # noqa: E402
+from installed import compile_package  # noqa: E402
 
 MIB = 1 << 20
 TOTAL = 20 * MIB
@@ -64,6 +65,7 @@ def chain_of(n: int, work: Path) -> tuple[Path, list[Path]]:
 
 
 def main() -> None:
+    compile_package()
     with tempfile.TemporaryDirectory(prefix="snapshot-bench-", dir=os.getcwd()) as tmp:
         work = Path(tmp)
         rootfs = work / "rootfs"

@@ -9,7 +9,6 @@
 
 Run: .venv/bin/python bench/bench_chain.py
 """
-import os
 import random
 import subprocess
 import sys

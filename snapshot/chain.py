@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass
 
 from mtd import Flash, MtdError
-from snapshot.errors import (AnchorWornOut, Busy, ChainDamaged, FlashFull, NoChain,
-                             RecordDamaged)
+from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged
 from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, SNAPSHOT, VOLATILE, Anchor,
                              Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
                              anchor_length, crc32, round_up, unpack_anchor)

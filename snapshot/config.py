@@ -10,9 +10,7 @@ section when parsing). SNAPSHOT_CONFIG names another file (tests, images being p
 PC). A missing file means built-in defaults.
 """
 import os
-import shlex
 import shutil
-import subprocess
 
 DEFAULT_PATH = "/etc/config/snapshot"
 DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0"}
@@ -29,6 +27,7 @@ def load(path: str | None = None) -> dict[str, str]:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return options
+    import shlex   # here, like subprocess below: most commands never need them
     section = None
     for line in lines:
         try:
@@ -48,6 +47,8 @@ def load(path: str | None = None) -> dict[str, str]:
 
 def _from_uci(path: str) -> dict[str, str]:
     """`uci show` prints `snapshot.main.compression='xz'` lines."""
+    import shlex
+    import subprocess
     directory, name = os.path.split(os.path.abspath(path))
     shown = subprocess.run(["uci", "-q", "-c", directory, "show", f"{name}.main"],
                            capture_output=True, text=True).stdout

@@ -132,7 +132,11 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
     checks, dir_times = _Checks(dest), []
     if in_place:
         for reader, entry in entries(source, compression):
-            _place(dest, checks.check(entry), entry, lower, dir_times, reader=reader)
+            name = checks.check(entry)
+            if entry.type == FILE:
+                _write_file(reader, entry, f"{dest}/{name}", dest)
+            else:
+                _place(dest, name, entry, lower, dir_times)
     else:
         staging = f"{dest}/{STAGING}"
         _remove(staging)
@@ -144,10 +148,7 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
                 staged = None
                 if entry.type == FILE:
                     staged = f"{staging}/{len(plan)}"
-                    try:
-                        _write_file(reader, entry, staged)
-                    except OSError as e:
-                        raise _cannot(entry, dest, e) from None
+                    _write_file(reader, entry, staged, dest)
                 plan.append((name, entry, staged))
             for name, entry, staged in plan:
                 _place(dest, name, entry, lower, dir_times, staged=staged)
@@ -159,18 +160,14 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
 
 
 def _place(dest: Path, name: str, entry: Entry, lower: Path | None, dir_times: list,
-           staged: str | None = None, reader=None) -> None:
-    """Put one checked entry at its path: a FILE from its staged copy, or from the reader
-    when applying in place."""
+           staged: str | None = None) -> None:
+    """Put one checked entry at its path (a FILE from its staged copy)."""
     path = f"{dest}/{name}"
     try:
         if entry.is_whiteout and lower is not None and not _in_lower(lower, name):
             _remove(path)
             return
-        if reader is not None and entry.type == FILE:
-            _write_file(reader, entry, path)
-        else:
-            _apply_entry(entry, path, staged, dest)
+        _apply_entry(entry, path, staged, dest)
     except OSError as e:
         raise _cannot(entry, dest, e) from None
     if entry.type == DIRECTORY:
@@ -208,21 +205,25 @@ def _remove(path: str) -> bool:
     return True
 
 
-def _write_file(reader, entry: Entry, path: str) -> None:
+def _write_file(reader, entry: Entry, path: str, dest: Path) -> None:
+    """Write a FILE entry's data and metadata to a new file at path."""
     try:
-        fd = os.open(path, _CREATE, entry.mode & 0o777)
-    except FileExistsError:
-        # Replace what is there; never write through a symlink or into a hardlinked file.
         try:
-            os.unlink(path)
-        except IsADirectoryError:
-            shutil.rmtree(path)
-        fd = os.open(path, _CREATE, entry.mode & 0o777)
-    try:
-        reader.copy_to(fd)
-        _metadata(fd, entry, os.fstat(fd))
-    finally:
-        os.close(fd)
+            fd = os.open(path, _CREATE, entry.mode & 0o777)
+        except FileExistsError:
+            # Replace what is there; never write through a symlink or into a hardlinked file.
+            try:
+                os.unlink(path)
+            except IsADirectoryError:
+                shutil.rmtree(path)
+            fd = os.open(path, _CREATE, entry.mode & 0o777)
+        try:
+            reader.copy_to(fd)
+            _metadata(fd, entry, os.fstat(fd))
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _cannot(entry, dest, e) from None
 
 
 def _apply_entry(entry: Entry, path: str, staged: str | None, dest: Path) -> None:
