@@ -8,6 +8,7 @@ changes, so a refused or damaged archive leaves the target untouched.
 import os
 import shutil
 import stat
+from contextlib import closing
 from pathlib import Path
 
 from snapshot.archive import (BLOCK, CHAR, DIRECTORY, FIFO, FILE, HARDLINK, OPAQUE_XATTRS,
@@ -131,25 +132,28 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
     dest.mkdir(parents=True, exist_ok=True)
     checks, dir_times = _Checks(dest), []
     if in_place:
-        for reader, entry in entries(source, compression):
-            name = checks.check(entry)
-            if entry.type == FILE:
-                _write_file(reader, entry, f"{dest}/{name}", dest)
-            else:
-                _place(dest, name, entry, lower, dir_times)
+        # closing(): a refused entry ends the archive's reading process at once.
+        with closing(entries(source, compression)) as stream:
+            for reader, entry in stream:
+                name = checks.check(entry)
+                if entry.type == FILE:
+                    _write_file(reader, entry, f"{dest}/{name}", dest)
+                else:
+                    _place(dest, name, entry, lower, dir_times)
     else:
         staging = f"{dest}/{STAGING}"
         _remove(staging)
         os.mkdir(staging, 0o700)
         try:
             plan = []
-            for reader, entry in entries(source, compression):
-                name = checks.check(entry)
-                staged = None
-                if entry.type == FILE:
-                    staged = f"{staging}/{len(plan)}"
-                    _write_file(reader, entry, staged, dest)
-                plan.append((name, entry, staged))
+            with closing(entries(source, compression)) as stream:
+                for reader, entry in stream:
+                    name = checks.check(entry)
+                    staged = None
+                    if entry.type == FILE:
+                        staged = f"{staging}/{len(plan)}"
+                        _write_file(reader, entry, staged, dest)
+                    plan.append((name, entry, staged))
             for name, entry, staged in plan:
                 _place(dest, name, entry, lower, dir_times, staged=staged)
         finally:

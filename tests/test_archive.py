@@ -121,11 +121,13 @@ def forks(monkeypatch) -> list[int]:
     return pids
 
 
-def test_a_refused_archive_leaves_no_reading_process_behind(tmp_path, monkeypatch):
+@pytest.mark.parametrize("in_place", [False, True], ids=["staged", "in-place"])
+def test_a_refused_archive_leaves_no_reading_process_behind(tmp_path, monkeypatch, in_place):
     pids = forks(monkeypatch)
-    with pytest.raises(UnsafeEntry):
-        apply(crafted(("../x", *FILE), ("zeros", tarfile.REGTYPE, {"data": bytes(16 << 20)})),
-              tmp_path / "out")
+    data = crafted(("../x", *FILE), ("zeros", tarfile.REGTYPE, {"data": bytes(16 << 20)}))
+    with pytest.raises(UnsafeEntry) as refused:
+        restore.apply(io.BytesIO(data), COMPRESSION_GZIP, tmp_path / "out", in_place=in_place)
+    assert refused.value.__traceback__ is not None   # the error, kept, holds no reader open
     assert len(pids) == 1
     with pytest.raises(ChildProcessError):   # reaped: no zombie, no orphan
         os.waitpid(pids[0], os.WNOHANG)
