@@ -1,3 +1,3 @@
-from snapshot.cli import main
+from snapshot.cli import run
 
-main()
+run()

@@ -9,13 +9,11 @@ Entries are in sorted order and carry no user or group names, so the same tree a
 the same bytes.
 """
 import fcntl
-import gzip
 import lzma
 import os
 import signal
 import stat
 import struct
-import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +56,7 @@ class Unreadable(ArchiveError):
 
 
 def compressor(out, compression: int):
+    import gzip   # here and below, tarfile: reading (every boot) needs neither
     if compression == COMPRESSION_XZ:
         return lzma.LZMAFile(out, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
                              preset=XZ_PRESET)
@@ -95,6 +94,7 @@ def _xattrs(path: Path) -> dict[str, bytes]:
 
 def pack(root: Path, out, compression: int = COMPRESSION_GZIP) -> None:
     """Write the archive of root's contents (names relative to root) to the file-like out."""
+    import tarfile
     root = Path(root)
     if not root.is_dir():
         raise ArchiveError(f"{root}: no such directory")
@@ -111,7 +111,8 @@ def pack(root: Path, out, compression: int = COMPRESSION_GZIP) -> None:
                 tar.addfile(info)
 
 
-def _tarinfo(tar: tarfile.TarFile, path: Path, name: str) -> tarfile.TarInfo | None:
+def _tarinfo(tar, path: Path, name: str):
+    """The tarfile.TarInfo of path for tar, or None where it is not stored (a socket)."""
     st = path.lstat()
     if stat.S_ISSOCK(st.st_mode):
         return None  # sockets belong to running programs; GNU tar skips them too
@@ -355,26 +356,33 @@ class _Reader:
         self._pid = self._fd = None
 
     def __enter__(self):
-        if (len(os.sched_getaffinity(0)) < 2
-                or getattr(self._source, "length", PIECE) < PIECE):
+        if (len(os.sched_getaffinity(0)) >= 2
+                and getattr(self._source, "length", PIECE) >= PIECE):
+            self._start()
+        if self._pid is None:
             return _decompressed(self._source, self._compression)
-        read_end, write_end = os.pipe()
+        return self._received()
+
+    def _start(self) -> None:
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            return   # out of file descriptors: read in this process
         try:
             # Larger than the default 64 KiB, so the child is rarely stopped waiting for room.
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE)
         except OSError:
             pass   # above /proc/sys/fs/pipe-max-size: works, a little slower
         try:
-            self._pid = os.fork()
+            pid = os.fork()
         except OSError:
             os.close(read_end)
             os.close(write_end)
-            return _decompressed(self._source, self._compression)
-        if self._pid == 0:
+            return
+        if pid == 0:
             self._child(read_end, write_end)
         os.close(write_end)
-        self._fd = read_end
-        return self._received()
+        self._pid, self._fd = pid, read_end
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:

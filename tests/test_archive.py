@@ -148,12 +148,13 @@ def test_with_one_cpu_the_archive_is_read_in_process(upper, tmp_path, monkeypatc
     assert pids == [] and full_view(tmp_path / "out") == full_view(upper)
 
 
+@pytest.mark.parametrize("failing", ["fork", "pipe"])
 def test_when_no_process_can_be_started_the_archive_is_read_in_process(upper, tmp_path,
-                                                                       monkeypatch):
-    def no_fork():
-        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+                                                                       monkeypatch, failing):
+    def fails():
+        raise OSError(errno.ENOMEM if failing == "fork" else errno.EMFILE, "no room")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(os, "fork", no_fork)
+    monkeypatch.setattr(os, failing, fails)
     apply(packed(upper), tmp_path / "out")
     assert full_view(tmp_path / "out") == full_view(upper)
 
