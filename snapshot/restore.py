@@ -2,8 +2,9 @@
 
 Applying snapshots 1..N in order into one upper directory gives the upper directory the user
 had (DESIGN.md §7 has the rules). Every entry is checked against the safety rules and the
-target, and the record's CRC at the end of the stream, before anything in the target
-changes, so a refused or damaged archive leaves the target untouched.
+target before it is applied. Staged, nothing in the target changes until the whole stream,
+the record's CRC included, has passed, so a refused or damaged archive leaves the target
+untouched; in place (into a target the caller can discard), entries go in as they pass.
 """
 import os
 import shutil
@@ -53,8 +54,9 @@ def clean_name(name: str, entry: str | None = None) -> str:
 
 
 class _Checks:
-    """The safety checks of one archive's entries, in order, against dest as it is now (it
-    does not change until every entry has passed)."""
+    """The safety checks of one archive's entries, in order, against dest. dest changes
+    during the checks only where entries of this archive are applied in place, and `kinds`
+    records those paths, so a path checked in dest stays checked."""
 
     def __init__(self, dest: Path):
         self.dest = dest
@@ -197,15 +199,14 @@ def _in_lower(lower: Path, name: str) -> bool:
 
 
 def _remove(path: str) -> bool:
-    """Remove whatever is at path; True if something was there."""
+    """Remove whatever is at path (a symlink, not what it points to); True if something
+    was there."""
     try:
-        mode = os.lstat(path).st_mode
+        os.unlink(path)   # Linux refuses a directory with EISDIR
     except FileNotFoundError:
         return False
-    if stat.S_ISDIR(mode):
+    except IsADirectoryError:
         shutil.rmtree(path)
-    else:
-        os.unlink(path)
     return True
 
 
@@ -216,10 +217,7 @@ def _write_file(reader, entry: Entry, path: str, dest: Path) -> None:
             fd = os.open(path, _CREATE, entry.mode & 0o777)
         except FileExistsError:
             # Replace what is there; never write through a symlink or into a hardlinked file.
-            try:
-                os.unlink(path)
-            except IsADirectoryError:
-                shutil.rmtree(path)
+            _remove(path)
             fd = os.open(path, _CREATE, entry.mode & 0o777)
         try:
             reader.copy_to(fd)
