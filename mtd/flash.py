@@ -6,9 +6,8 @@ it holds. Offsets and lengths are bytes from the start of the partition.
 """
 import errno
 import os
-from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mtd.errors import FlashOpenError, MtdError
 
@@ -24,8 +23,7 @@ class FlashType(StrEnum):
     ABSENT = "absent"
 
 
-@dataclass(frozen=True)
-class Geometry:
+class Geometry(NamedTuple):
     type: FlashType
     size: int
     erasesize: int
@@ -45,11 +43,10 @@ class Geometry:
         return block * self.erasesize
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"type": str(self.type), "blocks": self.blocks}
+        return self._asdict() | {"type": str(self.type), "blocks": self.blocks}
 
 
-@dataclass(frozen=True)
-class Bitflips:
+class Bitflips(NamedTuple):
     """ECC events seen during one read: `corrected` flips (data is right, the block should be
     rewritten soon) and `uncorrectable` ones (the data returned is wrong)."""
     corrected: int = 0
@@ -59,8 +56,7 @@ class Bitflips:
         return bool(self.corrected or self.uncorrectable)
 
 
-@dataclass(frozen=True)
-class Stats:
+class Stats(NamedTuple):
     """Wear and traffic figures. None where the backend does not keep the figure (the kernel
     counts ECC events and bad blocks, but not programs, erases or bytes)."""
     programs: int | None
@@ -73,7 +69,7 @@ class Stats:
     bad_blocks: int
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return self._asdict()
 
 
 class Closing:

@@ -263,7 +263,11 @@ class TarReader:
                 return
             (name, *numbers, kind, linkname, magic, _, _, _, major, minor,
              prefix) = _USTAR.unpack(block)
-            mode, uid, gid, size, mtime, checksum = map(_number, numbers)
+            try:
+                mode, uid, gid, size, mtime, checksum = [int(n.strip(b"\0 "), 8)
+                                                         for n in numbers]
+            except ValueError:   # a base-256 or an empty field: rare, so tried second
+                mode, uid, gid, size, mtime, checksum = map(_number, numbers)
             if checksum != _checksum(block):
                 raise ArchiveError("damaged tar header (checksum mismatch)")
             if kind in (b"x", b"g"):

@@ -4,7 +4,7 @@ Every constant and field below is specified in FORMAT.md; the section is cited b
 The format version is independent of the package version.
 """
 import struct
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import crcmod.predefined
 
@@ -55,8 +55,7 @@ def round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
 
 
-@dataclass(frozen=True)
-class Extent:
+class Extent(NamedTuple):
     """Physical blocks first..last, walked in that direction (descending when first > last).
     Every block in the range that is not bad belongs to the record."""
     first: int
@@ -67,8 +66,7 @@ class Extent:
         return range(self.first, self.last + step, step)
 
 
-@dataclass(frozen=True)
-class RecordHeader:
+class RecordHeader(NamedTuple):
     type: int
     compression: int
     seq: int
@@ -110,8 +108,7 @@ class RecordHeader:
         return struct.unpack_from("<I", self.pack(), 4)[0]
 
 
-@dataclass(frozen=True)
-class Commit:
+class Commit(NamedTuple):
     gen: int
     payload_length: int
     payload_crc: int
@@ -134,8 +131,7 @@ class Commit:
         return cls(gen, length, payload_crc, header_crc)
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Where a record's parts lie in its byte stream (its blocks' bytes, concatenated).
     FORMAT.md §4: header at 0, payload at the next page boundary, commit marker at the page
     boundary after the payload."""
@@ -156,8 +152,7 @@ class Layout:
         return self.commit_offset + round_up(COMMIT.size, self.writesize)
 
 
-@dataclass(frozen=True)
-class DirEntry:
+class DirEntry(NamedTuple):
     """What the anchor says about one record (FORMAT.md §3)."""
     type: int
     compression: int
@@ -184,11 +179,10 @@ class DirEntry:
                             self.message)
 
 
-@dataclass(frozen=True)
-class Anchor:
+class Anchor(NamedTuple):
     """One anchor entry: the whole chain as of generation `gen` (FORMAT.md §3)."""
     gen: int
-    records: tuple[DirEntry, ...] = field(default_factory=tuple)
+    records: tuple[DirEntry, ...] = ()
 
     def pack(self) -> bytes:
         body = b"".join(r.pack() for r in self.records)

@@ -32,7 +32,8 @@ def _relative(name: str) -> str:
     """`name` as a path relative to the target; ValueError says why it cannot be one."""
     # Most names are already in the form wanted (no leading, doubled or trailing slash, no
     # component starting with a dot): take those as they are.
-    if name and name[-1] != "/" and "//" not in f"/{name}" and "/." not in f"/{name}":
+    if (name and name[0] not in "/." and name[-1] != "/" and "//" not in name
+            and "/." not in name):
         return name
     if name.startswith("/"):
         raise ValueError("absolute path")
@@ -71,12 +72,13 @@ class _Checks:
         if name.partition("/")[0] == STAGING:
             raise UnsafeEntry(entry.name, "reserved name")
         parent = name.rpartition("/")[0]
-        walked = []
-        while parent and parent not in self._safe:
-            self._check_parent(parent, entry.name)
-            walked.append(parent)
-            parent = parent.rpartition("/")[0]
-        self._safe.update(walked)
+        if parent and parent not in self._safe:
+            walked = []
+            while parent and parent not in self._safe:
+                self._check_parent(parent, entry.name)
+                walked.append(parent)
+                parent = parent.rpartition("/")[0]
+            self._safe.update(walked)
         if entry.type == HARDLINK:
             target = clean_name(entry.linkname, entry.name)
             if self.kinds.get(target) != FILE:

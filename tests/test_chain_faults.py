@@ -254,13 +254,12 @@ def test_record_claiming_a_huge_length_is_reported(tmp_path):
     image = with_two_snapshots(tmp_path)
     # Rewrite the newest anchor entry so snapshot 2 claims 2**40 payload bytes, with a
     # correct CRC: only a crafted image can do this.
-    from snapshot.format import Anchor, DirEntry
-    from dataclasses import replace
+    from snapshot.format import Anchor
     with SimFlash(image) as flash:
         chain = Chain(flash)
         block = chain.scan.newest
         entries = [r.entry for r in chain.records]
-    entries[1] = replace(entries[1], payload_length=1 << 40)
+    entries[1] = entries[1]._replace(payload_length=1 << 40)
     data = Anchor(block.newest.gen + 1, tuple(entries)).pack()
     corrupt(image, block.block * NAND.erasesize + block.end, len(data), data)
     listed, checked, unpacked = read_only_commands_survive(image, tmp_path)
