@@ -412,8 +412,12 @@ class _Reader:
             os._exit(status)
 
     def _received(self):
-        while piece := os.read(self._fd, PIECE):
-            yield piece
+        # One buffer for every piece, so no read pays for fresh memory. A piece is used up
+        # before the next is asked for (TarReader copies what it keeps).
+        buffer = bytearray(PIECE)
+        view = memoryview(buffer)
+        while size := os.readv(self._fd, [buffer]):
+            yield view[:size]
         _, status = os.waitpid(self._pid, 0)
         self._pid = None
         if status:

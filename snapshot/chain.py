@@ -22,6 +22,7 @@ from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, SNAPSHOT, VOL
                              anchor_length, crc32, round_up, unpack_anchor)
 
 READ_CHUNK = 256 * 1024
+FIRST_READ = 16 * 1024
 
 
 def anchor_blocks(flash: Flash) -> range:
@@ -295,6 +296,7 @@ class PayloadReader:
         self.corrected = 0
         self._flips: list[int] = []
         self._fetched = 0        # payload bytes read from flash so far
+        self._fetches = 0
         self._crc = crc32(b"")
         self._buffer = memoryview(b"")
 
@@ -308,12 +310,14 @@ class PayloadReader:
 
     def _fetch(self) -> None:
         length = self.record.entry.payload_length
-        n = min(READ_CHUNK, length - self._fetched)
+        # The first piece is small, so whoever decompresses can start sooner.
+        n = min(FIRST_READ << min(self._fetches, 4), READ_CHUNK, length - self._fetched)
         if n <= 0:
             return
         data = self.chain._read_stream(self.record, self.record.layout.payload_offset
                                        + self._fetched, n, self._flips)
         self._fetched += n
+        self._fetches += 1
         self._crc = crc32(data, self._crc)
         self.corrected = sum(self._flips)
         if self._fetched == length and self._crc != self.record.entry.payload_crc:

@@ -141,6 +141,22 @@ def test_archives_are_read_in_a_child_process_where_there_are_two_cpus(upper, tm
     assert len(pids) == 1 and full_view(tmp_path / "out") == full_view(upper)
 
 
+def test_pieces_from_the_reading_process_may_split_headers_and_data_anywhere(tmp_path,
+                                                                          monkeypatch):
+    # The reading process hands pieces over through one reused buffer: pieces of an odd
+    # size put header and data boundaries anywhere in them, also across two of them.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(archive, "PIECE", 1000)
+    monkeypatch.setattr(archive, "FIRST_PIECE", 700)
+    source = tmp_path / "source"
+    for i in range(150):
+        (source / f"d{i % 7}").mkdir(parents=True, exist_ok=True)
+        (source / f"d{i % 7}" / f"f{i}").write_bytes(os.urandom(i * 37 % 2000))
+    pids = forks(monkeypatch)
+    apply(packed(source), tmp_path / "out")
+    assert len(pids) == 1 and full_view(tmp_path / "out") == full_view(source)
+
+
 def test_with_one_cpu_the_archive_is_read_in_process(upper, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     pids = forks(monkeypatch)
