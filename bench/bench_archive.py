@@ -83,7 +83,7 @@ def bench_unpack(work: Path) -> None:
     # Into tmpfs, as at boot (the upper dirs are tmpfs); alternating who goes first.
     scratch = Path(tempfile.mkdtemp(prefix="snapshot-bench-", dir="/dev/shm"))
     try:
-        for attempt in range(4):
+        for attempt in range(8):
             for run in (snapshot_unpack, gnu_tar) if attempt % 2 else (gnu_tar, snapshot_unpack):
                 target = scratch / f"{run.__name__}{attempt}"
                 run(target)
