@@ -191,9 +191,10 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
     # Into an empty dest (boot's tmpfs, a new directory) records go in place: one that fails
     # is undone by emptying dest and applying the ones before it again.
     in_place = _is_empty(dest)
+    placed: set[str] = set()   # what the records put into dest so far (restore.apply)
     for index, record in enumerate(snapshots[:upto]):
         try:
-            _apply(chain, record, dest, lower, in_place)
+            _apply(chain, record, dest, lower, in_place, placed)
         except SnapshotError as e:
             if not in_place:
                 return index, e
@@ -255,8 +256,9 @@ def unpack(chain: Chain, dest: Path, upto: int | None = None,
 
 
 def _apply(chain: Chain, record: Record, dest: Path, lower: Path | None,
-           in_place: bool) -> None:
-    restore.apply(chain.payload(record), record.entry.compression, dest, lower, in_place)
+           in_place: bool, placed: set[str] | None = None) -> None:
+    restore.apply(chain.payload(record), record.entry.compression, dest, lower, in_place,
+                  placed)
 
 
 def snapshot_record(chain: Chain, index: int) -> Record:

@@ -115,7 +115,7 @@ class _Checks:
 
 
 def apply(source, compression: int, dest: Path, lower: Path | None = None,
-          in_place: bool = False) -> None:
+          in_place: bool = False, placed: set[str] | None = None) -> None:
     """Apply an archive onto dest with overlayfs semantics.
 
     Staged (the default), dest is left untouched unless the whole archive passes. One pass
@@ -127,6 +127,10 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
     In place, each entry is applied as soon as it has passed its checks, which saves staging
     and renaming every file. After an error dest holds part of the archive: the caller
     discards it (operations.apply_snapshots empties the directory it started empty).
+    `placed` holds the names that archives applied in place before this one put into dest;
+    this archive's are added once it has passed. A file at such a name is removed before the
+    new one is created, which costs less than a create that fails first. It is only a hint:
+    whatever the set says, nothing is ever written through what is at a name.
 
     With `lower` (the squashfs dest goes over), a whiteout with nothing there to hide is
     left out: it only removes what earlier snapshots put at its path. overlayfs hides
@@ -141,9 +145,12 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
             for reader, entry in stream:
                 name = checks.check(entry)
                 if entry.type == FILE:
-                    _write_file(reader, entry, f"{dest}/{name}", dest)
+                    _write_file(reader, entry, f"{dest}/{name}", dest,
+                                placed is not None and name in placed)
                 else:
                     _place(dest, name, entry, lower, dir_times)
+        if placed is not None:
+            placed.update(checks.kinds)
     else:
         staging = f"{dest}/{STAGING}"
         _remove(staging)
@@ -212,9 +219,12 @@ def _remove(path: str) -> bool:
     return True
 
 
-def _write_file(reader, entry: Entry, path: str, dest: Path) -> None:
-    """Write a FILE entry's data and metadata to a new file at path."""
+def _write_file(reader, entry: Entry, path: str, dest: Path, replaces: bool = False) -> None:
+    """Write a FILE entry's data and metadata to a new file at path (`replaces`: something
+    is probably there already)."""
     try:
+        if replaces:
+            _remove(path)
         try:
             fd = os.open(path, _CREATE, entry.mode & 0o777)
         except FileExistsError:

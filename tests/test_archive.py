@@ -322,6 +322,33 @@ def test_file_replaces_a_file_and_a_directory(tmp_path):
     assert (out / "f").read_text() == "new" and (out / "d").read_text() == "now a file"
 
 
+def test_in_place_with_the_names_earlier_archives_placed_gives_the_staged_result(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+
+    def one(r):
+        (r / "f").write_text("old")
+        (r / "link").symlink_to(victim)
+        (r / "hard").write_text("shared")
+        os.link(r / "hard", r / "partner")
+        (r / "d").mkdir()
+        (r / "d/inner").write_text("x")
+
+    def two(r):
+        for name in ("f", "link", "hard", "d", "new"):
+            (r / name).write_text(f"now {name}")
+    layers = [layer(tmp_path, "1", one), layer(tmp_path, "2", two)]
+    staged, in_place = tmp_path / "staged", tmp_path / "in-place"
+    placed = {"gone", "new"}   # a hint that is wrong about two names
+    for data in layers:
+        apply(data, staged)
+        restore.apply(io.BytesIO(data), COMPRESSION_GZIP, in_place, in_place=True,
+                      placed=placed)
+    assert full_view(in_place) == full_view(staged)
+    assert victim.read_text() == "precious" and (in_place / "partner").read_text() == "shared"
+    assert {"f", "link", "hard", "partner", "d", "d/inner", "new"} <= placed
+
+
 # -- safety: crafted archives ------------------------------------------------------------------
 
 def crafted(*entries) -> bytes:
