@@ -12,5 +12,5 @@ setup(
     cffi_modules=["mtd/build_abi.py:ffibuilder"],
     install_requires=["click>=8.0", "cffi>=1.15", "crcmod-plus>=2.0"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
-    entry_points={"console_scripts": ["snapshot = snapshot.cli:run"]},
+    entry_points={"console_scripts": ["snapshot = snapshot.__main__:run"]},
 )

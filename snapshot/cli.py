@@ -3,7 +3,6 @@
 Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usage, 3 busy
 (another command is writing), 4 the chain is damaged (see `check --repair`).
 """
-import gc
 import json
 import os
 import re
@@ -86,14 +85,6 @@ def main(ctx, device):
     3 busy (another command is writing), 4 the chain is damaged (run check --repair).
     """
     ctx.obj = {"device": device or config.load()["device"] or None}
-
-
-def run() -> None:
-    """The `snapshot` command (the library's callers use `main`)."""
-    # What is imported by now lives as long as the process: frozen, the garbage collector
-    # and the interpreter's exit do not walk it again (about a tenth of a short command).
-    gc.freeze()
-    main()
 
 
 @main.group()
