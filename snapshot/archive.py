@@ -342,30 +342,38 @@ def _unreadable(source, reason) -> Unreadable:
     return Unreadable(reason)
 
 
-class _Reader:
-    """Reads and decompresses a payload stream in a child process where there is a second
-    CPU, as `tar -z` runs gzip beside tar: the child reads the flash, checks the CRC and
-    inflates while the caller parses the pieces and writes files. The child only reads.
+# The length of a piece the reading process sends before the piece; 0 ends a payload.
+_FRAME = struct.Struct("<I")
 
-    The `with` gives an iterator over the pieces; leaving it ends the child. A child that
-    fails (a damaged record, a read error) ends the pieces early: the caller then reads the
-    record again itself, which raises the error the child met. Where the child cannot be
-    started, or there is one CPU, or the stream is short (its `length`, where it has one:
-    starting a child costs more than it saves there), the caller decompresses in its own
-    process."""
 
-    def __init__(self, source, compression: int):
-        self._source = source
-        self._compression = compression
+class Payloads:
+    """Reads payload streams, in order, and hands over their decompressed pieces. Where
+    there is a second CPU and at least PIECE bytes to read (going by the sources' `length`,
+    where they have one), one child process reads the flash, checks the CRCs and inflates,
+    as `tar -z` runs gzip beside tar, while the caller parses the pieces and writes files.
+    The child goes on to the next payload as soon as it has sent one, so the caller never
+    waits for a process to start between two payloads. The child only reads.
+
+    `with Payloads(sources, compressions) as payloads` gives a Payload for each source, which
+    entries() takes in place of the source. Leaving the `with` ends the child. A child that
+    fails (a damaged record, a read error) stops sending: the caller then reads that payload
+    again itself, which raises the error the child met. A payload left unfinished or skipped
+    ends the child too. The payloads after that, and all of them where no child can be
+    started, are decompressed in the caller's process."""
+
+    def __init__(self, sources: list, compressions: list[int]):
+        self._streams = list(zip(sources, compressions))
         self._pid = self._fd = None
+        self._sending = 0   # the payload whose pieces come next through the pipe
 
-    def __enter__(self):
-        if (len(os.sched_getaffinity(0)) >= 2
-                and getattr(self._source, "length", PIECE) >= PIECE):
+    def __enter__(self) -> list["Payload"]:
+        length = sum(getattr(source, "length", PIECE) for source, _ in self._streams)
+        if len(os.sched_getaffinity(0)) >= 2 and length >= PIECE:
             self._start()
-        if self._pid is None:
-            return _decompressed(self._source, self._compression)
-        return self._received()
+        return [Payload(self, index, source) for index, (source, _) in enumerate(self._streams)]
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
 
     def _start(self) -> None:
         try:
@@ -388,57 +396,108 @@ class _Reader:
         os.close(write_end)
         self._pid, self._fd = pid, read_end
 
-    def __exit__(self, *exc) -> None:
+    def _stop(self, kill: bool = True) -> int:
+        """End the child (one that has closed the pipe ends by itself); its exit status."""
+        status = 0
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         if self._pid is not None:
-            # The child writes nothing anywhere but to the pipe: stopping it loses nothing.
-            os.kill(self._pid, signal.SIGKILL)
-            os.waitpid(self._pid, 0)
+            if kill:
+                # The child writes nothing anywhere but to the pipe: stopping it loses nothing.
+                os.kill(self._pid, signal.SIGKILL)
+            _, status = os.waitpid(self._pid, 0)
             self._pid = None
+        return status
 
     def _child(self, read_end: int, write_end: int) -> None:
         status = 1
         try:
             os.close(read_end)
-            for piece in _decompressed(self._source, self._compression):
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(write_end, view):]
+            for source, compression in self._streams:
+                for piece in _decompressed(source, compression):
+                    _send(write_end, _FRAME.pack(len(piece)))
+                    _send(write_end, piece)
+                _send(write_end, _FRAME.pack(0))
             status = 0
         finally:
             # Never return into the caller's code: it runs on in the parent.
             os._exit(status)
 
-    def _received(self):
+    def pieces(self, index: int):
+        """The decompressed pieces of payload `index`."""
+        source, compression = self._streams[index]
+        if index != self._sending:
+            self._stop()   # the pipe is out of step: an earlier payload was left unfinished
+        if self._pid is None:
+            yield from _decompressed(source, compression)
+            return
         # One buffer for every piece, so no read pays for fresh memory. A piece is used up
         # before the next is asked for (TarReader copies what it keeps).
-        buffer = bytearray(PIECE)
+        buffer, frame = bytearray(PIECE), bytearray(_FRAME.size)
         view = memoryview(buffer)
-        while size := os.readv(self._fd, [buffer]):
+        while _receive(self._fd, memoryview(frame)):
+            size, = _FRAME.unpack(frame)
+            if size == 0:
+                self._sending += 1
+                return
+            if not _receive(self._fd, view[:size]):
+                break
             yield view[:size]
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
-        if status:
-            for _ in _decompressed(self._source, self._compression):
-                pass
-            raise ArchiveError(f"the reading process failed (exit status "
-                               f"{os.waitstatus_to_exitcode(status)}), a second read did not")
+        # The child stopped sending in the middle of this payload.
+        status = self._stop(kill=False)
+        for _ in _decompressed(source, compression):
+            pass
+        raise ArchiveError(f"the reading process failed (exit status "
+                           f"{os.waitstatus_to_exitcode(status)}), a second read did not")
+
+
+class Payload:
+    """One payload of a Payloads: entries() takes it in place of its source."""
+
+    def __init__(self, payloads: Payloads, index: int, source):
+        self._payloads = payloads
+        self._index = index
+        self.source = source
+
+    def pieces(self):
+        return self._payloads.pieces(self._index)
+
+
+def _send(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _receive(fd: int, into: memoryview) -> bool:
+    """Fill `into` from fd; False if fd ends first."""
+    got = 0
+    while got < len(into):
+        n = os.readv(fd, [into[got:]])
+        if not n:
+            return False
+        got += n
+    return True
 
 
 def entries(source, compression: int):
-    """(reader, entry) for each entry of a payload stream, in order. Reads the stream to its
-    end, so the record's CRC is always checked; a damaged record raises RecordDamaged even
-    where the damage first garbles the archive."""
+    """(reader, entry) for each entry of a payload stream, in order; `source` may be a
+    Payload of a Payloads instead. Reads the stream to its end, so the record's CRC is always
+    checked; a damaged record raises RecordDamaged even where the damage first garbles the
+    archive."""
+    if not isinstance(source, Payload):
+        with Payloads([source], [compression]) as (payload,):
+            yield from entries(payload, compression)
+        return
     try:
-        with _Reader(source, compression) as pieces:
-            reader = TarReader(pieces)
-            for entry in reader:
-                yield reader, entry
-            for _ in pieces:
-                pass
+        pieces = source.pieces()
+        reader = TarReader(pieces)
+        for entry in reader:
+            yield reader, entry
+        for _ in pieces:
+            pass
     except Unreadable:
         raise
     except (ArchiveError, ValueError) as e:
-        raise _unreadable(source, e) from None
+        raise _unreadable(source.source, e) from None

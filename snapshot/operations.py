@@ -191,21 +191,34 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
     # Into an empty dest (boot's tmpfs, a new directory) records go in place: one that fails
     # is undone by emptying dest and applying the ones before it again.
     in_place = _is_empty(dest)
+    records, sources, damaged_header = snapshots[:upto], [], None
+    try:
+        for record in records:
+            sources.append(chain.payload(record))   # reads and checks the record's header
+    except SnapshotError as e:
+        damaged_header = e   # nothing of that record is read: the ones before it are applied
     placed: set[str] = set()   # what the records put into dest so far (restore.apply)
-    for index, record in enumerate(snapshots[:upto]):
-        try:
-            _apply(chain, record, dest, lower, in_place, placed)
-        except SnapshotError as e:
-            if not in_place:
-                return index, e
-            _empty(dest)
-            applied, again = apply_snapshots(chain, dest, index, lower)
-            return applied, again or e
-        except BaseException:
-            if in_place:
-                _empty(dest)
-            raise
-    return upto, None
+    failed = None
+    # One reading process for them all: it reads each record ahead of its unpacking.
+    with archive.Payloads(sources, [r.entry.compression for r in records]) as payloads:
+        for index, (record, payload) in enumerate(zip(records, payloads)):
+            try:
+                restore.apply(payload, record.entry.compression, dest, lower, in_place, placed)
+            except SnapshotError as e:
+                failed = index, e
+                break
+            except BaseException:
+                if in_place:
+                    _empty(dest)
+                raise
+    if failed is None:
+        return len(sources), damaged_header
+    index, error = failed
+    if not in_place:
+        return index, error
+    _empty(dest)
+    applied, again = apply_snapshots(chain, dest, index, lower)
+    return applied, again or error
 
 
 def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
@@ -216,7 +229,8 @@ def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     in_place = _is_empty(dest)
     try:
-        _apply(chain, chain.volatile, dest, lower, in_place)
+        restore.apply(chain.payload(chain.volatile), chain.volatile.entry.compression, dest,
+                      lower, in_place)
     except BaseException:
         if in_place:
             _empty(dest)
@@ -253,12 +267,6 @@ def unpack(chain: Chain, dest: Path, upto: int | None = None,
         except RecordDamaged as e:
             raise ChainDamaged(f"{e}; snapshots 1..{applied} were unpacked") from None
     return applied
-
-
-def _apply(chain: Chain, record: Record, dest: Path, lower: Path | None,
-           in_place: bool, placed: set[str] | None = None) -> None:
-    restore.apply(chain.payload(record), record.entry.compression, dest, lower, in_place,
-                  placed)
 
 
 def snapshot_record(chain: Chain, index: int) -> Record:

@@ -175,6 +175,46 @@ def test_when_no_process_can_be_started_the_archive_is_read_in_process(upper, tm
     assert full_view(tmp_path / "out") == full_view(upper)
 
 
+def random_layers(tmp_path, sizes) -> list[bytes]:
+    """Archives of one file of random bytes each (f1, f2, ...), of the given sizes."""
+    return [layer(tmp_path, f"layer{n}", lambda r, n=n, size=size:
+                  (r / f"f{n}").write_bytes(os.urandom(size)))
+            for n, size in enumerate(sizes, 1)]
+
+
+def test_one_reading_process_reads_several_payloads_one_after_the_other(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    layers = random_layers(tmp_path, [100_000, 200_000, 300_000])
+    expected = tmp_path / "expected"
+    for data in layers:
+        apply(data, expected)
+    pids = forks(monkeypatch)
+    with archive.Payloads([io.BytesIO(d) for d in layers], [COMPRESSION_GZIP] * 3) as payloads:
+        for payload in payloads:
+            restore.apply(payload, COMPRESSION_GZIP, tmp_path / "out")
+    assert len(pids) == 1 and full_view(tmp_path / "out") == full_view(expected)
+
+
+def test_a_payload_left_unfinished_ends_the_reading_process_the_rest_are_read_in_process(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    layers = random_layers(tmp_path, [300_000, 200_000, 100_000])
+    expected = tmp_path / "expected"
+    for data in layers[1:]:
+        apply(data, expected)
+    pids = forks(monkeypatch)
+    with archive.Payloads([io.BytesIO(d) for d in layers], [COMPRESSION_GZIP] * 3) as payloads:
+        first = archive.entries(payloads[0], COMPRESSION_GZIP)
+        next(first)
+        first.close()
+        for payload in payloads[1:]:
+            restore.apply(payload, COMPRESSION_GZIP, tmp_path / "out")
+        with pytest.raises(ChildProcessError):   # ended and reaped before payload 2 was read
+            os.waitpid(pids[0], os.WNOHANG)
+    assert len(pids) == 1 and full_view(tmp_path / "out") == full_view(expected)
+
+
 def test_archives_are_deterministic(upper):
     assert packed(upper) == packed(upper)
 
@@ -490,6 +530,19 @@ def test_export_writes_a_tar_gnu_tar_lists(image, upper, tmp_path):
                              text=True, check=True).stdout
     assert "etc/config/network" in listing and "usr/bin/suid" in listing
     assert " 0,0 " in listing   # the whiteout
+
+
+def test_unpacking_several_snapshots_starts_one_reading_process(image, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    for n in range(3):
+        (tmp_path / f"t{n}").mkdir()
+        (tmp_path / f"t{n}/f{n}").write_bytes(os.urandom(150_000))
+        ok(image, "push", "--from", tmp_path / f"t{n}")
+    pids = forks(monkeypatch)
+    ok(image, "unpack", "--to", tmp_path / "out")
+    assert len(pids) == 1
+    assert all((tmp_path / f"out/f{n}").read_bytes() == (tmp_path / f"t{n}/f{n}").read_bytes()
+               for n in range(3))
 
 
 def test_archive_commands_have_help_with_an_example():

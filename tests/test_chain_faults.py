@@ -1,6 +1,7 @@
 """The chain under flash faults and corruption: blocks that fail, bit flips, damaged and
 garbage data. Nothing hangs, nothing tracebacks, read-only commands never write."""
 import json
+import os
 import random
 import subprocess
 import sys
@@ -220,10 +221,12 @@ def test_damage_inside_a_large_file_is_reported_as_a_damaged_record(tmp_path):
     assert "nothing was unpacked" in unpacked.stderr
 
 
+@pytest.mark.parametrize("cpus", [1, 2], ids=["in-process", "reading-process"])
 def test_a_record_damaged_after_its_files_were_unpacked_leaves_exactly_the_ones_before(
-        tmp_path):
+        tmp_path, monkeypatch, cpus):
     """Into an empty directory records are unpacked in place; snapshot 2 replaces snapshot
     1's files before the damage near its end shows, and the directory is rebuilt."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     image = tmp_path / "flash.img"
     SimFlash.create(image, NAND)
     ok(image, "format")
