@@ -357,9 +357,10 @@ class Payloads:
     `with Payloads(sources, compressions) as payloads` gives a Payload for each source, which
     entries() takes in place of the source. Leaving the `with` ends the child. A child that
     fails (a damaged record, a read error) stops sending: the caller then reads that payload
-    again itself, which raises the error the child met. A payload left unfinished or skipped
-    ends the child too. The payloads after that, and all of them where no child can be
-    started, are decompressed in the caller's process."""
+    again itself, which raises the error the child met, or goes on from where the child
+    stopped if it was lost for another reason. A payload left unfinished or skipped ends the
+    child too. The payloads after that, and all of them where no child can be started, are
+    decompressed in the caller's process."""
 
     def __init__(self, sources: list, compressions: list[int]):
         self._streams = list(zip(sources, compressions))
@@ -396,9 +397,8 @@ class Payloads:
         os.close(write_end)
         self._pid, self._fd = pid, read_end
 
-    def _stop(self, kill: bool = True) -> int:
-        """End the child (one that has closed the pipe ends by itself); its exit status."""
-        status = 0
+    def _stop(self, kill: bool = True) -> None:
+        """End the child and reap it (one that has closed the pipe is ending by itself)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -406,9 +406,8 @@ class Payloads:
             if kill:
                 # The child writes nothing anywhere but to the pipe: stopping it loses nothing.
                 os.kill(self._pid, signal.SIGKILL)
-            _, status = os.waitpid(self._pid, 0)
+            os.waitpid(self._pid, 0)
             self._pid = None
-        return status
 
     def _child(self, read_end: int, write_end: int) -> None:
         status = 1
@@ -436,20 +435,24 @@ class Payloads:
         # before the next is asked for (TarReader copies what it keeps).
         buffer, frame = bytearray(PIECE), bytearray(_FRAME.size)
         view = memoryview(buffer)
+        received = 0
         while _receive(self._fd, memoryview(frame)):
             size, = _FRAME.unpack(frame)
             if size == 0:
                 self._sending += 1
                 return
-            if not _receive(self._fd, view[:size]):
+            if size > len(buffer) or not _receive(self._fd, view[:size]):
                 break
+            received += size
             yield view[:size]
-        # The child stopped sending in the middle of this payload.
-        status = self._stop(kill=False)
-        for _ in _decompressed(source, compression):
-            pass
-        raise ArchiveError(f"the reading process failed (exit status "
-                           f"{os.waitstatus_to_exitcode(status)}), a second read did not")
+        # The child stopped sending in the middle of this payload. Reading it again here
+        # raises the error the child met (a damaged record), or, where the child was lost
+        # for another reason (killed for memory, say), goes on from where it stopped.
+        self._stop(kill=False)
+        for piece in _decompressed(source, compression):
+            if received < len(piece):
+                yield memoryview(piece)[received:]
+            received = max(received - len(piece), 0)
 
 
 class Payload:

@@ -196,6 +196,28 @@ def test_one_reading_process_reads_several_payloads_one_after_the_other(tmp_path
     assert len(pids) == 1 and full_view(tmp_path / "out") == full_view(expected)
 
 
+def test_a_reading_process_lost_midway_is_taken_over_where_it_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(archive, "PIECE", 4096)
+    layers = random_layers(tmp_path, [100_000, 200_000])
+    expected = tmp_path / "expected"
+    for data in layers:
+        apply(data, expected)
+    sent, send = [], archive._send
+
+    def lost_after_a_while(fd, data):   # runs in the child: killed for memory, say
+        sent.append(len(data))
+        if len(sent) == 40:
+            os._exit(9)
+        send(fd, data)
+    monkeypatch.setattr(archive, "_send", lost_after_a_while)
+    pids = forks(monkeypatch)
+    with archive.Payloads([io.BytesIO(d) for d in layers], [COMPRESSION_GZIP] * 2) as payloads:
+        for payload in payloads:
+            restore.apply(payload, COMPRESSION_GZIP, tmp_path / "out", in_place=True)
+    assert len(pids) == 1 and full_view(tmp_path / "out") == full_view(expected)
+
+
 def test_a_payload_left_unfinished_ends_the_reading_process_the_rest_are_read_in_process(
         tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
