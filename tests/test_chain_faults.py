@@ -12,7 +12,7 @@ from mtd import FlashType, Geometry, SimFlash
 from mtd.sim import CORRECTED, UNCORRECTABLE
 from snapshot.chain import Chain
 from snapshot.format import ANCHOR_BLOCKS
-from clirun import error_of, invoke, ok, run
+from clirun import ok, run
 from sweep import make_tree, tree
 
 KIB = 1024

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clirun import invoke
-from mtd import SimFlash, open_flash
+from mtd import SimFlash
 from snapshot import convert, operations
 from snapshot.chain import Chain
 from sweep import CHECKED, GEOMETRIES, make_tree, run_cli, tree, visible
