@@ -251,8 +251,7 @@ class TarReader:
         while self._left:
             chunk = self._take(self._left)
             self._left -= len(chunk)
-            while chunk:
-                chunk = chunk[os.write(fd, chunk):]
+            _send(fd, chunk)
 
     def __iter__(self):
         pax: dict[str, bytes] = {}
@@ -467,7 +466,8 @@ class Payload:
         return self._payloads.pieces(self._index)
 
 
-def _send(fd: int, data: bytes) -> None:
+def _send(fd: int, data) -> None:
+    """Write all of data (bytes or a view) to fd."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -486,7 +486,7 @@ def _receive(fd: int, into: memoryview) -> bool:
 
 def entries(source, compression: int):
     """(reader, entry) for each entry of a payload stream, in order; `source` may be a
-    Payload of a Payloads instead. Reads the stream to its end, so the record's CRC is always
+    Payload of a Payloads instead (which was given its compression). Reads the stream to its end, so the record's CRC is always
     checked; a damaged record raises RecordDamaged even where the damage first garbles the
     archive."""
     if not isinstance(source, Payload):

@@ -296,7 +296,6 @@ class PayloadReader:
         self.corrected = 0
         self._flips: list[int] = []
         self._fetched = 0        # payload bytes read from flash so far
-        self._fetches = 0
         self._crc = crc32(b"")
         self._buffer = memoryview(b"")
 
@@ -309,15 +308,15 @@ class PayloadReader:
         return bytes(data)
 
     def _fetch(self) -> None:
-        length = self.record.entry.payload_length
-        # The first piece is small, so whoever decompresses can start sooner.
-        n = min(FIRST_READ << min(self._fetches, 4), READ_CHUNK, length - self._fetched)
+        length = self.length
+        # The first reads are small, so whoever decompresses can start sooner; each after
+        # the first doubles what was read so far.
+        n = min(max(FIRST_READ, self._fetched), READ_CHUNK, length - self._fetched)
         if n <= 0:
             return
         data = self.chain._read_stream(self.record, self.record.layout.payload_offset
                                        + self._fetched, n, self._flips)
         self._fetched += n
-        self._fetches += 1
         self._crc = crc32(data, self._crc)
         self.corrected = sum(self._flips)
         if self._fetched == length and self._crc != self.record.entry.payload_crc:
