@@ -21,6 +21,16 @@ block erase this process issues on any simulated device is torn: a program lands
 leaves its block partly erased with unspecified contents in the rest. The image and sidecar
 are then flushed and the process exits at once with status 99 (os._exit: no finally blocks,
 no atexit handlers). MTDSIM_SEED=S makes the torn contents reproducible.
+
+The sidecar and the image never disagree in a way that blocks writes. The sidecar is only
+ever replaced whole (written to a temporary file, fsynced, renamed), so a reader, or the
+next process after a kill, sees the old one or the new one, never a part. Only a handle
+opened writable writes it: read-only handles keep their counters in memory. A writable
+handle marks the sidecar dirty before its first change to the image and clean when it
+closes; a sidecar still dirty when the next writable handle opens belongs to a process that
+was killed in between, and its record of programmed NAND pages is rebuilt from the image
+(a page that reads anything but 0xFF is programmed). What such a kill loses is the killed
+process's share of the counters.
 """
 import base64
 import errno
@@ -85,6 +95,88 @@ def _unpack_bits(text: str) -> bytearray:
     return bytearray(zlib.decompress(base64.b64decode(text)))
 
 
+def _replace(path: Path, text: str) -> None:
+    """Replace the file at path by one holding text: a temporary file beside it, fsynced,
+    then renamed over it, so that no one ever reads a part of it."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+class _SidecarLock:
+    """Serialises the read-modify-write of a sidecar between writable handles: a lock file
+    beside it (the sidecar itself is replaced by rename, so it cannot carry the lock)."""
+
+    def __init__(self, sidecar: Path):
+        self._fd = os.open(f"{sidecar}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def __enter__(self):
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        os.close(self._fd)
+
+
+def _int(what: str, value, low: int = 0, high: int | None = None) -> int:
+    """value, if it is an integer within low..high; else ValueError naming `what`."""
+    if type(value) is not int or value < low or (high is not None and value > high):
+        raise ValueError(f"{what} {value!r} is not an integer in "
+                         f"{low}..{'' if high is None else high}")
+    return value
+
+
+def _geometry(state: dict) -> Geometry:
+    g = state["geometry"]
+    if not isinstance(g, dict):
+        raise ValueError("geometry is not an object")
+    if g.get("type") not in (FlashType.NOR, FlashType.NAND):
+        raise ValueError(f"flash type {g.get('type')!r} is not nor or nand")
+    geometry = Geometry(type=FlashType(g["type"]), size=_int("size", g["size"], 1),
+                        erasesize=_int("erasesize", g["erasesize"], 1),
+                        writesize=_int("writesize", g["writesize"], 1),
+                        oobsize=_int("oobsize", g["oobsize"]))
+    validate_geometry(geometry)
+    return geometry
+
+
+def _check_state(state: dict, g: Geometry) -> None:
+    """Refuse a sidecar whose fields a handle could not use (ValueError, KeyError, TypeError
+    say which), before anything is done with them."""
+    for key, kind in (("bad_blocks", list), ("factory_bad_blocks", list), ("wear_limits", dict),
+                      ("bitflips", dict), ("erase_counts", list), ("stats", dict),
+                      ("programmed_pages", str)):
+        if not isinstance(state[key], kind):
+            raise ValueError(f"{key} is not a {kind.__name__}")
+    for block in state["bad_blocks"] + state["factory_bad_blocks"]:
+        _int("bad block", block, 0, g.blocks - 1)
+    for block, limit in state["wear_limits"].items():
+        _int("wear-limited block", int(block), 0, g.blocks - 1)
+        _int("wear limit", limit)
+    for offset, kind in state["bitflips"].items():
+        _int("bit flip offset", int(offset), 0, g.size - 1)
+        if kind not in (CORRECTED, UNCORRECTABLE):
+            raise ValueError(f"bit flip kind {kind!r}")
+    counts = state["erase_counts"]
+    if len(counts) != g.blocks:
+        raise ValueError(f"erase_counts does not list {g.blocks} blocks")
+    for count in counts:
+        _int("erase count", count)
+    for key in _COUNTERS:
+        _int(key, state["stats"][key])
+    pages = g.size // g.writesize if g.is_nand else 0
+    if len(_unpack_bits(state["programmed_pages"])) != (pages + 7) // 8:
+        raise ValueError("programmed_pages does not cover the device")
+    if type(state.get("dirty", False)) is not bool:
+        raise ValueError("dirty is not true or false")
+
+
 class SimFlash(Closing):
     """A simulated flash device backed by IMAGE and IMAGE.sim.json.
 
@@ -107,10 +199,6 @@ class SimFlash(Closing):
         if bad_blocks and not geometry.is_nand:
             raise ValueError("only NAND flash has bad blocks")
         image = Path(image)
-        with open(image, "wb") as f:
-            chunk = b"\xff" * geometry.erasesize
-            for _ in range(geometry.blocks):
-                f.write(chunk)
         pages = geometry.size // geometry.writesize if geometry.is_nand else 0
         state = {
             "format": SIDECAR_FORMAT,
@@ -124,8 +212,34 @@ class SimFlash(Closing):
             "programmed_pages": _pack_bits(bytearray((pages + 7) // 8)),
             "erase_counts": [0] * geometry.blocks,
             "stats": dict.fromkeys(_COUNTERS, 0),
+            "dirty": False,
         }
-        sidecar_path(image).write_text(json.dumps(state))
+        # The image goes in under its name only once it is whole (a full disk leaves nothing),
+        # and an image replaced by another is never seen with the old one's sidecar.
+        partial = image.with_name(f"{image.name}.{os.getpid()}.partial")
+        try:
+            with open(partial, "wb") as f:
+                chunk = b"\xff" * geometry.erasesize
+                for _ in range(geometry.blocks):
+                    f.write(chunk)
+            sidecar_path(image).unlink(missing_ok=True)
+            os.replace(partial, image)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        _replace(sidecar_path(image), json.dumps(state))
+
+    @classmethod
+    def add_faults(cls, image: str | Path, wear_limits: dict[int, int] | None = None,
+                   bitflips: dict[int, str] | None = None) -> None:
+        """Inject faults into an existing image, as create() takes them (for tests)."""
+        sidecar = sidecar_path(image)
+        with _SidecarLock(sidecar):
+            state = json.loads(sidecar.read_text())
+            state["wear_limits"].update({str(b): n for b, n in (wear_limits or {}).items()})
+            state["bitflips"].update({str(o): k for o, k in (bitflips or {}).items()})
+            _check_state(state, _geometry(state))
+            _replace(sidecar, json.dumps(state))
 
     def __init__(self, image: str | Path, writable: bool = False):
         self.name = str(image)
@@ -133,17 +247,25 @@ class SimFlash(Closing):
         self._sidecar = sidecar_path(image)
         try:
             state = json.loads(self._sidecar.read_text())
-            if state.get("format") != SIDECAR_FORMAT:
-                raise ValueError(f"unknown sidecar format {state.get('format')!r}")
-            g = state["geometry"]
-            self.geometry = Geometry(type=FlashType(g["type"]), size=g["size"],
-                                     erasesize=g["erasesize"], writesize=g["writesize"],
-                                     oobsize=g["oobsize"])
+            if not isinstance(state, dict) or state.get("format") != SIDECAR_FORMAT:
+                raise ValueError(f"unknown sidecar format "
+                                 f"{state.get('format') if isinstance(state, dict) else state!r}")
+            self.geometry = _geometry(state)
+            _check_state(state, self.geometry)
         except FileNotFoundError:
             raise FlashOpenError(f"{image}: not a simulated flash image "
                                  f"(no sidecar {self._sidecar.name})") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise FlashOpenError(f"{self._sidecar}: damaged simulator sidecar ({e})") from None
+        except (ValueError, KeyError, TypeError, zlib.error) as e:
+            raise FlashOpenError(f"{self._sidecar}: damaged simulator sidecar ({e}); "
+                                 f"`snapshot flash create --force` makes a new image") from None
+        if writable:
+            try:
+                with _SidecarLock(self._sidecar):
+                    pass
+            except OSError as e:
+                raise FlashOpenError(f"{image}: cannot be opened for writing: the simulator "
+                                     f"keeps {self._sidecar.name}.lock beside it "
+                                     f"({e.strerror})") from None
         self._fd = open_backing(str(image), writable, "no such image")
         if os.fstat(self._fd).st_size != self.geometry.size:
             os.close(self._fd)
@@ -157,6 +279,22 @@ class SimFlash(Closing):
         self._delta = _Counters()
         self._erase_delta = [0] * self.geometry.blocks
         self._mutated = False
+        if writable and state.get("dirty") and self.geometry.is_nand:
+            self._rebuild_programmed()
+
+    def _rebuild_programmed(self) -> None:
+        """A process was killed between changing the image and closing: which pages are
+        programmed is what the image shows (a page programmed with nothing but 0xFF then
+        counts as erased, the one thing lost)."""
+        g = self.geometry
+        erased = b"\xff" * g.writesize
+        self._programmed = bytearray(len(self._programmed))
+        for start in range(0, g.size, g.erasesize):
+            block = os.pread(self._fd, g.erasesize, start)
+            for at in range(0, g.erasesize, g.writesize):
+                if block[at:at + g.writesize] != erased:
+                    page = (start + at) // g.writesize
+                    self._programmed[page >> 3] |= 1 << (page & 7)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -231,7 +369,7 @@ class SimFlash(Closing):
         limit = self._wear_limits.get(block)
         if limit is not None and self._erase_counts[block] >= limit:
             if operation == "erase":
-                self._mutated = True
+                self._mutate()
                 self._garble(block, self._rng())
             raise MtdError(errno.EIO, self.name, operation, offset,
                            f"block {block} failed (worn out after {limit} erases)")
@@ -250,8 +388,14 @@ class SimFlash(Closing):
             else:
                 self._programmed[page >> 3] &= ~(1 << (page & 7))
 
+    def _mutate(self) -> None:
+        """Called before every change to the image: the first one marks the sidecar dirty."""
+        if not self._mutated:
+            self._mutated = True
+            self._save(dirty=True)
+
     def _program(self, offset: int, data: bytes) -> None:
-        self._mutated = True
+        self._mutate()
         os.pwrite(self._fd, data, offset)
         if self.geometry.is_nand:
             self._set_pages(self._pages(offset, len(data)), True)
@@ -259,15 +403,18 @@ class SimFlash(Closing):
     def _erase_block(self, block: int) -> None:
         g = self.geometry
         start = g.block_offset(block)
-        self._mutated = True
+        self._mutate()
         os.pwrite(self._fd, b"\xff" * g.erasesize, start)
         if g.is_nand:
             self._set_pages(self._pages(start, g.erasesize), False)
-        self._bitflips = {o: k for o, k in self._bitflips.items()
-                          if not start <= o < start + g.erasesize}
         self._erase_counts[block] += 1
         self._erase_delta[block] += 1
         self._count(erases=1)
+        kept = {o: k for o, k in self._bitflips.items() if not start <= o < start + g.erasesize}
+        if len(kept) != len(self._bitflips):
+            # At once: a fault that came back after a kill would damage the new contents.
+            self._bitflips = kept
+            self._save(dirty=True)
 
     def _garble(self, block: int, rng: random.Random) -> None:
         """Leave `block` partly erased: a prefix reads 0xFF, the rest is the old contents
@@ -315,7 +462,7 @@ class SimFlash(Closing):
         self._die()
 
     def _die(self) -> None:
-        self._save()
+        self._save(dirty=False)
         os._exit(POWERCUT_EXIT_STATUS)
 
     # -- bad blocks, statistics, persistence -----------------------------------------------
@@ -330,9 +477,9 @@ class SimFlash(Closing):
         if not self.geometry.is_nand:
             raise MtdError(errno.EOPNOTSUPP, self.name, "mark_bad", None,
                            "NOR flash keeps no bad block table")
+        self._mutate()
         self._bad.add(block)
-        self._mutated = True
-        self._save()
+        self._save(dirty=True)
 
     def bad_blocks(self) -> list[int]:
         return sorted(self._bad)
@@ -346,12 +493,12 @@ class SimFlash(Closing):
         total = {k: base[k] + self._delta[k] for k in _COUNTERS}
         return Stats(erase_counts=list(self._erase_counts), bad_blocks=len(self._bad), **total)
 
-    def _save(self) -> None:
-        """Merge this process's counters into the sidecar, and its flash state if it changed
-        any. Locked, so readers running beside a writer lose no counts."""
-        with open(self._sidecar, "r+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            state = json.load(f)
+    def _save(self, dirty: bool) -> None:
+        """Merge this handle's counters into the sidecar, and its flash state if it changed
+        any, marked `dirty` while the image may change further. Only writable handles save;
+        the lock keeps handles of several processes from losing each other's counts."""
+        with _SidecarLock(self._sidecar):
+            state = json.loads(self._sidecar.read_text())
             for key in _COUNTERS:
                 state["stats"][key] += self._delta[key]
             state["erase_counts"] = [a + b for a, b in
@@ -360,9 +507,8 @@ class SimFlash(Closing):
                 state["bad_blocks"] = sorted(self._bad)
                 state["bitflips"] = {str(o): k for o, k in self._bitflips.items()}
                 state["programmed_pages"] = _pack_bits(self._programmed)
-            f.seek(0)
-            f.truncate()
-            json.dump(state, f)
+                state["dirty"] = dirty
+            _replace(self._sidecar, json.dumps(state))
         self._state = state
         self._erase_counts = list(state["erase_counts"])
         self._delta.clear()
@@ -370,9 +516,15 @@ class SimFlash(Closing):
 
     def close(self) -> None:
         if self._fd >= 0:
-            self._save()
+            if self.writable:
+                self._save(dirty=False)
             os.close(self._fd)
             self._fd = -1
+
+
+# MEMGETINFO describes a device's size in 32 bits.
+MAX_SIZE = (1 << 32) - 1
+MIN_NAND_PAGE = 512
 
 
 def validate_geometry(g: Geometry) -> None:
@@ -382,10 +534,18 @@ def validate_geometry(g: Geometry) -> None:
     for name in ("size", "erasesize", "writesize"):
         if getattr(g, name) <= 0:
             raise ValueError(f"{name} must be positive")
+    if g.size > MAX_SIZE:
+        raise ValueError(f"size {g.size} is more than an MTD device can have ({MAX_SIZE})")
+    for name, value in (("erase size", g.erasesize), ("page size", g.writesize)):
+        if value & (value - 1):
+            raise ValueError(f"{name} {value} is not a power of two")
+    if g.is_nand and g.writesize < MIN_NAND_PAGE:
+        raise ValueError(f"a NAND page is at least {MIN_NAND_PAGE} bytes, not {g.writesize}")
     if g.size % g.erasesize:
         raise ValueError(f"size {g.size} is not a multiple of the erase size {g.erasesize}")
     if g.erasesize % g.writesize:
         raise ValueError(f"erase size {g.erasesize} is not a multiple of the page size "
                          f"{g.writesize}")
-    if g.oobsize < 0:
-        raise ValueError("oob size must not be negative")
+    if not 0 <= g.oobsize <= g.writesize:
+        raise ValueError(f"oob size {g.oobsize} is not between 0 and the page size "
+                         f"{g.writesize}")

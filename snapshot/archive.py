@@ -92,12 +92,16 @@ def _xattrs(path: Path) -> dict[str, bytes]:
     return found
 
 
+def require_directory(root: Path) -> None:
+    if not Path(root).is_dir():
+        raise ArchiveError(f"{root}: no such directory")
+
+
 def pack(root: Path, out, compression: int = COMPRESSION_GZIP) -> None:
     """Write the archive of root's contents (names relative to root) to the file-like out."""
     import tarfile
     root = Path(root)
-    if not root.is_dir():
-        raise ArchiveError(f"{root}: no such directory")
+    require_directory(root)
     with compressor(out, compression) as stream, \
             tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for path in _entries(root):

@@ -128,10 +128,10 @@ class Chain:
             raise NoChain(f"{flash.name}: no snapshot chain on this device "
                           f"(run `snapshot format`)")
         self.anchor = newest.newest
-        self.records = [self._locate(e) for e in self.anchor.records]
-        self._check_directory()
+        self._list(self.anchor)
         self._gen = max([self.scan.max_gen] + [e.gen for e in self.anchor.records])
         self.reserved: frozenset[int] = frozenset()
+        self.handed_out: set[int] = set()
 
     @classmethod
     def replacing(cls, flash: Flash, reserved: set[int]) -> "Chain":
@@ -142,11 +142,10 @@ class Chain:
         chain = cls.__new__(cls)
         chain.flash = flash
         chain.scan = scan_anchors(flash)
-        chain.anchor = Anchor(chain.scan.max_gen)
-        chain.records = []
-        chain._check_directory()
+        chain._list(Anchor(chain.scan.max_gen))
         chain._gen = chain.scan.max_gen
         chain.reserved = frozenset(reserved)
+        chain.handed_out = set()
         return chain
 
     def next_gen(self) -> int:
@@ -159,8 +158,12 @@ class Chain:
         block.newest, block.newest_offset, block.end = anchor, offset, offset + len(data)
         block.torn = False
         self.scan.max_gen = max(self.scan.max_gen, anchor.gen)
+        self._list(anchor)
+
+    def _list(self, anchor: Anchor) -> None:
         self.anchor = anchor
         self.records = [self._locate(e) for e in anchor.records]
+        self._listed = {b for r in self.records for b in r.blocks}
         self._check_directory()
 
     @property
@@ -266,13 +269,14 @@ class Chain:
 
     # -- free space --------------------------------------------------------------------------
 
-    def used_blocks(self) -> set[int]:
-        return {b for r in self.records for b in r.blocks} | self.reserved
+    def in_use(self, block: int) -> bool:
+        """Whether a write must not touch `block`: the anchor lists it, it holds data being
+        replaced (reserved), or this operation has already handed it to a record."""
+        return block in self._listed or block in self.reserved or block in self.handed_out
 
     def free_blocks(self) -> list[int]:
-        used = self.used_blocks()
         return [b for b in range(ANCHOR_BLOCKS, self.flash.geometry.blocks)
-                if b not in used and not self.flash.is_bad(b)]
+                if not self.in_use(b) and not self.flash.is_bad(b)]
 
     def free_bytes(self) -> int:
         return len(self.free_blocks()) * self.flash.geometry.erasesize
@@ -326,14 +330,17 @@ class PayloadReader:
 
 
 class Allocator:
-    """Hands out free good blocks in one direction: upwards from the front for snapshots,
-    downwards from the tail (the back buffer) for the volatile. Blocks the current anchor
-    lists are never handed out, so the old state survives until the commit. Records the
-    extents it handed out; a bad block inside an extent is skipped by readers too."""
+    """Hands out free good blocks to one record, in one direction: upwards from the front for
+    snapshots, downwards from the tail (the back buffer) for the volatile. Blocks the current
+    anchor lists are never handed out, so the old state survives until the commit; nor is a
+    block the operation already gave to another record (Chain.handed_out is the one list of
+    them all, so the records one operation writes, such as a scrub and the new record of a
+    push, never share a block). Records the extents it handed out; a bad block inside an
+    extent is skipped by readers too."""
 
     def __init__(self, chain: Chain, downwards: bool):
+        self.chain = chain
         self.flash = chain.flash
-        self.used = chain.used_blocks()
         blocks = self.flash.geometry.blocks
         order = range(blocks - 1, ANCHOR_BLOCKS - 1, -1) if downwards else \
             range(ANCHOR_BLOCKS, blocks)
@@ -344,11 +351,12 @@ class Allocator:
 
     def next(self) -> int:
         for block in self._order:
-            if block in self.used:
+            if self.chain.in_use(block):
                 self._open = False
                 continue
             if self.flash.is_bad(block):
                 continue
+            self.chain.handed_out.add(block)
             if self._open:
                 self.extents[-1] = Extent(self.extents[-1].first, block)
             else:
@@ -371,11 +379,13 @@ class RecordWriter:
         self.flash = chain.flash
         created = int(time.time()) if created is None else created
         self.header = RecordHeader(rtype, compression, seq, chain.next_gen(), created, message)
+        # Packed first: a field that does not fit the format refuses the record here, before
+        # anything is written.
+        head = self.header.pack()
         self.alloc = Allocator(chain, downwards=rtype == VOLATILE)
         self.progress = progress
         g = self.flash.geometry
-        self._layout = Layout(self.header.size, 0, g.writesize)
-        head = self.header.pack()
+        self._layout = Layout(len(head), 0, g.writesize)
         self._pending = bytearray(head + b"\xff" * (self._layout.payload_offset - len(head)))
         self._block: int | None = None
         self._block_data = bytearray()

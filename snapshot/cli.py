@@ -301,10 +301,6 @@ def rollback(obj, to):
     click.echo("dropped " + ", ".join(dropped))
 
 
-STAGE = "/lib/snapshot/convert-stage"
-STAGED = Path("/tmp/snapshot-convert/overlay.tar.gz")
-
-
 @main.command()
 @click.option("--from", "source", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Convert this overlay upper dir (the device must not be mounted).")
@@ -331,34 +327,21 @@ def convert(obj, source, archive, message, compression):
     if source and archive:
         raise click.UsageError("--from and --archive exclude each other")
     with opened(obj["device"], writable=True) as dev:
-        mounted = conversion.mount_of(dev.name)
         if source or archive:
-            if mounted:
-                raise SnapshotError(f"{dev.name} is mounted at {mounted[0]} ({mounted[1]}); "
-                                    f"run `snapshot convert` without --from to go through "
-                                    f"the RAM stage")
             progress = Progress("convert")
             try:
-                if archive:
-                    conversion.from_archive(dev, archive, message, progress)
-                else:
-                    conversion.from_directory(dev, source, compression_of(compression),
-                                              message, progress)
+                conversion.offline(dev, source, archive, message, compression_of(compression),
+                                   progress)
             finally:
                 progress.done()
             click.echo(f"converted {dev.name}: snapshot 1 ({message})")
             return
-        if mounted is None or mounted[1] != "jffs2":
-            raise SnapshotError(f"{dev.name} is not mounted as jffs2; nothing to convert "
-                                f"(use --from DIR for an overlay dir)")
-        if not Path(STAGE).is_file():
-            raise SnapshotError(f"{STAGE} is missing (reinstall snapshot); nothing was changed")
-        device = dev.name
-    upper = Path(mounted[0]) / "upper"
-    conversion.stage(upper, STAGED, compression_of(compression))
-    click.echo(f"staged {upper} in {STAGED} ({human(STAGED.stat().st_size)}); "
-               f"the RAM stage converts {device} and reboots")
-    os.execv("/bin/sh", ["/bin/sh", STAGE, device, str(STAGED), message])
+        upper = conversion.ram_stage_source(dev, message)
+    staged = conversion.STAGED
+    conversion.stage(upper, staged, compression_of(compression))
+    click.echo(f"staged {upper} in {staged} ({human(staged.stat().st_size)}); "
+               f"the RAM stage converts {dev.name} and reboots")
+    conversion.hand_over(dev.name, message)
 
 
 @main.command("list")

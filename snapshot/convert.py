@@ -13,6 +13,7 @@ jffs2 must not be mounted read-write while this runs: it would write into the bl
 considers free. The CLI checks that, and the router's way is the RAM stage
 (initscripts/lib/snapshot/convert-stage).
 """
+import os
 import struct
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from mtd import Flash
 from snapshot import archive
 from snapshot.chain import Chain, RecordWriter, anchor_blocks, commit
 from snapshot.errors import SnapshotError
-from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, DirEntry
+from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, DirEntry, message_bytes
 from snapshot.operations import LEGACY_MAGIC, recognise
 
+STAGE = "/lib/snapshot/convert-stage"
+STAGED = Path("/tmp/snapshot-convert/overlay.tar.gz")
 #: A jffs2 cleanmarker node header (magic, nodetype, totlen, hdr_crc), either byte order.
 CLEANMARKER = {"<": struct.Struct("<HHII"), ">": struct.Struct(">HHII")}
 JFFS2_MAGIC = 0x1985
@@ -98,8 +101,10 @@ def convert(flash: Flash, fill, compression: int, message: str, progress=None) -
     # Block 0 stays as it is even when free: its first word (a cleanmarker's magic, on a
     # fresh jffs2) is how the stock mount_root recognises jffs2 until the commit.
     chain = Chain.replacing(flash, blocks_holding_data(flash) | {0})
-    _anchor_room(flash, chain, progress)
+    # The header is packed here, before anything is written: a message that does not fit
+    # the format is refused with the device untouched.
     writer = RecordWriter(chain, SNAPSHOT, 1, message, compression, progress)
+    _anchor_room(flash, chain, progress)
     fill(writer)
     entry = writer.finish()
     commit(chain, [entry])
@@ -163,3 +168,36 @@ def stage(upper: Path, staged: Path, compression: int) -> None:
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+
+
+def offline(flash: Flash, source: Path | None, staged: Path | None, message: str,
+            compression: int, progress=None) -> DirEntry:
+    """Convert from an overlay upper dir (`source`) or an archive the RAM stage staged, on a
+    device nothing has mounted (jffs2 mounted read-write would write into the blocks it
+    considers free)."""
+    mounted = mount_of(flash.name)
+    if mounted:
+        raise SnapshotError(f"{flash.name} is mounted at {mounted[0]} ({mounted[1]}); run "
+                            f"`snapshot convert` without --from to go through the RAM stage")
+    if staged is not None:
+        return from_archive(flash, staged, message, progress)
+    return from_directory(flash, source, compression, message, progress)
+
+
+def ram_stage_source(flash: Flash, message: str) -> Path:
+    """The upper dir of the jffs2 overlay mounted from `flash`, which the RAM stage can
+    convert. Refused, with nothing changed, when there is none, when the RAM stage is
+    missing, or when `message` does not fit the format (the RAM stage could not write it)."""
+    message_bytes(message)
+    mounted = mount_of(flash.name)
+    if mounted is None or mounted[1] != "jffs2":
+        raise SnapshotError(f"{flash.name} is not mounted as jffs2; nothing to convert "
+                            f"(use --from DIR for an overlay dir)")
+    if not Path(STAGE).is_file():
+        raise SnapshotError(f"{STAGE} is missing (reinstall snapshot); nothing was changed")
+    return Path(mounted[0]) / "upper"
+
+
+def hand_over(device: str, message: str) -> None:
+    """Become the RAM stage, which converts `device` from STAGED and reboots."""
+    os.execv("/bin/sh", ["/bin/sh", STAGE, device, str(STAGED), message])

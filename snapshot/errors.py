@@ -6,6 +6,11 @@ class SnapshotError(Exception):
     exit_code = 1
 
 
+class FormatLimit(SnapshotError):
+    """A value does not fit the on-flash format (FORMAT.md gives every field's limits);
+    raised where the bytes are packed, before anything is written."""
+
+
 class NoChain(SnapshotError):
     """The device holds no snapshot chain (never formatted, or something else is on it)."""
 

@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import crcmod.predefined
 
+from snapshot.errors import FormatLimit
+
 FORMAT_VERSION = 1
 
 # FORMAT.md §1: CRC-32 (IEEE 802.3: poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF);
@@ -55,6 +57,38 @@ def round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
 
 
+# Every limit a reader enforces is enforced here, where the bytes are packed, so no caller
+# can write what a reader refuses: pack() raises FormatLimit before anything is written.
+
+def _fits(what: str, value: int, bits: int) -> int:
+    if not isinstance(value, int) or not 0 <= value < 1 << bits:
+        raise FormatLimit(f"{what} {value!r} does not fit the on-flash format "
+                          f"(0..{(1 << bits) - 1})")
+    return value
+
+
+def message_bytes(message: str) -> bytes:
+    """A record's message as stored (FORMAT.md §4: UTF-8, at most MAX_MESSAGE bytes)."""
+    try:
+        data = message.encode()
+    except UnicodeEncodeError:
+        raise FormatLimit("the message is not valid UTF-8") from None
+    if len(data) > MAX_MESSAGE:
+        raise FormatLimit(f"the message is {len(data)} bytes long; at most {MAX_MESSAGE} "
+                          f"bytes fit")
+    return data
+
+
+def _check_record(rtype: int, compression: int, seq: int, gen: int, created: int) -> None:
+    if rtype not in TYPE_NAMES:
+        raise FormatLimit(f"record type {rtype!r} is not one of {sorted(TYPE_NAMES)}")
+    if compression not in (COMPRESSION_GZIP, COMPRESSION_XZ):
+        raise FormatLimit(f"compression {compression!r} is not gzip (1) or xz (2)")
+    _fits("sequence number", seq, 32)
+    _fits("generation", gen, 64)
+    _fits("creation time", created, 64)
+
+
 class Extent(NamedTuple):
     """Physical blocks first..last, walked in that direction (descending when first > last).
     Every block in the range that is not bad belongs to the record."""
@@ -75,7 +109,9 @@ class RecordHeader(NamedTuple):
     message: str
 
     def pack(self) -> bytes:
-        message = self.message.encode()
+        """The header's bytes; FormatLimit if a field does not fit (FORMAT.md §4)."""
+        message = message_bytes(self.message)
+        _check_record(self.type, self.compression, self.seq, self.gen, self.created)
         body = RECORD_HEADER.pack(RECORD_MAGIC, 0, FORMAT_VERSION, self.type, self.compression,
                                   self.seq, self.gen, self.created, len(message), 0) + message
         return body[:4] + struct.pack("<I", crc32(body[8:])) + body[8:]
@@ -101,7 +137,7 @@ class RecordHeader(NamedTuple):
 
     @property
     def size(self) -> int:
-        return RECORD_HEADER.size + len(self.message.encode())
+        return RECORD_HEADER.size + len(message_bytes(self.message))
 
     @property
     def crc(self) -> int:
@@ -115,6 +151,10 @@ class Commit(NamedTuple):
     header_crc: int
 
     def pack(self) -> bytes:
+        _fits("generation", self.gen, 64)
+        _fits("payload length", self.payload_length, 64)
+        _fits("payload CRC", self.payload_crc, 32)
+        _fits("header CRC", self.header_crc, 32)
         body = COMMIT.pack(COMMIT_MAGIC, 0, self.gen, self.payload_length, self.payload_crc,
                            self.header_crc)
         return body[:4] + struct.pack("<I", crc32(body[8:])) + body[8:]
@@ -167,7 +207,18 @@ class DirEntry(NamedTuple):
     flags: int = 0
 
     def pack(self) -> bytes:
-        message = self.message.encode()[:MAX_MESSAGE]
+        """The directory entry's bytes; FormatLimit if a field does not fit (FORMAT.md §3)."""
+        message = message_bytes(self.message)
+        _check_record(self.type, self.compression, self.seq, self.gen, self.created)
+        Commit(self.gen, self.payload_length, self.payload_crc, self.header_crc).pack()
+        _fits("extent count", len(self.extents), 16)
+        if not self.extents:
+            raise FormatLimit("a record needs at least one extent")
+        for extent in self.extents:
+            _fits("block number", extent.first, 32)
+            _fits("block number", extent.last, 32)
+        if self.flags != 0:
+            raise FormatLimit(f"directory entry flags {self.flags!r} are reserved (0)")
         return (DIR_ENTRY.pack(self.type, self.compression, len(message), self.seq, self.gen,
                                self.created, self.payload_length, self.payload_crc,
                                self.header_crc, len(self.extents), self.flags)
@@ -185,8 +236,12 @@ class Anchor(NamedTuple):
     records: tuple[DirEntry, ...] = ()
 
     def pack(self) -> bytes:
+        """The entry's bytes; FormatLimit if it does not fit (FORMAT.md §3). Whether it fits
+        in an anchor block is the writer's to check (chain.commit)."""
+        _fits("generation", self.gen, 64)
+        _fits("record count", len(self.records), 16)
         body = b"".join(r.pack() for r in self.records)
-        length = ANCHOR_HEADER.size + len(body)
+        length = _fits("anchor entry length", ANCHOR_HEADER.size + len(body), 32)
         head = ANCHOR_HEADER.pack(ANCHOR_MAGIC, 0, FORMAT_VERSION, len(self.records), length,
                                   self.gen)
         data = head + body

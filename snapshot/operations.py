@@ -16,7 +16,7 @@ from snapshot import archive, live, restore
 from snapshot.chain import (Chain, DeviceLock, Record, RecordWriter, commit, describe,
                             scan_anchors, write_fresh_anchor_block)
 from snapshot.errors import ChainDamaged, RecordDamaged, SnapshotError
-from snapshot.format import (COMPRESSION_GZIP, MAX_MESSAGE, SNAPSHOT, VOLATILE, Anchor,
+from snapshot.format import (COMPRESSION_GZIP, SNAPSHOT, VOLATILE, Anchor,
                              DirEntry, round_up)
 
 DEFAULT_UPPER = "/volatile/upper"
@@ -80,13 +80,6 @@ def format_device(flash: Flash, force: bool = False) -> None:
 
 # -- save, push, rollback --------------------------------------------------------------------
 
-def _write_record(chain: Chain, rtype: int, seq: int, source: Path, message: str,
-                  compression: int, progress) -> DirEntry:
-    writer = RecordWriter(chain, rtype, seq, message, compression, progress)
-    archive.pack(source, writer, compression)
-    return writer.finish()
-
-
 def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
     """The snapshot entries a write builds on, after reading every snapshot in full.
     A damaged snapshot refuses the write (later ones would be invisible on top of it);
@@ -103,15 +96,28 @@ def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
     return entries
 
 
+def _store(chain: Chain, rtype: int, source: Path, message: str, progress,
+           compression: int) -> list[DirEntry]:
+    """Write `source` as a new record on top of the current snapshots (scrubbing those with
+    corrected bit flips) and return the snapshot entries it goes on, then its own. The
+    record's header is packed first, so a field that does not fit (a message too long)
+    refuses the write before anything is written."""
+    snapshots = chain.snapshots
+    seq = len(snapshots) + 1 if rtype == SNAPSHOT else len(snapshots)
+    writer = RecordWriter(chain, rtype, seq, message, compression, progress)
+    archive.require_directory(source)
+    entries = _current_snapshots(chain, progress)
+    archive.pack(source, writer, compression)
+    return entries + [writer.finish()]
+
+
 def save(chain: Chain, source: Path, progress=None,
          compression: int = COMPRESSION_GZIP) -> None:
     """Replace the volatile record by `source`. The new one goes into the back buffer
     beside the old one; the commit switches; the old one's blocks become free. A booted
     volatile layer is refused if the chain changed under it (snapshot/live.py)."""
     live.check_base(source, [r.entry for r in chain.snapshots])
-    snapshots = _current_snapshots(chain, progress)
-    entry = _write_record(chain, VOLATILE, len(snapshots), source, "", compression, progress)
-    commit(chain, snapshots + [entry])
+    commit(chain, _store(chain, VOLATILE, source, "", progress, compression))
 
 
 def push(chain: Chain, source: Path, message: str = "", progress=None,
@@ -120,15 +126,11 @@ def push(chain: Chain, source: Path, message: str = "", progress=None,
     any power cut the device holds (old chain, old volatile) or (new chain, no volatile).
     A booted volatile layer is refused if the chain changed under it; once pushed, the new
     snapshot is part of its base (snapshot/live.py)."""
-    if len(message.encode()) > MAX_MESSAGE:
-        raise SnapshotError(f"message is longer than {MAX_MESSAGE} bytes")
     booted = live.check_base(source, [r.entry for r in chain.snapshots])
-    snapshots = _current_snapshots(chain, progress)
-    entry = _write_record(chain, SNAPSHOT, len(snapshots) + 1, source, message, compression,
-                          progress)
-    commit(chain, snapshots + [entry])
+    entries = _store(chain, SNAPSHOT, source, message, progress, compression)
+    commit(chain, entries)
     if booted:
-        live.write_base(source, snapshots + [entry])
+        live.write_base(source, entries)
 
 
 def rollback(chain: Chain, to: int | None) -> list[str]:

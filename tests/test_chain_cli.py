@@ -216,3 +216,50 @@ def test_probe_says_whether_a_chain_is_there(image, tmp_path):
     SimFlash.create(blank, NOR)
     result = run(blank, "probe")
     assert result.exit_code == 1 and result.output == ""
+
+
+# -- bounded input: refused with one line before anything is written ---------------------------
+
+@pytest.mark.parametrize("message", ["x" * 256, "é" * 128, "bad \udcff byte"],
+                         ids=["256-bytes", "256-bytes-of-two-byte-chars", "not-utf8"])
+def test_push_refuses_a_message_that_does_not_fit_and_writes_nothing(image, tmp_path, message):
+    before = image.read_bytes()
+    error = error_of(run(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)),
+                         "-m", message))
+    assert "message" in error and "nothing" not in listing(image)
+    assert image.read_bytes() == before
+
+
+def test_push_takes_a_message_of_exactly_255_bytes(image, tmp_path):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)), "-m", "é" * 127 + "x")
+    assert listing(image)["snapshots"][0]["message"] == "é" * 127 + "x"
+
+
+def test_a_refused_message_writes_nothing_even_over_records_needing_a_scrub(image, tmp_path):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)))
+    with SimFlash(image) as flash:
+        record = Chain(flash).records[0]
+        offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
+    SimFlash.add_faults(image, bitflips={offset + 10: "corrected"})
+    before = image.read_bytes()
+    error_of(run(image, "push", "--from", str(make_tree(tmp_path / "b", 2, 4)), "-m", "x" * 300))
+    assert image.read_bytes() == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["rollback", "--to", "-1"], "--to -1 is not a snapshot number (0..1)"),
+    (["rollback", "--to", str(1 << 70)], "is not a snapshot number (0..1)"),
+    (["unpack", "--to", "OUT", "--upto", "-1"], "--upto -1 is not a snapshot number (0..1)"),
+    (["unpack", "--to", "OUT", "--upto", str(1 << 70)], "is not a snapshot number (0..1)"),
+    (["show", "0"], "there is no snapshot 0 (the chain has 1)"),
+    (["show", str(1 << 70)], "there is no snapshot"),
+    (["export", str(1 << 70), "-o", "OUT.tgz"], "there is no snapshot"),
+])
+def test_numbers_out_of_range_are_one_clear_line_and_change_nothing(image, tmp_path, args,
+                                                                   message):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)))
+    before = image.read_bytes()
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    assert message in error_of(run(image, *args))
+    assert image.read_bytes() == before
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tgz").exists()

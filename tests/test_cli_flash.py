@@ -88,8 +88,8 @@ def test_size_that_does_not_divide_is_an_error(tmp_path):
 
 def test_page_size_that_does_not_divide_is_an_error(tmp_path):
     result = invoke("flash", "create", str(tmp_path / "x.img"), "--type", "nand",
-                 "--size", "1M", "--erase-size", "128K", "--page-size", "3000")
-    assert "not a multiple of the page size 3000" in error_of(result)
+                 "--size", "1M", "--erase-size", "128K", "--page-size", "256K")
+    assert "not a multiple of the page size 262144" in error_of(result)
 
 
 def test_bad_block_outside_the_device_is_an_error(tmp_path):

@@ -70,7 +70,7 @@ def jffs2_intact(image: Path, contents: dict) -> bool:
 
 def converted(image: Path, source: Path) -> bool:
     state = visible(str(image))
-    return state != "no chain" and state == (((1, MESSAGE),), tree(source), None)
+    return state != "no chain" and state == ((), ((1, MESSAGE),), tree(source), None)
 
 
 @pytest.fixture(params=[(g, layout) for g in GEOMETRIES for layout in LAYOUTS],
@@ -212,6 +212,24 @@ def test_the_router_form_needs_jffs2_mounted(tmp_path):
     assert result.exit_code == 1
     assert result.output == (f"Error: {image} is not mounted as jffs2; nothing to convert "
                              f"(use --from DIR for an overlay dir)\n")
+
+
+@pytest.mark.parametrize("form", ["from", "archive", "router"])
+def test_a_message_that_does_not_fit_is_refused_with_jffs2_untouched(tmp_path, form):
+    """Even where jffs2 fills the anchor area, so convert would first move one of its
+    blocks aside: the refusal comes before that."""
+    image = tmp_path / "flash.img"
+    contents = jffs2_like(image, "nand", LAYOUTS["anchor-area-full"])
+    before = image.read_bytes()
+    source = make_tree(tmp_path / "upper", 5, 40)
+    staged = tmp_path / "overlay.tar.gz"
+    convert.stage(source, staged, 1)
+    args = {"from": ["--from", str(source)], "archive": ["--archive", str(staged)],
+            "router": []}[form]
+    result = invoke("--device", str(image), "convert", *args, "-m", "m" * 300)
+    assert result.exit_code == 1
+    assert result.output == "Error: the message is 300 bytes long; at most 255 bytes fit\n"
+    assert image.read_bytes() == before and jffs2_intact(image, contents)
 
 
 def test_mounts_of_an_mtd_device_are_found_by_any_of_its_names(tmp_path):

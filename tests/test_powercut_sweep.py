@@ -29,7 +29,8 @@ def case_for(key: str) -> SimCase:
 def pytest_generate_tests(metafunc):
     if "cut" not in metafunc.fixturenames:
         return
-    scenarios = ["push", "save"] if "then_repair" in metafunc.function.__name__ else SCENARIOS
+    scenarios = ["push", "save", "pushscrub", "savescrub"] \
+        if "then_repair" in metafunc.function.__name__ else SCENARIOS
     params = []
     for name in scenarios:
         for geometry in GEOMETRIES:

@@ -1,6 +1,11 @@
 """The flash simulator enforces flash physics and injects the faults real chips have."""
 import errno
+import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -209,7 +214,7 @@ def test_read_only_open_refuses_to_write(tmp_path):
 
 @pytest.mark.parametrize("geometry,message", [
     (Geometry(FlashType.NOR, 100 * KIB, 64 * KIB, 1, 0), "not a multiple of the erase size"),
-    (Geometry(FlashType.NAND, 1024 * KIB, 128 * KIB, 3000, 64), "not a multiple of the page"),
+    (Geometry(FlashType.NAND, 1024 * KIB, 64 * KIB, 128 * KIB, 64), "not a multiple of the page"),
     (Geometry(FlashType.RAM, 1024 * KIB, 128 * KIB, 1, 0), "models NOR and NAND"),
 ])
 def test_create_refuses_impossible_geometry(tmp_path, geometry, message):
@@ -229,3 +234,140 @@ def test_image_of_the_wrong_length_is_refused(tmp_path):
         f.write(b"x")
     with pytest.raises(FlashOpenError, match="is not 262144 bytes long"):
         SimFlash(image)
+
+
+# -- the sidecar: replaced whole, never out of step with the image in a way that blocks writes --
+
+def sidecar_of(image) -> Path:
+    return Path(f"{image}.sim.json")
+
+
+def test_a_kill_after_changing_the_image_leaves_the_next_writer_able_to_write(tmp_path):
+    """The killed process erased block 0 (whose pages the sidecar recorded as programmed)
+    and programmed its first page, then died without closing."""
+    image = make(tmp_path, NAND)
+    with SimFlash(image, writable=True) as f:
+        f.write(0, b"A" * 4096)
+    child = ("import os, signal, sys\nfrom mtd import SimFlash\n"
+             "f = SimFlash(sys.argv[1], writable=True)\n"
+             "f.erase(0, 128 * 1024)\nf.write(0, b'B' * 2048)\n"
+             "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", child, image])
+    assert proc.returncode == -signal.SIGKILL
+    with SimFlash(image, writable=True) as f:
+        f.write(2048, b"C" * 2048)      # erased by the killed process: programmable
+        with pytest.raises(FlashViolation, match="programmed twice"):
+            f.write(0, b"D" * 2048)     # programmed by it: still refused
+        assert f.read(0, 4096) == b"B" * 2048 + b"C" * 2048
+
+
+def test_the_sidecar_is_replaced_whole_never_written_in_place(tmp_path):
+    image = make(tmp_path, NAND)
+    sidecar = sidecar_of(image)
+    with open(sidecar) as old:
+        before = old.read()
+        with SimFlash(image, writable=True) as f:
+            f.erase(0, 128 * KIB)
+        old.seek(0)
+        assert old.read() == before     # the file a reader had open never changed
+    assert json.loads(sidecar.read_text())["stats"]["erases"] == 1
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_a_writer_marks_the_sidecar_dirty_until_it_closes(tmp_path):
+    image = make(tmp_path, NAND)
+    f = SimFlash(image, writable=True)
+    assert json.loads(sidecar_of(image).read_text())["dirty"] is False
+    f.erase(0, 128 * KIB)
+    assert json.loads(sidecar_of(image).read_text())["dirty"] is True
+    f.close()
+    assert json.loads(sidecar_of(image).read_text())["dirty"] is False
+
+
+def test_read_only_handles_never_write_the_sidecar(tmp_path):
+    image = make(tmp_path, NAND)
+    before = sidecar_of(image).stat()
+    with SimFlash(image) as f:
+        f.read(0, 4096)
+        assert f.stats().bytes_read == 4096
+    after = sidecar_of(image).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def damage(image, edit):
+    state = json.loads(sidecar_of(image).read_text())
+    edit(state)
+    sidecar_of(image).write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (lambda s: s["geometry"].update(erasesize=0), "erasesize"),
+    (lambda s: s["geometry"].update(erasesize="64K"), "'64K' is not an integer"),
+    (lambda s: s["geometry"].update(erasesize=3000), "erase size 3000 is not a power of two"),
+    (lambda s: s["geometry"].update(writesize=7), "page size 7 is not a power of two"),
+    (lambda s: s["geometry"].update(oobsize=-1), "-1 is not an integer"),
+    (lambda s: s["geometry"].update(writesize=True), "True is not an integer"),
+    (lambda s: s["geometry"].update(type="ram"), "'ram' is not nor or nand"),
+    (lambda s: s["geometry"].pop("size"), "'size'"),
+    (lambda s: s.update(erase_counts=[0]), "erase_counts does not list 8 blocks"),
+    (lambda s: s.update(bad_blocks=[99]), "99 is not an integer in 0..7"),
+    (lambda s: s.update(wear_limits=[]), "wear_limits is not a dict"),
+    (lambda s: s.update(bitflips={"9999999999": "corrected"}), "is not an integer in"),
+    (lambda s: s.update(programmed_pages="not base64!"), ""),
+    (lambda s: s.update(dirty="yes"), "dirty is not true or false"),
+])
+def test_a_damaged_sidecar_is_refused_on_open_with_the_reason(tmp_path, edit, reason):
+    image = make(tmp_path, NAND)
+    damage(image, edit)
+    with pytest.raises(FlashOpenError, match="damaged simulator sidecar") as e:
+        SimFlash(image)
+    assert reason in str(e.value) and "flash create --force" in str(e.value)
+
+
+@pytest.mark.parametrize("content", ["", "[]", "{", "null"], ids=["empty", "list", "torn", "null"])
+def test_a_sidecar_that_is_not_a_json_object_is_refused(tmp_path, content):
+    image = make(tmp_path, NAND)
+    sidecar_of(image).write_text(content)
+    with pytest.raises(FlashOpenError, match="damaged simulator sidecar"):
+        SimFlash(image)
+
+
+@pytest.mark.parametrize("geometry,message", [
+    (Geometry(FlashType.NOR, 1024 * KIB, 3000, 1, 0), "erase size 3000 is not a power of two"),
+    (Geometry(FlashType.NAND, 1024 * KIB, 128 * KIB, 7, 64), "page size 7 is not a power of two"),
+    (Geometry(FlashType.NAND, 1024 * KIB, 128 * KIB, 256, 64), "at least 512 bytes"),
+    (Geometry(FlashType.NAND, 1024 * KIB, 128 * KIB, 2048, -1), "oob size -1"),
+    (Geometry(FlashType.NOR, 8 << 30, 64 * KIB, 1, 0), "more than an MTD device can have"),
+])
+def test_create_refuses_absurd_geometry(tmp_path, geometry, message):
+    with pytest.raises(ValueError, match=message):
+        SimFlash.create(tmp_path / "x.img", geometry)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_that_fails_midway_leaves_no_image(tmp_path, monkeypatch):
+    writes = []
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            writes.append(len(data))
+            if len(writes) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k:
+                        Full(real_open(path, mode, *a, **k)) if mode == "wb"
+                        else real_open(path, mode, *a, **k))
+    with pytest.raises(OSError, match="No space left"):
+        SimFlash.create(tmp_path / "x.img", NAND)
+    assert list(tmp_path.iterdir()) == []
