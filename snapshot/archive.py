@@ -1,5 +1,5 @@
-"""Record payloads: a compressed tar of an overlayfs upper directory, streamed both ways so no
-archive is ever held whole in memory or copied to /tmp.
+"""Record payloads: a compressed tar of an overlayfs upper directory, read as a stream so no
+archive is ever held whole in memory or copied to /tmp (capture.py writes them).
 
 What a payload preserves (DESIGN.md §7): regular files (content, mode with setuid/setgid/
 sticky, owner, mtime), directories, symlinks, hardlinks, fifos, overlayfs whiteouts (character
@@ -12,21 +12,14 @@ import fcntl
 import lzma
 import os
 import signal
-import stat
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from snapshot.errors import SnapshotError
 from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ
 
 COMPRESSIONS = {"gzip": COMPRESSION_GZIP, "xz": COMPRESSION_XZ}
-# The level `tar czf` uses; 9 costs about twice the time for a few percent.
-GZIP_LEVEL = 6
-# xz -2: a 2 MiB dictionary, about 17 MiB to compress and 3 MiB to decompress, which a
-# router can afford; CRC32 because every xz decoder (busybox too) knows it.
-XZ_PRESET = 2
 READ_CHUNK = 256 * 1024
 # Reading decompresses in pieces of at most PIECE bytes, which a child process hands over
 # through a pipe that holds PIPE bytes.
@@ -55,81 +48,18 @@ class Unreadable(ArchiveError):
         super().__init__(f"archive cannot be read: {reason}")
 
 
-def compressor(out, compression: int):
-    import gzip   # here and below, tarfile: reading (every boot) needs neither
-    if compression == COMPRESSION_XZ:
-        return lzma.LZMAFile(out, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
-                             preset=XZ_PRESET)
-    return gzip.GzipFile(fileobj=out, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+# What a record may hold: one rule for the writer (capture.py leaves anything else out, with a
+# warning) and the reader (restore.py refuses an archive holding it).
+# Where restore stages file contents inside the target until a whole archive has passed.
+STAGING = ".snapshot-unpacking"
 
 
-def _entries(root: Path):
-    """Every path below root, parents before children, siblings sorted by name."""
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        with os.scandir(directory) as it:
-            names = sorted(it, key=lambda e: e.name)
-        for entry in names:
-            yield Path(entry.path)
-        stack.extend(Path(e.path) for e in reversed(names) if e.is_dir(follow_symlinks=False))
-
-
-def _xattrs(path: Path) -> dict[str, bytes]:
-    found = {}
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return found
-    for name in sorted(names):
-        for feature in OVERLAY_UNSUPPORTED:
-            if name.endswith(f".overlay.{feature}"):
-                raise ArchiveError(f"{path}: overlayfs {feature} entries cannot be stored; "
-                                   f"mount the overlay with {feature}=off")
-        if name.startswith(OVERLAY_PRIVATE) and name not in OPAQUE_XATTRS:
-            continue
-        found[name] = os.getxattr(path, name, follow_symlinks=False)
-    return found
-
-
-def require_directory(root: Path) -> None:
-    if not Path(root).is_dir():
-        raise ArchiveError(f"{root}: no such directory")
-
-
-def pack(root: Path, out, compression: int = COMPRESSION_GZIP) -> None:
-    """Write the archive of root's contents (names relative to root) to the file-like out."""
-    import tarfile
-    root = Path(root)
-    require_directory(root)
-    with compressor(out, compression) as stream, \
-            tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for path in _entries(root):
-            info = _tarinfo(tar, path, str(path.relative_to(root)))
-            if info is None:
-                continue
-            if info.isreg():
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-
-
-def _tarinfo(tar, path: Path, name: str):
-    """The tarfile.TarInfo of path for tar, or None where it is not stored (a socket)."""
-    st = path.lstat()
-    if stat.S_ISSOCK(st.st_mode):
-        return None  # sockets belong to running programs; GNU tar skips them too
-    if (stat.S_ISCHR(st.st_mode) and st.st_rdev != 0) or stat.S_ISBLK(st.st_mode):
-        raise ArchiveError(f"{path}: device nodes cannot be stored (only overlayfs whiteouts)")
-    info = tar.gettarinfo(str(path), arcname=name)
-    info.uname = info.gname = ""
-    # Whole seconds, as in a ustar header: a fractional mtime would cost every entry an
-    # extra pax header block to write and to parse.
-    info.mtime = int(info.mtime)
-    for key, value in _xattrs(path).items():
-        info.pax_headers[XATTR_PREFIX + key] = value.decode("utf-8", "surrogateescape")
-    return info
+def refusal(name: str) -> str | None:
+    """Why an entry at `name` (relative to the captured directory) cannot be in a record,
+    if it cannot."""
+    if name.partition("/")[0] == STAGING:
+        return f"the name {STAGING!r} at the top is where unpacking stages files"
+    return None
 
 
 # -- reading ---------------------------------------------------------------------------------

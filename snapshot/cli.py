@@ -1,7 +1,9 @@
 """The `snapshot` command line: thin click commands over the library.
 
 Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usage, 3 busy
-(another command is writing), 4 the chain is damaged (see `check --repair`).
+(another command is writing), 4 the chain is damaged (see `check --repair`), 5 stored, but
+not exactly: entries changed or could not be read while they were stored (`warning:` lines
+say which).
 """
 import json
 import os
@@ -21,8 +23,13 @@ from snapshot.chain import Chain
 from snapshot.errors import ChainDamaged, SnapshotError
 from snapshot.operations import DEFAULT_UPPER, format_device, opened
 
+# Exit status of a save, push or convert whose directory changed while it was read.
+INEXACT = 5
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 class Size(click.ParamType):
@@ -82,7 +89,8 @@ def main(ctx, device):
       snapshot --device /tmp/flash.img flash info
 
     Exit status: 0 success, 1 error (a one-line message on stderr), 2 bad usage,
-    3 busy (another command is writing), 4 the chain is damaged (run check --repair).
+    3 busy (another command is writing), 4 the chain is damaged (run check --repair),
+    5 stored, but not exactly (entries changed while they were read; see the warnings).
     """
     ctx.obj = {"device": device or config.load()["device"] or None}
 
@@ -135,7 +143,7 @@ def flash_create(image, flash_type, size, erase_size, page_size, oob_size, bad_b
 
 
 @flash.command("info")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @click.pass_obj
 def flash_info(obj, as_json):
     """Show geometry, bad blocks and wear statistics of --device.
@@ -251,36 +259,65 @@ def format_cmd(obj, force):
 @main.command()
 @SOURCE
 @compression_option
+@JSON
 @click.pass_obj
-def save(obj, source, compression):
+def save(obj, source, compression, as_json):
     """Store a directory as the volatile record, replacing the previous one.
+
+    Entries that change while they are read are stored as GNU tar stores them (see
+    `push --help`); the exit status is then 5.
 
     \b
     Example:
       snapshot save --from /volatile/upper
     """
     with writing(obj, "save") as (chain, progress):
-        operations.save(chain, source, progress, compression_of(compression))
+        capture = operations.save(chain, source, progress, compression_of(compression))
         size = chain.volatile.entry.payload_length
-    click.echo(f"saved the volatile record ({human(size)})")
+    stored(capture, as_json, {"size": size}, f"saved the volatile record ({human(size)})")
 
 
 @main.command()
 @SOURCE
-@click.option("-m", "--message", default="", help="What this snapshot is.")
+@click.option("-m", "--message", default="", help="What this snapshot is (at most 255 bytes).")
 @compression_option
+@JSON
 @click.pass_obj
-def push(obj, source, message, compression):
+def push(obj, source, message, compression, as_json):
     """Append a directory as a new snapshot; the volatile record is consumed into it.
+
+    The directory may change while it is read (daemons write into /volatile/upper): a file
+    that vanished is left out, one that changed is stored as it was read (padded with zeros
+    if it shrank), and no entry is ever torn. Each such entry gets a `warning:` line, and the
+    exit status is 5: stored, but not exactly.
 
     \b
     Example:
       snapshot push --from /volatile/upper -m "installed tcpdump"
     """
     with writing(obj, "push") as (chain, progress):
-        operations.push(chain, source, message, progress, compression_of(compression))
+        capture = operations.push(chain, source, message, progress,
+                                  compression_of(compression))
         count = len(chain.snapshots)
-    click.echo(f"pushed snapshot {count}")
+        size = chain.snapshots[-1].entry.payload_length
+    stored(capture, as_json, {"snapshot": count, "size": size}, f"pushed snapshot {count}")
+
+
+def stored(capture, as_json: bool, info: dict, line: str) -> None:
+    """Report a record just stored: `line`, or `info` as JSON, saying whether the capture
+    was exact; each warning goes to stderr. Exit status 5 when it was not exact."""
+    for warning in capture.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps({**info, "exact": capture.exact, "warnings": capture.warnings},
+                              indent=2))
+    elif capture.exact:
+        click.echo(line)
+    else:
+        click.echo(f"{line}, not exactly: {len(capture.warnings)} entries changed or could "
+                   f"not be read while they were stored")
+    if not capture.exact:
+        raise SystemExit(INEXACT)
 
 
 @main.command()
@@ -330,22 +367,28 @@ def convert(obj, source, archive, message, compression):
         if source or archive:
             progress = Progress("convert")
             try:
-                conversion.offline(dev, source, archive, message, compression_of(compression),
-                                   progress)
+                capture = conversion.offline(dev, source, archive, message,
+                                             compression_of(compression), progress)
             finally:
                 progress.done()
-            click.echo(f"converted {dev.name}: snapshot 1 ({message})")
+            line = f"converted {dev.name}: snapshot 1 ({message})"
+            if capture is None:
+                click.echo(line)
+            else:
+                stored(capture, False, {}, line)
             return
         upper = conversion.ram_stage_source(dev, message)
     staged = conversion.STAGED
-    conversion.stage(upper, staged, compression_of(compression))
+    capture = conversion.stage(upper, staged, compression_of(compression))
+    for warning in capture.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"staged {upper} in {staged} ({human(staged.stat().st_size)}); "
                f"the RAM stage converts {dev.name} and reboots")
     conversion.hand_over(dev.name, message)
 
 
 @main.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @click.pass_obj
 def list_cmd(obj, as_json):
     """List the snapshots and the volatile record (reads record headers only).
@@ -400,7 +443,7 @@ def unpack_cmd(obj, dest, upto, volatile_to, rom):
 
 @main.command()
 @click.option("--repair", is_flag=True, help="Make the recovered state persistent.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @click.pass_obj
 def check(obj, repair, as_json):
     """Verify every record (read-only); with --repair, fix what was found.
@@ -436,7 +479,7 @@ def check(obj, repair, as_json):
 @click.argument("index", type=int)
 @click.option("--rom", type=click.Path(file_okay=False, path_type=Path), default="/rom",
               show_default=True, help="The read-only root, to tell added from modified.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON
 @click.pass_obj
 def show(obj, index, rom, as_json):
     """List what snapshot N changed: added, modified, deleted, made opaque.

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from mtd import Flash
 from snapshot import archive
+from snapshot.capture import Capture
 from snapshot.chain import Chain, RecordWriter, anchor_blocks, commit
 from snapshot.errors import SnapshotError
-from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, DirEntry, message_bytes
+from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, message_bytes
 from snapshot.operations import LEGACY_MAGIC, recognise
 
 STAGE = "/lib/snapshot/convert-stage"
@@ -88,10 +89,11 @@ def _anchor_room(flash: Flash, chain: Chain, progress) -> None:
     flash.erase(g.block_offset(source), g.erasesize)
 
 
-def convert(flash: Flash, fill, compression: int, message: str, progress=None) -> DirEntry:
-    """Write snapshot 1 with what fill(writer) streams into it, and commit the chain. Before
-    the commit the device holds the old data unchanged (blocks copied aside included); after
-    it, the chain. Refuses a device that already holds a chain or the old fstools format."""
+def convert(flash: Flash, fill, compression: int, message: str, progress=None):
+    """Write snapshot 1 with what fill(writer) streams into it, and commit the chain; returns
+    what fill returned. Before the commit the device holds the old data unchanged (blocks
+    copied aside included); after it, the chain. Refuses a device that already holds a
+    chain or the old fstools format."""
     found = recognise(flash)
     if found == "a snapshot chain":
         raise SnapshotError(f"{flash.name} already holds a snapshot chain; nothing to convert")
@@ -105,21 +107,21 @@ def convert(flash: Flash, fill, compression: int, message: str, progress=None) -
     # the format is refused with the device untouched.
     writer = RecordWriter(chain, SNAPSHOT, 1, message, compression, progress)
     _anchor_room(flash, chain, progress)
-    fill(writer)
-    entry = writer.finish()
-    commit(chain, [entry])
-    return entry
+    filled = fill(writer)
+    commit(chain, [writer.finish()])
+    return filled
 
 
 def from_directory(flash: Flash, source: Path, compression: int, message: str,
-                   progress=None) -> DirEntry:
-    """convert() with `source` (an overlay upper dir) packed as the snapshot."""
-    return convert(flash, lambda writer: archive.pack(source, writer, compression),
-                   compression, message, progress)
+                   progress=None) -> Capture:
+    """convert() with `source` (an overlay upper dir) captured as the snapshot."""
+    capture = Capture(source)
+    return convert(flash, lambda writer: capture.pack(writer, compression), compression,
+                   message, progress)
 
 
-def from_archive(flash: Flash, staged: Path, message: str, progress=None) -> DirEntry:
-    """convert() with an archive `pack` made earlier (the RAM stage's staged copy). It is
+def from_archive(flash: Flash, staged: Path, message: str, progress=None) -> None:
+    """convert() with an archive `stage` made earlier (the RAM stage's staged copy). It is
     read through once before the flash is touched: a damaged copy changes nothing."""
     with open(staged, "rb") as f:
         magic = f.read(len(XZ_MAGIC))
@@ -154,13 +156,15 @@ def mount_of(device: str, mounts: Path = Path("/proc/mounts")) -> tuple[str, str
     return None
 
 
-def stage(upper: Path, staged: Path, compression: int) -> None:
-    """Pack the overlay upper dir into `staged` (in RAM, /tmp) for the RAM stage. A failure,
-    such as /tmp running out of room, leaves no partial file."""
+def stage(upper: Path, staged: Path, compression: int) -> Capture:
+    """Pack the overlay upper dir into `staged` (in RAM, /tmp) for the RAM stage; the capture
+    says whether it changed while it was read. A failure, such as /tmp running out of room,
+    leaves no partial file."""
+    capture = Capture(upper)
     staged.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(staged, "wb") as out:
-            archive.pack(upper, out, compression)
+            capture.pack(out, compression)
     except OSError as e:
         staged.unlink(missing_ok=True)
         raise SnapshotError(f"cannot stage {upper} in {staged}: {e.strerror or e}; "
@@ -168,13 +172,14 @@ def stage(upper: Path, staged: Path, compression: int) -> None:
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+    return capture
 
 
 def offline(flash: Flash, source: Path | None, staged: Path | None, message: str,
-            compression: int, progress=None) -> DirEntry:
-    """Convert from an overlay upper dir (`source`) or an archive the RAM stage staged, on a
-    device nothing has mounted (jffs2 mounted read-write would write into the blocks it
-    considers free)."""
+            compression: int, progress=None) -> Capture | None:
+    """Convert from an overlay upper dir (`source`: returns its capture) or an archive the
+    RAM stage staged, on a device nothing has mounted (jffs2 mounted read-write would write
+    into the blocks it considers free)."""
     mounted = mount_of(flash.name)
     if mounted:
         raise SnapshotError(f"{flash.name} is mounted at {mounted[0]} ({mounted[1]}); run "

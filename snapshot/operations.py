@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mtd import Flash, MtdError, open_flash
 from snapshot import archive, live, restore
+from snapshot.capture import Capture
 from snapshot.chain import (Chain, DeviceLock, Record, RecordWriter, commit, describe,
                             scan_anchors, write_fresh_anchor_block)
 from snapshot.errors import ChainDamaged, RecordDamaged, SnapshotError
@@ -97,40 +98,45 @@ def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
 
 
 def _store(chain: Chain, rtype: int, source: Path, message: str, progress,
-           compression: int) -> list[DirEntry]:
+           compression: int) -> tuple[list[DirEntry], Capture]:
     """Write `source` as a new record on top of the current snapshots (scrubbing those with
-    corrected bit flips) and return the snapshot entries it goes on, then its own. The
-    record's header is packed first, so a field that does not fit (a message too long)
-    refuses the write before anything is written."""
+    corrected bit flips); returns the snapshot entries it goes on, then its own, and how the
+    capture went. The record's header is packed first and the source looked at before
+    anything is written, so a field that does not fit (a message too long) or a missing
+    source refuses the write with the flash untouched."""
     snapshots = chain.snapshots
     seq = len(snapshots) + 1 if rtype == SNAPSHOT else len(snapshots)
     writer = RecordWriter(chain, rtype, seq, message, compression, progress)
-    archive.require_directory(source)
+    capture = Capture(source)
     entries = _current_snapshots(chain, progress)
-    archive.pack(source, writer, compression)
-    return entries + [writer.finish()]
+    capture.pack(writer, compression)
+    return entries + [writer.finish()], capture
 
 
 def save(chain: Chain, source: Path, progress=None,
-         compression: int = COMPRESSION_GZIP) -> None:
+         compression: int = COMPRESSION_GZIP) -> Capture:
     """Replace the volatile record by `source`. The new one goes into the back buffer
     beside the old one; the commit switches; the old one's blocks become free. A booted
-    volatile layer is refused if the chain changed under it (snapshot/live.py)."""
+    volatile layer is refused if the chain changed under it (snapshot/live.py). Returns the
+    capture, which says whether `source` changed while it was read."""
     live.check_base(source, [r.entry for r in chain.snapshots])
-    commit(chain, _store(chain, VOLATILE, source, "", progress, compression))
+    entries, capture = _store(chain, VOLATILE, source, "", progress, compression)
+    commit(chain, entries)
+    return capture
 
 
 def push(chain: Chain, source: Path, message: str = "", progress=None,
-         compression: int = COMPRESSION_GZIP) -> None:
+         compression: int = COMPRESSION_GZIP) -> Capture:
     """Append `source` as a new snapshot and drop the volatile record, in one commit: after
     any power cut the device holds (old chain, old volatile) or (new chain, no volatile).
     A booted volatile layer is refused if the chain changed under it; once pushed, the new
-    snapshot is part of its base (snapshot/live.py)."""
+    snapshot is part of its base (snapshot/live.py). Returns the capture, as save does."""
     booted = live.check_base(source, [r.entry for r in chain.snapshots])
-    entries = _store(chain, SNAPSHOT, source, message, progress, compression)
+    entries, capture = _store(chain, SNAPSHOT, source, message, progress, compression)
     commit(chain, entries)
     if booted:
         live.write_base(source, entries)
+    return capture
 
 
 def rollback(chain: Chain, to: int | None) -> list[str]:

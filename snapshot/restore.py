@@ -13,11 +13,9 @@ from contextlib import closing
 from pathlib import Path
 
 from snapshot.archive import (BLOCK, CHAR, DIRECTORY, FIFO, FILE, HARDLINK, OPAQUE_XATTRS,
-                              SYMLINK, ArchiveError, Entry, entries)
+                              STAGING, SYMLINK, ArchiveError, Entry, entries, refusal)
 
 OPAQUE = "trusted.overlay.opaque"
-# Where file contents wait inside the target until the whole archive has passed its checks.
-STAGING = ".snapshot-unpacking"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -69,8 +67,9 @@ class _Checks:
     def check(self, entry: Entry) -> str:
         """The entry's path if it is safe; else UnsafeEntry."""
         name = clean_name(entry.name)
-        if name.partition("/")[0] == STAGING:
-            raise UnsafeEntry(entry.name, "reserved name")
+        problem = refusal(name)
+        if problem:
+            raise UnsafeEntry(entry.name, problem)
         parent = name.rpartition("/")[0]
         if parent and parent not in self._safe:
             walked = []

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot import archive, restore
+from snapshot import archive, capture, restore
 from snapshot.archive import ArchiveError
 from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ
 from snapshot.restore import UnsafeEntry
@@ -21,7 +21,7 @@ OPAQUE = "trusted.overlay.opaque"
 
 def packed(root, compression=COMPRESSION_GZIP) -> bytes:
     out = io.BytesIO()
-    archive.pack(root, out, compression)
+    capture.pack(root, out, compression)
     return out.getvalue()
 
 
@@ -417,7 +417,7 @@ def test_in_place_with_the_names_earlier_archives_placed_gives_the_staged_result
 def crafted(*entries) -> bytes:
     """A gzip tar of (TarInfo fields..., data) entries, as an attacker could write it."""
     out = io.BytesIO()
-    with archive.compressor(out, COMPRESSION_GZIP) as gz, \
+    with capture.compressor(out, COMPRESSION_GZIP) as gz, \
             tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name, kind, extra in entries:
             info = tarfile.TarInfo(name)
