@@ -11,7 +11,15 @@ def run() -> None:
     from snapshot.cli import main
     gc.freeze()
     gc.enable()
-    main()
+    try:
+        main()
+    except BrokenPipeError:
+        # Output piped into a reader that stopped early (`snapshot list | head -1`): exit
+        # quietly, and keep the interpreter from complaining while it flushes stdout.
+        import os
+        import sys
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

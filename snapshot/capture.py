@@ -48,8 +48,14 @@ def compressor(out, compression: int):
 
 
 def require_directory(root: Path) -> None:
-    if not Path(root).is_dir():
-        raise ArchiveError(f"{root}: no such directory")
+    try:
+        if stat.S_ISDIR(os.stat(root).st_mode):
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ArchiveError(f"{root}: cannot be read: {e.strerror}") from None
+    raise ArchiveError(f"{root}: no such directory")
 
 
 class _Changed(Exception):

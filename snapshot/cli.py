@@ -63,7 +63,8 @@ def human(n: int) -> str:
 
 
 class Group(click.Group):
-    """Turns the library's errors into one `Error: ...` line and exit status 1."""
+    """Turns the library's errors, and the filesystem refusing a path the user gave, into
+    one `Error: ...` line and the error's exit status (1 unless it has its own)."""
 
     def invoke(self, ctx):
         try:
@@ -72,6 +73,17 @@ class Group(click.Group):
             error = click.ClickException(str(e))
             error.exit_code = getattr(e, "exit_code", 1)
             raise error from None
+        except BrokenPipeError:
+            raise   # the reader went away: nothing to tell it (snapshot.__main__)
+        except OSError as e:
+            raise click.ClickException(path_error(e)) from None
+
+
+def path_error(error: OSError) -> str:
+    """`PATH: reason` for an OSError, naming the path(s) it was raised for."""
+    paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
+    return ": ".join([" -> ".join(paths), error.strerror or str(error)] if paths
+                     else [error.strerror or str(error)])
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,6 +27,10 @@ def load(path: str | None = None) -> dict[str, str]:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return options
+    except (OSError, UnicodeDecodeError) as e:
+        from snapshot.errors import SnapshotError
+        raise SnapshotError(f"{path}: cannot read the configuration: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
     import shlex   # here, like subprocess below: most commands never need them
     section = None
     for line in lines:

@@ -123,23 +123,33 @@ def from_directory(flash: Flash, source: Path, compression: int, message: str,
 def from_archive(flash: Flash, staged: Path, message: str, progress=None) -> None:
     """convert() with an archive `stage` made earlier (the RAM stage's staged copy). It is
     read through once before the flash is touched: a damaged copy changes nothing."""
-    with open(staged, "rb") as f:
-        magic = f.read(len(XZ_MAGIC))
-        compression = next((c for m, c in MAGICS if magic.startswith(m)), None)
-        if compression is None:
-            raise SnapshotError(f"{staged}: not a gzip or xz archive; nothing was changed")
-        f.seek(0)
-        try:
-            for _ in archive.entries(f, compression):
-                pass
-        except SnapshotError as e:
-            raise SnapshotError(f"{staged}: {e}; nothing was changed") from None
+    compression = _checked_archive(staged)
 
     def fill(writer):
         with open(staged, "rb") as f:
             while chunk := f.read(256 * 1024):
                 writer.write(chunk)
     return convert(flash, fill, compression, message, progress)
+
+
+def _checked_archive(staged: Path) -> int:
+    """The compression of the archive at `staged`, read through to its end."""
+    try:
+        with open(staged, "rb") as f:
+            magic = f.read(len(XZ_MAGIC))
+            compression = next((c for m, c in MAGICS if magic.startswith(m)), None)
+            if compression is not None:
+                f.seek(0)
+                for _ in archive.entries(f, compression):
+                    pass
+    except OSError as e:
+        raise SnapshotError(f"{staged}: cannot be read: {e.strerror}; nothing was "
+                            f"changed") from None
+    except SnapshotError as e:
+        raise SnapshotError(f"{staged}: {e}; nothing was changed") from None
+    if compression is None:
+        raise SnapshotError(f"{staged}: not a gzip or xz archive; nothing was changed")
+    return compression
 
 
 def mount_of(device: str, mounts: Path = Path("/proc/mounts")) -> tuple[str, str] | None:

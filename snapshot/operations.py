@@ -98,19 +98,21 @@ def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
 
 
 def _store(chain: Chain, rtype: int, source: Path, message: str, progress,
-           compression: int) -> tuple[list[DirEntry], Capture]:
+           compression: int) -> tuple[list[DirEntry], Capture, bool]:
     """Write `source` as a new record on top of the current snapshots (scrubbing those with
-    corrected bit flips); returns the snapshot entries it goes on, then its own, and how the
-    capture went. The record's header is packed first and the source looked at before
-    anything is written, so a field that does not fit (a message too long) or a missing
-    source refuses the write with the flash untouched."""
+    corrected bit flips). Returns the snapshot entries it goes on, then its own; how the
+    capture went; and whether `source` is a booted layer (snapshot/live.py). Everything that
+    can refuse the write does so before anything is written: the record's header is packed
+    (a message too long), the source looked at, and a booted layer checked against the
+    chain."""
     snapshots = chain.snapshots
     seq = len(snapshots) + 1 if rtype == SNAPSHOT else len(snapshots)
     writer = RecordWriter(chain, rtype, seq, message, compression, progress)
     capture = Capture(source)
+    booted = live.check_base(source, [r.entry for r in snapshots])
     entries = _current_snapshots(chain, progress)
     capture.pack(writer, compression)
-    return entries + [writer.finish()], capture
+    return entries + [writer.finish()], capture, booted
 
 
 def save(chain: Chain, source: Path, progress=None,
@@ -119,8 +121,7 @@ def save(chain: Chain, source: Path, progress=None,
     beside the old one; the commit switches; the old one's blocks become free. A booted
     volatile layer is refused if the chain changed under it (snapshot/live.py). Returns the
     capture, which says whether `source` changed while it was read."""
-    live.check_base(source, [r.entry for r in chain.snapshots])
-    entries, capture = _store(chain, VOLATILE, source, "", progress, compression)
+    entries, capture, _ = _store(chain, VOLATILE, source, "", progress, compression)
     commit(chain, entries)
     return capture
 
@@ -131,8 +132,7 @@ def push(chain: Chain, source: Path, message: str = "", progress=None,
     any power cut the device holds (old chain, old volatile) or (new chain, no volatile).
     A booted volatile layer is refused if the chain changed under it; once pushed, the new
     snapshot is part of its base (snapshot/live.py). Returns the capture, as save does."""
-    booted = live.check_base(source, [r.entry for r in chain.snapshots])
-    entries, capture = _store(chain, SNAPSHOT, source, message, progress, compression)
+    entries, capture, booted = _store(chain, SNAPSHOT, source, message, progress, compression)
     commit(chain, entries)
     if booted:
         live.write_base(source, entries)
@@ -194,8 +194,7 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
         upto = len(snapshots)
     if not 0 <= upto <= len(snapshots):
         raise SnapshotError(f"--upto {upto} is not a snapshot number (0..{len(snapshots)})")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = _target(dest)
     # Into an empty dest (boot's tmpfs, a new directory) records go in place: one that fails
     # is undone by emptying dest and applying the ones before it again.
     in_place = _is_empty(dest)
@@ -233,8 +232,7 @@ def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
     """Apply the volatile record (if any) into dest; on an error dest is as it was."""
     if chain.volatile is None:
         return
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = _target(dest)
     in_place = _is_empty(dest)
     try:
         restore.apply(chain.payload(chain.volatile), chain.volatile.entry.compression, dest,
@@ -243,6 +241,17 @@ def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
         if in_place:
             _empty(dest)
         raise
+
+
+def _target(dest: Path) -> Path:
+    """dest, made if need be, as a directory to unpack into."""
+    dest = Path(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        _is_empty(dest)
+    except OSError as e:
+        raise SnapshotError(f"{dest}: cannot unpack into it: {e.strerror}") from None
+    return dest
 
 
 def _is_empty(directory: Path) -> bool:
@@ -329,6 +338,9 @@ def export(chain: Chain, index: int, target: Path) -> int:
             while chunk := source.read(archive.READ_CHUNK):
                 out.write(chunk)
         os.replace(partial, target)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise SnapshotError(f"{target}: cannot be written: {e.strerror}") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -117,11 +117,13 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
           in_place: bool = False, placed: set[str] | None = None) -> None:
     """Apply an archive onto dest with overlayfs semantics.
 
-    Staged (the default), dest is left untouched unless the whole archive passes. One pass
-    reads the archive, checks every entry and writes file contents into a staging directory
-    inside dest (same filesystem, so no copy of the archive lands in /tmp). Only when the
-    whole stream has passed, CRC included, are the entries applied: files by rename,
-    everything else created in place.
+    Staged (the default), all or nothing: after an error dest is as it was (see _Staged).
+    One pass reads the archive, checks every entry and makes it, file contents and all, in a
+    staging directory inside dest (same filesystem, so no copy of the archive lands in /tmp,
+    and running out of space or inodes shows there). Only when the whole stream has passed,
+    CRC included, is each entry moved into place, by rename; whatever it replaces is moved
+    aside, not deleted, until every entry is in place, so a failure then is undone. Should
+    undoing fail too, the error names what is left where.
 
     In place, each entry is applied as soon as it has passed its checks, which saves staging
     and renaming every file. After an error dest holds part of the archive: the caller
@@ -136,56 +138,214 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
     whiteouts only in directories it merges, so one in a directory the lower layer lacks
     would show up in listings."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    checks, dir_times = _Checks(dest), []
-    if in_place:
-        # closing(): a refused entry ends the archive's reading process at once.
-        with closing(entries(source, compression)) as stream:
-            for reader, entry in stream:
-                name = checks.check(entry)
-                if entry.type == FILE:
-                    _write_file(reader, entry, f"{dest}/{name}", dest,
-                                placed is not None and name in placed)
-                else:
-                    _place(dest, name, entry, lower, dir_times)
-        if placed is not None:
-            placed.update(checks.kinds)
-    else:
-        staging = f"{dest}/{STAGING}"
-        _remove(staging)
-        os.mkdir(staging, 0o700)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArchiveError(f"{dest}: cannot unpack into it: {e.strerror}") from None
+    checks = _Checks(dest)
+    if not in_place:
+        staged = _Staged(dest, lower)
         try:
-            plan = []
             with closing(entries(source, compression)) as stream:
                 for reader, entry in stream:
-                    name = checks.check(entry)
-                    staged = None
-                    if entry.type == FILE:
-                        staged = f"{staging}/{len(plan)}"
-                        _write_file(reader, entry, staged, dest)
-                    plan.append((name, entry, staged))
-            for name, entry, staged in plan:
-                _place(dest, name, entry, lower, dir_times, staged=staged)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+                    staged.stage(reader, entry, checks.check(entry))
+            staged.place()
+        except BaseException:
+            staged.clean_up(failed=True)
+            raise
+        staged.clean_up(failed=False)
+        return
+    dir_times = []
+    # closing(): a refused entry ends the archive's reading process at once.
+    with closing(entries(source, compression)) as stream:
+        for reader, entry in stream:
+            name = checks.check(entry)
+            if entry.type == FILE:
+                _write_file(reader, entry, f"{dest}/{name}", dest,
+                            placed is not None and name in placed)
+            else:
+                _place(dest, name, entry, lower, dir_times)
+    if placed is not None:
+        placed.update(checks.kinds)
     # Creating entries changes their directory's mtime: set directories' times last.
     for path, mtime in reversed(dir_times):
         os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
-def _place(dest: Path, name: str, entry: Entry, lower: Path | None, dir_times: list,
-           staged: str | None = None) -> None:
-    """Put one checked entry at its path (a FILE from its staged copy)."""
+def _place(dest: Path, name: str, entry: Entry, lower: Path | None, dir_times: list) -> None:
+    """Put one checked entry at its path, in place (not a FILE: _write_file does those)."""
     path = f"{dest}/{name}"
     try:
         if entry.is_whiteout and lower is not None and not _in_lower(lower, name):
             _remove(path)
             return
-        _apply_entry(entry, path, staged, dest)
+        _apply_entry(entry, path, dest)
     except OSError as e:
         raise _cannot(entry, dest, e) from None
     if entry.type == DIRECTORY:
         dir_times.append((path, entry.mtime))
+
+
+class _Staged:
+    """One archive applied onto a used target, all or nothing.
+
+    Stage (while the archive is read): every entry is made in STAGING/new, with its metadata;
+    hardlinks link to the staged file. dest itself does not change, so a refused entry, a
+    damaged record or a full filesystem (no space, no inodes) leaves it as it was.
+
+    Place (once the whole archive has passed): each entry is renamed into place, in archive
+    order; what it replaces is renamed into STAGING/old, and an existing directory it merges
+    with has its metadata noted before it changes. Every step is journaled. A failure undoes
+    the journal backwards (a placed entry removed, a displaced one renamed back, a merged
+    directory's metadata restored) and puts back the times of the directories renamed in or
+    out of; the error then says dest is as it was, or names what could not be put back and
+    where it is. Only after the last entry is placed are the displaced ones deleted."""
+
+    def __init__(self, dest: Path, lower: Path | None):
+        self.dest, self.lower = dest, lower
+        self.root = f"{dest}/{STAGING}"
+        self.new, self.old = f"{self.root}/new", f"{self.root}/old"
+        self.journal: list[tuple] = []
+        # Directories entries were renamed into or out of, and dest (where the staging
+        # area comes and goes), with their times beforehand.
+        self.times: dict[str, tuple[int, int, int]] = {}
+        self._note_times(str(dest))
+        self.keep_displaced = False
+        try:
+            _remove(self.root)
+            for directory in (self.root, self.new, self.old):
+                os.mkdir(directory, 0o700)
+        except OSError as e:
+            self.clean_up(failed=True)
+            raise ArchiveError(f"{dest}: cannot unpack into it: {e.strerror}") from None
+        self.plan: list[tuple[str, Entry, str | None]] = []
+        self.files: dict[str, str] = {}     # name -> staged file the archive put there
+
+    def stage(self, reader, entry: Entry, name: str) -> None:
+        staged = f"{self.new}/{len(self.plan)}"
+        try:
+            if entry.is_whiteout and self.lower is not None and not _in_lower(self.lower, name):
+                staged = None   # it only removes what is at its path
+            elif entry.type == FILE:
+                _write_file(reader, entry, staged, self.dest)
+                self.files[name] = staged
+            elif entry.type == HARDLINK:
+                os.link(self.files[clean_name(entry.linkname)], staged)
+                self.files[name] = staged
+            elif entry.type == DIRECTORY:
+                os.mkdir(staged, 0o700)
+                _metadata(staged, entry)
+            else:
+                _make_node(entry, staged)
+        except OSError as e:
+            raise _cannot(entry, self.dest, e) from None
+        self.plan.append((name, entry, staged))
+
+    def place(self) -> None:
+        dir_times = []
+        for name, entry, staged in self.plan:
+            try:
+                self._place(f"{self.dest}/{name}", entry, staged, dir_times)
+            except OSError as e:
+                raise self._undo(_cannot(entry, self.dest, e)) from None
+        try:
+            # Creating entries changes their directory's mtime: directories' times last.
+            for path, mtime in reversed(dir_times):
+                os.utime(path, (mtime, mtime), follow_symlinks=False)
+        except OSError as e:
+            raise self._undo(ArchiveError(f"cannot unpack into {self.dest}: "
+                                          f"{e.strerror}")) from None
+
+    def _place(self, path: str, entry: Entry, staged: str | None, dir_times: list) -> None:
+        current = _lstat(path)
+        if entry.type == DIRECTORY:
+            dir_times.append((path, entry.mtime))
+            if current is not None and stat.S_ISDIR(current.st_mode) and not entry.is_opaque:
+                self._note_metadata(path, current)
+                _merge_dir(path, entry, current)
+                return
+        if current is not None:
+            self._move(path, f"{self.old}/{len(self.journal)}", "displaced")
+        if staged is not None:
+            self._move(staged, path, "placed")
+            # A directory where a file or a whiteout was must hide the lower layer's
+            # directory of the same name, which the file or whiteout used to hide.
+            if entry.type == DIRECTORY and current is not None and not entry.is_opaque:
+                os.setxattr(path, OPAQUE, b"y")
+
+    def _move(self, source: str, target: str, step: str) -> None:
+        for directory in (os.path.dirname(source), os.path.dirname(target)):
+            if directory not in (self.new, self.old):
+                self._note_times(directory)
+        os.rename(source, target)
+        self.journal.append((step, source, target))
+
+    def _note_times(self, directory: str) -> None:
+        if directory not in self.times:
+            st = os.lstat(directory)
+            self.times[directory] = (st.st_ino, st.st_atime_ns, st.st_mtime_ns)
+
+    def _note_metadata(self, path: str, current: os.stat_result) -> None:
+        xattrs = {k: os.getxattr(path, k, follow_symlinks=False)
+                  for k in os.listxattr(path, follow_symlinks=False)}
+        self.journal.append(("merged", path, current, xattrs))
+
+    def _undo(self, error: ArchiveError) -> ArchiveError:
+        stuck = []
+        for step, *args in reversed(self.journal):
+            try:
+                if step == "placed":
+                    _remove(args[1])
+                elif step == "displaced":
+                    _remove(args[0])
+                    os.rename(args[1], args[0])
+                else:
+                    _restore_metadata(*args)
+            except OSError as e:
+                what = {"placed": f"{args[1]} (new, not removed)",
+                        "displaced": f"{args[0]} (moved to {args[1]})",
+                        "merged": f"{args[0]} (its owner, mode or xattrs)"}[step]
+                stuck.append(f"{what}: {e.strerror}")
+        self.journal.clear()
+        if stuck:
+            self.keep_displaced = True   # what is left there is the only copy
+            return ArchiveError(f"{error}; undoing the entries placed so far failed, so "
+                                f"{self.dest} is not as it was: {'; '.join(stuck)}")
+        return ArchiveError(f"{error}; {self.dest} is as it was")
+
+    def clean_up(self, failed: bool) -> None:
+        """Remove the staging area, and with it what the entries placed replaced (kept when
+        an undo failed: then it is the only copy). After a failure, the directories touched
+        get their times back."""
+        if self.keep_displaced:
+            shutil.rmtree(self.new, ignore_errors=True)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+        if not failed:
+            return
+        for directory, (inode, atime, mtime) in self.times.items():
+            # Not a directory this archive placed, which the undo removed again.
+            current = _lstat(directory)
+            if current is not None and current.st_ino == inode:
+                os.utime(directory, ns=(atime, mtime), follow_symlinks=False)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _restore_metadata(path: str, before: os.stat_result, xattrs: dict[str, bytes]) -> None:
+    for key in os.listxattr(path, follow_symlinks=False):
+        if key not in xattrs:
+            os.removexattr(path, key, follow_symlinks=False)
+    for key, value in xattrs.items():
+        os.setxattr(path, key, value, follow_symlinks=False)
+    os.chown(path, before.st_uid, before.st_gid, follow_symlinks=False)
+    os.chmod(path, stat.S_IMODE(before.st_mode))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
 
 
 def _cannot(entry: Entry, dest: Path, error: OSError) -> ArchiveError:
@@ -239,23 +399,19 @@ def _write_file(reader, entry: Entry, path: str, dest: Path, replaces: bool = Fa
         raise _cannot(entry, dest, e) from None
 
 
-def _apply_entry(entry: Entry, path: str, staged: str | None, dest: Path) -> None:
+def _apply_entry(entry: Entry, path: str, dest: Path) -> None:
     if entry.type == DIRECTORY:
         _apply_dir(path, entry)
-        return
-    if staged is not None:
-        # rename() replaces a file, symlink or whiteout at path (never following a
-        # symlink); only a directory has to be removed first.
-        try:
-            os.rename(staged, path)
-        except IsADirectoryError:
-            _remove(path)
-            os.rename(staged, path)
         return
     _remove(path)
     if entry.type == HARDLINK:
         os.link(f"{dest}/{clean_name(entry.linkname)}", path, follow_symlinks=False)
         return  # a hardlink shares its target's metadata
+    _make_node(entry, path)
+
+
+def _make_node(entry: Entry, path: str) -> None:
+    """A symlink, fifo or whiteout at path (where nothing is), with its metadata."""
     if entry.type == SYMLINK:
         os.symlink(entry.linkname, path)
     elif entry.type == FIFO:
@@ -266,29 +422,31 @@ def _apply_entry(entry: Entry, path: str, staged: str | None, dest: Path) -> Non
 
 
 def _apply_dir(path: str, entry: Entry) -> None:
-    try:
-        current = os.lstat(path)
-        existing = stat.S_ISDIR(current.st_mode)
-    except FileNotFoundError:
-        existing = None
+    current = _lstat(path)
+    existing = current is not None and stat.S_ISDIR(current.st_mode)
     if existing and entry.is_opaque:
         # An opaque directory replaces everything earlier snapshots put in it.
         shutil.rmtree(path)
-        existing = None
-    if not existing:
-        replaced = _remove(path) if existing is not None else False
-        os.mkdir(path)
-        # A directory where a file or a whiteout was must hide the lower layer's directory
-        # of the same name, which the file or whiteout used to hide.
-        if replaced and not entry.is_opaque:
-            os.setxattr(path, OPAQUE, b"y")
+        current, existing = None, False
     if existing:
-        # A directory kept from an earlier snapshot gets exactly the new xattrs, except that
-        # it stays opaque: that mark hides the lower layer, which the new delta cannot see.
-        for key in os.listxattr(path):
-            if key not in entry.xattrs and key not in OPAQUE_XATTRS:
-                os.removexattr(path, key)
-    _metadata(path, entry, current if existing else None)
+        _merge_dir(path, entry, current)
+        return
+    replaced = _remove(path) if current is not None else False
+    os.mkdir(path)
+    # A directory where a file or a whiteout was must hide the lower layer's directory of
+    # the same name, which the file or whiteout used to hide.
+    if replaced and not entry.is_opaque:
+        os.setxattr(path, OPAQUE, b"y")
+    _metadata(path, entry)
+
+
+def _merge_dir(path: str, entry: Entry, current: os.stat_result) -> None:
+    """A directory kept from an earlier snapshot gets exactly the new xattrs, except that it
+    stays opaque: that mark hides the lower layer, which the new delta cannot see."""
+    for key in os.listxattr(path):
+        if key not in entry.xattrs and key not in OPAQUE_XATTRS:
+            os.removexattr(path, key)
+    _metadata(path, entry, current)
 
 
 def _metadata(target: str | int, entry: Entry, current: os.stat_result | None = None) -> None:

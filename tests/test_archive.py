@@ -3,8 +3,10 @@
 import errno
 import io
 import os
+import shutil
 import stat
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -588,3 +590,128 @@ def test_unpack_of_a_crafted_record_fails_with_one_clear_line(image, tmp_path):
     assert result.output == ("Error: archive entry '../../etc/cron' refused: '..' in the path; "
                              "nothing was unpacked\n")
     assert list(out.iterdir()) == []
+
+
+# -- a staged unpack is all or nothing ---------------------------------------------------------
+
+# Every call through which a staged unpack makes or changes something. (Removing, which the
+# clean-up and an undo do, does not fail for want of space or inodes; an undo that fails is
+# the next test.)
+CHANGES = ("rename", "mkdir", "open", "link", "symlink", "mkfifo", "mknod", "setxattr",
+           "removexattr", "chown", "chmod", "utime")
+
+
+def strict_view(root):
+    """full_view() plus directories' mtimes: after an undo even those are as they were."""
+    return {rel: (*entry, int(os.lstat(root / rel).st_mtime)) for rel, entry in
+            full_view(root).items()} | {".": int(os.lstat(root).st_mtime)}
+
+
+def used_target(path):
+    """A target with something at every path the archive below replaces or merges with."""
+    path.mkdir()
+    (path / "file-to-dir").write_text("a file")
+    (path / "dir-to-file").mkdir()
+    (path / "dir-to-file/inner").write_text("inner")
+    (path / "merged").mkdir()
+    os.setxattr(path / "merged", "user.old", b"1")
+    (path / "merged/kept").write_text("kept")
+    (path / "opaque").mkdir()
+    (path / "opaque/hidden").write_text("hidden by the new opaque dir")
+    (path / "whited").write_text("whited out")
+    (path / "replaced").write_text("old contents")
+    (path / "link").symlink_to("replaced")
+    for p in sorted(path.rglob("*"), reverse=True):
+        os.utime(p, (1_000_000, 1_000_000), follow_symlinks=False)
+    os.utime(path, (1_000_000, 1_000_000))
+    return path
+
+
+def every_kind_of_placement(tmp_path):
+    def build(r):
+        (r / "file-to-dir").mkdir()
+        (r / "file-to-dir/new").write_text("new")
+        (r / "dir-to-file").write_text("now a file")
+        (r / "merged").mkdir()
+        os.setxattr(r / "merged", "user.new", b"2")
+        (r / "merged/added").write_text("added")
+        opaque_dir(r / "opaque")
+        (r / "opaque/fresh").write_text("fresh")
+        whiteout(r / "whited")
+        (r / "replaced").write_text("new contents")
+        os.link(r / "replaced", r / "hardlink")
+        (r / "link").symlink_to("elsewhere")
+        for name in ("d1", "d2", "d3"):
+            (r / name / "sub").mkdir(parents=True)
+            (r / name / "sub/f").write_text(name)
+        os.mkfifo(r / "fifo")
+    return layer(tmp_path, "archive", build)
+
+
+def test_a_staged_unpack_failing_at_any_step_leaves_the_target_as_it_was(tmp_path,
+                                                                          monkeypatch):
+    data = every_kind_of_placement(tmp_path)
+    expected = tmp_path / "expected"
+    apply(data, used_target(expected))
+    steps = 0
+    while True:
+        steps += 1
+        target = used_target(tmp_path / f"target{steps}")
+        before = strict_view(target)
+        calls = [0]
+
+        def failing(real):
+            def call(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == steps:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real(*args, **kwargs)
+            return call
+        with monkeypatch.context() as patch:
+            for name in CHANGES:
+                patch.setattr(os, name, failing(getattr(os, name)))
+            try:
+                apply(data, target)
+                failed = None
+            except ArchiveError as e:
+                failed = str(e)
+        if calls[0] < steps:   # done without meeting the failure: every step was tried
+            assert failed is None
+            break
+        if failed is None:
+            # The failure hit the removal of the staging area after the last entry was
+            # placed (rmtree opens directories): the unpack is done, a leftover is harmless.
+            shutil.rmtree(target / restore.STAGING, ignore_errors=True)
+            assert full_view(target) == full_view(expected)
+            continue
+        assert strict_view(target) == before, f"failing change {steps}: {failed}"
+        assert failed.endswith(f"{target} is as it was") or "entry" not in failed, failed
+        assert not (target / restore.STAGING).exists(), failed
+    assert steps > 60
+    assert full_view(target) == full_view(expected)
+
+
+def test_an_undo_that_fails_too_names_what_is_left_where(tmp_path, monkeypatch):
+    data = every_kind_of_placement(tmp_path)
+    target = used_target(tmp_path / "target")
+    real_rename, aside = os.rename, []
+    displaced = str(target / "dir-to-file")
+
+    def rename(source, destination):
+        # Once the directory at `dir-to-file` is moved aside, nothing can be renamed to that
+        # name: neither the new file nor, undoing, the directory.
+        if str(destination) == displaced and aside:
+            raise OSError(errno.EIO, "Input/output error")
+        if str(source) == displaced:
+            aside.append(str(destination))
+        return real_rename(source, destination)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(ArchiveError) as e:
+        apply(data, target)
+    monkeypatch.undo()
+    message = str(e.value)
+    assert message.startswith(f"cannot unpack 'dir-to-file' into {target}: Input/output error; "
+                              f"undoing the entries placed so far failed, so {target} is not "
+                              f"as it was: {displaced} (moved to {aside[0]}): Input/output "
+                              f"error")
+    assert (Path(aside[0]) / "inner").read_text() == "inner"   # kept where the message says

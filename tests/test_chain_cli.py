@@ -263,3 +263,44 @@ def test_numbers_out_of_range_are_one_clear_line_and_change_nothing(image, tmp_p
     assert message in error_of(run(image, *args))
     assert image.read_bytes() == before
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tgz").exists()
+
+
+# -- the filesystem refusing a path the user gave: one line naming it --------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "1", "-o", "/missing/dir/f.tgz"],
+     "Error: /missing/dir/f.tgz: cannot be written: No such file or directory"),
+    (["export", "1", "-o", "/proc/version"], "Error: /proc/version: cannot be written"),
+    (["unpack", "--to", "/proc/sys/nope"],
+     "Error: /proc/sys/nope: cannot unpack into it: No such file or directory"),
+    (["unpack", "--to", "OUT", "--volatile-to", "/proc/sys/nope"],
+     "Error: /proc/sys/nope: cannot unpack into it: No such file or directory"),
+    (["push", "--from", "/proc/1/fdinfo/nope"], "Error: /proc/1/fdinfo/nope: "),
+    (["save", "--from", "/missing/dir"], "Error: /missing/dir: no such directory"),
+    (["convert", "--archive", "/proc/self/mem"], "Error: /proc/self/mem"),
+])
+def test_a_path_the_filesystem_refuses_is_one_error_line_naming_it(image, tmp_path, args,
+                                                                  message):
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)))
+    ok(image, "save", "--from", str(make_tree(tmp_path / "v", 2, 1)))
+    before = image.read_bytes()
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    assert error_of(run(image, *args)).startswith(message)
+    assert image.read_bytes() == before
+
+
+def test_an_unreadable_configuration_is_one_error_line(image, tmp_path):
+    result = invoke("list", env={"SNAPSHOT_CONFIG": str(tmp_path)})
+    assert error_of(result) == f"Error: {tmp_path}: cannot read the configuration: Is a directory"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(image, tmp_path):
+    import subprocess
+    import sys
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)))
+    reader, writer = os.pipe()
+    os.close(reader)
+    done = subprocess.run([sys.executable, "-m", "snapshot", "--device", str(image), "list",
+                           "--json"], stdout=writer, stderr=subprocess.PIPE, text=True)
+    os.close(writer)
+    assert done.returncode == 1 and done.stderr == ""
