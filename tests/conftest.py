@@ -16,8 +16,16 @@ from pathlib import Path
 import pytest
 
 IN_GUEST = os.environ.get("SNAPSHOT_KERNEL_GUEST") == "1"
+# Set by .ci/run: there every tier must run, so one that cannot fails instead of skipping.
+REQUIRE_ALL_TIERS = os.environ.get("SNAPSHOT_REQUIRE_ALL_TIERS") == "1"
 REPORT_ENV = "SNAPSHOT_GUEST_REPORT"
 GUEST_TIMEOUT = float(os.environ.get("SNAPSHOT_GUEST_TIMEOUT", "1800"))
+
+
+def cannot_run(reason: str) -> None:
+    """A test this machine cannot run: skipped with the reason, or failed where every tier
+    must run (CI)."""
+    (pytest.fail if REQUIRE_ALL_TIERS else pytest.skip)(reason)
 
 
 class GuestTestFailed(Exception):

@@ -1,7 +1,10 @@
 """The chain commands as users run them: format, save, push, rollback, list, unpack, check."""
-import fcntl
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -162,14 +165,41 @@ def test_flash_full_is_a_clear_error_and_keeps_the_old_state(tmp_path):
     assert listing(path) == before
 
 
+def holds_a_lock(pid: int, path) -> bool:
+    """Whether process `pid` holds a flock on the file at path (/proc/locks)."""
+    inode = os.stat(path).st_ino
+    for line in open("/proc/locks"):
+        fields = line.split()
+        if fields[1] == "FLOCK" and fields[4] == str(pid) and \
+                fields[5].rsplit(":", 1)[1] == str(inode):
+            return True
+    return False
+
+
 def test_second_writer_gets_busy(image, tmp_path):
-    fd = os.open(image, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    """Two real snapshot processes: the first is stopped while it writes (holding its lock),
+    the second is refused at once and writes nothing; the first then finishes."""
+    big = make_tree(tmp_path / "big", 1, 400)
+    first = subprocess.Popen([sys.executable, "-m", "snapshot", "--device", str(image), "push",
+                              "--from", str(big)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
-        result = run(image, "save", "--from", str(make_tree(tmp_path / "v", 1, 1)))
-        assert "busy, another snapshot command is writing" in error_of(result, code=3)
+        deadline = time.monotonic() + 30
+        while not holds_a_lock(first.pid, image):
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.001)
+        os.kill(first.pid, signal.SIGSTOP)
+        second = subprocess.run([sys.executable, "-m", "snapshot", "--device", str(image),
+                                 "save", "--from", str(make_tree(tmp_path / "v", 2, 1))],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 3, second.stderr
+        assert second.stderr == f"Error: {image}: busy, another snapshot command is " \
+                                f"writing to it\n"
     finally:
-        os.close(fd)
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=60) == 0, first.stderr.read()
+    info = listing(image)
+    assert len(info["snapshots"]) == 1 and info["volatile"] is None
 
 
 def test_read_only_commands_never_write(image, tmp_path):

@@ -1,5 +1,6 @@
-"""Tier 2: unpack onto real filesystems that refuse it part way, as root in private mount
-namespaces: a staged unpack into a used directory is all or nothing."""
+"""Tier 2: real filesystems that refuse writes, as root in private mount namespaces: a staged
+unpack into a used directory that runs out of inodes is all or nothing, and read-only
+commands work on a simulated image on a read-only mount."""
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from mtd import FlashType, Geometry, SimFlash
 from clirun import ok
-from sweep import tree
+from sweep import make_tree
 from test_overlayfs import namespaces  # noqa: F401  (the tier-2 availability fixture)
 
 MIB = 1 << 20
@@ -53,3 +54,41 @@ def test_an_unpack_that_runs_out_of_inodes_leaves_exactly_the_snapshots_it_names
     assert "No space left on device" in result["stderr"]
     assert result["stderr"].rstrip().endswith("unpacked snapshots 1..1")
     assert result["listing"] == ["already-there", "etc", "etc/config", "etc/config/network"]
+
+
+# Runs inside the namespace: the image's directory bound read-only over itself, then every
+# read-only command.
+READ_ONLY = r"""
+import json, subprocess, sys
+image, directory, out = sys.argv[1], sys.argv[2], sys.argv[3]
+subprocess.run(["mount", "--bind", directory, directory], check=True)
+subprocess.run(["mount", "-o", "remount,bind,ro", directory], check=True)
+results = []
+for args in (["list"], ["list", "--json"], ["check"], ["probe"], ["show", "1"], ["flash", "info"],
+             ["export", "1", "-o", out + "/e.tgz"], ["unpack", "--to", out + "/u"],
+             ["rollback", "--to", "0"]):
+    done = subprocess.run([sys.executable, "-m", "snapshot", "--device", image, *args],
+                          capture_output=True, text=True)
+    results.append([args[0], done.returncode, done.stderr])
+print(json.dumps(results))
+"""
+
+
+def test_read_only_commands_work_on_an_image_on_a_read_only_mount(namespaces, tmp_path):
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    image = shelf / "flash.img"
+    SimFlash.create(image, Geometry(FlashType.NAND, 8 * MIB, 128 * 1024, 2048, 64))
+    ok(image, "format")
+    ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                           READ_ONLY, str(image), str(shelf), str(out)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    *readers, writer = json.loads(proc.stdout.splitlines()[-1])
+    assert all(rc == 0 for _, rc, _ in readers), readers
+    # A write is refused with one line, and the read-only mount is why.
+    assert writer[1] == 1 and writer[2].startswith("Error: ") and writer[2].count("\n") == 1
+    assert "Read-only file system" in writer[2]
