@@ -24,3 +24,7 @@ find "$work/restored" -type f
 snapshot rollback
 snapshot check
 snapshot flash info
+set +x
+echo
+echo "The simulated flash is $SNAPSHOT_DEVICE. snapshot is installed in $PWD/.venv; try:"
+echo "  $PWD/.venv/bin/snapshot --device $SNAPSHOT_DEVICE list"

@@ -250,6 +250,30 @@ def test_a_torn_anchor_entry_is_repaired_as_routine_not_as_damage(namespaces, ro
     assert "mounted 1 snapshots" in result["log"] and "etc/two" not in result["files"]
 
 
+def test_boots_that_scrub_every_record_keep_every_record(namespaces, rootfs, image, tmp_path):
+    """Corrected bit flips in every record: the first boot rewrites them all in one repair;
+    it and the next boot mount everything (they used to share a block, so the first boot
+    booted no snapshot and the second dropped them all)."""
+    write(image, tmp_path, "push", {"etc/one": "1\n"})
+    write(image, tmp_path, "push", {"etc/two": "2\n"})
+    write(image, tmp_path, "save", {"etc/three": "3\n"})
+    with SimFlash(image) as flash:
+        chain = Chain(flash)
+        flips = {flash.geometry.block_offset(r.blocks[0]) + r.layout.payload_offset + 10:
+                 "corrected" for r in chain.records}
+    SimFlash.add_faults(image, bitflips=flips)
+    logs = []
+    for _ in range(2):
+        result = boot(rootfs, image, tmp_path)
+        assert "mounted 2 snapshots and the volatile record" in result["log"], result["log"]
+        assert {"etc/one", "etc/two", "etc/three"} <= set(result["files"])
+        assert "chain damaged" not in result["log"]
+        logs.append(result["log"])
+    for what in ("snapshot 1", "snapshot 2", "the volatile record"):
+        assert f"repaired: rewrote {what}" in logs[0]
+    assert "repaired" not in logs[1]
+
+
 def _flash_operations(image: Path, args: list[str]) -> int:
     """How many programs and erases one command makes, run on a copy."""
     def count():

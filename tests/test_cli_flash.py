@@ -143,3 +143,24 @@ def test_permission_denied_is_an_error(tmp_path, monkeypatch):
 def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Example" in result.output
+
+
+@pytest.mark.parametrize("size,message", [
+    ("5000G", "is more than an MTD device can have"),
+    ("0", "size must be positive"),
+])
+def test_a_size_no_mtd_device_has_is_refused_and_nothing_is_created(tmp_path, size, message):
+    result = invoke("flash", "create", str(tmp_path / "x.img"), "--type", "nor",
+                    "--size", size, "--erase-size", "64K")
+    assert message in error_of(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("erase,page,message", [
+    ("3000", "1", "erase size 3000 is not a power of two"),
+    ("128K", "7", "page size 7 is not a power of two"),
+])
+def test_an_absurd_geometry_is_refused_with_the_reason(tmp_path, erase, page, message):
+    result = invoke("flash", "create", str(tmp_path / "x.img"), "--type", "nor",
+                    "--size", "1M", "--erase-size", erase, "--page-size", page)
+    assert message in error_of(result)
