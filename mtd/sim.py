@@ -110,18 +110,20 @@ def _replace(path: Path, text: str) -> None:
         raise
 
 
-class _SidecarLock:
-    """Serialises the read-modify-write of a sidecar between writable handles: a lock file
-    beside it (the sidecar itself is replaced by rename, so it cannot carry the lock)."""
+class _Locked:
+    """Serialises the read-modify-write of a sidecar between processes: a POSIX record lock
+    on the image, through a descriptor open for writing. (The sidecar is replaced by rename,
+    so it cannot carry the lock; the snapshot tool's writer lock is a flock on the image,
+    which POSIX locks neither wait for nor disturb.)"""
 
-    def __init__(self, sidecar: Path):
-        self._fd = os.open(f"{sidecar}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def __init__(self, fd: int):
+        self._fd = fd
 
     def __enter__(self):
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc):
-        os.close(self._fd)
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
 
 def _int(what: str, value, low: int = 0, high: int | None = None) -> int:
@@ -234,12 +236,14 @@ class SimFlash(Closing):
                    bitflips: dict[int, str] | None = None) -> None:
         """Inject faults into an existing image, as create() takes them (for tests)."""
         sidecar = sidecar_path(image)
-        with _SidecarLock(sidecar):
+        fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+        with _Locked(fd):
             state = json.loads(sidecar.read_text())
             state["wear_limits"].update({str(b): n for b, n in (wear_limits or {}).items()})
             state["bitflips"].update({str(o): k for o, k in (bitflips or {}).items()})
             _check_state(state, _geometry(state))
             _replace(sidecar, json.dumps(state))
+        os.close(fd)
 
     def __init__(self, image: str | Path, writable: bool = False):
         self.name = str(image)
@@ -258,15 +262,12 @@ class SimFlash(Closing):
         except (ValueError, KeyError, TypeError, zlib.error) as e:
             raise FlashOpenError(f"{self._sidecar}: damaged simulator sidecar ({e}); "
                                  f"`snapshot flash create --force` makes a new image") from None
-        if writable:
-            try:
-                with _SidecarLock(self._sidecar):
-                    pass
-            except OSError as e:
-                raise FlashOpenError(f"{image}: cannot be opened for writing: the simulator "
-                                     f"keeps {self._sidecar.name}.lock beside it "
-                                     f"({e.strerror})") from None
         self._fd = open_backing(str(image), writable, "no such image")
+        if writable and not os.access(self._sidecar.parent, os.W_OK):
+            os.close(self._fd)
+            raise FlashOpenError(f"{image}: cannot be opened for writing: the simulator "
+                                 f"replaces {self._sidecar.name} in {self._sidecar.parent}, "
+                                 f"which is not writable")
         if os.fstat(self._fd).st_size != self.geometry.size:
             os.close(self._fd)
             raise FlashOpenError(f"{image}: image is not {self.geometry.size} bytes long")
@@ -497,7 +498,7 @@ class SimFlash(Closing):
         """Merge this handle's counters into the sidecar, and its flash state if it changed
         any, marked `dirty` while the image may change further. Only writable handles save;
         the lock keeps handles of several processes from losing each other's counts."""
-        with _SidecarLock(self._sidecar):
+        with _Locked(self._fd):
             state = json.loads(self._sidecar.read_text())
             for key in _COUNTERS:
                 state["stats"][key] += self._delta[key]
