@@ -81,9 +81,9 @@ class Group(click.Group):
 
 def path_error(error: OSError) -> str:
     """`PATH: reason` for an OSError, naming the path(s) it was raised for."""
+    reason = error.strerror or str(error)
     paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
-    return ": ".join([" -> ".join(paths), error.strerror or str(error)] if paths
-                     else [error.strerror or str(error)])
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -194,10 +194,9 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
         upto = len(snapshots)
     if not 0 <= upto <= len(snapshots):
         raise SnapshotError(f"--upto {upto} is not a snapshot number (0..{len(snapshots)})")
-    dest = _target(dest)
     # Into an empty dest (boot's tmpfs, a new directory) records go in place: one that fails
     # is undone by emptying dest and applying the ones before it again.
-    in_place = _is_empty(dest)
+    dest, in_place = _target(dest)
     records, sources, damaged_header = snapshots[:upto], [], None
     try:
         for record in records:
@@ -232,8 +231,7 @@ def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
     """Apply the volatile record (if any) into dest; on an error dest is as it was."""
     if chain.volatile is None:
         return
-    dest = _target(dest)
-    in_place = _is_empty(dest)
+    dest, in_place = _target(dest)
     try:
         restore.apply(chain.payload(chain.volatile), chain.volatile.entry.compression, dest,
                       lower, in_place)
@@ -243,20 +241,15 @@ def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
         raise
 
 
-def _target(dest: Path) -> Path:
-    """dest, made if need be, as a directory to unpack into."""
+def _target(dest: Path) -> tuple[Path, bool]:
+    """dest, made if need be, as a directory to unpack into, and whether it is empty."""
     dest = Path(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        _is_empty(dest)
+        with os.scandir(dest) as entries:
+            return dest, next(entries, None) is None
     except OSError as e:
         raise SnapshotError(f"{dest}: cannot unpack into it: {e.strerror}") from None
-    return dest
-
-
-def _is_empty(directory: Path) -> bool:
-    with os.scandir(directory) as entries:
-        return next(entries, None) is None
 
 
 def _empty(directory: Path) -> None:
