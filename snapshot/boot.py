@@ -27,7 +27,8 @@ from pathlib import Path
 
 from mtd import FlashOpenError, MtdError
 from snapshot import live, operations
-from snapshot.chain import Chain
+from snapshot import trial as trials
+from snapshot.chain import Chain, commit
 from snapshot.errors import SnapshotError
 
 MOUNTPOINTS = ("rom", "overlay", "volatile")
@@ -45,6 +46,8 @@ class BootReport:
     fallback: bool = False
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tried: bool = True          # the pending trial, if any, is applied
+    rolled_back: str | None = None
 
 
 class Log:
@@ -131,24 +134,53 @@ def _recover(flash, log: Log, boot: BootReport) -> Chain:
     return chain
 
 
+def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
+    """A pending trial is counted on flash before anything of it is applied, so a boot that
+    crashes at any later point has already counted; one that has had all its boots fails
+    here, and the state before it boots (DESIGN.md §10). A chain with no trial pending is
+    not written to. Whatever cannot be written, the state before the trial boots."""
+    trial = chain.trial
+    if trial is None:
+        return
+    e = trial.entry
+    what = trials.name(chain, trial)
+    try:
+        if e.attempts >= e.max_attempts:
+            reason = f"{what} was not confirmed in {e.attempts} boots"
+            commit(chain, trials.fail(chain), note=trials.note(e, reason, int(time.time())))
+            boot.rolled_back = reason
+            log(f"rolled back: {reason}; booting the state before it", loud=True)
+            return
+        commit(chain, trials.count_boot(chain))
+    except (SnapshotError, MtdError) as error:
+        boot.tried = False
+        boot.problems.append(f"cannot count a boot of {what}: {error}")
+        log(f"cannot count this boot of {what} ({error}); booting the state before it",
+            loud=True)
+        return
+    log(f"trying {what}: boot {e.attempts + 1} of {e.max_attempts}")
+
+
 def _layers(chain: Chain, root: Path, target: Path, scratch: Path, mounts: Mounts,
             log: Log, boot: BootReport, sandbox: bool) -> None:
     """Build the two layers in scratch, mount the merged root at target, then move the
     layers into it. Raises on a failed mount; a damaged record only shortens the chain."""
     _tmpfs_layer(mounts, scratch / "overlay")
     upper = scratch / "overlay/upper"
-    boot.snapshots, error = operations.apply_snapshots(chain, upper, lower=root)
+    snapshots, volatile = chain.view(boot.tried)
+    boot.snapshots, error = operations.apply_snapshots(chain, upper, lower=root,
+                                                       tried=boot.tried)
     if error is not None:
         boot.problems.append(str(error))
         log(f"booting snapshots 1..{boot.snapshots} only: {error}", loud=True)
     _mountpoints(root, upper)
     mounts.overlay(root, scratch / "overlay", scratch / "base")
     _tmpfs_layer(mounts, scratch / "volatile")
-    live.write_base(scratch / "volatile/upper",
-                    [r.entry for r in chain.snapshots[:boot.snapshots]])
-    if chain.volatile is not None and boot.snapshots == len(chain.snapshots):
+    live.write_base(scratch / "volatile/upper", [r.entry for r in snapshots[:boot.snapshots]])
+    if volatile is not None and boot.snapshots == len(snapshots):
         try:
-            operations.apply_volatile(chain, scratch / "volatile/upper", scratch / "base")
+            operations.apply_volatile(chain, scratch / "volatile/upper", scratch / "base",
+                                      boot.tried)
             boot.volatile = True
         except SnapshotError as e:
             boot.problems.append(str(e))
@@ -192,6 +224,7 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
     try:
         with operations.opened(device, writable=True) as flash:
             chain = _recover(flash, log, boot)
+            _decide_trial(chain, log, boot)
             _layers(chain, root, target, scratch, mounts, log, boot, sandbox)
     except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
         mounts.undo()

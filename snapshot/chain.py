@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from mtd import Flash, MtdError
 from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged
-from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, SNAPSHOT, VOLATILE, Anchor,
-                             Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
-                             anchor_length, crc32, round_up, unpack_anchor)
+from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED, FAILED, NOTE,
+                             SNAPSHOT, TRIAL, VOLATILE, Anchor, Commit, DirEntry, Extent,
+                             FormatError, Layout, RecordHeader, anchor_length, crc32, round_up,
+                             unpack_anchor)
 
 READ_CHUNK = 256 * 1024
 FIRST_READ = 16 * 1024
@@ -162,17 +163,50 @@ class Chain:
 
     def _list(self, anchor: Anchor) -> None:
         self.anchor = anchor
-        self.records = [self._locate(e) for e in anchor.records]
+        self.records = [self._locate(e) for e in anchor.records if e.type != NOTE]
+        # The last automatic rollback, kept until the next one (FORMAT.md §3).
+        self.note = next((e for e in anchor.records if e.type == NOTE), None)
         self._listed = {b for r in self.records for b in r.blocks}
         self._check_directory()
 
     @property
     def snapshots(self) -> list[Record]:
+        """Every snapshot record, in order: confirmed ones, then any on trial or failed."""
         return [r for r in self.records if r.entry.type == SNAPSHOT]
 
     @property
+    def volatiles(self) -> list[Record]:
+        return [r for r in self.records if r.entry.type == VOLATILE]
+
+    @property
+    def trial(self) -> Record | None:
+        """The record on trial, if one is pending."""
+        return next((r for r in self.records if r.entry.state == TRIAL), None)
+
+    @property
+    def failed(self) -> Record | None:
+        """A trial that failed, listed until it is rolled back or a write replaces it."""
+        return next((r for r in self.records if r.entry.state == FAILED), None)
+
+    def view(self, tried: bool = True) -> tuple[list[Record], Record | None]:
+        """The snapshots and the volatile record to apply: with the pending trial (`tried`,
+        what a boot tries), or as if it had failed (the state before it). A failed trial is
+        in neither; with no trial pending they are the same."""
+        snapshots = [r for r in self.snapshots
+                     if r.entry.state == CONFIRMED or (tried and r.entry.state == TRIAL)]
+        live = [r for r in self.volatiles if r.entry.state != FAILED]
+        if self.trial is None:
+            volatile = live[-1] if live else None
+        elif tried:
+            volatile = next((r for r in reversed(live) if not r.entry.fallback), None)
+        else:
+            volatile = next((r for r in live if r.entry.fallback), None)
+        return snapshots, volatile
+
+    @property
     def volatile(self) -> Record | None:
-        return next((r for r in self.records if r.entry.type == VOLATILE), None)
+        """The volatile record a boot applies now (the trial's, while one is tried)."""
+        return self.view()[1]
 
     def _locate(self, entry: DirEntry) -> Record:
         g = self.flash.geometry
@@ -207,6 +241,17 @@ class Chain:
                 owner[b] = name
             if problems and self.valid_prefix == len(self.records):
                 self.valid_prefix = index
+        # FORMAT.md §3: at most one record is on trial or failed; a snapshot that is is the
+        # last snapshot.
+        unconfirmed = [i for i, r in enumerate(self.records) if r.entry.state != CONFIRMED]
+        if len(unconfirmed) > 1:
+            problems.append(f"{len(unconfirmed)} records are on trial or failed; at most one "
+                            f"may be")
+        for index in unconfirmed:
+            record = self.records[index]
+            if record.entry.type == SNAPSHOT and record is not self.snapshots[-1]:
+                problems.append(f"{describe(record, index)} is on trial or failed but is not "
+                                f"the last snapshot")
         self.problems = problems
 
     # -- reading records --------------------------------------------------------------------
@@ -283,9 +328,13 @@ class Chain:
 
 
 def describe(record: Record, index: int) -> str:
-    if record.entry.type == VOLATILE:
-        return "the volatile record"
-    return f"snapshot {index + 1}"
+    e = record.entry
+    if e.type != VOLATILE:
+        return f"snapshot {index + 1}"
+    if e.fallback:
+        return "the volatile record kept for the trial"
+    return {TRIAL: "the volatile record on trial",
+            FAILED: "the failed volatile record"}.get(e.state, "the volatile record")
 
 
 class PayloadReader:
@@ -468,17 +517,24 @@ def _erased(flash: Flash, offset: int, length: int) -> bool:
     return flash.read(offset, length) == b"\xff" * length
 
 
-def commit(chain: Chain, entries: list[DirEntry]) -> None:
-    """Append an anchor entry listing `entries`: the single step that makes a write visible.
+# commit()'s default note: the chain's own (the last rollback stays listed).
+KEEP = object()
+
+
+def commit(chain: Chain, entries: list[DirEntry], note=KEEP) -> None:
+    """Append an anchor entry listing `entries` (and `note`, the last rollback: by default
+    the one the chain has): the single step that makes a write visible.
 
     The entry goes after the newest one when the bytes there read erased, otherwise into the
     anchor block holding the oldest entry, which is erased first; the newest entry is never
     touched. A block that fails is marked bad and the next one is tried."""
     flash, g = chain.flash, chain.flash.geometry
-    data = Anchor(chain.next_gen(), tuple(entries)).pack()
+    note = chain.note if note is KEEP else note
+    data = Anchor(chain.next_gen(), tuple(entries) + ((note,) if note else ())).pack()
     data += b"\xff" * (round_up(len(data), g.writesize) - len(data))
     if len(data) > g.erasesize:
-        raise FlashFull(f"{flash.name}: too many records for one anchor entry")
+        raise FlashFull(f"{flash.name}: too many records for one anchor entry; nothing was "
+                        f"changed")
     current = chain.scan.newest
     if current is not None and current.end + len(data) <= g.erasesize and \
             _erased(flash, g.block_offset(current.block) + current.end, len(data)):

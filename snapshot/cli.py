@@ -21,6 +21,8 @@ from snapshot import config, operations
 from snapshot.archive import COMPRESSIONS
 from snapshot.chain import Chain
 from snapshot.errors import ChainDamaged, SnapshotError
+from snapshot.format import MAX_ATTEMPTS, STATE_NAMES
+from snapshot.format import TRIAL as TRIAL_STATE
 from snapshot.operations import DEFAULT_UPPER, format_device, opened
 
 # Exit status of a save, push or convert whose directory changed while it was read.
@@ -268,34 +270,47 @@ def format_cmd(obj, force):
     click.echo(f"formatted {dev.name}: empty chain")
 
 
+TRIAL = click.option("--trial", is_flag=True,
+                     help="Put the new record on trial: it boots at most `option max_attempts` "
+                          "times unless `snapshot confirm` (or the health watch) confirms it; "
+                          "then the state before it comes back.")
+
+
 @main.command()
 @SOURCE
 @compression_option
+@TRIAL
 @JSON
 @click.pass_obj
-def save(obj, source, compression, as_json):
+def save(obj, source, compression, trial, as_json):
     """Store a directory as the volatile record, replacing the previous one.
 
     Entries that change while they are read are stored as GNU tar stores them (see
-    `push --help`); the exit status is then 5.
+    `push --help`); the exit status is then 5. With --trial the previous volatile record
+    stays on flash until the trial is confirmed or fails. While a trial is pending, a plain
+    save goes with it: it is dropped if the trial fails.
 
     \b
-    Example:
+    Examples:
       snapshot save --from /volatile/upper
+      snapshot save --trial && reboot        # then: snapshot confirm
     """
     with writing(obj, "save") as (chain, progress):
-        capture = operations.save(chain, source, progress, compression_of(compression))
+        capture = operations.save(chain, source, progress, compression_of(compression),
+                                  max_attempts_of(trial))
         size = chain.volatile.entry.payload_length
-    stored(capture, as_json, {"size": size}, f"saved the volatile record ({human(size)})")
+        line = f"saved the volatile record ({human(size)})" + _on_trial(chain.volatile)
+    stored(capture, as_json, {"size": size, "state": _state_of(chain.volatile)}, line)
 
 
 @main.command()
 @SOURCE
 @click.option("-m", "--message", default="", help="What this snapshot is (at most 255 bytes).")
 @compression_option
+@TRIAL
 @JSON
 @click.pass_obj
-def push(obj, source, message, compression, as_json):
+def push(obj, source, message, compression, trial, as_json):
     """Append a directory as a new snapshot; the volatile record is consumed into it.
 
     The directory may change while it is read (daemons write into /volatile/upper): a file
@@ -303,16 +318,63 @@ def push(obj, source, message, compression, as_json):
     if it shrank), and no entry is ever torn. Each such entry gets a `warning:` line, and the
     exit status is 5: stored, but not exactly.
 
+    With --trial the snapshot boots on trial (see `snapshot confirm`); the volatile record
+    it replaces stays on flash, to come back if the trial fails. No push is taken while a
+    trial is pending.
+
     \b
-    Example:
+    Examples:
       snapshot push --from /volatile/upper -m "installed tcpdump"
+      snapshot push --trial -m "new mesh settings" && reboot
     """
     with writing(obj, "push") as (chain, progress):
         capture = operations.push(chain, source, message, progress,
-                                  compression_of(compression))
+                                  compression_of(compression), max_attempts_of(trial))
         count = len(chain.snapshots)
-        size = chain.snapshots[-1].entry.payload_length
-    stored(capture, as_json, {"snapshot": count, "size": size}, f"pushed snapshot {count}")
+        newest = chain.snapshots[-1]
+        line = f"pushed snapshot {count}" + _on_trial(newest)
+    stored(capture, as_json, {"snapshot": count, "size": newest.entry.payload_length,
+                              "state": _state_of(newest)}, line)
+
+
+def _state_of(record) -> str:
+    return STATE_NAMES[record.entry.state]
+
+
+def _on_trial(record) -> str:
+    e = record.entry
+    if e.state != TRIAL_STATE:
+        return ""
+    return (f", on trial: it boots at most {e.max_attempts} times unless `snapshot confirm` "
+            f"confirms it")
+
+
+def max_attempts_of(trial: bool) -> int | None:
+    """The boots a new trial may have (`option max_attempts`), or None for no trial."""
+    if not trial:
+        return None
+    value = config.load()["max_attempts"]
+    if not value.isdigit() or not 1 <= int(value) <= MAX_ATTEMPTS:
+        raise SnapshotError(f"max_attempts {value!r} in the configuration is not a number "
+                            f"from 1 to {MAX_ATTEMPTS}")
+    return int(value)
+
+
+@main.command()
+@click.pass_obj
+def confirm(obj):
+    """Confirm the change on trial: it becomes a normal snapshot or volatile record.
+
+    What was kept in case the trial failed is dropped. With nothing on trial it says so and
+    exits 0, writing nothing.
+
+    \b
+    Example:
+      snapshot confirm
+    """
+    with writing(obj, "confirm") as (chain, _):
+        confirmed = operations.confirm(chain)
+    click.echo(f"confirmed {confirmed}" if confirmed else "nothing is on trial")
 
 
 def stored(capture, as_json: bool, info: dict, line: str) -> None:
@@ -338,11 +400,13 @@ def stored(capture, as_json: bool, info: dict, line: str) -> None:
 def rollback(obj, to):
     """Drop every snapshot after N, and the volatile record.
 
-    With only one snapshot left, rolling back needs an explicit --to 0.
+    Without --to: a change on trial (pending or failed) if there is one, giving back exactly
+    the state before it; else the newest snapshot. With only one snapshot left, rolling back
+    needs an explicit --to 0.
 
     \b
     Examples:
-      snapshot rollback            # drop the newest snapshot
+      snapshot rollback            # drop the trial, or the newest snapshot
       snapshot rollback --to 2     # keep snapshots 1 and 2
     """
     with writing(obj, "rollback") as (chain, _):
@@ -414,14 +478,27 @@ def list_cmd(obj, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'blocks':>6}  {'created':<19}  state  message")
+    click.echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'blocks':>6}  {'created':<19}  "
+               f"{'state':<10}  message")
     for s in info["snapshots"]:
         click.echo(f"{s['index']:>3}  {s['seq']:>4}  {human(s['size']):>10}  {s['blocks']:>6}  "
-                   f"{_when(s['created'])}  {s['state']}  {s['message']}")
-    v = info["volatile"]
-    click.echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks, {v['state']}" if v
-               else "volatile: none")
+                   f"{_when(s['created'])}  {_state(s):<10}  {s['message']}")
+    for v in info["volatiles"] or [None]:
+        click.echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks, {_state(v)}"
+                   + (", kept in case the trial fails" if v["kept_for_rollback"] else "")
+                   if v else "volatile: none")
+    note = info["last_rollback"]
+    if note:
+        click.echo(f"last rollback: {_when(note['time'])}: {note['reason']}")
     click.echo(f"free: {human(info['free_bytes'])}")
+
+
+def _state(record: dict) -> str:
+    """A record's state for `list`: where it stands in a trial, and any damage."""
+    state = record["state"]
+    if state == "trial":
+        state += f" {record['attempts']}/{record['max_attempts']}"
+    return state if record["integrity"] == "ok" else f"{state}, {record['integrity']}"
 
 
 def _when(timestamp: int) -> str:

@@ -13,7 +13,7 @@ import os
 import shutil
 
 DEFAULT_PATH = "/etc/config/snapshot"
-DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0"}
+DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_attempts": "3"}
 
 
 def load(path: str | None = None) -> dict[str, str]:

@@ -10,7 +10,10 @@ import crcmod.predefined
 
 from snapshot.errors import FormatLimit
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # FORMAT.md: the format as a whole
+RECORD_VERSION = 1          # FORMAT.md §4: record headers (unchanged since version 1)
+ANCHOR_VERSION = 2          # FORMAT.md §3: anchor entries as written
+ANCHOR_VERSIONS = (1, 2)    # FORMAT.md §3: as read (version 1 had no flags and no note)
 
 # FORMAT.md §1: CRC-32 (IEEE 802.3: poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF);
 # crc32(data, previous) continues a running CRC.
@@ -22,6 +25,18 @@ MAX_MESSAGE = 255          # FORMAT.md §4: message bytes (UTF-8)
 SNAPSHOT = 1               # FORMAT.md §4: record types
 VOLATILE = 2
 TYPE_NAMES = {SNAPSHOT: "snapshot", VOLATILE: "volatile"}
+NOTE = 3                   # FORMAT.md §3: a directory entry that is no record (the last rollback)
+
+# FORMAT.md §3: a directory entry's flags. Bits 0-1 the record's state, bit 2 a volatile kept
+# to come back if the trial fails, bits 8-11 the boots the trial has had, bits 12-15 the boots
+# it may have; the rest 0.
+STATE_MASK = 0x0003
+CONFIRMED, TRIAL, FAILED = 0, 1, 2
+STATE_NAMES = {CONFIRMED: "confirmed", TRIAL: "trial", FAILED: "failed"}
+FALLBACK = 0x0004
+ATTEMPTS_SHIFT, LIMIT_SHIFT = 8, 12
+MAX_ATTEMPTS = 15
+_DEFINED_FLAGS = STATE_MASK | FALLBACK | MAX_ATTEMPTS << ATTEMPTS_SHIFT | MAX_ATTEMPTS << LIMIT_SHIFT
 
 COMPRESSION_NONE = 0       # FORMAT.md §4: payload compression
 COMPRESSION_GZIP = 1
@@ -112,7 +127,7 @@ class RecordHeader(NamedTuple):
         """The header's bytes; FormatLimit if a field does not fit (FORMAT.md §4)."""
         message = message_bytes(self.message)
         _check_record(self.type, self.compression, self.seq, self.gen, self.created)
-        body = RECORD_HEADER.pack(RECORD_MAGIC, 0, FORMAT_VERSION, self.type, self.compression,
+        body = RECORD_HEADER.pack(RECORD_MAGIC, 0, RECORD_VERSION, self.type, self.compression,
                                   self.seq, self.gen, self.created, len(message), 0) + message
         return body[:4] + struct.pack("<I", crc32(body[8:])) + body[8:]
 
@@ -128,8 +143,8 @@ class RecordHeader(NamedTuple):
             raise FormatError(f"record header claims a {mlen}-byte message")
         if crc != crc32(data[8:RECORD_HEADER.size + mlen]):
             raise FormatError("record header CRC mismatch")
-        if version != FORMAT_VERSION:
-            raise FormatError(f"record format version {version} is not {FORMAT_VERSION}")
+        if version != RECORD_VERSION:
+            raise FormatError(f"record format version {version} is not {RECORD_VERSION}")
         if rtype not in TYPE_NAMES:
             raise FormatError(f"unknown record type {rtype}")
         message = data[RECORD_HEADER.size:RECORD_HEADER.size + mlen].decode(errors="replace")
@@ -209,16 +224,25 @@ class DirEntry(NamedTuple):
     def pack(self) -> bytes:
         """The directory entry's bytes; FormatLimit if a field does not fit (FORMAT.md §3)."""
         message = message_bytes(self.message)
-        _check_record(self.type, self.compression, self.seq, self.gen, self.created)
-        Commit(self.gen, self.payload_length, self.payload_crc, self.header_crc).pack()
+        if self.type == NOTE:
+            if (self.compression, self.payload_length, self.payload_crc, self.header_crc,
+                    self.extents, self.flags) != (0, 0, 0, 0, (), 0):
+                raise FormatLimit("a note has no payload, no extents and no flags")
+            _fits("sequence number", self.seq, 32)
+            _fits("generation", self.gen, 64)
+            _fits("creation time", self.created, 64)
+        else:
+            _check_record(self.type, self.compression, self.seq, self.gen, self.created)
+            Commit(self.gen, self.payload_length, self.payload_crc, self.header_crc).pack()
+            if not self.extents:
+                raise FormatLimit("a record needs at least one extent")
         _fits("extent count", len(self.extents), 16)
-        if not self.extents:
-            raise FormatLimit("a record needs at least one extent")
         for extent in self.extents:
             _fits("block number", extent.first, 32)
             _fits("block number", extent.last, 32)
-        if self.flags != 0:
-            raise FormatLimit(f"directory entry flags {self.flags!r} are reserved (0)")
+        if self.flags & ~_DEFINED_FLAGS or self.flags & STATE_MASK not in STATE_NAMES or \
+                (self.flags & FALLBACK and self.type != VOLATILE):
+            raise FormatLimit(f"directory entry flags 0x{self.flags:x} are not valid")
         return (DIR_ENTRY.pack(self.type, self.compression, len(message), self.seq, self.gen,
                                self.created, self.payload_length, self.payload_crc,
                                self.header_crc, len(self.extents), self.flags)
@@ -228,6 +252,35 @@ class DirEntry(NamedTuple):
     def header(self) -> RecordHeader:
         return RecordHeader(self.type, self.compression, self.seq, self.gen, self.created,
                             self.message)
+
+    @property
+    def state(self) -> int:
+        return self.flags & STATE_MASK
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.flags & FALLBACK)
+
+    @property
+    def attempts(self) -> int:
+        """Boots the trial has had."""
+        return self.flags >> ATTEMPTS_SHIFT & MAX_ATTEMPTS
+
+    @property
+    def max_attempts(self) -> int:
+        """Boots the trial may have before it fails."""
+        return self.flags >> LIMIT_SHIFT & MAX_ATTEMPTS
+
+    def marked(self, state: int | None = None, fallback: bool | None = None,
+               attempts: int | None = None, max_attempts: int | None = None) -> "DirEntry":
+        """The same record with other flags (they are the anchor's alone: the record's own
+        header and commit marker do not hold them, so changing them rewrites nothing)."""
+        state = self.state if state is None else state
+        fallback = self.fallback if fallback is None else fallback
+        attempts = self.attempts if attempts is None else min(attempts, MAX_ATTEMPTS)
+        limit = self.max_attempts if max_attempts is None else max_attempts
+        return self._replace(flags=state | (FALLBACK if fallback else 0)
+                             | attempts << ATTEMPTS_SHIFT | limit << LIMIT_SHIFT)
 
 
 class Anchor(NamedTuple):
@@ -242,7 +295,7 @@ class Anchor(NamedTuple):
         _fits("record count", len(self.records), 16)
         body = b"".join(r.pack() for r in self.records)
         length = _fits("anchor entry length", ANCHOR_HEADER.size + len(body), 32)
-        head = ANCHOR_HEADER.pack(ANCHOR_MAGIC, 0, FORMAT_VERSION, len(self.records), length,
+        head = ANCHOR_HEADER.pack(ANCHOR_MAGIC, 0, ANCHOR_VERSION, len(self.records), length,
                                   self.gen)
         data = head + body
         return data[:4] + struct.pack("<I", crc32(data[8:])) + data[8:]
@@ -256,8 +309,8 @@ def anchor_length(header: bytes, room: int) -> int:
     magic, _, version, _, length, _ = ANCHOR_HEADER.unpack_from(header)
     if magic != ANCHOR_MAGIC:
         raise FormatError("no anchor entry (wrong magic)")
-    if version != FORMAT_VERSION:
-        raise FormatError(f"anchor format version {version} is not {FORMAT_VERSION}")
+    if version not in ANCHOR_VERSIONS:
+        raise FormatError(f"anchor format version {version} is not one of {ANCHOR_VERSIONS}")
     if not ANCHOR_HEADER.size <= length <= room:
         raise FormatError(f"anchor entry claims {length} bytes, {room} fit")
     return length

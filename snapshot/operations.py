@@ -13,12 +13,13 @@ from pathlib import Path
 
 from mtd import Flash, MtdError, open_flash
 from snapshot import archive, live, restore
+from snapshot import trial as trials
 from snapshot.capture import Capture
 from snapshot.chain import (Chain, DeviceLock, Record, RecordWriter, commit, describe,
                             scan_anchors, write_fresh_anchor_block)
 from snapshot.errors import ChainDamaged, RecordDamaged, SnapshotError
-from snapshot.format import (COMPRESSION_GZIP, SNAPSHOT, VOLATILE, Anchor,
-                             DirEntry, round_up)
+from snapshot.format import (COMPRESSION_GZIP, FAILED, SNAPSHOT, STATE_NAMES, TRIAL, VOLATILE,
+                             Anchor, DirEntry, round_up)
 
 DEFAULT_UPPER = "/volatile/upper"
 
@@ -81,14 +82,14 @@ def format_device(flash: Flash, force: bool = False) -> None:
 
 # -- save, push, rollback --------------------------------------------------------------------
 
-def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
-    """The snapshot entries a write builds on, after reading every snapshot in full.
+def _current_snapshots(chain: Chain, snapshots: list[Record], progress) -> list[DirEntry]:
+    """The entries of `snapshots`, which a write builds on, after reading each in full.
     A damaged snapshot refuses the write (later ones would be invisible on top of it);
     one read with corrected bit flips is rewritten now, in the same commit."""
     if chain.problems:
         raise ChainDamaged(f"{chain.problems[0]}; run `snapshot check --repair` first")
     entries = []
-    for record in chain.snapshots:
+    for record in snapshots:
         try:
             corrected = chain.verify(record)
         except RecordDamaged as e:
@@ -98,50 +99,101 @@ def _current_snapshots(chain: Chain, progress) -> list[DirEntry]:
 
 
 def _store(chain: Chain, rtype: int, source: Path, message: str, progress,
-           compression: int) -> tuple[list[DirEntry], Capture, bool]:
-    """Write `source` as a new record on top of the current snapshots (scrubbing those with
-    corrected bit flips). Returns the snapshot entries it goes on, then its own; how the
-    capture went; and whether `source` is a booted layer (snapshot/live.py). Everything that
+           compression: int) -> tuple[list[DirEntry], DirEntry, Capture, bool]:
+    """Write `source` as a new record on top of the snapshots a boot applies now (the tried
+    view: a pending trial included, a failed one not). Returns those snapshots' entries
+    (records read with corrected bit flips rewritten), the new record's entry, how the
+    capture went, and whether `source` is a booted layer (snapshot/live.py). Everything that
     can refuse the write does so before anything is written: the record's header is packed
     (a message too long), the source looked at, and a booted layer checked against the
     chain."""
-    snapshots = chain.snapshots
+    snapshots = chain.view()[0]
     seq = len(snapshots) + 1 if rtype == SNAPSHOT else len(snapshots)
     writer = RecordWriter(chain, rtype, seq, message, compression, progress)
     capture = Capture(source)
     booted = live.check_base(source, [r.entry for r in snapshots])
-    entries = _current_snapshots(chain, progress)
+    entries = _current_snapshots(chain, snapshots, progress)
     capture.pack(writer, compression)
-    return entries + [writer.finish()], capture, booted
+    return entries, writer.finish(), capture, booted
 
 
-def save(chain: Chain, source: Path, progress=None,
-         compression: int = COMPRESSION_GZIP) -> Capture:
+def save(chain: Chain, source: Path, progress=None, compression: int = COMPRESSION_GZIP,
+         trial: int | None = None) -> Capture:
     """Replace the volatile record by `source`. The new one goes into the back buffer
     beside the old one; the commit switches; the old one's blocks become free. A booted
     volatile layer is refused if the chain changed under it (snapshot/live.py). Returns the
-    capture, which says whether `source` changed while it was read."""
-    entries, capture, _ = _store(chain, VOLATILE, source, "", progress, compression)
-    commit(chain, entries)
+    capture, which says whether `source` changed while it was read.
+
+    With `trial` (its max_attempts), the new record is on trial and the old one stays on
+    flash until the trial is decided (snapshot/trial.py). While a trial is pending, a plain
+    save stores the running state's changes with it: on top of a snapshot on trial (gone if
+    the trial fails), or as the volatile on trial itself (still on trial, its boots kept)."""
+    pending = chain.trial
+    if trial is not None:
+        trials.refuse_while_pending(chain, "saving another trial")
+    snapshots, entry, capture, _ = _store(chain, VOLATILE, source, "", progress, compression)
+    kept = [r.entry for r in chain.volatiles if r.entry.fallback]
+    if trial is not None:
+        commit(chain, trials.start(snapshots + _volatile_entries(chain), entry, trial))
+    elif pending is not None and pending.entry.type == VOLATILE:
+        commit(chain, snapshots + kept + [entry.marked(
+            state=TRIAL, attempts=pending.entry.attempts,
+            max_attempts=pending.entry.max_attempts)])
+    else:
+        commit(chain, snapshots + kept + [entry])
     return capture
+
+
+def _volatile_entries(chain: Chain) -> list[DirEntry]:
+    volatile = chain.volatile
+    return [volatile.entry] if volatile is not None else []
 
 
 def push(chain: Chain, source: Path, message: str = "", progress=None,
-         compression: int = COMPRESSION_GZIP) -> Capture:
+         compression: int = COMPRESSION_GZIP, trial: int | None = None) -> Capture:
     """Append `source` as a new snapshot and drop the volatile record, in one commit: after
     any power cut the device holds (old chain, old volatile) or (new chain, no volatile).
     A booted volatile layer is refused if the chain changed under it; once pushed, the new
-    snapshot is part of its base (snapshot/live.py). Returns the capture, as save does."""
-    entries, capture, booted = _store(chain, SNAPSHOT, source, message, progress, compression)
-    commit(chain, entries)
+    snapshot is part of its base (snapshot/live.py). Returns the capture, as save does.
+
+    With `trial` (its max_attempts), the new snapshot is on trial and the volatile record
+    stays on flash, to come back if the trial fails (snapshot/trial.py). Refused while a
+    trial is pending; a failed trial still listed is replaced."""
+    trials.refuse_while_pending(chain, "pushing")
+    snapshots, entry, capture, booted = _store(chain, SNAPSHOT, source, message, progress,
+                                               compression)
+    if trial is not None:
+        commit(chain, trials.start(snapshots + _volatile_entries(chain), entry, trial))
+    else:
+        commit(chain, snapshots + [entry])
     if booted:
-        live.write_base(source, entries)
+        live.write_base(source, snapshots + [entry])
     return capture
 
 
+def confirm(chain: Chain) -> str | None:
+    """Make the pending trial a normal record, dropping what was kept for its failure; one
+    commit. Returns what was confirmed, or None when nothing is on trial (nothing written)."""
+    trial = chain.trial
+    if trial is None:
+        return None
+    what = trials.name(chain, trial)
+    commit(chain, trials.confirm(chain))
+    return what
+
+
 def rollback(chain: Chain, to: int | None) -> list[str]:
-    """Drop every snapshot after `to` (default: the newest one) and the volatile record.
-    Returns what was dropped. One commit; nothing is erased."""
+    """Drop every snapshot after `to` and the volatile record; without `to`, a trial (pending
+    or failed) if there is one, else the newest snapshot. Dropping a trial gives back exactly
+    the state before it, the volatile record kept for that included. Returns what was
+    dropped. One commit; nothing is erased."""
+    trial = chain.trial or chain.failed
+    if to is None and trial is not None:
+        dropped = [trials.name(chain, trial)]
+        if trial.entry.type == SNAPSHOT and trial.entry.state != FAILED:
+            dropped += [trials.name(chain, r) for r in chain.volatiles if not r.entry.fallback]
+        commit(chain, trials.drop(chain))
+        return dropped
     count = len(chain.snapshots)
     if to is None:
         if count <= 1:
@@ -150,7 +202,7 @@ def rollback(chain: Chain, to: int | None) -> list[str]:
         to = count - 1
     if not 0 <= to <= count:
         raise SnapshotError(f"--to {to} is not a snapshot number (0..{count})")
-    if to == count and chain.volatile is None:
+    if to == count and not chain.volatiles:
         raise SnapshotError(f"nothing to roll back: snapshot {to} is the newest and there is "
                             f"no volatile record")
     dropped = [describe(r, i) for i, r in enumerate(chain.records) if i >= to]
@@ -161,35 +213,50 @@ def rollback(chain: Chain, to: int | None) -> list[str]:
 # -- reading -----------------------------------------------------------------------------------
 
 def record_info(chain: Chain, record: Record, index: int) -> dict:
-    """What list shows of a record: from the anchor plus its header and commit marker."""
+    """What list shows of a record: from the anchor plus its header and commit marker.
+    `state` is where it stands in a trial; `integrity` what its header and commit marker
+    say."""
     try:
         chain.read_header(record)
-        state = "ok"
+        integrity = "ok"
     except RecordDamaged as e:
-        state = f"damaged: {e.reason}"
+        integrity = f"damaged: {e.reason}"
     e = record.entry
     info = {"seq": e.seq, "size": e.payload_length, "blocks": len(record.blocks),
-            "created": e.created, "message": e.message, "state": state}
+            "created": e.created, "message": e.message, "state": STATE_NAMES[e.state],
+            "integrity": integrity}
+    if e.state == TRIAL:
+        info |= {"attempts": e.attempts, "max_attempts": e.max_attempts}
+    if e.type == VOLATILE:
+        info["kept_for_rollback"] = e.fallback
     return {"index": index + 1, **info} if e.type == SNAPSHOT else info
 
 
 def listing(chain: Chain) -> dict:
+    """`volatile` is the volatile record a boot applies now; `volatiles` every one, the one
+    kept in case a trial fails and a failed one included."""
     volatile = chain.volatile
+    note = chain.note
     return {
         "device": chain.flash.name,
         "geometry": chain.flash.geometry.as_dict(),
         "snapshots": [record_info(chain, r, i) for i, r in enumerate(chain.snapshots)],
         "volatile": record_info(chain, volatile, 0) if volatile else None,
+        "volatiles": [record_info(chain, r, 0) for r in chain.volatiles],
+        "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message}
+        if note else None,
         "free_bytes": chain.free_bytes(),
     }
 
 
 def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
-                    lower: Path | None = None) -> tuple[int, SnapshotError | None]:
-    """Apply snapshots 1..upto (default all) in order into dest, stopping at the first that
-    is damaged or refused; it is not applied at all (see restore.apply, also for `lower`).
-    Returns how many were applied and the error that stopped them, if any."""
-    snapshots = chain.snapshots
+                    lower: Path | None = None,
+                    tried: bool = True) -> tuple[int, SnapshotError | None]:
+    """Apply snapshots 1..upto (default all) of a view of the chain (Chain.view: `tried`,
+    with a pending trial) in order into dest, stopping at the first that is damaged or
+    refused; it is not applied at all (see restore.apply, also for `lower`). Returns how
+    many were applied and the error that stopped them, if any."""
+    snapshots = chain.view(tried)[0]
     if upto is None:
         upto = len(snapshots)
     if not 0 <= upto <= len(snapshots):
@@ -223,18 +290,21 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
     if not in_place:
         return index, error
     _empty(dest)
-    applied, again = apply_snapshots(chain, dest, index, lower)
+    applied, again = apply_snapshots(chain, dest, index, lower, tried)
     return applied, again or error
 
 
-def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None) -> None:
-    """Apply the volatile record (if any) into dest; on an error dest is as it was."""
-    if chain.volatile is None:
+def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None,
+                   tried: bool = True) -> None:
+    """Apply the volatile record of a view of the chain (if any) into dest; on an error
+    dest is as it was."""
+    volatile = chain.view(tried)[1]
+    if volatile is None:
         return
     dest, in_place = _target(dest)
     try:
-        restore.apply(chain.payload(chain.volatile), chain.volatile.entry.compression, dest,
-                      lower, in_place)
+        restore.apply(chain.payload(volatile), volatile.entry.compression, dest, lower,
+                      in_place)
     except BaseException:
         if in_place:
             _empty(dest)
@@ -364,30 +434,42 @@ class Report:
 
 @dataclass
 class Findings:
-    keep: int                      # records (in anchor order) before the first damaged one
+    keep: list[int]                # indexes (in anchor order) of the records kept
     scrub: list[int]               # indexes of kept records read with corrected bit flips
     torn_anchor: bool
 
 
+def _builds_on(chain: Chain, index: int) -> list[int]:
+    """The indexes of the snapshots record `index` is a delta over: every snapshot before a
+    snapshot; the first `seq` snapshots under a volatile record (FORMAT.md §3), so one kept
+    in case a trial fails builds on the confirmed snapshots only, not on the trial."""
+    record = chain.records[index]
+    snapshots = [i for i, r in enumerate(chain.records) if r.entry.type == SNAPSHOT]
+    if record.entry.type == SNAPSHOT:
+        return [i for i in snapshots if i < index]
+    return snapshots[:record.entry.seq]
+
+
 def examine(chain: Chain, report: Report) -> Findings:
-    """Read everything and say what is wrong. Reads only."""
+    """Read everything and say what is wrong. Reads only. A damaged record is dropped, and
+    so is every record built on it: the snapshots after it, and the volatile records on top
+    of them (the one kept for a trial builds on the snapshots before the trial)."""
     report.snapshots = len(chain.snapshots)
     report.volatile = chain.volatile is not None
     report.problems.extend(chain.problems)
     report.damage.extend(chain.problems)
-    keep = chain.valid_prefix
-    scrub = []
-    for index, record in enumerate(chain.records[:keep]):
+    keep, scrub = [], []
+    for index, record in enumerate(chain.records[:chain.valid_prefix]):
+        if not set(_builds_on(chain, index)) <= set(keep):
+            continue   # built on a record that is dropped: not worth reading
         name = describe(record, index)
         try:
             corrected = chain.verify(record)
         except RecordDamaged as e:
             report.problems.append(str(e))
             report.damage.append(str(e))
-            # Records after a damaged one go too: later snapshots are deltas on top of it,
-            # and the volatile is on top of them all.
-            keep = index
-            break
+            continue
+        keep.append(index)
         if corrected:
             report.problems.append(f"{name}: {corrected} corrected bit flips; "
                                    f"it should be rewritten")
@@ -415,14 +497,18 @@ def repair(chain: Chain, progress=None) -> Report:
     found = examine(chain, report)
     if report.clean:
         return report
-    records = chain.records[:found.keep]
-    for dropped_index in range(found.keep, len(chain.records)):
-        report.repairs.append(f"dropped {describe(chain.records[dropped_index], dropped_index)}")
-    entries = [r.entry for r in records]
-    for index in found.scrub:
-        entries[index] = _rewrite(chain, records[index], progress)
-        report.repairs.append(f"rewrote {describe(records[index], index)}")
-    commit(chain, entries)
+    for index, record in enumerate(chain.records):
+        if index not in found.keep:
+            report.repairs.append(f"dropped {describe(record, index)}")
+    entries = []
+    for index in found.keep:
+        record = chain.records[index]
+        if index in found.scrub:
+            entries.append(_rewrite(chain, record, progress))
+            report.repairs.append(f"rewrote {describe(record, index)}")
+        else:
+            entries.append(record.entry)
+    commit(chain, trials.settled(entries))
     if found.torn_anchor:
         report.repairs.append("rewrote the anchor")
     return report
@@ -434,4 +520,5 @@ def _rewrite(chain: Chain, record: Record, progress) -> DirEntry:
     source = chain.payload(record)
     while chunk := source.read(64 * 1024):
         writer.write(chunk)
-    return writer.finish()
+    # The same record in new blocks: where it stands in a trial does not change.
+    return writer.finish()._replace(flags=e.flags)

@@ -42,16 +42,19 @@ def image(request, tmp_path):
 def test_new_chain_is_empty(image):
     info = listing(image)
     assert info["snapshots"] == [] and info["volatile"] is None
-    assert set(info) == {"device", "geometry", "snapshots", "volatile", "free_bytes"}
+    assert set(info) == {"device", "geometry", "snapshots", "volatile", "volatiles",
+                         "last_rollback", "free_bytes"}
+    assert info["volatiles"] == [] and info["last_rollback"] is None
 
 
 def test_push_appends_snapshots_in_order(image, tmp_path):
     ok(image, "push", "--from", str(make_tree(tmp_path / "a", 1, 4)), "-m", "first")
     ok(image, "push", "--from", str(make_tree(tmp_path / "b", 2, 4)), "-m", "second")
     snaps = listing(image)["snapshots"]
-    assert [(s["index"], s["seq"], s["message"], s["state"]) for s in snaps] == \
-        [(1, 1, "first", "ok"), (2, 2, "second", "ok")]
-    assert set(snaps[0]) == {"index", "seq", "size", "blocks", "created", "message", "state"}
+    assert [(s["index"], s["seq"], s["message"], s["state"], s["integrity"]) for s in snaps] \
+        == [(1, 1, "first", "confirmed", "ok"), (2, 2, "second", "confirmed", "ok")]
+    assert set(snaps[0]) == {"index", "seq", "size", "blocks", "created", "message", "state",
+                             "integrity"}
 
 
 def test_push_consumes_the_volatile(image, tmp_path):

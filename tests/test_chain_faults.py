@@ -190,7 +190,7 @@ def test_garbage_record_header_is_reported_damaged(tmp_path):
     image = with_two_snapshots(tmp_path)
     corrupt(image, payload_offset_of(image, 1) - 2048, 36)
     listed, checked, unpacked = read_only_commands_survive(image, tmp_path)
-    states = [s["state"] for s in json.loads(listed.stdout)["snapshots"]]
+    states = [s["integrity"] for s in json.loads(listed.stdout)["snapshots"]]
     assert states[0] == "ok" and states[1].startswith("damaged")
     assert checked.returncode == 4 and unpacked.returncode == 4
 

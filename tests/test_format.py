@@ -49,7 +49,7 @@ def test_header_fields_outside_their_width_are_refused(field, value):
 @pytest.mark.parametrize("field,value", [
     ("payload_length", 1 << 64), ("payload_crc", 1 << 32), ("header_crc", -1),
     ("extents", ()), ("extents", (Extent(1 << 32, 4),)), ("extents", (Extent(4, 5),) * 65536),
-    ("flags", 1)])
+    ("flags", 3), ("flags", 0x10), ("flags", 0x4)])
 def test_directory_entry_fields_outside_their_width_are_refused(field, value):
     with pytest.raises(FormatLimit):
         ENTRY._replace(**{field: value}).pack()

@@ -1,0 +1,106 @@
+"""Trial bookkeeping: a change on trial, as the anchor lists it, and what each decision about
+it does to the directory.
+
+A trial is a snapshot (`push --trial`) or a volatile record (`save --trial`) whose directory
+entry says TRIAL, with the boots it has had and may have (FORMAT.md §3). The state before it
+stays on flash until the trial is decided: the confirmed snapshots, and the volatile record
+it replaced, kept and marked FALLBACK. Each function below returns the directory a decision
+leaves, for one chain.commit(): a power cut leaves the decision made or not made, never half
+of it (DESIGN.md §10).
+"""
+from snapshot.chain import Chain, Record, describe
+from snapshot.errors import SnapshotError
+from snapshot.format import (CONFIRMED, FAILED, NOTE, SNAPSHOT, TRIAL, VOLATILE, DirEntry,
+                             MAX_ATTEMPTS)
+
+
+class TrialPending(SnapshotError):
+    """A write that a pending trial does not allow."""
+
+
+def name(chain: Chain, record: Record) -> str:
+    return describe(record, chain.records.index(record))
+
+
+def refuse_while_pending(chain: Chain, what: str) -> None:
+    trial = chain.trial
+    if trial is not None:
+        raise TrialPending(f"{name(chain, trial)} is on trial; confirm it (`snapshot "
+                           f"confirm`) or roll it back (`snapshot rollback`) before {what}")
+
+
+def base(chain: Chain) -> list[DirEntry]:
+    """The directory a new record goes on: every record but a failed trial (a write after a
+    failure replaces it) and a volatile record the new one replaces."""
+    return [r.entry for r in chain.records if r.entry.state != FAILED]
+
+
+def start(entries: list[DirEntry], new: DirEntry, max_attempts: int) -> list[DirEntry]:
+    """`entries` (the chain as it is, no trial pending) with `new` on trial: a new snapshot
+    goes after the snapshots, a new volatile record last. The volatile record there was is
+    kept, marked as what comes back if the trial fails."""
+    if not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise SnapshotError(f"max_attempts {max_attempts} is not between 1 and {MAX_ATTEMPTS}")
+    snapshots = [e for e in entries if e.type == SNAPSHOT]
+    kept = [e.marked(fallback=True) for e in entries if e.type == VOLATILE]
+    trial = new.marked(state=TRIAL, attempts=0, max_attempts=max_attempts)
+    if new.type == SNAPSHOT:
+        return snapshots + [trial] + kept
+    return snapshots + kept + [trial]
+
+
+def count_boot(chain: Chain) -> list[DirEntry]:
+    """The directory with one more boot counted for the pending trial."""
+    return [e.marked(attempts=e.attempts + 1) if e.state == TRIAL else e
+            for e in (r.entry for r in chain.records)]
+
+
+def confirm(chain: Chain) -> list[DirEntry]:
+    """The trial becomes a normal record; what was kept for a failure goes."""
+    return [e.marked(state=CONFIRMED, attempts=0, max_attempts=0) if e.state == TRIAL else e
+            for e in (r.entry for r in chain.records) if not e.fallback]
+
+
+def fail(chain: Chain) -> list[DirEntry]:
+    """The trial is marked failed (kept, so `list` shows it, until it is rolled back or a
+    write replaces it); the state before it comes back: what was kept for a failure is
+    normal again, and a volatile record saved on top of a snapshot trial goes with it."""
+    trial = chain.trial
+    entries = []
+    for record in chain.records:
+        e = record.entry
+        if e.state == TRIAL:
+            entries.append(e.marked(state=FAILED))
+        elif e.fallback:
+            entries.append(e.marked(fallback=False))
+        elif not (trial.entry.type == SNAPSHOT and e.type == VOLATILE):
+            entries.append(e)
+    return entries
+
+
+def drop(chain: Chain) -> list[DirEntry]:
+    """The directory without the trial, pending or failed, and without anything saved on
+    top of it: exactly the state before the trial."""
+    record = chain.trial or chain.failed
+    entries = []
+    for r in chain.records:
+        e = r.entry
+        if r is record or (record.entry.type == SNAPSHOT and e.type == VOLATILE
+                           and not e.fallback and record.entry.state == TRIAL):
+            continue
+        entries.append(e.marked(fallback=False) if e.fallback else e)
+    return entries
+
+
+def note(trial: DirEntry, reason: str, when: int) -> DirEntry:
+    """The note the directory keeps of an automatic rollback (FORMAT.md §3)."""
+    reason = reason.encode()[:255].decode(errors="ignore")
+    return DirEntry(NOTE, 0, trial.seq, 0, when, 0, 0, 0, (), reason)
+
+
+def settled(entries: list[DirEntry]) -> list[DirEntry]:
+    """`entries` as a directory may list them: a volatile record kept for a trial that is no
+    longer there (a repair dropped it as damaged) is a normal one again."""
+    if any(e.state == TRIAL for e in entries):
+        return entries
+    return [e.marked(fallback=False) if e.fallback else e for e in entries]
