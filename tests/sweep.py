@@ -18,8 +18,9 @@ from typing import Callable
 from mtd import FlashType, Geometry, SimFlash, open_flash
 from mtd.sim import CORRECTED
 from snapshot import operations, restore
-from snapshot.chain import Chain
+from snapshot.chain import Chain, commit
 from snapshot.errors import NoChain, RecordDamaged
+from snapshot.format import COMPRESSION_GZIP, TRIAL
 
 KIB = 1024
 GEOMETRIES = {
@@ -65,17 +66,22 @@ def tree(root: Path) -> dict:
 
 def visible(device: str):
     """The state list and unpack show, read in-process without writing: what is wrong with
-    the directory (two records sharing a block, say), the snapshot list, the merged tree of
-    the valid snapshots, and the volatile tree."""
+    the directory (two records sharing a block, say), every record's place in a trial and
+    the note of the last rollback, the snapshot list, the merged tree of the snapshots a
+    boot applies, and the volatile tree."""
     with open_flash(device) as flash:
         try:
             chain = Chain(flash)
         except NoChain:
             return "no chain"
+        snapshots, volatile_record = chain.view()
+        trial = tuple((r.entry.type, r.entry.seq, r.entry.state, r.entry.fallback,
+                       r.entry.attempts, r.entry.max_attempts) for r in chain.records)
+        note = chain.note.message if chain.note else None
         with tempfile.TemporaryDirectory() as work:
             upper, snaps = Path(work) / "upper", []
             upper.mkdir()
-            for record in chain.snapshots:
+            for record in snapshots:
                 try:
                     restore.apply(chain.payload(record), record.entry.compression, upper)
                 except RecordDamaged:
@@ -83,15 +89,14 @@ def visible(device: str):
                     break
                 snaps.append((record.entry.seq, record.entry.message))
             volatile = None
-            if chain.volatile is not None and "damaged" not in snaps:
+            if volatile_record is not None and "damaged" not in snaps:
                 try:
-                    record = chain.volatile
-                    restore.apply(chain.payload(record), record.entry.compression,
-                                  Path(work) / "volatile")
+                    restore.apply(chain.payload(volatile_record),
+                                  volatile_record.entry.compression, Path(work) / "volatile")
                     volatile = tree(Path(work) / "volatile")
                 except RecordDamaged:
                     volatile = "damaged"
-            return tuple(chain.problems), tuple(snaps), tree(upper), volatile
+            return tuple(chain.problems), trial, note, tuple(snaps), tree(upper), volatile
 
 
 def image_digest(image: Path) -> str:
@@ -115,6 +120,7 @@ class Scenario:
     build: Callable[[str, Path], None]      # (device, workdir) -> base state on device
     command: Callable[[Path], list[str]]    # workdir -> the CLI arguments under test
     changes: bool = True                    # the command changes what a reader sees
+    runner: list[str] | None = None         # what runs the command (default: the CLI)
 
 
 def _formatted(device: str) -> None:
@@ -168,6 +174,24 @@ def base_flipped_records(device: str, work: Path) -> None:
     flip_a_bit_in_every_record(device)
 
 
+def base_snapshot_on_trial(device: str, work: Path, attempts: int = 0) -> None:
+    base_one_snapshot_and_volatile(device, work)
+    _write(device, operations.push, make_tree(work / "t1", 5, 60), "trial", None,
+           COMPRESSION_GZIP, 3)
+    if attempts:
+        with open_flash(device, writable=True) as flash:
+            chain = Chain(flash)
+            commit(chain, [r.entry.marked(attempts=attempts) if r.entry.state == TRIAL
+                           else r.entry for r in chain.records])
+
+
+def base_trial_out_of_boots(device: str, work: Path) -> None:
+    base_snapshot_on_trial(device, work, attempts=3)
+
+
+BOOT = [sys.executable, str(Path(__file__).with_name("boot_decision.py"))]
+
+
 SCENARIOS = {
     "format": Scenario("format", base_one_snapshot_and_volatile, lambda w: ["format", "--force"]),
     "save": Scenario("save", base_one_snapshot_and_volatile,
@@ -183,6 +207,17 @@ SCENARIOS = {
                           lambda w: ["push", "--from", str(make_tree(w / "s9", 8, 150))]),
     "savescrub": Scenario("savescrub", base_flipped_records,
                           lambda w: ["save", "--from", str(make_tree(w / "v9", 9, 70))]),
+    # Trials: starting one, deciding one, and a boot's count and failure.
+    "pushtrial": Scenario("pushtrial", base_one_snapshot_and_volatile,
+                          lambda w: ["push", "--trial", "--from",
+                                     str(make_tree(w / "s9", 8, 150))]),
+    "savetrial": Scenario("savetrial", base_one_snapshot_and_volatile,
+                          lambda w: ["save", "--trial", "--from",
+                                     str(make_tree(w / "v9", 9, 70))]),
+    "confirm": Scenario("confirm", base_snapshot_on_trial, lambda w: ["confirm"]),
+    "trialrollback": Scenario("trialrollback", base_snapshot_on_trial, lambda w: ["rollback"]),
+    "bootcount": Scenario("bootcount", base_snapshot_on_trial, lambda w: [], runner=BOOT),
+    "bootfail": Scenario("bootfail", base_trial_out_of_boots, lambda w: [], runner=BOOT),
 }
 
 
@@ -200,7 +235,7 @@ class SimCase:
         self.args = scenario.command(self.work)
         self.old = visible(str(self.base))
         done = self.copy("done.img")
-        result = run_cli(str(done), self.args)
+        result = run_cli(str(done), self.args, runner=scenario.runner)
         assert result.returncode == 0, result.stderr
         self.new = visible(str(done))
         if scenario.changes:

@@ -284,3 +284,68 @@ def _flash_operations(image: Path, args: list[str]) -> int:
     subprocess.run([sys.executable, "-m", "snapshot", "--device", str(image), *args],
                    check=True, capture_output=True)
     return count() - before
+
+
+# -- changes on trial, booted for real -----------------------------------------------------------
+
+def push_trial(image: Path, tmp_path: Path, files: dict) -> None:
+    source = tmp_path / f"trial-{len(list(tmp_path.iterdir()))}"
+    for name, text in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text)
+    with SimFlash(image, writable=True) as flash:
+        operations.push(Chain(flash), source, "on trial", trial=3)
+
+
+def test_a_confirmed_trial_boots_ever_after_and_those_boots_write_nothing(namespaces, rootfs,
+                                                                         image, tmp_path):
+    write(image, tmp_path, "push", {"etc/config/network": "lan\n"})
+    push_trial(image, tmp_path, {"etc/config/wireless": "mesh\n"})
+    result = boot(rootfs, image, tmp_path, commands=[["confirm"]])
+    assert "trying snapshot 2: boot 1 of 3" in result["log"]
+    assert result["files"]["etc/config/wireless"] == "mesh\n"
+    assert result["commands"][0] == [0, "confirmed snapshot 2\n"]
+    before = image.read_bytes()
+    for _ in range(5):
+        result = boot(rootfs, image, tmp_path)
+        assert result["files"]["etc/config/wireless"] == "mesh\n"
+        assert "trying" not in result["log"]
+    assert image.read_bytes() == before
+
+
+def test_a_trial_that_crash_loops_gives_way_to_the_state_before_it(namespaces, rootfs, image,
+                                                                  tmp_path):
+    write(image, tmp_path, "push", {"etc/config/network": "lan\n"})
+    write(image, tmp_path, "save", {"etc/config/system": "hostname before\n"})
+    push_trial(image, tmp_path, {"etc/config/network": "broken\n"})
+    for attempt in range(1, 4):   # each boot "crashes": no confirm
+        result = boot(rootfs, image, tmp_path)
+        assert f"trying snapshot 2: boot {attempt} of 3" in result["log"]
+        assert result["files"]["etc/config/network"] == "broken\n"
+    result = boot(rootfs, image, tmp_path, commands=[["list", "--json"]])
+    assert "rolled back: snapshot 2 was not confirmed in 3 boots" in result["log"]
+    assert result["files"]["etc/config/network"] == "lan\n"
+    assert result["files"]["etc/config/system"] == "hostname before\n"
+    listed = json.loads(result["commands"][0][1])
+    assert [s["state"] for s in listed["snapshots"]] == ["confirmed", "failed"]
+    # The fallen-back state boots from then on, and those boots write nothing.
+    before = image.read_bytes()
+    assert boot(rootfs, image, tmp_path)["files"]["etc/config/network"] == "lan\n"
+    assert image.read_bytes() == before
+
+
+def test_a_broken_configuration_saved_on_trial_gives_back_the_previous_one(namespaces, rootfs,
+                                                                           image, tmp_path):
+    write(image, tmp_path, "push", {"etc/config/network": "lan\n"})
+    write(image, tmp_path, "save", {"etc/config/system": "hostname good\n"})
+    source = tmp_path / "broken"
+    (source / "etc/config").mkdir(parents=True)
+    (source / "etc/config/system").write_text("hostname broken\n")
+    with SimFlash(image, writable=True) as flash:
+        operations.save(Chain(flash), source, trial=2)
+    for _ in range(2):
+        assert boot(rootfs, image, tmp_path)["files"]["etc/config/system"] == "hostname broken\n"
+    result = boot(rootfs, image, tmp_path)
+    assert "rolled back: the volatile record on trial was not confirmed in 2 boots" in \
+        result["log"]
+    assert result["files"]["etc/config/system"] == "hostname good\n"
