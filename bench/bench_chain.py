@@ -6,6 +6,11 @@
    volatile twice, plus one extra erase: 2 * blocks + 1). Target: at most half.
 3. bytes read by `list` on a 50-record chain. Target: headers only (anchor entry plus each
    record's header and commit marker pages), not payloads.
+4. bytes read by a save of one small file and by a confirm, on chains of 1 and 20 snapshots
+   of 1 MiB, against the payload bytes a write reading every snapshot would read. Target:
+   headers only, at most a tenth of those.
+5. erases per counted boot of a trial (`snapshot mount`'s count), over 200 boots, on NOR and
+   NAND. Target: well under one (the count is an anchor append, FORMAT.md §3).
 
 Run: .venv/bin/python bench/bench_chain.py
 """
@@ -141,6 +146,66 @@ def bench_list_reads(work: Path) -> None:
           f"{payload} payload bytes; headers only: {'OK' if read < payload / 10 else 'MISSED'}")
 
 
+def bench_write_reads(work: Path) -> None:
+    src, small = work / "mib", work / "one-file"
+    src.mkdir()
+    (small / "etc").mkdir(parents=True)
+    (small / "etc/state").write_text("one small file\n")
+    rng = random.Random(5)
+    for count in (1, 20):
+        image = fresh_image(work / f"reads{count}.img")
+        for i in range(count):
+            (src / "blob").write_bytes(rng.randbytes(MIB))
+            with SimFlash(image, writable=True) as flash:
+                operations.push(Chain(flash), src, f"snapshot {i}",
+                                trial=3 if i == count - 1 else None)
+        with SimFlash(image, writable=True) as flash:
+            chain = Chain(flash)
+            payload = sum(r.entry.payload_length for r in chain.snapshots)
+            before = flash.stats().bytes_read
+            operations.save(chain, small)
+            saved = flash.stats().bytes_read - before
+            before = flash.stats().bytes_read
+            operations.confirm(Chain(flash))
+            confirmed = flash.stats().bytes_read - before
+        ok = saved < payload / 10 and confirmed < payload / 10
+        print(f"bytes read, chain of {count:>2} x 1 MiB: save {saved} ({saved / payload:.4f} "
+              f"of the {payload} payload bytes), confirm {confirmed} "
+              f"({confirmed / payload:.4f}); headers only: {'OK' if ok else 'MISSED'}")
+
+
+def bench_boot_count_erases() -> None:
+    from snapshot import boot
+    geometries = {"nor": Geometry(FlashType.NOR, 4 * MIB, 64 * 1024, 1, 0), "nand": NAND}
+    with tempfile.TemporaryDirectory(prefix="snapshot-bench-") as tmp:
+        for name, geometry in geometries.items():
+            image = Path(tmp) / f"{name}.img"
+            SimFlash.create(image, geometry)
+            source = Path(tmp) / "s"
+            source.mkdir(exist_ok=True)
+            (source / "f").write_text("x")
+            with SimFlash(image, writable=True) as flash:
+                operations.format_device(flash)
+                operations.push(Chain(flash), source, "base")
+            boots = erases = 0
+            while boots < 200:
+                with SimFlash(image, writable=True) as flash:
+                    operations.push(Chain(flash), source, "on trial", trial=15)
+                for _ in range(15):
+                    with SimFlash(image, writable=True) as flash:
+                        before = flash.stats().erases
+                        boot._decide_trial(Chain(flash), lambda line, loud=False: None,
+                                           boot.BootReport())
+                        erases += flash.stats().erases - before
+                        boots += 1
+                with SimFlash(image, writable=True) as flash:
+                    operations.rollback(Chain(flash), None)
+            per_boot = erases / boots
+            print(f"erases per counted boot ({name}, {boots} boots): {per_boot:.3f} "
+                  f"({boots / max(erases, 1):.0f} boots per erase); target well under 1: "
+                  f"{'OK' if per_boot < 0.1 else 'MISSED'}")
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="snapshot-bench-") as tmp:
         work = Path(tmp)
@@ -148,6 +213,8 @@ def main():
         bench_push(work, tree)
         bench_save_erases(work)
         bench_list_reads(work)
+        bench_write_reads(work)
+    bench_boot_count_erases()
 
 
 if __name__ == "__main__":

@@ -256,9 +256,10 @@ class Chain:
 
     # -- reading records --------------------------------------------------------------------
 
-    def read_header(self, record: Record) -> RecordHeader:
-        """Check a record's header and commit marker against the anchor (no payload read)."""
-        head = self._read_stream(record, 0, record.layout.header_size)
+    def read_header(self, record: Record, flips_seen: list | None = None) -> RecordHeader:
+        """Check a record's header and commit marker against the anchor (no payload read);
+        corrected bit flips met on the way are added to `flips_seen`."""
+        head = self._read_stream(record, 0, record.layout.header_size, flips_seen)
         try:
             header = RecordHeader.unpack(head)
         except FormatError as e:
@@ -267,7 +268,8 @@ class Chain:
             raise self._damaged(record, 0, "header does not match the anchor (block reused)")
         commit_at = record.layout.commit_offset
         try:
-            commit = Commit.unpack(self._read_stream(record, commit_at, COMMIT.size))
+            commit = Commit.unpack(self._read_stream(record, commit_at, COMMIT.size,
+                                                     flips_seen))
         except FormatError as e:
             raise self._damaged(record, commit_at, str(e)) from None
         e = record.entry
@@ -281,10 +283,12 @@ class Chain:
 
     def verify(self, record: Record) -> int:
         """Read a whole record and check every CRC. Returns the corrected bit flips seen."""
-        reader = self.payload(record)
+        flips: list[int] = []
+        self.read_header(record, flips)
+        reader = PayloadReader(self, record)
         while reader.read(READ_CHUNK):
             pass
-        return reader.corrected
+        return sum(flips) + reader.corrected
 
     def _read_stream(self, record: Record, start: int, length: int,
                      flips_seen: list | None = None) -> bytes:

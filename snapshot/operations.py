@@ -83,18 +83,20 @@ def format_device(flash: Flash, force: bool = False) -> None:
 # -- save, push, rollback --------------------------------------------------------------------
 
 def _current_snapshots(chain: Chain, snapshots: list[Record], progress) -> list[DirEntry]:
-    """The entries of `snapshots`, which a write builds on, after reading each in full.
-    A damaged snapshot refuses the write (later ones would be invisible on top of it);
+    """The entries of `snapshots`, which a write builds on, after checking each one's header
+    and commit marker: a page or two each, not the payloads (DESIGN.md §4 says why that is
+    enough). A damaged one refuses the write (later ones would be invisible on top of it);
     one read with corrected bit flips is rewritten now, in the same commit."""
     if chain.problems:
         raise ChainDamaged(f"{chain.problems[0]}; run `snapshot check --repair` first")
     entries = []
     for record in snapshots:
+        flips: list[int] = []
         try:
-            corrected = chain.verify(record)
+            chain.read_header(record, flips)
         except RecordDamaged as e:
             raise ChainDamaged(f"{e}; run `snapshot check --repair` first") from None
-        entries.append(_rewrite(chain, record, progress) if corrected else record.entry)
+        entries.append(_rewrite(chain, record, progress) if flips else record.entry)
     return entries
 
 

@@ -160,11 +160,11 @@ def base_damaged_volatile(device: str, work: Path) -> None:
 
 
 def flip_a_bit_in_every_record(device: str) -> None:
-    """A corrected bit flip in each record's payload: whatever writes next rewrites (scrubs)
-    them all, in the same operation as its own record."""
+    """A corrected bit flip in each record's header: whatever writes next rewrites (scrubs)
+    them all, in the same operation as its own record (writes read every header)."""
     with open_flash(device) as flash:
         chain = Chain(flash)
-        offsets = [flash.geometry.block_offset(r.blocks[0]) + r.layout.payload_offset + 10
+        offsets = [flash.geometry.block_offset(r.blocks[0]) + 10
                    for r in chain.records]
     SimFlash.add_faults(device, bitflips=dict.fromkeys(offsets, CORRECTED))
 

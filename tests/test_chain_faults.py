@@ -112,9 +112,15 @@ def test_uncorrectable_record_ends_the_visible_chain_before_it(tmp_path):
     assert run(image, "check").exit_code == 4
 
 
+def header_offset_of(image, index):
+    """Where record `index` starts: its header, which every write reads."""
+    with SimFlash(image) as flash:
+        return flash.geometry.block_offset(Chain(flash).records[index].blocks[0])
+
+
 def test_push_on_top_of_an_uncorrectable_snapshot_is_refused(tmp_path):
     image = with_two_snapshots(tmp_path)
-    set_bitflip(image, payload_offset_of(image, 1) + 10, UNCORRECTABLE)
+    set_bitflip(image, header_offset_of(image, 1) + 10, UNCORRECTABLE)
     before = image.read_bytes()
     result = run(image, "push", "--from", str(make_tree(tmp_path / "c", 3, 1)))
     assert result.exit_code == 4 and "uncorrectable" in result.output
@@ -122,9 +128,21 @@ def test_push_on_top_of_an_uncorrectable_snapshot_is_refused(tmp_path):
     assert "dropped snapshot 2" in ok(image, "check", "--repair")
 
 
+def test_writes_read_headers_only_so_payload_damage_is_left_to_reads_of_payloads(tmp_path):
+    """A write trusts what the last boot read of every payload (DESIGN.md §4): damage that
+    came since is found by the next boot, check or unpack, which read payloads."""
+    image = with_two_snapshots(tmp_path)
+    set_bitflip(image, payload_offset_of(image, 1) + 10, UNCORRECTABLE)
+    ok(image, "save", "--from", str(make_tree(tmp_path / "c", 3, 1)))
+    result = run(image, "check")
+    assert result.exit_code == 4 and "snapshot 2" in result.output
+    out = ok(image, "check", "--repair")
+    assert "dropped snapshot 2" in out and "dropped the volatile record" in out
+
+
 def test_corrected_bit_flips_are_scrubbed_by_the_next_save(tmp_path):
     image = with_two_snapshots(tmp_path)
-    set_bitflip(image, payload_offset_of(image, 0) + 10, CORRECTED)
+    set_bitflip(image, header_offset_of(image, 0) + 10, CORRECTED)
     old_blocks = chain_of(image)[0][1]
     ok(image, "save", "--from", str(make_tree(tmp_path / "v", 3, 1)))
     assert chain_of(image)[0][1] != old_blocks
@@ -291,8 +309,8 @@ NOR_4M = Geometry(FlashType.NOR, 4096 * KIB, 64 * KIB, 1, 0)
 
 @pytest.fixture(params=["nor", "nand"])
 def flipped(request, tmp_path):
-    """Two snapshots and a volatile record, each with a corrected bit flip in its payload:
-    whatever rewrites one of them rewrites them all."""
+    """Two snapshots and a volatile record, each with a corrected bit flip in its header:
+    whatever rewrites one of them rewrites them all (writes read headers, repairs all)."""
     image = tmp_path / "flash.img"
     SimFlash.create(image, NOR_4M if request.param == "nor" else NAND)
     ok(image, "format")
@@ -302,7 +320,7 @@ def flipped(request, tmp_path):
     ok(image, "unpack", "--to", str(tmp_path / "before"), "--volatile-to",
        str(tmp_path / "before-volatile"))
     for index in range(3):
-        set_bitflip(image, payload_offset_of(image, index) + 10, CORRECTED)
+        set_bitflip(image, header_offset_of(image, index) + 10, CORRECTED)
     return image
 
 
