@@ -92,8 +92,8 @@ def test_service_saves_the_volatile_on_shutdown_only_when_configured(tmp_path, s
 
 
 def test_uci_defaults_file_parses_to_the_documented_defaults():
-    assert config.load(str(INITSCRIPTS / "etc/config/snapshot")) == \
-        {"device": "", "compression": "gzip", "save_on_shutdown": "0"}
+    assert config.load(str(INITSCRIPTS / "etc/config/snapshot")) == config.DEFAULTS == \
+        {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_attempts": "3"}
 
 
 def test_config_is_read_through_uci_where_present(tmp_path, monkeypatch):
