@@ -27,6 +27,8 @@ from snapshot.operations import DEFAULT_UPPER, format_device, opened
 
 # Exit status of a save, push or convert whose directory changed while it was read.
 INEXACT = 5
+# Exit status of `health` when a required check fails, and of `watch` when it rolled back.
+UNHEALTHY = 5
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -353,11 +355,7 @@ def max_attempts_of(trial: bool) -> int | None:
     """The boots a new trial may have (`option max_attempts`), or None for no trial."""
     if not trial:
         return None
-    value = config.load()["max_attempts"]
-    if not value.isdigit() or not 1 <= int(value) <= MAX_ATTEMPTS:
-        raise SnapshotError(f"max_attempts {value!r} in the configuration is not a number "
-                            f"from 1 to {MAX_ATTEMPTS}")
-    return int(value)
+    return config.number(config.load(), "max_attempts", 1, MAX_ATTEMPTS)
 
 
 @main.command()
@@ -375,6 +373,110 @@ def confirm(obj):
     with writing(obj, "confirm") as (chain, _):
         confirmed = operations.confirm(chain)
     click.echo(f"confirmed {confirmed}" if confirmed else "nothing is on trial")
+
+
+@main.command()
+@JSON
+@click.pass_obj
+def health(obj, as_json):
+    """Run every configured health check once and print each result.
+
+    Checks are the `config check` sections of /etc/config/snapshot (batman, babel, ping,
+    service) and the executables in `option health_dir`; see the defaults file.
+
+    \b
+    Exit status: 0 every required check passed, 5 one failed, 1 an error.
+    Example:
+      snapshot health --json
+    """
+    from snapshot import health as checks
+    results = checks.run(checks.configured())
+    checks.keep(results)
+    if as_json:
+        click.echo(json.dumps({"healthy": checks.healthy(results),
+                               "results": [r.as_dict() for r in results]}, indent=2))
+    else:
+        for r in results:
+            click.echo(f"{'pass' if r.ok else 'FAIL'}  {r.name}"
+                       f"{'' if r.required else ' (wanted)'}: {r.detail}")
+        if not results:
+            click.echo("no health checks are configured")
+    if not checks.healthy(results):
+        raise SystemExit(UNHEALTHY)
+
+
+@main.command()
+@click.option("--no-reboot", is_flag=True, help="Do everything but the reboot after a rollback.")
+@click.pass_obj
+def watch(obj, no_reboot):
+    """Watch a change on trial and confirm it or roll it back (the procd service runs it).
+
+    While a trial is pending it runs the health checks every `option interval` seconds: it
+    confirms the trial once every required check passed in `option pass_rounds` rounds in a
+    row, and rolls it back once a required check failed in `option fail_rounds` rounds in a
+    row after `option grace` seconds, or when nothing is decided within `option window`
+    seconds. A rollback keeps its reason on flash, runs the hooks in `option rollback_dir`,
+    logs to syslog and reboots. With nothing on trial it ends at once, writing nothing: a
+    confirmed state is never rolled back by it.
+
+    \b
+    Exit status: 0 confirmed or nothing on trial, 5 rolled back, 1 an error.
+    Example:
+      snapshot watch --no-reboot
+    """
+    from snapshot import health as checks, watch as watching
+    settings = watching.Settings.load()
+    log = watching.SysLog()
+
+    @contextmanager
+    def open_chain():
+        with opened(obj["device"], writable=True) as dev:
+            yield Chain(dev)
+    decision = watching.watch(open_chain, checks.configured(), settings, log)
+    click.echo(f"{decision.verdict} {decision.what}: {decision.reason}"
+               if decision.what else decision.reason)
+    if decision.verdict == "rolled back":
+        watching.run_hooks(settings.rollback_dir, decision, log)
+        if not no_reboot:
+            log("rebooting into the state before the trial")
+            watching.reboot()
+        raise SystemExit(UNHEALTHY)
+
+
+@main.command()
+@JSON
+@click.pass_obj
+def status(obj, as_json):
+    """Show the chain, any change on trial, the last rollback and the last health checks.
+
+    \b
+    Example:
+      snapshot status --json
+    """
+    from snapshot import health as checks
+    with reading(obj) as dev:
+        info = operations.status(Chain(dev))
+    info["health"] = checks.last()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"chain: {info['snapshots']} snapshots, "
+               + ("a volatile record" if info["volatile"] else "no volatile record")
+               + f", {human(info['free_bytes'])} free")
+    trial = info["trial"]
+    click.echo(f"on trial: {trial['what']}, boot {trial['attempts']} of "
+               f"{trial['max_attempts']}" if trial else "on trial: nothing")
+    note = info["last_rollback"]
+    click.echo(f"last rollback: {_when(note['time'])}: {note['reason']}" if note
+               else "last rollback: none")
+    results = info["health"]
+    if results:
+        failing = [r["name"] for r in results["results"] if not r["ok"]]
+        click.echo(f"health at {_when(results['time'])}: "
+                   + (f"failing: {', '.join(failing)}" if failing else "every check passed"))
+    for layer, used in info["ram"].items():
+        if used is not None:
+            click.echo(f"RAM in {layer}: {human(used)}")
 
 
 def stored(capture, as_json: bool, info: dict, line: str) -> None:

@@ -251,6 +251,34 @@ def listing(chain: Chain) -> dict:
     }
 
 
+def status(chain: Chain, layers=("/overlay", "/volatile")) -> dict:
+    """The chain in brief, the trial pending, the last rollback, and the RAM the running
+    system's tmpfs layers use (None where there is no such mount). Reads the anchor only."""
+    trial = chain.trial
+    snapshots, volatile = chain.view()
+    note = chain.note
+    return {
+        "device": chain.flash.name,
+        "snapshots": len(snapshots),
+        "volatile": volatile is not None,
+        "trial": {"what": trials.name(chain, trial),
+                  "kind": "snapshot" if trial.entry.type == SNAPSHOT else "volatile",
+                  "seq": trial.entry.seq, "attempts": trial.entry.attempts,
+                  "max_attempts": trial.entry.max_attempts} if trial else None,
+        "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message}
+        if note else None,
+        "free_bytes": chain.free_bytes(),
+        "ram": {layer: _used(layer) for layer in layers},
+    }
+
+
+def _used(mountpoint: str) -> int | None:
+    if not os.path.ismount(mountpoint):
+        return None
+    st = os.statvfs(mountpoint)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
 def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
                     lower: Path | None = None,
                     tried: bool = True) -> tuple[int, SnapshotError | None]:

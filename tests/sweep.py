@@ -104,8 +104,9 @@ def image_digest(image: Path) -> str:
 
 
 def run_cli(device: str, args: list[str], cut: int | None = None, seed: int = 1,
-            runner: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MTDSIM_SEED=str(seed))
+            runner: list[str] | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env or {}), MTDSIM_SEED=str(seed))
     env.pop("MTDSIM_POWERCUT_AFTER", None)
     if cut is not None:
         env["MTDSIM_POWERCUT_AFTER"] = str(cut)
@@ -121,6 +122,7 @@ class Scenario:
     command: Callable[[Path], list[str]]    # workdir -> the CLI arguments under test
     changes: bool = True                    # the command changes what a reader sees
     runner: list[str] | None = None         # what runs the command (default: the CLI)
+    env: Callable[[Path], dict] | None = None   # workdir -> extra environment of the command
 
 
 def _formatted(device: str) -> None:
@@ -192,6 +194,19 @@ def base_trial_out_of_boots(device: str, work: Path) -> None:
 BOOT = [sys.executable, str(Path(__file__).with_name("boot_decision.py"))]
 
 
+def health_config(work: Path, healthy: bool) -> dict:
+    """A configuration whose one required check passes or fails, deciding at once."""
+    (work / "health.d").mkdir(parents=True, exist_ok=True)
+    (work / "health.d" / "mesh").write_text("#!/bin/sh\n" + ("echo fine\n" if healthy else
+                                                              "echo no neighbours; exit 1\n"))
+    (work / "health.d" / "mesh").chmod(0o755)
+    conf = work / "snapshot.conf"
+    conf.write_text(f"config snapshot 'main'\n\toption health_dir '{work}/health.d'\n"
+                    f"\toption rollback_dir '{work}/none'\n\toption interval '0'\n"
+                    f"\toption grace '0'\n\toption pass_rounds '2'\n\toption fail_rounds '2'\n")
+    return {"SNAPSHOT_CONFIG": str(conf)}
+
+
 SCENARIOS = {
     "format": Scenario("format", base_one_snapshot_and_volatile, lambda w: ["format", "--force"]),
     "save": Scenario("save", base_one_snapshot_and_volatile,
@@ -218,6 +233,13 @@ SCENARIOS = {
     "trialrollback": Scenario("trialrollback", base_snapshot_on_trial, lambda w: ["rollback"]),
     "bootcount": Scenario("bootcount", base_snapshot_on_trial, lambda w: [], runner=BOOT),
     "bootfail": Scenario("bootfail", base_trial_out_of_boots, lambda w: [], runner=BOOT),
+    # The health watch's decisions: an automatic rollback, and a confirm.
+    "watchrollback": Scenario("watchrollback", base_snapshot_on_trial,
+                              lambda w: ["watch", "--no-reboot"],
+                              env=lambda w: health_config(w, healthy=False)),
+    "watchconfirm": Scenario("watchconfirm", base_snapshot_on_trial,
+                             lambda w: ["watch", "--no-reboot"],
+                             env=lambda w: health_config(w, healthy=True)),
 }
 
 
@@ -233,10 +255,11 @@ class SimCase:
         SimFlash.create(self.base, g, bad_blocks=bad)
         scenario.build(str(self.base), self.work)
         self.args = scenario.command(self.work)
+        self.env = scenario.env(self.work) if scenario.env else None
         self.old = visible(str(self.base))
         done = self.copy("done.img")
-        result = run_cli(str(done), self.args, runner=scenario.runner)
-        assert result.returncode == 0, result.stderr
+        result = run_cli(str(done), self.args, runner=scenario.runner, env=self.env)
+        assert result.returncode in (0, 5), result.stderr
         self.new = visible(str(done))
         if scenario.changes:
             assert self.new != self.old, "the command must change the visible state"

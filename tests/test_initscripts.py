@@ -93,7 +93,11 @@ def test_service_saves_the_volatile_on_shutdown_only_when_configured(tmp_path, s
 
 def test_uci_defaults_file_parses_to_the_documented_defaults():
     assert config.load(str(INITSCRIPTS / "etc/config/snapshot")) == config.DEFAULTS == \
-        {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_attempts": "3"}
+        {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_attempts": "3",
+         "health_dir": "/etc/snapshot/health.d", "rollback_dir": "/etc/snapshot/rollback.d",
+         "interval": "30", "grace": "300", "pass_rounds": "3", "fail_rounds": "3",
+         "window": "1800"}
+    assert config.checks(str(INITSCRIPTS / "etc/config/snapshot")) == []
 
 
 def test_config_is_read_through_uci_where_present(tmp_path, monkeypatch):
@@ -119,3 +123,15 @@ def test_the_device_can_come_from_the_config_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SNAPSHOT_CONFIG", str(uci))
     monkeypatch.delenv("SNAPSHOT_DEVICE", raising=False)
     assert invoke("flash", "info", "--json").exit_code == 0
+
+
+def test_the_service_starts_the_health_watch(tmp_path):
+    script = f"""
+procd_open_instance() {{ echo "instance $1"; }}
+procd_set_param() {{ [ "$1" = command ] && shift && echo "runs $*"; :; }}
+procd_close_instance() {{ echo "closed"; }}
+. {INITSCRIPTS}/etc/init.d/snapshot
+start_service
+"""
+    out = ash(script, tmp_path)
+    assert out == "instance watch\nruns snapshot watch\nclosed\n"

@@ -30,7 +30,7 @@ def pytest_generate_tests(metafunc):
     if "cut" not in metafunc.fixturenames:
         return
     scenarios = ["push", "save", "pushscrub", "savescrub", "pushtrial", "savetrial",
-                 "bootcount", "bootfail", "confirm"] \
+                 "bootcount", "bootfail", "confirm", "watchrollback"] \
         if "then_repair" in metafunc.function.__name__ else SCENARIOS
     params = []
     for name in scenarios:
@@ -44,7 +44,8 @@ def pytest_generate_tests(metafunc):
 def test_cut_leaves_old_or_new_state(key, cut):
     case = case_for(key)
     image = case.copy(f"cut{cut}.img")
-    result = run_cli(str(image), case.args, cut=cut, seed=cut, runner=case.scenario.runner)
+    result = run_cli(str(image), case.args, cut=cut, seed=cut, runner=case.scenario.runner,
+                     env=case.env)
     assert result.returncode == 99, result.stderr
     assert_old_or_new(case, image, f"{key} cut {cut}")
 
@@ -52,8 +53,8 @@ def test_cut_leaves_old_or_new_state(key, cut):
 def test_cut_then_repair_cuts_leave_old_or_new_state(key, cut):
     case = case_for(key)
     first = case.copy(f"first{cut}.img")
-    assert run_cli(str(first), case.args, cut=cut, seed=cut,
-                   runner=case.scenario.runner).returncode == 99
+    assert run_cli(str(first), case.args, cut=cut, seed=cut, runner=case.scenario.runner,
+                   env=case.env).returncode == 99
     second_cut = 1
     while True:
         image = case.work / f"first{cut}-repair{second_cut}.img"

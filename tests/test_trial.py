@@ -105,7 +105,7 @@ def test_max_attempts_comes_from_the_configuration(image, tmp_path):
     config.write_text("config snapshot 'main'\n\toption max_attempts '99'\n")
     result = invoke("--device", image, "save", "--trial", "--from", source,
                     env={"SNAPSHOT_CONFIG": str(config)})
-    assert "max_attempts '99' in the configuration is not a number from 1 to 15" in \
+    assert "option max_attempts '99' in the configuration is not a number from 1 to 15" in \
         error_of(result)
 
 
