@@ -7,11 +7,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-# Tier 2 builds squashfs images and mounts them in `unshare -m` (util-linux).
-if ! command -v mksquashfs >/dev/null || ! command -v unshare >/dev/null; then
+# Tier 2 builds squashfs images and mounts them in `unshare -m` (util-linux), and runs the
+# health checks against real daemons in network namespaces (iproute2, ping, babeld); the
+# kernel tier's guest uses the host's batctl with its own batman-adv module.
+missing=()
+for tool in mksquashfs:squashfs-tools unshare:util-linux ip:iproute2 ping:iputils-ping \
+            babeld:babeld batctl:batctl; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "test: apt-get install ${missing[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        squashfs-tools util-linux
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 bash scripts/setup-kernel-tier.sh
 exec .venv/bin/python -m pytest "$@"
