@@ -72,6 +72,11 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("ubi", ""),
     ("ubifs", ""),
     ("jffs2", ""),
+    # The mesh health check: batman-adv between two network namespaces joined by a veth pair.
+    # libcrc32c, which batman-adv needs, asks the kernel for a crc32c implementation.
+    ("crc32c_generic", ""),
+    ("veth", ""),
+    ("batman_adv", ""),
 )
 
 # The guest's PID 1. Static (no per-run data) so the initramfs can be cached; per-run settings come
