@@ -99,10 +99,10 @@ def chain_state() -> dict | None:
     except NoChain:
         return None
     return {
-        "snapshots": [{k: s[k] for k in ("seq", "size", "message", "state")}
+        "snapshots": [{k: s[k] for k in ("seq", "size", "message", "state", "integrity")}
                       for s in info["snapshots"]],
         "volatile": (None if info["volatile"] is None else
-                     {k: info["volatile"][k] for k in ("size", "state")}),
+                     {k: info["volatile"][k] for k in ("size", "state", "integrity")}),
     }
 
 
