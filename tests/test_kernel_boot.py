@@ -609,3 +609,98 @@ def test_power_cuts_during_push(router):
 def test_power_cuts_during_save(router):
     """A kill during `snapshot save` leaves the old volatile record or the new one."""
     power_cuts(router, "save")
+
+
+# -- changes on trial, through real reboots ---------------------------------------------------
+
+def sh(script):
+    return {"op": "sh", "script": script}
+
+
+def snapshot_states(state: dict) -> list[str]:
+    return [s["state"] for s in state["chain"]["snapshots"]]
+
+
+def test_a_trial_that_never_gets_confirmed_gives_way_after_max_attempts_boots(router):
+    """A crash loop: the trial boots through the preinit hook, each boot counting it, and no
+    boot confirms it; after max_attempts (3) the next boot is the state before it."""
+    first = router.boot([write("/etc/config/network", "config interface 'lan' # good\n"),
+                         cli("push", "-m", "good"),
+                         write("/etc/config/network", "config interface 'lan' # broken\n"),
+                         cli("push", "--trial", "-m", "broken"), report("pushed")],
+                        format=True)
+    assert snapshot_states(first.states["pushed"]) == ["confirmed", "trial"]
+    broken = first.states["pushed"]["view"]["etc/config/network"]
+    for attempt in range(1, 4):
+        boot = router.boot([report("boot")])
+        assert any(f"trying snapshot 2: boot {attempt} of 3" in line
+                   for line in boot.snapshot_log()), boot.describe()
+        assert boot.states["boot"]["view"]["etc/config/network"] == broken
+    fallen = router.boot([report("boot"), cli("status")])
+    assert any("rolled back: snapshot 2 was not confirmed in 3 boots" in line
+               for line in fallen.snapshot_log()), fallen.describe()
+    state = fallen.states["boot"]
+    assert snapshot_states(state) == ["confirmed", "failed"]
+    assert state["view"]["etc/config/network"] != broken
+    assert any("last rollback" in line and "not confirmed in 3 boots" in line
+               for line in fallen.output.splitlines()), fallen.describe()
+
+
+#: The router's mesh, as its configuration says: a batman-adv bat0 over one end of a veth pair
+#: whose other end is a neighbour in a network namespace. /etc/mesh-broken (a change that
+#: breaks the mesh) leaves the neighbour's end down.
+MESH = r"""
+set -e
+# The router's iproute2: busybox's ip (which its ash runs in place of any other) knows no
+# netns, veth or batadv.
+ip=/usr/bin/ip
+mkdir -p /run/netns
+$ip netns add peer
+$ip link add vA type veth peer name vB netns peer
+$ip link add bat0 type batadv
+$ip link set vA master bat0
+$ip link set vA up
+$ip link set bat0 up
+$ip -n peer link add bat0 type batadv
+$ip -n peer link set vB master bat0
+$ip -n peer link set bat0 up
+[ -e /etc/mesh-broken ] || $ip -n peer link set vB up
+cat > /tmp/health.conf <<CONF
+config snapshot 'main'
+	option interval '2'
+	option grace '0'
+	option pass_rounds '2'
+	option fail_rounds '3'
+	option window '600'
+	option health_dir '/tmp/none'
+	option rollback_dir '/tmp/none'
+config check 'mesh'
+	option type 'batman'
+	option meshif 'bat0'
+	option fresh '5'
+CONF
+"""
+
+
+ROUTER_PATH = "PATH=/usr/sbin:/usr/bin:$PATH"
+
+
+def test_a_trial_that_breaks_the_batman_mesh_is_rolled_back_by_the_watch(router):
+    router.boot([write("/etc/config/network", "config interface 'lan' # good\n"),
+                 cli("push", "-m", "good"),
+                 write("/etc/mesh-broken", "this change breaks the mesh\n"),
+                 cli("push", "--trial", "-m", "breaks the mesh")], format=True)
+    tried = router.boot([report("boot"), sh(MESH),
+                         sh(f"{ROUTER_PATH} SNAPSHOT_CONFIG=/tmp/health.conf snapshot watch "
+                            f"--no-reboot; [ $? -eq 5 ]")])
+    assert "etc/mesh-broken" in tried.states["boot"]["view"], tried.describe()
+    assert any("rolled back snapshot 2: mesh: bat0: 0 batman-adv neighbours" in line
+               for line in tried.output.splitlines()), tried.describe()
+    after = router.boot([report("boot"), sh(MESH),
+                         sh(f"{ROUTER_PATH} SNAPSHOT_CONFIG=/tmp/health.conf snapshot "
+                            f"health")])
+    state = after.states["boot"]
+    assert snapshot_states(state) == ["confirmed", "failed"]
+    assert "etc/mesh-broken" not in state["view"], after.describe()
+    assert any("pass  mesh: bat0: 1 batman-adv neighbours" in line
+               for line in after.output.splitlines()), after.describe()

@@ -17,6 +17,8 @@ Steps:
     {"op": "snapshot", "args": [...]}              run the CLI; stop the plan if it fails
     {"op": "cut", "args": [...]}                   run the CLI for the host to kill (below;
                                                    optional "env": {...} for synced_cli.py)
+    {"op": "sh", "script": S}                      run a shell script (its output in this
+                                                   boot's); stop the plan if it fails
     {"op": "final", "args": [...]}                 run the CLI, its output in this boot's:
                                                    for a command that ends the boot (the
                                                    RAM stage of `convert` reboots)
@@ -173,6 +175,10 @@ def run(step: dict) -> bool:
                                   env={**synced_path(), **step.get("env", {})})
             console.write(f"\nkboot-cut: done rc={done.returncode}\n")
         say(f"kboot: cut {' '.join(step['args'])}: rc={done.returncode} {done.stdout.strip()}")
+        return done.returncode == 0
+    elif op == "sh":
+        done = subprocess.run(["/bin/sh", "-c", step["script"]], capture_output=True, text=True)
+        say(f"kboot: sh: rc={done.returncode} {(done.stdout + done.stderr).strip()}")
         return done.returncode == 0
     elif op == "final":
         say(f"kboot: final snapshot {' '.join(step['args'])}")
