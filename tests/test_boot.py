@@ -349,3 +349,28 @@ def test_a_broken_configuration_saved_on_trial_gives_back_the_previous_one(names
     assert "rolled back: the volatile record on trial was not confirmed in 2 boots" in \
         result["log"]
     assert result["files"]["etc/config/system"] == "hostname good\n"
+
+
+def test_a_trial_whose_required_check_fails_is_rolled_back_and_the_next_boot_is_the_old_one(
+        namespaces, rootfs, image, tmp_path, monkeypatch):
+    write(image, tmp_path, "push", {"etc/config/network": "lan\n"})
+    push_trial(image, tmp_path, {"etc/config/network": "broken\n"})
+    health_dir = tmp_path / "health.d"
+    health_dir.mkdir()
+    check = health_dir / "mesh"
+    check.write_text("#!/bin/sh\necho no neighbours on bat0; exit 1\n")
+    check.chmod(0o755)
+    conf = tmp_path / "snapshot.conf"
+    conf.write_text(f"config snapshot 'main'\n\toption health_dir '{health_dir}'\n"
+                    f"\toption rollback_dir '{tmp_path}/none'\n\toption interval '0'\n"
+                    f"\toption grace '0'\n\toption fail_rounds '2'\n")
+    monkeypatch.setenv("SNAPSHOT_CONFIG", str(conf))
+    tried = boot(rootfs, image, tmp_path, commands=[["watch", "--no-reboot"]])
+    assert tried["files"]["etc/config/network"] == "broken\n"
+    assert tried["commands"][0][0] == 5
+    assert "rolled back snapshot 2: mesh: exit 1: no neighbours on bat0" in \
+        tried["commands"][0][1]
+    after = boot(rootfs, image, tmp_path, commands=[["status"]])
+    assert after["files"]["etc/config/network"] == "lan\n"
+    assert "last rollback: " in after["commands"][0][1]
+    assert "snapshot 2: mesh: exit 1: no neighbours on bat0" in after["commands"][0][1]

@@ -644,6 +644,9 @@ def test_a_trial_that_never_gets_confirmed_gives_way_after_max_attempts_boots(ro
     assert state["view"]["etc/config/network"] != broken
     assert any("last rollback" in line and "not confirmed in 3 boots" in line
                for line in fallen.output.splitlines()), fallen.describe()
+    # status also says how much RAM the running system's two tmpfs layers use.
+    assert "RAM in /overlay: " in fallen.output and "RAM in /volatile: " in fallen.output, \
+        fallen.describe()
 
 
 #: The router's mesh, as its configuration says: a batman-adv bat0 over one end of a veth pair
