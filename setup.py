@@ -6,7 +6,7 @@ setup(
     description="Power-cut-safe snapshots of OpenWrt overlay state on raw MTD flash",
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
-    packages=["snapshot", "mtd"],
+    packages=["snapshot", "snapshot.cli", "mtd"],
     package_data={"mtd": ["mtd_abi.h"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["mtd/build_abi.py:ffibuilder"],

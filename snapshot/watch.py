@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from snapshot import config, health
 from snapshot import trial as trials
-from snapshot.chain import Chain, commit
+from snapshot.chain import commit
 from snapshot.errors import SnapshotError
 
 
@@ -58,10 +58,8 @@ def watch(open_chain, checks: list[health.Check], settings: Settings, log: Calla
     last_failure = ""
     while True:
         with open_chain() as chain:
-            trial = chain.trial
-            if trial is None:
+            if chain.trial is None:
                 return Decision("none", "", "nothing is on trial", rounds)
-            what = trials.name(chain, trial)
         results = health.run(checks)
         health.keep(results)
         rounds += 1

@@ -21,8 +21,8 @@ import pytest
 from mtd import FlashType, Geometry, SimFlash
 from snapshot import archive, capture, restore
 from snapshot.format import COMPRESSION_GZIP
-from clirun import invoke, ok, run
-from sweep import make_tree, tree
+from clirun import ok, run
+from sweep import tree
 
 KIB = 1024
 NAND = Geometry(FlashType.NAND, 16 * 1024 * KIB, 128 * KIB, 2048, 64)

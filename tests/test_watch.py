@@ -113,7 +113,7 @@ def test_watch_rolls_back_a_trial_whose_required_check_keeps_failing(router):
     done = snapshot(image, configure(tmp_path), "watch", "--no-reboot")
     assert done.returncode == 5, done.stderr
     reason = "snapshot 2: mesh: exit 1: no batman-adv neighbours"
-    assert done.stdout == f"rolled back snapshot 2: mesh: exit 1: no batman-adv neighbours\n"
+    assert done.stdout == "rolled back snapshot 2: mesh: exit 1: no batman-adv neighbours\n"
     assert states(image) == ["confirmed", "failed"]
     assert (tmp_path / "hook-ran").read_text() == "mesh: exit 1: no batman-adv neighbours\n"
     status = json.loads(snapshot(image, configure(tmp_path), "status", "--json").stdout)

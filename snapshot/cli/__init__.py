@@ -1,0 +1,13 @@
+"""The `snapshot` command line: thin click commands over the library, one module per command
+family (the exit statuses are in common.py).
+
+    common.py   the command group, shared options, errors, the progress line
+    chain.py    format, save, push, rollback, list, unpack, check, show, export, probe
+    trial.py    confirm, health, watch, status
+    boot.py     mount, convert
+    flash.py    flash create, flash info
+"""
+from snapshot.cli.common import main
+from snapshot.cli import boot, chain, flash, trial  # noqa: F401  (each adds its commands)
+
+__all__ = ["main"]

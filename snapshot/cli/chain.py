@@ -1,0 +1,270 @@
+"""The chain's commands: format, save, push, rollback, list, unpack, check, show, export and
+probe."""
+import json
+from pathlib import Path
+
+import click
+
+from mtd import FlashOpenError, MtdError
+from snapshot import operations
+from snapshot.chain import Chain
+from snapshot.cli.common import (JSON, SOURCE, TRIAL, compression_of, compression_option,
+                                 human, main, max_attempts_of, on_trial, reading, state_of,
+                                 stored, when, writing)
+from snapshot.errors import ChainDamaged, SnapshotError
+from snapshot.operations import format_device, opened
+
+@main.command("format")
+@click.option("--force", is_flag=True, help="Replace a chain, jffs2 or old-format data.")
+@click.pass_obj
+def format_cmd(obj, force):
+    """Create an empty snapshot chain on --device.
+
+    Refuses to overwrite anything recognisable (a chain, jffs2, the old fstools format)
+    unless --force is given.
+
+    \b
+    Example:
+      snapshot --device /tmp/flash.img format
+    """
+    with opened(obj["device"], writable=True) as dev:
+        format_device(dev, force)
+    click.echo(f"formatted {dev.name}: empty chain")
+
+
+@main.command()
+@SOURCE
+@compression_option
+@TRIAL
+@JSON
+@click.pass_obj
+def save(obj, source, compression, trial, as_json):
+    """Store a directory as the volatile record, replacing the previous one.
+
+    Entries that change while they are read are stored as GNU tar stores them (see
+    `push --help`); the exit status is then 5. With --trial the previous volatile record
+    stays on flash until the trial is confirmed or fails. While a trial is pending, a plain
+    save goes with it: it is dropped if the trial fails.
+
+    \b
+    Examples:
+      snapshot save --from /volatile/upper
+      snapshot save --trial && reboot        # then: snapshot confirm
+    """
+    with writing(obj, "save") as (chain, progress):
+        capture = operations.save(chain, source, progress, compression_of(compression),
+                                  max_attempts_of(trial))
+        size = chain.volatile.entry.payload_length
+        line = f"saved the volatile record ({human(size)})" + on_trial(chain.volatile)
+    stored(capture, as_json, {"size": size, "state": state_of(chain.volatile)}, line)
+
+
+@main.command()
+@SOURCE
+@click.option("-m", "--message", default="", help="What this snapshot is (at most 255 bytes).")
+@compression_option
+@TRIAL
+@JSON
+@click.pass_obj
+def push(obj, source, message, compression, trial, as_json):
+    """Append a directory as a new snapshot; the volatile record is consumed into it.
+
+    The directory may change while it is read (daemons write into /volatile/upper): a file
+    that vanished is left out, one that changed is stored as it was read (padded with zeros
+    if it shrank), and no entry is ever torn. Each such entry gets a `warning:` line, and the
+    exit status is 5: stored, but not exactly.
+
+    With --trial the snapshot boots on trial (see `snapshot confirm`); the volatile record
+    it replaces stays on flash, to come back if the trial fails. No push is taken while a
+    trial is pending.
+
+    \b
+    Examples:
+      snapshot push --from /volatile/upper -m "installed tcpdump"
+      snapshot push --trial -m "new mesh settings" && reboot
+    """
+    with writing(obj, "push") as (chain, progress):
+        capture = operations.push(chain, source, message, progress,
+                                  compression_of(compression), max_attempts_of(trial))
+        count = len(chain.snapshots)
+        newest = chain.snapshots[-1]
+        line = f"pushed snapshot {count}" + on_trial(newest)
+    stored(capture, as_json, {"snapshot": count, "size": newest.entry.payload_length,
+                              "state": state_of(newest)}, line)
+
+
+@main.command()
+@click.option("--to", "to", type=int, help="Keep snapshots 1..N [default: all but the newest].")
+@click.pass_obj
+def rollback(obj, to):
+    """Drop every snapshot after N, and the volatile record.
+
+    Without --to: a change on trial (pending or failed) if there is one, giving back exactly
+    the state before it; else the newest snapshot. With only one snapshot left, rolling back
+    needs an explicit --to 0.
+
+    \b
+    Examples:
+      snapshot rollback            # drop the trial, or the newest snapshot
+      snapshot rollback --to 2     # keep snapshots 1 and 2
+    """
+    with writing(obj, "rollback") as (chain, _):
+        dropped = operations.rollback(chain, to)
+    click.echo("dropped " + ", ".join(dropped))
+
+
+@main.command("list")
+@JSON
+@click.pass_obj
+def list_cmd(obj, as_json):
+    """List the snapshots and the volatile record (reads record headers only).
+
+    \b
+    Example:
+      snapshot list --json
+    """
+    with reading(obj) as dev:
+        info = operations.listing(Chain(dev))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'blocks':>6}  {'created':<19}  "
+               f"{'state':<10}  message")
+    for s in info["snapshots"]:
+        click.echo(f"{s['index']:>3}  {s['seq']:>4}  {human(s['size']):>10}  {s['blocks']:>6}  "
+                   f"{when(s['created'])}  {_state(s):<10}  {s['message']}")
+    for v in info["volatiles"] or [None]:
+        click.echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks, {_state(v)}"
+                   + (", kept in case the trial fails" if v["kept_for_rollback"] else "")
+                   if v else "volatile: none")
+    note = info["last_rollback"]
+    if note:
+        click.echo(f"last rollback: {when(note['time'])}: {note['reason']}")
+    click.echo(f"free: {human(info['free_bytes'])}")
+
+
+def _state(record: dict) -> str:
+    """A record's state for `list`: where it stands in a trial, and any damage."""
+    state = record["state"]
+    if state == "trial":
+        state += f" {record['attempts']}/{record['max_attempts']}"
+    return state if record["integrity"] == "ok" else f"{state}, {record['integrity']}"
+
+
+
+@main.command("unpack")
+@click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to apply the snapshots into.")
+@click.option("--upto", type=int, help="Apply snapshots 1..N only [default: all].")
+@click.option("--volatile-to", type=click.Path(file_okay=False, path_type=Path),
+              help="Also unpack the volatile record here.")
+@click.option("--rom", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The squashfs the directory will go over: whiteouts with nothing to "
+                   "hide there are left out, as boot does.")
+@click.pass_obj
+def unpack_cmd(obj, dest, upto, volatile_to, rom):
+    """Apply snapshots 1..N in order into a directory, as boot does.
+
+    Without --rom every whiteout is kept; overlayfs then lists those in directories the
+    squashfs lacks (it hides whiteouts only in directories it merges).
+
+    \b
+    Example:
+      snapshot unpack --to /tmp/upper --volatile-to /tmp/volatile --rom /rom
+    """
+    with reading(obj) as dev:
+        count = operations.unpack(Chain(dev), dest, upto, volatile_to, rom)
+    click.echo(f"unpacked {count} snapshots into {dest}")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Make the recovered state persistent.")
+@JSON
+@click.pass_obj
+def check(obj, repair, as_json):
+    """Verify every record (read-only); with --repair, fix what was found.
+
+    --repair drops damaged records (and the snapshots after one), rewrites records with
+    corrected bit flips and rewrites a torn anchor entry; it says what it dropped.
+
+    \b
+    Exit status: 0 clean (or repaired), 4 problems found, 1 error.
+    Example:
+      snapshot check --json
+    """
+    if repair:
+        with writing(obj, "repair") as (chain, progress):
+            report = operations.repair(chain, progress)
+    else:
+        with reading(obj) as dev:
+            report = operations.check(Chain(dev))
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for line in report.problems:
+            click.echo(f"problem: {line}")
+        for line in report.repairs:
+            click.echo(f"repaired: {line}")
+        click.echo("clean" if report.clean else
+                   "repaired" if report.repairs else "not clean: run check --repair")
+    if not report.clean and not report.repairs:
+        raise SystemExit(ChainDamaged.exit_code)
+
+
+@main.command()
+@click.argument("index", type=int)
+@click.option("--rom", type=click.Path(file_okay=False, path_type=Path), default="/rom",
+              show_default=True, help="The read-only root, to tell added from modified.")
+@JSON
+@click.pass_obj
+def show(obj, index, rom, as_json):
+    """List what snapshot N changed: added, modified, deleted, made opaque.
+
+    \b
+    Example:
+      snapshot show 3 --json
+    """
+    with reading(obj) as dev:
+        info = operations.show(Chain(dev), index, rom if rom.is_dir() else None)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"snapshot {index} ({when(info['created'])}) {info['message']}".rstrip())
+    for kind in ("added", "modified", "deleted", "opaque"):
+        for name in info[kind]:
+            click.echo(f"  {kind:<9} {name}")
+
+
+@main.command()
+@click.argument("index", type=int)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write the archive to.")
+@click.pass_obj
+def export(obj, index, output):
+    """Write snapshot N's archive to a file, as a compressed tar GNU tar reads.
+
+    \b
+    Example:
+      snapshot export 2 -o /tmp/snapshot-2.tar.gz && tar tvf /tmp/snapshot-2.tar.gz
+    """
+    with reading(obj) as dev:
+        size = operations.export(Chain(dev), index, output)
+    click.echo(f"exported snapshot {index} ({human(size)}) to {output}")
+
+
+@main.command()
+@click.pass_obj
+def probe(obj):
+    """Exit 0 if --device holds a snapshot chain, 1 if not; prints nothing.
+
+    Reads only the anchor area. Boot scripts use it to choose how to mount the root.
+
+    \b
+    Example:
+      snapshot --device mtd:rootfs_data probe && echo "snapshot chain"
+    """
+    try:
+        with reading(obj) as dev:
+            Chain(dev)
+    except (SnapshotError, FlashOpenError, MtdError):
+        raise SystemExit(1)

@@ -1,0 +1,209 @@
+"""What the `snapshot` commands share: the command group, which turns library errors into
+one `Error: ...` line; option types and shared options; the progress line; opening the chain.
+
+Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usage, 3 busy
+(another command is writing), 4 the chain is damaged (see `check --repair`), 5 stored, but
+not exactly: entries changed or could not be read while they were stored (`warning:` lines
+say which); for `health`, a required check failed; for `watch`, the trial was rolled back.
+"""
+import json
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from mtd import FlashOpenError, MtdError
+from snapshot import config
+from snapshot.archive import COMPRESSIONS
+from snapshot.chain import Chain
+from snapshot.errors import SnapshotError
+from snapshot.format import MAX_ATTEMPTS, STATE_NAMES
+from snapshot.format import TRIAL as TRIAL_STATE
+from snapshot.operations import DEFAULT_UPPER, opened
+
+# Exit status of a save, push or convert whose directory changed while it was read.
+INEXACT = 5
+# Exit status of `health` when a required check fails, and of `watch` when it rolled back.
+UNHEALTHY = 5
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+class Size(click.ParamType):
+    """A byte count with an optional K, M or G suffix (powers of 1024): 64K, 8M."""
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        m = _SIZE.match(value)
+        if not m:
+            self.fail(f"{value!r} is not a size (examples: 2048, 128K, 8M)", param, ctx)
+        return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+class BlockList(click.ParamType):
+    name = "BLOCKS"
+
+    def convert(self, value, param, ctx):
+        try:
+            return sorted({int(b) for b in value.split(",") if b.strip()})
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of block numbers", param, ctx)
+
+
+def human(n: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= factor and n % (factor // 1024 or 1) == 0:
+            return f"{n / factor:g} {unit}"
+    return f"{n} B"
+
+
+class Group(click.Group):
+    """Turns the library's errors, and the filesystem refusing a path the user gave, into
+    one `Error: ...` line and the error's exit status (1 unless it has its own)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (FlashOpenError, MtdError, SnapshotError) as e:
+            error = click.ClickException(str(e))
+            error.exit_code = getattr(e, "exit_code", 1)
+            raise error from None
+        except BrokenPipeError:
+            raise   # the reader went away: nothing to tell it (snapshot.__main__)
+        except OSError as e:
+            raise click.ClickException(path_error(e)) from None
+
+
+def path_error(error: OSError) -> str:
+    """`PATH: reason` for an OSError, naming the path(s) it was raised for."""
+    reason = error.strerror or str(error)
+    paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--device", envvar="SNAPSHOT_DEVICE", metavar="DEV",
+              help="/dev/mtdN, mtd:NAME or a simulated image; default: option device in "
+                   "/etc/config/snapshot, else mtd:rootfs_data (or the name in "
+                   "fstools_overlay_name= on the kernel command line). Env: SNAPSHOT_DEVICE.")
+@click.version_option(package_name="snapshot")
+@click.pass_context
+def main(ctx, device):
+    """Keep OpenWrt overlay state as power-cut-safe snapshots on raw flash.
+
+    \b
+    Example:
+      snapshot --device /tmp/flash.img flash info
+
+    Exit status: 0 success, 1 error (a one-line message on stderr), 2 bad usage,
+    3 busy (another command is writing), 4 the chain is damaged (run check --repair),
+    5 stored, but not exactly (entries changed while they were read; see the warnings).
+    """
+    ctx.obj = {"device": device or config.load()["device"] or None}
+
+
+class Progress:
+    """Blocks written so far, on one refreshed stderr line, when stderr is a terminal."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.bytes = 0
+        self.shown = sys.stderr.isatty()
+
+    def __call__(self, amount: int) -> None:
+        self.bytes += amount
+        if self.shown:
+            click.echo(f"\r{self.what}: {human(self.bytes)} written", nl=False, err=True)
+
+    def done(self) -> None:
+        if self.shown and self.bytes:
+            click.echo(err=True)
+
+
+@contextmanager
+def writing(obj, what: str):
+    """A locked, writable chain and a progress line for `what`."""
+    with opened(obj["device"], writable=True) as dev:
+        progress = Progress(what)
+        try:
+            yield Chain(dev), progress
+        finally:
+            progress.done()
+
+
+def reading(obj):
+    return opened(obj["device"])
+
+
+def compression_option(f):
+    return click.option("--compression", type=click.Choice(sorted(COMPRESSIONS)),
+                        help="Payload compression [default: from /etc/config/snapshot, "
+                             "else gzip].")(f)
+
+
+def compression_of(name: str | None) -> int:
+    name = name or config.load()["compression"]
+    if name not in COMPRESSIONS:
+        raise SnapshotError(f"compression {name!r} in the configuration is not one of "
+                            f"{', '.join(sorted(COMPRESSIONS))}")
+    return COMPRESSIONS[name]
+
+
+SOURCE = click.option("--from", "source", type=click.Path(file_okay=False, path_type=Path),
+                      default=DEFAULT_UPPER, show_default=True,
+                      help="Directory to store (an overlay upper dir).")
+
+
+TRIAL = click.option("--trial", is_flag=True,
+                     help="Put the new record on trial: it boots at most `option max_attempts` "
+                          "times unless `snapshot confirm` (or the health watch) confirms it; "
+                          "then the state before it comes back.")
+
+
+def state_of(record) -> str:
+    return STATE_NAMES[record.entry.state]
+
+
+def on_trial(record) -> str:
+    e = record.entry
+    if e.state != TRIAL_STATE:
+        return ""
+    return (f", on trial: it boots at most {e.max_attempts} times unless `snapshot confirm` "
+            f"confirms it")
+
+
+def max_attempts_of(trial: bool) -> int | None:
+    """The boots a new trial may have (`option max_attempts`), or None for no trial."""
+    if not trial:
+        return None
+    return config.number(config.load(), "max_attempts", 1, MAX_ATTEMPTS)
+
+
+def stored(capture, as_json: bool, info: dict, line: str) -> None:
+    """Report a record just stored: `line`, or `info` as JSON, saying whether the capture
+    was exact; each warning goes to stderr. Exit status 5 when it was not exact."""
+    for warning in capture.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps({**info, "exact": capture.exact, "warnings": capture.warnings},
+                              indent=2))
+    elif capture.exact:
+        click.echo(line)
+    else:
+        click.echo(f"{line}, not exactly: {len(capture.warnings)} entries changed or could "
+                   f"not be read while they were stored")
+    if not capture.exact:
+        raise SystemExit(INEXACT)
+
+
+def when(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))

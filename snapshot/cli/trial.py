@@ -1,0 +1,130 @@
+"""The commands of changes on trial: confirm, health, watch and status."""
+import json
+from contextlib import contextmanager
+
+import click
+
+from snapshot import operations
+from snapshot.chain import Chain
+from snapshot.cli.common import JSON, UNHEALTHY, human, main, reading, when, writing
+from snapshot.operations import opened
+
+@main.command()
+@click.pass_obj
+def confirm(obj):
+    """Confirm the change on trial: it becomes a normal snapshot or volatile record.
+
+    What was kept in case the trial failed is dropped. With nothing on trial it says so and
+    exits 0, writing nothing.
+
+    \b
+    Example:
+      snapshot confirm
+    """
+    with writing(obj, "confirm") as (chain, _):
+        confirmed = operations.confirm(chain)
+    click.echo(f"confirmed {confirmed}" if confirmed else "nothing is on trial")
+
+
+@main.command()
+@JSON
+@click.pass_obj
+def health(obj, as_json):
+    """Run every configured health check once and print each result.
+
+    Checks are the `config check` sections of /etc/config/snapshot (batman, babel, ping,
+    service) and the executables in `option health_dir`; see the defaults file.
+
+    \b
+    Exit status: 0 every required check passed, 5 one failed, 1 an error.
+    Example:
+      snapshot health --json
+    """
+    from snapshot import health as checks
+    results = checks.run(checks.configured())
+    checks.keep(results)
+    if as_json:
+        click.echo(json.dumps({"healthy": checks.healthy(results),
+                               "results": [r.as_dict() for r in results]}, indent=2))
+    else:
+        for r in results:
+            click.echo(f"{'pass' if r.ok else 'FAIL'}  {r.name}"
+                       f"{'' if r.required else ' (wanted)'}: {r.detail}")
+        if not results:
+            click.echo("no health checks are configured")
+    if not checks.healthy(results):
+        raise SystemExit(UNHEALTHY)
+
+
+@main.command()
+@click.option("--no-reboot", is_flag=True, help="Do everything but the reboot after a rollback.")
+@click.pass_obj
+def watch(obj, no_reboot):
+    """Watch a change on trial and confirm it or roll it back (the procd service runs it).
+
+    While a trial is pending it runs the health checks every `option interval` seconds: it
+    confirms the trial once every required check passed in `option pass_rounds` rounds in a
+    row, and rolls it back once a required check failed in `option fail_rounds` rounds in a
+    row after `option grace` seconds, or when nothing is decided within `option window`
+    seconds. A rollback keeps its reason on flash, runs the hooks in `option rollback_dir`,
+    logs to syslog and reboots. With nothing on trial it ends at once, writing nothing: a
+    confirmed state is never rolled back by it.
+
+    \b
+    Exit status: 0 confirmed or nothing on trial, 5 rolled back, 1 an error.
+    Example:
+      snapshot watch --no-reboot
+    """
+    from snapshot import health as checks, watch as watching
+    settings = watching.Settings.load()
+    log = watching.SysLog()
+
+    @contextmanager
+    def open_chain():
+        with opened(obj["device"], writable=True) as dev:
+            yield Chain(dev)
+    decision = watching.watch(open_chain, checks.configured(), settings, log)
+    click.echo(f"{decision.verdict} {decision.what}: {decision.reason}"
+               if decision.what else decision.reason)
+    if decision.verdict == "rolled back":
+        watching.run_hooks(settings.rollback_dir, decision, log)
+        if not no_reboot:
+            log("rebooting into the state before the trial")
+            watching.reboot()
+        raise SystemExit(UNHEALTHY)
+
+
+@main.command()
+@JSON
+@click.pass_obj
+def status(obj, as_json):
+    """Show the chain, any change on trial, the last rollback and the last health checks.
+
+    \b
+    Example:
+      snapshot status --json
+    """
+    from snapshot import health as checks
+    with reading(obj) as dev:
+        info = operations.status(Chain(dev))
+    info["health"] = checks.last()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"chain: {info['snapshots']} snapshots, "
+               + ("a volatile record" if info["volatile"] else "no volatile record")
+               + f", {human(info['free_bytes'])} free")
+    trial = info["trial"]
+    click.echo(f"on trial: {trial['what']}, boot {trial['attempts']} of "
+               f"{trial['max_attempts']}" if trial else "on trial: nothing")
+    note = info["last_rollback"]
+    click.echo(f"last rollback: {when(note['time'])}: {note['reason']}" if note
+               else "last rollback: none")
+    results = info["health"]
+    if results:
+        failing = [r["name"] for r in results["results"] if not r["ok"]]
+        click.echo(f"health at {when(results['time'])}: "
+                   + (f"failing: {', '.join(failing)}" if failing else "every check passed"))
+    for layer, used in info["ram"].items():
+        if used is not None:
+            click.echo(f"RAM in {layer}: {human(used)}")
