@@ -194,8 +194,8 @@ def bench_boot_count_erases() -> None:
                 for _ in range(15):
                     with SimFlash(image, writable=True) as flash:
                         before = flash.stats().erases
-                        boot._decide_trial(Chain(flash), lambda line, loud=False: None,
-                                           boot.BootReport())
+                        boot.prepare(flash, lambda line, loud=False: None,
+                                     boot.BootReport())
                         erases += flash.stats().erases - before
                         boots += 1
                 with SimFlash(image, writable=True) as flash:

@@ -147,7 +147,7 @@ def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
     try:
         if e.attempts >= e.max_attempts:
             reason = f"{what} was not confirmed in {e.attempts} boots"
-            commit(chain, trials.fail(chain), note=trials.note(e, reason, int(time.time())))
+            commit(chain, *trials.fail(chain, reason, int(time.time())))
             boot.rolled_back = reason
             log(f"rolled back: {reason}; booting the state before it", loud=True)
             return
@@ -159,6 +159,14 @@ def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
             loud=True)
         return
     log(f"trying {what}: boot {e.attempts + 1} of {e.max_attempts}")
+
+
+def prepare(flash, log: Log, boot: BootReport) -> Chain:
+    """Everything a boot writes before it mounts anything: the repair, then the decision
+    about a pending trial. The chain it returns is what the boot applies."""
+    chain = _recover(flash, log, boot)
+    _decide_trial(chain, log, boot)
+    return chain
 
 
 def _layers(chain: Chain, root: Path, target: Path, scratch: Path, mounts: Mounts,
@@ -223,8 +231,7 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
     mounts = Mounts()
     try:
         with operations.opened(device, writable=True) as flash:
-            chain = _recover(flash, log, boot)
-            _decide_trial(chain, log, boot)
+            chain = prepare(flash, log, boot)
             _layers(chain, root, target, scratch, mounts, log, boot, sandbox)
     except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
         mounts.undo()

@@ -10,8 +10,8 @@ of it (DESIGN.md §10).
 """
 from snapshot.chain import Chain, Record, describe
 from snapshot.errors import SnapshotError
-from snapshot.format import (CONFIRMED, FAILED, NOTE, SNAPSHOT, TRIAL, VOLATILE, DirEntry,
-                             MAX_ATTEMPTS)
+from snapshot.format import (CONFIRMED, FAILED, MAX_ATTEMPTS, MAX_MESSAGE, NOTE, SNAPSHOT,
+                             TRIAL, VOLATILE, DirEntry)
 
 
 class TrialPending(SnapshotError):
@@ -27,12 +27,6 @@ def refuse_while_pending(chain: Chain, what: str) -> None:
     if trial is not None:
         raise TrialPending(f"{name(chain, trial)} is on trial; confirm it (`snapshot "
                            f"confirm`) or roll it back (`snapshot rollback`) before {what}")
-
-
-def base(chain: Chain) -> list[DirEntry]:
-    """The directory a new record goes on: every record but a failed trial (a write after a
-    failure replaces it) and a volatile record the new one replaces."""
-    return [r.entry for r in chain.records if r.entry.state != FAILED]
 
 
 def start(entries: list[DirEntry], new: DirEntry, max_attempts: int) -> list[DirEntry]:
@@ -61,10 +55,11 @@ def confirm(chain: Chain) -> list[DirEntry]:
             for e in (r.entry for r in chain.records) if not e.fallback]
 
 
-def fail(chain: Chain) -> list[DirEntry]:
-    """The trial is marked failed (kept, so `list` shows it, until it is rolled back or a
-    write replaces it); the state before it comes back: what was kept for a failure is
-    normal again, and a volatile record saved on top of a snapshot trial goes with it."""
+def fail(chain: Chain, reason: str, when: int) -> tuple[list[DirEntry], DirEntry]:
+    """The directory after the trial failed, and the note that says why (FORMAT.md §3). The
+    trial is marked failed (kept, so `list` shows it, until it is rolled back or a write
+    replaces it); the state before it comes back: what was kept for a failure is normal
+    again, and a volatile record saved on top of a snapshot trial goes with it."""
     trial = chain.trial
     entries = []
     for record in chain.records:
@@ -75,7 +70,8 @@ def fail(chain: Chain) -> list[DirEntry]:
             entries.append(e.marked(fallback=False))
         elif not (trial.entry.type == SNAPSHOT and e.type == VOLATILE):
             entries.append(e)
-    return entries
+    reason = reason.encode()[:MAX_MESSAGE].decode(errors="ignore")
+    return entries, DirEntry(NOTE, 0, trial.entry.seq, 0, when, 0, 0, 0, (), reason)
 
 
 def drop(chain: Chain) -> list[DirEntry]:
@@ -90,12 +86,6 @@ def drop(chain: Chain) -> list[DirEntry]:
             continue
         entries.append(e.marked(fallback=False) if e.fallback else e)
     return entries
-
-
-def note(trial: DirEntry, reason: str, when: int) -> DirEntry:
-    """The note the directory keeps of an automatic rollback (FORMAT.md §3)."""
-    reason = reason.encode()[:255].decode(errors="ignore")
-    return DirEntry(NOTE, 0, trial.seq, 0, when, 0, 0, 0, (), reason)
 
 
 def settled(entries: list[DirEntry]) -> list[DirEntry]:

@@ -95,8 +95,7 @@ def _decide(open_chain, verdict: str, reason: str, rounds: int, log: Callable) -
         if verdict == "confirmed":
             commit(chain, trials.confirm(chain))
         else:
-            commit(chain, trials.fail(chain),
-                   note=trials.note(trial.entry, f"{what}: {reason}", int(time.time())))
+            commit(chain, *trials.fail(chain, f"{what}: {reason}", int(time.time())))
     log(f"{verdict} {what}: {reason}", loud=verdict != "confirmed")
     return Decision(verdict, what, reason, rounds)
 

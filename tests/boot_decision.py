@@ -15,8 +15,7 @@ def main(device: str) -> None:
     report = boot.BootReport()
     log = boot.Log(kmsg=False)
     with operations.opened(device, writable=True) as flash:
-        chain = boot._recover(flash, log, report)
-        boot._decide_trial(chain, log, report)
+        boot.prepare(flash, log, report)
 
 
 if __name__ == "__main__":

@@ -361,7 +361,7 @@ def test_a_boot_repair_that_rewrites_several_records_keeps_them_all(flipped, tmp
     for _ in range(2):   # the second boot used to drop every snapshot
         report = boot.BootReport()
         with SimFlash(flipped, writable=True) as flash:
-            chain = boot._recover(flash, lambda message, loud=False: None, report)
+            chain = boot.prepare(flash, lambda message, loud=False: None, report)
             assert len(chain.snapshots) == 2 and chain.volatile is not None
         assert report.problems == []
     assert_every_record_intact(flipped, tmp_path)

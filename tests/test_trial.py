@@ -53,8 +53,7 @@ def boot_decision(image) -> boot.BootReport:
     """What `snapshot mount` writes before it mounts anything: repair, then the trial."""
     report, lines = boot.BootReport(), []
     with SimFlash(image, writable=True) as flash:
-        chain = boot._recover(flash, lambda line, loud=False: lines.append(line), report)
-        boot._decide_trial(chain, lambda line, loud=False: lines.append(line), report)
+        boot.prepare(flash, lambda line, loud=False: lines.append(line), report)
     report.problems.extend(lines)
     return report
 
