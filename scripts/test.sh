@@ -21,4 +21,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 bash scripts/setup-kernel-tier.sh
+# The router's own tools (uci, ubus, rpcd, usign, apk, opkg, fstools), built from the pinned
+# sources; the tests find them in $SNAPSHOT_OPENWRT_TOOLS.
+bash scripts/setup-openwrt-tools.sh
 exec .venv/bin/python -m pytest "$@"
