@@ -7,13 +7,17 @@
     config check 'mesh'
         option type 'batman'
 
-On a router it is read through `uci`, which also sees uncommitted changes; elsewhere the file
-is parsed directly. The options of the `snapshot` section named `main` (the first `snapshot`
-section when parsing) are the settings; `check` sections are the health checks. SNAPSHOT_CONFIG
-names another file (tests, images being prepared on a PC). A missing file means built-in
-defaults.
+On a router it is read through `uci export`, which also applies the changes `uci set` saved in
+SAVE_DIR and not yet committed. Elsewhere the file is parsed directly, one statement a line,
+to the sections uci reads; so is a file uci refuses, less the lines that do not parse, so that
+a broken file never stops a boot. The options of the first `snapshot` section named `main`,
+or anonymous, are the settings; `check` sections are the health checks. An option with an
+empty value is left out, as uci does; lists are not settings and are left out too.
+SNAPSHOT_CONFIG names another file (tests, images being prepared on a PC). A missing file
+means built-in defaults.
 """
 import os
+import re
 import shutil
 
 from snapshot.errors import SnapshotError
@@ -23,6 +27,10 @@ DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_a
             "health_dir": "/etc/snapshot/health.d", "rollback_dir": "/etc/snapshot/rollback.d",
             "interval": "30", "grace": "300", "pass_rounds": "3", "fail_rounds": "3",
             "window": "1800"}
+# Where `uci set` keeps the changes not yet committed: uci's own default, as on the router.
+SAVE_DIR = "/tmp/.uci"
+# The names uci accepts for a configuration file.
+UCI_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def load(path: str | None = None) -> dict[str, str]:
@@ -42,19 +50,43 @@ def checks(path: str | None = None) -> list[tuple[str, dict[str, str]]]:
 def sections(path: str | None = None) -> list[tuple[str, str | None, dict[str, str]]]:
     """Every section of the file: (type, name or None for an anonymous one, options)."""
     path = path or os.environ.get("SNAPSHOT_CONFIG", DEFAULT_PATH)
-    if shutil.which("uci") and os.path.exists(path):
-        return _from_uci(path)
+    text = _from_uci(path)
+    if text is None:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as e:
+            raise SnapshotError(f"{path}: cannot read the configuration: "
+                                f"{getattr(e, 'strerror', None) or e}") from None
+    return _parse(text)
+
+
+def _from_uci(path: str) -> str | None:
+    """The file as `uci export` prints it, uncommitted changes applied; None without uci, for a
+    missing file, or when uci fails, so that the file parser reads what uci cannot."""
+    directory, name = os.path.split(os.path.abspath(path))
+    # uci takes a name with a dot in it as package.section, and would read another file.
+    if not (shutil.which("uci") and os.path.exists(path) and UCI_NAME.fullmatch(name)):
+        return None
+    import subprocess   # here, like shlex below: most commands off a router never need it
+    done = subprocess.run(["uci", "-c", directory, "-t", SAVE_DIR, "export", name],
+                          capture_output=True)
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnapshotError(f"{path}: cannot read the configuration: "
-                            f"{getattr(e, 'strerror', None) or e}") from None
-    import shlex   # here, like subprocess below: most commands never need them
-    found = []
-    for line in lines:
+        return done.stdout.decode() if done.returncode == 0 else None
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse(text: str) -> list[tuple[str, str | None, dict[str, str]]]:
+    """The sections of a UCI file, one statement a line; a line that does not parse is
+    skipped, where uci would refuse the whole file."""
+    import shlex
+    found: list[tuple[str, str | None, dict[str, str]]] = []
+    named: dict[str, dict[str, str]] = {}
+    options = None
+    for line in text.splitlines():
         try:
             words = shlex.split(line, comments=True)
         except ValueError:
@@ -62,30 +94,18 @@ def sections(path: str | None = None) -> list[tuple[str, str | None, dict[str, s
         if not words:
             continue
         if words[0] == "config" and len(words) > 1:
-            found.append((words[1], words[2] if len(words) > 2 else None, {}))
-        elif words[0] == "option" and found and len(words) >= 3:
-            found[-1][2][words[1]] = words[2]
+            name = words[2] if len(words) > 2 else None
+            # uci adds the options of a section named again to the first one of that name.
+            options = named.get(name) if name else None
+            if options is None:
+                options = {}
+                found.append((words[1], name, options))
+                if name:
+                    named[name] = options
+        # uci ignores an option with an empty value, even one set before it.
+        elif words[0] == "option" and options is not None and len(words) > 2 and words[2]:
+            options[words[1]] = words[2]
     return found
-
-
-def _from_uci(path: str) -> list[tuple[str, str | None, dict[str, str]]]:
-    """`uci show` prints `snapshot.main=snapshot` for a section and
-    `snapshot.main.compression='xz'` for an option (`@check[0]` names an anonymous one)."""
-    import shlex
-    import subprocess
-    directory, name = os.path.split(os.path.abspath(path))
-    shown = subprocess.run(["uci", "-q", "-c", directory, "show", name],
-                           capture_output=True, text=True).stdout
-    found: dict[str, tuple[str, str | None, dict[str, str]]] = {}
-    for line in shown.splitlines():
-        key, _, value = line.partition("=")
-        parts = key.split(".")
-        value = shlex.split(value)[0] if value else ""
-        if len(parts) == 2:
-            found[parts[1]] = (value, None if parts[1].startswith("@") else parts[1], {})
-        elif len(parts) == 3 and parts[1] in found:
-            found[parts[1]][2][parts[2]] = value
-    return list(found.values())
 
 
 def number(options: dict[str, str], key: str, low: int, high: int | None = None) -> int:

@@ -1,11 +1,12 @@
 """The OpenWrt side: the preinit hook and the init.d service run under busybox ash with the
-OpenWrt functions they call stubbed, and the UCI defaults file as snapshot reads it."""
-import os
+OpenWrt functions they call stubbed, and the device named in the configuration file (which
+test_config.py reads through the real uci and the file parser)."""
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from openwrt_tools import tool
 from snapshot import config
 
 INITSCRIPTS = Path(__file__).parent.parent / "initscripts"
@@ -91,35 +92,16 @@ def test_service_saves_the_volatile_on_shutdown_only_when_configured(tmp_path, s
     assert (f"snapshot save --from {tmp_path}" in out) == expected
 
 
-def test_uci_defaults_file_parses_to_the_documented_defaults():
-    assert config.load(str(INITSCRIPTS / "etc/config/snapshot")) == config.DEFAULTS == \
-        {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_attempts": "3",
-         "health_dir": "/etc/snapshot/health.d", "rollback_dir": "/etc/snapshot/rollback.d",
-         "interval": "30", "grace": "300", "pass_rounds": "3", "fail_rounds": "3",
-         "window": "1800"}
-    assert config.checks(str(INITSCRIPTS / "etc/config/snapshot")) == []
-
-
-def test_config_is_read_through_uci_where_present(tmp_path, monkeypatch):
-    uci = tmp_path / "uci"
-    uci.write_text("#!/bin/sh\necho \"snapshot.main=snapshot\"\n"
-                   "echo \"snapshot.main.compression='xz'\"\n")
-    uci.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    assert config.load(str(INITSCRIPTS / "etc/config/snapshot"))["compression"] == "xz"
-
-
-def test_a_missing_config_file_means_defaults(tmp_path):
-    assert config.load(str(tmp_path / "none")) == config.DEFAULTS
-
-
-def test_the_device_can_come_from_the_config_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("reader", ["uci", "file parser"])
+def test_the_device_can_come_from_the_config_file(reader, tmp_path, monkeypatch):
     from mtd import FlashType, Geometry, SimFlash
     from clirun import invoke
     image = tmp_path / "flash.img"
     SimFlash.create(image, Geometry(FlashType.NOR, 1 << 20, 64 << 10, 1, 0))
     uci = tmp_path / "snapshot"
     uci.write_text(f"config snapshot 'main'\n\toption device '{image}'\n")
+    monkeypatch.setenv("PATH", str(tool("uci").parent) if reader == "uci" else "")
+    monkeypatch.setattr(config, "SAVE_DIR", str(tmp_path / "uci-save"))
     monkeypatch.setenv("SNAPSHOT_CONFIG", str(uci))
     monkeypatch.delenv("SNAPSHOT_DEVICE", raising=False)
     assert invoke("flash", "info", "--json").exit_code == 0
