@@ -95,8 +95,9 @@ def push(obj, source, message, compression, trial, as_json):
 
 @main.command()
 @click.option("--to", "to", type=int, help="Keep snapshots 1..N [default: all but the newest].")
+@JSON
 @click.pass_obj
-def rollback(obj, to):
+def rollback(obj, to, as_json):
     """Drop every snapshot after N, and the volatile record.
 
     Without --to: a change on trial (pending or failed) if there is one, giving back exactly
@@ -110,7 +111,8 @@ def rollback(obj, to):
     """
     with writing(obj, "rollback") as (chain, _):
         dropped = operations.rollback(chain, to)
-    click.echo("dropped " + ", ".join(dropped))
+    click.echo(json.dumps({"dropped": dropped}, indent=2) if as_json
+               else "dropped " + ", ".join(dropped))
 
 
 @main.command("list")

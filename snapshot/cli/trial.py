@@ -10,12 +10,13 @@ from snapshot.cli.common import JSON, UNHEALTHY, human, main, reading, when, wri
 from snapshot.operations import opened
 
 @main.command()
+@JSON
 @click.pass_obj
-def confirm(obj):
+def confirm(obj, as_json):
     """Confirm the change on trial: it becomes a normal snapshot or volatile record.
 
     What was kept in case the trial failed is dropped. With nothing on trial it says so and
-    exits 0, writing nothing.
+    exits 0, writing nothing (--json: "confirmed" is null).
 
     \b
     Example:
@@ -23,7 +24,10 @@ def confirm(obj):
     """
     with writing(obj, "confirm") as (chain, _):
         confirmed = operations.confirm(chain)
-    click.echo(f"confirmed {confirmed}" if confirmed else "nothing is on trial")
+    if as_json:
+        click.echo(json.dumps({"confirmed": confirmed}, indent=2))
+    else:
+        click.echo(f"confirmed {confirmed}" if confirmed else "nothing is on trial")
 
 
 @main.command()
@@ -98,16 +102,18 @@ def watch(obj, no_reboot):
 @JSON
 @click.pass_obj
 def status(obj, as_json):
-    """Show the chain, any change on trial, the last rollback and the last health checks.
+    """Show the chain, any change on trial, the last rollback, the last health checks and the
+    last background job started over ubus (push, save).
 
     \b
     Example:
       snapshot status --json
     """
-    from snapshot import health as checks
+    from snapshot import health as checks, jobs
     with reading(obj) as dev:
         info = operations.status(Chain(dev))
     info["health"] = checks.last()
+    info["job"] = jobs.last()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -125,6 +131,11 @@ def status(obj, as_json):
         failing = [r["name"] for r in results["results"] if not r["ok"]]
         click.echo(f"health at {when(results['time'])}: "
                    + (f"failing: {', '.join(failing)}" if failing else "every check passed"))
+    job = info["job"]
+    if job:
+        result = job["result"] or {}
+        click.echo(f"background job {job['id']} ({job['method']}): {job['state']}"
+                   + (f": {result['error']}" if "error" in result else ""))
     for layer, used in info["ram"].items():
         if used is not None:
             click.echo(f"RAM in {layer}: {human(used)}")

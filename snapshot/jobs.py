@@ -1,0 +1,110 @@
+"""Long operations started over ubus (push, save): rpcd kills a plugin after 120 s, so they run
+in a detached process and report through `snapshot status` (its `job`).
+
+One job runs at a time. Its record is one JSON file in RAM, replaced whole (a temporary file
+renamed into place), so a reader never sees half of it and a reboot forgets it:
+
+    {"id": 3, "method": "push", "state": "running" | "done" | "lost", "pid": 1234,
+     "started": 1700000000, "ended": 1700000042 | null, "result": {...} | null}
+
+`result` is what the method would have answered had it run in the call (snapshot/rpcd.py).
+"lost" means the process ended without a result (killed); the chain is then as its own rules
+leave it after a cut (DESIGN.md), and `status` says which state it is in.
+"""
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from snapshot.errors import Busy
+
+DIRECTORY = Path("/tmp/snapshot")
+RECORD = DIRECTORY / "job.json"
+# Held (flock) by the job's process for its whole life: a second job cannot start beside it.
+LOCK = DIRECTORY / "job.lock"
+
+
+def start(method: str, run: Callable[[], dict]) -> int:
+    """Run `run()` in a detached process (its own session, stdio on /dev/null); returns the
+    job's id once its record says "running". Busy if a job is still running; then nothing
+    starts."""
+    DIRECTORY.mkdir(parents=True, exist_ok=True)
+    lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            running = last()
+            what = f"{running['method']} (job {running['id']})" if running else "a job"
+            raise Busy(f"{what} is still running; see `snapshot status`") from None
+        previous = last()
+        job = {"id": previous["id"] + 1 if previous else 1, "method": method,
+               "state": "running", "pid": None, "started": int(time.time()), "ended": None,
+               "result": None}
+        ready, written = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(ready)
+                os.setsid()
+                # The grandchild is nobody's child: rpcd neither waits for it nor kills it.
+                if os.fork() == 0:
+                    _detached(job, run, written)
+            finally:
+                os._exit(0)
+        os.close(written)
+        os.waitpid(child, 0)
+        # End of file once the job wrote its record (or died before it could).
+        os.read(ready, 1)
+        os.close(ready)
+    finally:
+        os.close(lock)
+    return job["id"]
+
+
+def _detached(job: dict, run: Callable[[], dict], written: int) -> None:
+    """The job's process: it keeps the lock's descriptor (inherited) until it exits."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    job["pid"] = os.getpid()
+    _write(job)
+    os.close(written)
+    result = run()
+    _write({**job, "state": "done", "ended": int(time.time()), "result": result})
+
+
+def last() -> dict | None:
+    """The newest job's record, or None if there is none."""
+    job = _read()
+    if job and job["state"] == "running" and not _alive(job["pid"]):
+        # It may have finished between the read and the look: read once more.
+        job = _read()
+        if job and job["state"] == "running":
+            job["state"] = "lost"
+    return job
+
+
+def _read() -> dict | None:
+    try:
+        return json.loads(RECORD.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write(job: dict) -> None:
+    partial = RECORD.with_suffix(".partial")
+    partial.write_text(json.dumps(job))
+    os.replace(partial, RECORD)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass   # another user's process: alive
+    return True
