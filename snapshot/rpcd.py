@@ -43,6 +43,7 @@ METHODS = {
     "save": Method(["save", "--json"], SOURCE, True),
 }
 USAGE = 2
+SESSION = "ubus_rpc_session"
 
 
 def signatures() -> dict:
@@ -78,6 +79,10 @@ def _options(method: Method, arguments: dict) -> list[str]:
     """The command's options for the call's arguments (null ones are left out)."""
     options = []
     for arg, value in arguments.items():
+        # The HTTP gateway (uhttpd's ubus handler) adds the caller's session to every call's
+        # arguments, after checking its ACL; the methods have no use for it.
+        if arg == SESSION:
+            continue
         if arg not in method.arguments:
             takes = ", ".join(method.arguments) or "none"
             raise ValueError(f"unknown argument {arg!r} (arguments: {takes})")

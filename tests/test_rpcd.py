@@ -287,6 +287,13 @@ def test_the_read_group_may_read_and_not_write(router):
     assert [router.allowed(session, m) for m in WRITE] == [False] * len(WRITE)
 
 
+def test_a_call_carrying_its_session_as_the_http_gateway_sends_it_is_answered(router):
+    # uhttpd's ubus handler checks `session access`, then adds the session to the arguments.
+    session = router.session("reader")
+    assert router.call("snapshot", "list", {"ubus_rpc_session": session}) == \
+        json.loads(router.printed("list", "--json"))
+
+
 def test_the_write_group_may_write(router):
     session = router.session("admin")
     assert [router.allowed(session, m) for m in READ + WRITE] == [True] * len(READ + WRITE)
