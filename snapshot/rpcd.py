@@ -1,5 +1,5 @@
 """The rpcd exec plugin behind `ubus call snapshot METHOD` (/usr/libexec/rpcd/snapshot runs
-`python3 -m snapshot.rpcd`; the ACL groups are in /usr/share/rpcd/acl.d/snapshot.json).
+`python3 -I -m snapshot.rpcd`; the ACL groups are in /usr/share/rpcd/acl.d/snapshot.json).
 
 rpcd runs `PLUGIN list` once for the methods and their arguments, then `PLUGIN call METHOD`
 for each call, with the arguments as a JSON object on stdin; whatever JSON object the plugin

@@ -267,10 +267,12 @@ def test_a_second_long_operation_is_busy_while_one_runs(router, image, tmp_path)
 
 
 def test_a_failed_long_operation_reports_its_error_in_status(router, tmp_path):
-    reply = router.call("snapshot", "save", {"from": str(tmp_path / "missing"), "trial": True})
+    missing = tmp_path / "missing"
+    reply = router.call("snapshot", "save", {"from": str(missing), "trial": True})
     assert reply == {"started": "save", "job": 1}
-    assert until_done(router)["result"]["code"] == 1
-    assert "error" in json.loads(router.printed("status", "--json"))["job"]["result"]
+    error = f"{missing}: no such directory"
+    assert until_done(router)["result"] == {"error": error, "code": 1}
+    assert f"background job 1 (save): done: {error}" in router.printed("status").splitlines()
 
 
 # -- the ACL --------------------------------------------------------------------------------
