@@ -58,16 +58,14 @@ fi
 mkdir -p "$PREFIX/stamps" "$PREFIX/build"
 WORK="$PREFIX/build"
 
-# source NAME COMMIT URL -> prints the unpacked source directory; sets STAMP (what it came from).
+# source_dir NAME URL COMMIT: a fresh copy of the source in $WORK/NAME.
 source_dir() {
     local name="$1" url="$2" commit="$3" tarball
     tarball=$(ls "$SRC/$name"-*.tar.gz 2>/dev/null | head -n1 || true)
     rm -rf "$WORK/$name"
     if [[ -n $SRC && -n $tarball ]]; then
-        STAMP="$(basename "$tarball") $(sha256sum "$tarball" | cut -d' ' -f1)"
         tar -xzf "$tarball" -C "$WORK"
     else
-        STAMP="$url $commit"
         log "$name: cloning $url at $commit"
         git clone -q "$url" "$WORK/$name"
         git -C "$WORK/$name" checkout -q "$commit"
@@ -131,7 +129,7 @@ build() {
         # the prefix's libraries and their own directory.
         # Only the three targets: the rest (block) wants libblkid.
         cmake -S "$dir" -B "$dir/_build" "${CMAKE_COMMON[@]}" -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON \
-            "-DCMAKE_INSTALL_RPATH=\$ORIGIN:$PREFIX/lib" \
+            "-DCMAKE_INSTALL_RPATH=\$ORIGIN:\$ORIGIN/../lib" \
             -DCMAKE_SHARED_LINKER_FLAGS="-L$PREFIX/lib" -DCMAKE_EXE_LINKER_FLAGS="-L$PREFIX/lib" \
             -DCMAKE_C_FLAGS="-I$PREFIX/include" >"$dir/_build.log" 2>&1 \
             || { tail -n 30 "$dir/_build.log" >&2; return 1; }
@@ -145,12 +143,19 @@ build() {
 }
 
 changed=0
-for pin in "${PINS[@]}"; do
-    read -r name url commit <<<"$pin"
+for i in "${!PINS[@]}"; do
+    read -r name url commit <<<"${PINS[$i]}"
     stamp="$(want_stamp "$name" "$url" "$commit")"
     # A component rebuilds when it or anything before it changed (later ones link earlier ones).
     if [[ $changed -eq 0 && -f "$PREFIX/stamps/$name" && "$(cat "$PREFIX/stamps/$name")" == "$stamp" ]]; then
         continue
+    fi
+    if [[ $changed -eq 0 ]]; then
+        # This one and every later one rebuild now: forget their stamps first, so that a run
+        # interrupted here rebuilds them all again, not just the one it stopped in.
+        for later in "${PINS[@]:$i}"; do
+            rm -f "$PREFIX/stamps/${later%% *}"
+        done
     fi
     changed=1
     rm -f "$PREFIX/READY"
@@ -160,5 +165,8 @@ for pin in "${PINS[@]}"; do
     echo "$stamp" >"$PREFIX/stamps/$name"
 done
 rm -rf "$WORK"
+# rpcd's plugin and ACL directories are compiled in, with no option to move them; tests
+# bind-mount their own over these (../shared/reference/openwrt-tools.md).
+mkdir -p "$PREFIX/libexec/rpcd" "$PREFIX/share/rpcd/acl.d"
 echo "setup complete" >"$PREFIX/READY"
 log "tools ready in $PREFIX"
