@@ -27,7 +27,8 @@ DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_a
             "health_dir": "/etc/snapshot/health.d", "rollback_dir": "/etc/snapshot/rollback.d",
             "interval": "30", "grace": "300", "pass_rounds": "3", "fail_rounds": "3",
             "window": "1800"}
-# Where `uci set` keeps the changes not yet committed: uci's own default, as on the router.
+# Where `uci set` keeps the changes not yet committed: uci's own default, as on the router
+# (given another with -t, uci applies the changes in both).
 SAVE_DIR = "/tmp/.uci"
 # The names uci accepts for a configuration file.
 UCI_NAME = re.compile(r"[A-Za-z0-9_-]+")
