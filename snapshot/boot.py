@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import FlashOpenError, MtdError
-from snapshot import live, operations
+from snapshot import live, marks, operations
 from snapshot import trial as trials
 from snapshot.chain import Chain, commit
-from snapshot.errors import SnapshotError
+from snapshot.errors import NoChain, SnapshotError
 
 MOUNTPOINTS = ("rom", "overlay", "volatile")
 
@@ -163,7 +163,11 @@ def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
 
 def prepare(flash, log: Log, boot: BootReport) -> Chain:
     """Everything a boot writes before it mounts anything: the repair, then the decision
-    about a pending trial. The chain it returns is what the boot applies."""
+    about a pending trial. The chain it returns is what the boot applies. First of all, the
+    stock tools' marks: a reset mark becomes an empty chain, and a jffs2 mark (a sysupgrade
+    that kept settings) leaves the partition to the stock mount_root (DESIGN.md §11)."""
+    if marks.settle(flash, log) == marks.STOCK:
+        raise NoChain(f"{flash.name} holds no chain to boot; booting the stock way")
     chain = _recover(flash, log, boot)
     _decide_trial(chain, log, boot)
     return chain

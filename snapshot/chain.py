@@ -12,15 +12,17 @@ one, so after a power cut anywhere the next open sees exactly the old chain or t
 import errno
 import fcntl
 import os
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 
 from mtd import Flash, MtdError
-from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged
-from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED, FAILED, NOTE,
-                             SNAPSHOT, TRIAL, VOLATILE, Anchor, Commit, DirEntry, Extent,
-                             FormatError, Layout, RecordHeader, anchor_length, crc32, round_up,
-                             unpack_anchor)
+from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged, StockMark
+from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, ANCHOR_MAGIC, COMMIT, CONFIRMED,
+                             FAILED, MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
+                             Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
+                             anchor_length, crc32, round_up, unpack_anchor)
 
 READ_CHUNK = 256 * 1024
 FIRST_READ = 16 * 1024
@@ -40,6 +42,7 @@ class AnchorBlock:
     end: int = 0            # first byte after the last entry whose header parsed
     torn: bool = False      # something follows the newest entry: an interrupted append
     corrected: bool = False  # a read of this block needed ECC correction
+    first_valid: bool = False  # the entry at offset 0 is whole (what makes a mark block ours)
 
 
 @dataclass
@@ -88,9 +91,96 @@ def scan_anchors(flash: Flash) -> AnchorScan:
             info.newest, info.newest_offset = anchor, offset
             info.torn |= offset != headers[-1][0]
             break
+        if headers and headers[0][0] == 0:
+            info.first_valid = info.newest_offset == 0 or _whole(flash, base, headers[0][1])
         if info.newest is not None:
             scan.max_gen = max(scan.max_gen, info.newest.gen)
     return scan
+
+
+def _whole(flash: Flash, offset: int, length: int) -> bool:
+    try:
+        unpack_anchor(flash.read(offset, length))
+    except (FormatError, MtdError):
+        return False
+    return True
+
+
+# -- the mark block (FORMAT.md §2, DESIGN.md §11) ---------------------------------------------
+
+#: What stock OpenWrt tools write at the start of rootfs_data, and what each means here.
+DEADC0DE = b"\xde\xad\xc0\xde"
+LEGACY_MAGIC = b"OWRT"
+STOCK = {
+    "deadc0de": "0xdeadc0de (a factory reset, firstboot, or a sysupgrade without settings)",
+    "jffs2": "jffs2 (a sysupgrade that kept settings, or a jffs2 overlay)",
+    "legacy": "an old-format (fstools) snapshot chain",
+}
+
+
+def _jffs2_node(head: bytes) -> bool:
+    """Whether `head` starts with a jffs2 node header whose header CRC is right, in either
+    byte order (jffs2's CRC-32 starts from 0 and is not inverted at the end)."""
+    for order in "<>":
+        magic, nodetype, totlen, crc = struct.unpack_from(order + "HHII", head)
+        if magic == 0x1985 and crc == (~zlib.crc32(head[:8], 0xFFFFFFFF)) & 0xFFFFFFFF:
+            return True
+    return False
+
+
+@dataclass
+class Mark:
+    """What the mark block holds: the first good block of the anchor area, which the chain
+    writes once and then only reads, and where stock tools write their marks."""
+    block: int | None
+    kind: str   # anchor | erased | unreadable | other | a STOCK key
+
+    @property
+    def stock(self) -> bool:
+        return self.kind in STOCK
+
+    def describe(self) -> str:
+        return STOCK.get(self.kind, self.kind)
+
+
+def read_mark(flash: Flash, scan: "AnchorScan") -> Mark:
+    good = [b for b in scan.blocks if not b.bad]
+    if not good:
+        return Mark(None, "other")
+    first = good[0]
+    if first.first_valid:
+        return Mark(first.block, "anchor")
+    try:
+        head = flash.read(flash.geometry.block_offset(first.block), 12)
+    except MtdError:
+        return Mark(first.block, "unreadable")
+    if head[:4] == DEADC0DE:
+        return Mark(first.block, "deadc0de")
+    if head[:4] == LEGACY_MAGIC:
+        return Mark(first.block, "legacy")
+    if _jffs2_node(head):
+        return Mark(first.block, "jffs2")
+    return Mark(first.block, "erased" if head == b"\xff" * len(head) else "other")
+
+
+def pending_mark(anchor: Anchor | None) -> bool:
+    """Whether `anchor` was written while the mark block was not yet the chain's."""
+    return anchor is not None and any(e.type == MARK for e in anchor.records)
+
+
+def visible(flash: Flash, scan: "AnchorScan", mark: Mark) -> None:
+    """Raise NoChain (StockMark for a stock tool's mark) unless the chain the anchor log holds
+    counts: the mark block is the chain's own (or unreadable), or it reads erased or torn and
+    the newest entry says the mark block is still to be written (DESIGN.md §11)."""
+    if mark.stock:
+        raise StockMark(flash.name, mark.kind, mark.describe())
+    newest = scan.newest
+    if newest is None:
+        raise NoChain(f"{flash.name}: no snapshot chain on this device (run `snapshot format`)")
+    if mark.kind not in ("anchor", "unreadable") and not pending_mark(newest.newest):
+        raise NoChain(f"{flash.name}: block {mark.block}, the chain's mark block, reads "
+                      f"{mark.kind}: something other than snapshot erased it (an interrupted "
+                      f"sysupgrade?), so the chain behind it does not count")
 
 
 class DeviceLock:
@@ -121,14 +211,17 @@ class Record:
 class Chain:
     """The chain as the newest valid anchor entry describes it. Opening never writes."""
 
-    def __init__(self, flash: Flash):
+    def __init__(self, flash: Flash, over_mark: bool = False):
+        """`over_mark`: the chain the anchor log holds whatever the mark block says, for the
+        writer that is about to rewrite the mark block (marks.reset)."""
         self.flash = flash
         self.scan = scan_anchors(flash)
-        newest = self.scan.newest
-        if newest is None:
-            raise NoChain(f"{flash.name}: no snapshot chain on this device "
-                          f"(run `snapshot format`)")
-        self.anchor = newest.newest
+        self.mark = read_mark(flash, self.scan)
+        if over_mark and self.scan.newest is not None:
+            self.mark = Mark(self.mark.block, "erased")
+        else:
+            visible(flash, self.scan, self.mark)
+        self.anchor = self.scan.newest.newest
         self._list(self.anchor)
         self._gen = max([self.scan.max_gen] + [e.gen for e in self.anchor.records])
         self.reserved: frozenset[int] = frozenset()
@@ -143,6 +236,7 @@ class Chain:
         chain = cls.__new__(cls)
         chain.flash = flash
         chain.scan = scan_anchors(flash)
+        chain.mark = read_mark(flash, chain.scan)
         chain._list(Anchor(chain.scan.max_gen))
         chain._gen = chain.scan.max_gen
         chain.reserved = frozenset(reserved)
@@ -163,11 +257,17 @@ class Chain:
 
     def _list(self, anchor: Anchor) -> None:
         self.anchor = anchor
-        self.records = [self._locate(e) for e in anchor.records if e.type != NOTE]
+        self.records = [self._locate(e) for e in anchor.records if e.type not in NOT_RECORDS]
         # The last automatic rollback, kept until the next one (FORMAT.md §3).
         self.note = next((e for e in anchor.records if e.type == NOTE), None)
         self._listed = {b for r in self.records for b in r.blocks}
         self._check_directory()
+
+    @property
+    def mark_pending(self) -> bool:
+        """The mark block is not the chain's yet: every commit says so (a MARK entry) until
+        finish_mark() writes it."""
+        return self.mark.kind not in ("anchor", "unreadable")
 
     @property
     def snapshots(self) -> list[Record]:
@@ -531,16 +631,19 @@ def commit(chain: Chain, entries: list[DirEntry], note=KEEP) -> None:
 
     The entry goes after the newest one when the bytes there read erased, otherwise into the
     anchor block holding the oldest entry, which is erased first; the newest entry is never
-    touched. A block that fails is marked bad and the next one is tried."""
+    touched, and neither is the mark block (DESIGN.md §11). While the mark block is still to
+    be written, the entry carries a MARK entry saying so. A block that fails is marked bad and
+    the next one is tried."""
     flash, g = chain.flash, chain.flash.geometry
     note = chain.note if note is KEEP else note
-    data = Anchor(chain.next_gen(), tuple(entries) + ((note,) if note else ())).pack()
-    data += b"\xff" * (round_up(len(data), g.writesize) - len(data))
+    extra = ((note,) if note else ()) + ((MARK_ENTRY,) if chain.mark_pending else ())
+    data = _padded(flash, Anchor(chain.next_gen(), tuple(entries) + extra))
     if len(data) > g.erasesize:
         raise FlashFull(f"{flash.name}: too many records for one anchor entry; nothing was "
                         f"changed")
     current = chain.scan.newest
-    if current is not None and current.end + len(data) <= g.erasesize and \
+    if current is not None and current.block != chain.mark.block and \
+            current.end + len(data) <= g.erasesize and \
             _erased(flash, g.block_offset(current.block) + current.end, len(data)):
         try:
             flash.write(g.block_offset(current.block) + current.end, data)
@@ -550,10 +653,52 @@ def commit(chain: Chain, entries: list[DirEntry], note=KEEP) -> None:
             if e.errno != errno.EIO:
                 raise
     others = [b for b in chain.scan.blocks
-              if not b.bad and b is not current and b.block not in chain.reserved]
+              if not b.bad and b is not current and b.block not in chain.reserved
+              and b.block != chain.mark.block]
     target = write_fresh_anchor_block(
         flash, sorted(others, key=lambda b: b.newest.gen if b.newest else -1), data)
     chain._committed(target, 0, data)
+
+
+#: The directory entry that says the mark block is still to be written (FORMAT.md §3).
+MARK_ENTRY = DirEntry(MARK, 0, 0, 0, 0, 0, 0, 0, (), "")
+
+
+def _padded(flash: Flash, anchor: Anchor) -> bytes:
+    data = anchor.pack()
+    return data + b"\xff" * (round_up(len(data), flash.geometry.writesize) - len(data))
+
+
+def finish_mark(chain: Chain) -> bool:
+    """Make the mark block the chain's: erase it, then program one anchor entry (the chain as
+    it is, without the MARK entry) at its start. Until then the newest entry's MARK keeps the
+    chain visible over an erased or torn mark block; a mark block that still holds what was
+    there before (jffs2, 0xdeadc0de) keeps it invisible. Returns whether it wrote."""
+    wrote = False
+    while chain.mark_pending and chain.mark.block is not None:
+        flash, g = chain.flash, chain.flash.geometry
+        block = next(b for b in chain.scan.blocks if b.block == chain.mark.block)
+        base = g.block_offset(block.block)
+        data = _padded(flash, Anchor(chain.next_gen(),
+                                     tuple(e for e in chain.anchor.records if e.type != MARK)))
+        try:
+            if flash.read(base, g.erasesize) != b"\xff" * g.erasesize:
+                flash.erase(base, g.erasesize)
+            flash.write(base, data)
+        except MtdError as e:
+            if e.errno != errno.EIO:
+                raise
+            # The next good block is the mark block now, as for the stock tools, which skip
+            # bad blocks; it holds the chain's entries, or is made to.
+            flash.mark_bad(block.block)
+            block.bad = True
+            chain.mark = read_mark(flash, chain.scan)
+            continue
+        block.first_valid = True
+        chain.mark = Mark(block.block, "anchor")
+        chain._committed(block, 0, data)
+        wrote = True
+    return wrote
 
 
 def write_fresh_anchor_block(flash: Flash, candidates: list[AnchorBlock],

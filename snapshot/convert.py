@@ -1,13 +1,16 @@
 """convert: replace a jffs2 overlay by a snapshot chain whose snapshot 1 is its contents.
 
-The old data stays intact until one commit (DESIGN.md §9). Every block that holds data is
+The old data stays intact until one step (DESIGN.md §9, §11). Every block that holds data is
 reserved: the record goes into blocks that are free (erased, or holding nothing but a jffs2
 cleanmarker), and the anchor entry into a free block of the anchor area other than block 0,
-which is never touched: its first word tells the stock mount_root that the partition is jffs2,
-also when it holds just a cleanmarker. When jffs2 fills blocks 1-3, one of them is first
-copied verbatim into a free block and then erased. jffs2 finds its nodes by scanning, wherever they are, and takes two identical copies
-of a node for one, which is what its own garbage collector leaves after a cut; so through the
-copy and the erase jffs2 still mounts with all its data.
+the mark block. Then the mark block is erased and the chain's first entry programmed there:
+that erase is the switch. Until it, block 0's first word (a jffs2 node, a cleanmarker on a
+fresh jffs2) tells the stock mount_root, and snapshot's own boot, that the partition is jffs2;
+from it on, the newest entry's MARK entry makes the chain count. A block of jffs2 data that
+must be erased (block 0 when it holds nodes, and one of blocks 1-3 when jffs2 fills all of
+them) is first copied verbatim into a free block. jffs2 finds its nodes by scanning, wherever
+they are, and takes two identical copies of a node for one, which is what its own garbage
+collector leaves after a cut; so through the copy jffs2 still mounts with all its data.
 
 jffs2 must not be mounted read-write while this runs: it would write into the blocks it
 considers free. The CLI checks that, and the router's way is the RAM stage
@@ -20,7 +23,7 @@ from pathlib import Path
 from mtd import Flash
 from snapshot import archive
 from snapshot.capture import Capture
-from snapshot.chain import Chain, RecordWriter, anchor_blocks, commit
+from snapshot.chain import Chain, RecordWriter, anchor_blocks, commit, finish_mark
 from snapshot.errors import SnapshotError
 from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, message_bytes
 from snapshot.operations import LEGACY_MAGIC, recognise
@@ -47,12 +50,13 @@ def _is_free(data: bytes) -> bool:
     return False
 
 
-def blocks_holding_data(flash: Flash) -> set[int]:
-    """Good blocks that are not free. Most used blocks show it in their first page."""
+def blocks_holding_data(flash: Flash, blocks=None) -> set[int]:
+    """Good blocks (of `blocks`, default all) that are not free. Most used blocks show it in
+    their first page."""
     g = flash.geometry
     first = max(g.writesize, 16)
     held = set()
-    for block in range(g.blocks):
+    for block in range(g.blocks) if blocks is None else blocks:
         if flash.is_bad(block):
             continue
         base = g.block_offset(block)
@@ -62,17 +66,29 @@ def blocks_holding_data(flash: Flash) -> set[int]:
 
 
 def _anchor_room(flash: Flash, chain: Chain, progress) -> None:
-    """Make sure a block of the anchor area is free, relocating a jffs2 block if need be."""
-    usable = [b for b in anchor_blocks(flash) if not flash.is_bad(b)]
-    if any(b not in chain.reserved for b in usable):
-        return
-    movable = [b for b in usable if b != 0]
+    """Make sure a block of the anchor area other than the mark block is free, moving a
+    jffs2 block aside if need be; and move the mark block's jffs2 data aside, since the
+    switch erases it."""
+    mark = chain.mark.block
+    usable = [b for b in anchor_blocks(flash) if not flash.is_bad(b) and b != mark]
+    if not any(b not in chain.reserved for b in usable):
+        if not usable:
+            raise SnapshotError(f"{flash.name}: no block of the anchor area can take the "
+                                f"chain; nothing was changed")
+        _move_aside(flash, chain, usable[-1], progress)
+    if mark is not None and mark in blocks_holding_data(flash, [mark]):
+        _move_aside(flash, chain, mark, progress, erase=False)
+
+
+def _move_aside(flash: Flash, chain: Chain, source: int, progress, erase: bool = True) -> None:
+    """Copy block `source` verbatim into a free block, check it, then erase `source` (unless
+    told not to: the mark block is erased by the switch)."""
     spare = chain.free_blocks()
-    if not movable or not spare:
-        raise SnapshotError(f"{flash.name}: no free block to make room for the anchor; "
+    if not spare:
+        raise SnapshotError(f"{flash.name}: no free block to move block {source} aside to; "
                             f"nothing was changed")
     g = flash.geometry
-    source, target = movable[-1], spare[-1]
+    target = spare[-1]
     data = flash.read(g.block_offset(source), g.erasesize)
     flash.erase(g.block_offset(target), g.erasesize)
     # Trailing erased pages stay unprogrammed (NAND programs a page once).
@@ -85,8 +101,10 @@ def _anchor_room(flash: Flash, chain: Chain, progress) -> None:
                             f"does not read back; nothing else was changed")
     if progress:
         progress(g.erasesize)
-    chain.reserved = chain.reserved - {source} | {target}
-    flash.erase(g.block_offset(source), g.erasesize)
+    chain.reserved = chain.reserved | {target}
+    if erase:
+        chain.reserved = chain.reserved - {source}
+        flash.erase(g.block_offset(source), g.erasesize)
 
 
 def convert(flash: Flash, fill, compression: int, message: str, progress=None):
@@ -100,15 +118,18 @@ def convert(flash: Flash, fill, compression: int, message: str, progress=None):
     head = flash.read(0, len(LEGACY_MAGIC))
     if found and head == LEGACY_MAGIC:
         raise SnapshotError(f"{flash.name} holds {found}, which convert cannot read yet")
-    # Block 0 stays as it is even when free: its first word (a cleanmarker's magic, on a
-    # fresh jffs2) is how the stock mount_root recognises jffs2 until the commit.
-    chain = Chain.replacing(flash, blocks_holding_data(flash) | {0})
+    # The mark block stays as it is until the switch, even when free: its first word (a
+    # cleanmarker's magic, on a fresh jffs2) is how mount_root recognises jffs2 until then.
+    chain = Chain.replacing(flash, blocks_holding_data(flash))
+    if chain.mark.block is not None:
+        chain.reserved |= {chain.mark.block}
     # The header is packed here, before anything is written: a message that does not fit
     # the format is refused with the device untouched.
     writer = RecordWriter(chain, SNAPSHOT, 1, message, compression, progress)
     _anchor_room(flash, chain, progress)
     filled = fill(writer)
     commit(chain, [writer.finish()])
+    finish_mark(chain)
     return filled
 
 

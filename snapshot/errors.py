@@ -42,3 +42,15 @@ class ChainDamaged(SnapshotError):
 
 class AnchorWornOut(SnapshotError):
     """No block of the anchor area can be written any more."""
+
+
+class StockMark(NoChain):
+    """A stock OpenWrt tool marked the partition (factory reset, sysupgrade): the chain on it
+    no longer counts (DESIGN.md §11)."""
+
+    def __init__(self, device: str, kind: str, what: str):
+        super().__init__(f"{device}: the partition starts with {what}, written by a stock "
+                         f"tool, so the chain on it no longer counts; the next boot "
+                         + ("starts an empty chain" if kind == "deadc0de" else
+                            "uses it the stock way"))
+        self.kind = kind

@@ -10,7 +10,7 @@ import crcmod.predefined
 
 from snapshot.errors import FormatLimit
 
-FORMAT_VERSION = 2          # FORMAT.md: the format as a whole
+FORMAT_VERSION = 3          # FORMAT.md: the format as a whole
 RECORD_VERSION = 1          # FORMAT.md §4: record headers (unchanged since version 1)
 ANCHOR_VERSION = 2          # FORMAT.md §3: anchor entries as written
 ANCHOR_VERSIONS = (1, 2)    # FORMAT.md §3: as read (version 1 had no flags and no note)
@@ -26,6 +26,8 @@ SNAPSHOT = 1               # FORMAT.md §4: record types
 VOLATILE = 2
 TYPE_NAMES = {SNAPSHOT: "snapshot", VOLATILE: "volatile"}
 NOTE = 3                   # FORMAT.md §3: a directory entry that is no record (the last rollback)
+MARK = 4                   # FORMAT.md §3: no record either: the mark block is still to be written
+NOT_RECORDS = (NOTE, MARK)
 
 # FORMAT.md §3: a directory entry's flags. Bits 0-1 the record's state, bit 2 a volatile kept
 # to come back if the trial fails, bits 8-11 the boots the trial has had, bits 12-15 the boots
@@ -224,10 +226,11 @@ class DirEntry(NamedTuple):
     def pack(self) -> bytes:
         """The directory entry's bytes; FormatLimit if a field does not fit (FORMAT.md §3)."""
         message = message_bytes(self.message)
-        if self.type == NOTE:
+        if self.type in NOT_RECORDS:
             if (self.compression, self.payload_length, self.payload_crc, self.header_crc,
                     self.extents, self.flags) != (0, 0, 0, 0, (), 0):
-                raise FormatLimit("a note has no payload, no extents and no flags")
+                raise FormatLimit("a note or mark entry has no payload, no extents and no "
+                                  "flags")
             _fits("sequence number", self.seq, 32)
             _fits("generation", self.gen, 64)
             _fits("creation time", self.created, 64)

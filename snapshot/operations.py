@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import Flash, MtdError, open_flash
-from snapshot import archive, live, restore
+from snapshot import archive, live, marks, restore
 from snapshot import trial as trials
 from snapshot.capture import Capture
-from snapshot.chain import (Chain, DeviceLock, Record, RecordWriter, commit, describe,
-                            scan_anchors, write_fresh_anchor_block)
-from snapshot.errors import ChainDamaged, RecordDamaged, SnapshotError
+from snapshot.chain import (LEGACY_MAGIC, Chain, DeviceLock, Record, RecordWriter, commit,
+                            describe, finish_mark, read_mark, scan_anchors,
+                            write_fresh_anchor_block)
+from snapshot.errors import ChainDamaged, NoChain, RecordDamaged, SnapshotError
 from snapshot.format import (COMPRESSION_GZIP, FAILED, SNAPSHOT, STATE_NAMES, TRIAL, VOLATILE,
                              Anchor, DirEntry, round_up)
 
@@ -39,13 +40,15 @@ def opened(device: str | None, writable: bool = False):
 # -- format ------------------------------------------------------------------------------------
 
 JFFS2_MAGICS = (b"\x85\x19", b"\x19\x85")
-LEGACY_MAGIC = b"OWRT"
 
 
 def recognise(flash: Flash) -> str | None:
     """Name what the device holds, if it is something a user would not want erased."""
-    if scan_anchors(flash).newest is not None:
+    try:
+        Chain(flash)
         return "a snapshot chain"
+    except NoChain:
+        pass
     first_good = next((b for b in range(flash.geometry.blocks) if not flash.is_bad(b)), None)
     if first_good is None:
         return None
@@ -58,20 +61,29 @@ def recognise(flash: Flash) -> str | None:
 
 
 def format_device(flash: Flash, force: bool = False) -> None:
-    """Make an empty chain. Power cut: before the new anchor entry is complete the device
-    holds what it held; after it, the empty chain (older entries are erased afterwards)."""
+    """Make an empty chain. Power cut: the device holds what it held until one step, then
+    the empty chain (DESIGN.md §5, §11). Over a chain, that step is the new anchor entry,
+    programmed into a block other than the newest entry's and the mark block's, and the
+    other blocks are erased after it. Over anything else it is the erase of the mark block
+    (marks.reset)."""
     found = recognise(flash)
     if found and not force:
         raise SnapshotError(f"{flash.name} holds {found}; add --force to replace it")
     g = flash.geometry
     scan = scan_anchors(flash)
-    data = Anchor(scan.max_gen + 1).pack()
-    data += b"\xff" * (round_up(len(data), g.writesize) - len(data))
+    mark = read_mark(flash, scan)
+    if found != "a snapshot chain" or mark.kind != "anchor":
+        marks.reset(flash, scan, mark)
+        return
     newest = scan.newest
-    candidates = [b for b in scan.blocks if not b.bad and b is not newest]
+    gen = max([scan.max_gen] + [e.gen for e in newest.newest.records])
+    data = Anchor(gen + 1).pack()
+    data += b"\xff" * (round_up(len(data), g.writesize) - len(data))
+    candidates = [b for b in scan.blocks
+                  if not b.bad and b is not newest and b.block != mark.block]
     target = write_fresh_anchor_block(flash, candidates, data)
     for other in scan.blocks:
-        if other is not target and not other.bad:
+        if other is not target and not other.bad and other.block != mark.block:
             try:
                 flash.erase(g.block_offset(other.block), g.erasesize)
             except MtdError as e:
@@ -467,6 +479,7 @@ class Findings:
     keep: list[int]                # indexes (in anchor order) of the records kept
     scrub: list[int]               # indexes of kept records read with corrected bit flips
     torn_anchor: bool
+    mark: bool = False             # the mark block is still to be written
 
 
 def _builds_on(chain: Chain, index: int) -> list[int]:
@@ -510,7 +523,10 @@ def examine(chain: Chain, report: Report) -> Findings:
         report.problems.append("an interrupted write left a torn anchor entry")
     if newest and newest.corrected:
         report.problems.append("the anchor area had corrected bit flips")
-    return Findings(keep, scrub, torn or bool(newest and newest.corrected))
+    if chain.mark_pending:
+        report.problems.append(f"block {chain.mark.block}, the mark block, is still to be "
+                               f"written (an interrupted format, reset or convert)")
+    return Findings(keep, scrub, torn or bool(newest and newest.corrected), chain.mark_pending)
 
 
 def check(chain: Chain) -> Report:
@@ -538,9 +554,13 @@ def repair(chain: Chain, progress=None) -> Report:
             report.repairs.append(f"rewrote {describe(record, index)}")
         else:
             entries.append(record.entry)
-    commit(chain, trials.settled(entries))
+    if len(found.keep) < len(chain.records) or found.scrub or found.torn_anchor or \
+            not found.mark:
+        commit(chain, trials.settled(entries))
     if found.torn_anchor:
         report.repairs.append("rewrote the anchor")
+    if finish_mark(chain):
+        report.repairs.append(f"wrote the mark block (block {chain.mark.block})")
     return report
 
 

@@ -32,10 +32,12 @@ def image(request, tmp_path):
 
 def test_the_anchor_log_fills_its_blocks_and_moves_on_without_losing_a_commit(image):
     """Commit the chain again and again: entries are appended until a block is full, then
-    the log switches to the block holding the oldest entry. Every commit must be what a
+    the log switches to the block holding the oldest entry, never to the mark block. Every commit must be what a
     fresh reader finds, through several rounds of all four anchor blocks."""
     switches, blocks_used = 0, set()
     with SimFlash(image, writable=True) as flash:
+        g = flash.geometry
+        mark_block = flash.read(0, g.erasesize)
         chain = Chain(flash)
         entries = [r.entry for r in chain.records]
         last = chain.scan.newest.block
@@ -52,7 +54,9 @@ def test_the_anchor_log_fills_its_blocks_and_moves_on_without_losing_a_commit(im
                 switches += 1
                 last = fresh.scan.newest.block
             blocks_used.add(last)
-    assert blocks_used == set(range(ANCHOR_BLOCKS)) and switches >= 2 * ANCHOR_BLOCKS
+        # The mark block is written once and then only read (DESIGN.md §11).
+        assert flash.read(0, g.erasesize) == mark_block
+    assert blocks_used == set(range(1, ANCHOR_BLOCKS)) and switches >= 2 * ANCHOR_BLOCKS
     assert ok(image, "check").strip() == "clean"
 
 

@@ -9,6 +9,7 @@ real-jffs2 version, on a kernel MTD device with the RAM stage, is tests/test_ker
 """
 import random
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from clirun import invoke
 from mtd import SimFlash
 from snapshot import convert, operations
 from snapshot.chain import Chain
+from snapshot.format import ANCHOR_MAGIC
 from sweep import CHECKED, GEOMETRIES, make_tree, run_cli, tree, visible
 
 NODE = struct.Struct("<HHII")
@@ -28,6 +30,12 @@ LAYOUTS = {
     "anchor-area-free": [0, 6, 9],
     "anchor-area-full": [0, 1, 2, 3, 7],
 }
+
+
+def node(nodetype: int, totlen: int) -> bytes:
+    """A jffs2 node header with its header CRC (jffs2's CRC-32: from 0, not inverted)."""
+    head = struct.pack("<HHI", 0x1985, nodetype, totlen)
+    return head + struct.pack("<I", ~zlib.crc32(head, 0xFFFFFFFF) & 0xFFFFFFFF)
 
 
 def jffs2_like(path: Path, geometry: str, data_blocks: list[int], seed: int = 7) -> dict:
@@ -43,9 +51,9 @@ def jffs2_like(path: Path, geometry: str, data_blocks: list[int], seed: int = 7)
             base = g.block_offset(block)
             if block in data_blocks:
                 size = rng.randrange(g.erasesize // 4, g.erasesize // 2)
-                data = NODE.pack(0x1985, INODE_NODE, size, 0) + rng.randbytes(size)
+                data = node(INODE_NODE, size) + rng.randbytes(size)
             elif g.writesize == 1:
-                data = NODE.pack(0x1985, CLEANMARKER_NODE, NODE.size, 0)
+                data = node(CLEANMARKER_NODE, NODE.size)
             else:
                 continue
             data += b"\xff" * (-len(data) % g.writesize)
@@ -53,6 +61,10 @@ def jffs2_like(path: Path, geometry: str, data_blocks: list[int], seed: int = 7)
         for block in {0, *data_blocks}:
             contents[block] = flash.read(g.block_offset(block), g.erasesize)
     return contents
+
+
+def free(block: bytes) -> bool:
+    return convert._is_free(block)
 
 
 def jffs2_intact(image: Path, contents: dict) -> bool:
@@ -101,10 +113,13 @@ def test_convert_writes_no_block_that_holds_data_but_block_it_copied(case):
     with SimFlash(image) as flash:
         g = flash.geometry
         now = {b: flash.read(g.block_offset(b), g.erasesize) for b in contents}
+        kept = {flash.read(g.block_offset(b), g.erasesize) for b in range(g.blocks)}
     changed = [b for b in contents if now[b] != contents[b]]
-    # Only when jffs2 fills the anchor area: its last block, copied aside first. Never
-    # block 0, also when it holds just a cleanmarker.
-    assert changed == ([3] if layout == "anchor-area-full" else [])
+    # Block 0, the mark block, erased by the switch; and when jffs2 fills the anchor area,
+    # its last block. Both were copied aside first when they held nodes.
+    assert changed == [0] + ([3] if layout == "anchor-area-full" else [])
+    assert now[0].startswith(ANCHOR_MAGIC)
+    assert all(contents[b] in kept for b in changed if not free(contents[b]))
 
 
 def _image_copy(image: Path, name: str) -> Path:
