@@ -257,16 +257,28 @@ def export(obj, index, output):
 @main.command()
 @click.pass_obj
 def probe(obj):
-    """Exit 0 if --device holds a snapshot chain, 1 if not; prints nothing.
+    """Exit 0 if --device holds a snapshot chain to boot, 1 if not; prints nothing.
 
-    Reads only the anchor area. Boot scripts use it to choose how to mount the root.
+    Boot scripts use it to choose how to mount the root. It applies the stock tools' marks
+    first: a partition that factoryreset, firstboot or a sysupgrade without settings marked
+    with 0xdeadc0de becomes an empty chain (exit 0); one a sysupgrade that kept settings
+    rewrote as jffs2 has the chain's anchor blocks erased, so no old chain comes back over
+    it (exit 1, and the stock mount_root takes it).
 
     \b
     Example:
       snapshot --device mtd:rootfs_data probe && echo "snapshot chain"
     """
+    from snapshot import boot, marks
     try:
-        with reading(obj) as dev:
-            Chain(dev)
-    except (SnapshotError, FlashOpenError, MtdError):
+        with opened(obj["device"]) as dev:
+            answer, action = marks.decide(dev)
+            if action is None and answer == marks.CHAIN:
+                Chain(dev)
+        if action is not None:
+            with opened(obj["device"], writable=True) as dev:
+                answer = marks.settle(dev, boot.Log(kmsg=dev.name.startswith("/dev/")))
+    except (SnapshotError, FlashOpenError, MtdError, OSError):
+        raise SystemExit(1)
+    if answer != marks.CHAIN:
         raise SystemExit(1)
