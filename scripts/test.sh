@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 # Tier 2 builds squashfs images and mounts them in `unshare -m` (util-linux), and runs the
 # health checks against real daemons in network namespaces (iproute2, ping, babeld); the
-# kernel tier's guest uses the host's batctl with its own batman-adv module.
+# kernel tier's guest uses the host's batctl with its own batman-adv module; the stock
+# marks' tests write a sysupgrade's jffs2 made with mkfs.jffs2.
 missing=()
 for tool in mksquashfs:squashfs-tools unshare:util-linux ip:iproute2 ping:iputils-ping \
-            babeld:babeld batctl:batctl; do
+            babeld:babeld batctl:batctl mkfs.jffs2:mtd-utils; do
     PATH="$PATH:/usr/sbin:/sbin" command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then

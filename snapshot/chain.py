@@ -682,8 +682,8 @@ def finish_mark(chain: Chain) -> bool:
         data = _padded(flash, Anchor(chain.next_gen(),
                                      tuple(e for e in chain.anchor.records if e.type != MARK)))
         try:
-            if flash.read(base, g.erasesize) != b"\xff" * g.erasesize:
-                flash.erase(base, g.erasesize)
+            # Erased also when it reads erased: a torn NAND page can read all 0xFF.
+            flash.erase(base, g.erasesize)
             flash.write(base, data)
         except MtdError as e:
             if e.errno != errno.EIO:
