@@ -16,7 +16,9 @@ A boot (tests/guest_boot/; guest.sh and rootfs.sh there say how):
   and runs /etc/preinit under busybox ash; 81_snapshot's do_mount_root runs `snapshot probe`
   and `snapshot mount`, which builds the layers and pivots again (or, on a flash without a
   chain, the stock mount_root). Python, the venv and the checkout are the host's, reached
-  through symlinks that resolve before and after that pivot;
+  through symlinks that resolve before and after that pivot. The feed package's test builds
+  the root of the package as tests/openwrt_package/harness.mk staged it instead
+  (package_stage.install_root): its /sbin/snapshot, hook and byte-compiled modules;
 - then /sbin/init runs guest_boot/life.py: it reports the chain and the merged root, changes
   files, runs `snapshot push` / `save`, or runs one for the host to kill.
 
@@ -46,6 +48,7 @@ from pathlib import Path
 
 import pytest
 
+import package_stage
 from kernel_vm import BUSYBOX, FLASH_ERASE_SIZE, KernelTierUnavailable, KernelVM, \
     create_flash_image
 
@@ -133,8 +136,11 @@ def tmp_links() -> str:
                             if len(p.parts) > 2 and p.parts[1] == "tmp"}))
 
 
-def build_rootfs(dest: Path, work: Path) -> Path:
-    """Build the squashfs root at dest (see the module doc and guest_boot/rootfs.sh)."""
+def build_rootfs(dest: Path, work: Path, package: package_stage.Staged | None = None) -> Path:
+    """Build the squashfs root at dest (see the module doc and guest_boot/rootfs.sh). With a
+    staged feed package, snapshot is that package, installed as OpenWrt would install it
+    (package_stage.install_root); otherwise it is the checkout's initscripts and the venv's
+    CLI."""
     tree = work / "rootfs"
     if tree.exists():
         shutil.rmtree(tree)
@@ -157,24 +163,16 @@ def build_rootfs(dest: Path, work: Path) -> Path:
     for applet in applets:
         if applet.startswith(("bin/", "sbin/")) and applet not in ("bin/busybox", "sbin/init"):
             (tree / applet).symlink_to("/bin/busybox")
-    put("etc/config/snapshot", REPO / "initscripts/etc/config/snapshot")
     put("etc/preinit", GUEST / "preinit", 0o755)
     put("lib/functions/preinit.sh", GUEST / "functions-preinit.sh")
     put("lib/preinit/70_kboot", GUEST / "70_kboot")
     put("lib/preinit/80_mount_root", GUEST / "80_mount_root")
-    put("lib/preinit/81_snapshot", REPO / "initscripts/lib/preinit/81_snapshot")
-    # `snapshot convert` hands over to it; it pivots into the squashfs (onto its /mnt).
-    put("lib/snapshot/convert-stage", REPO / "initscripts/lib/snapshot/convert-stage", 0o755)
     put("sbin/mount_root", GUEST / "mount_root", 0o755)
     (tree / "sbin/init").write_text(
         "#!/bin/sh\n# After preinit: the test's life of the router.\n"
         f"exec {sys.executable} {GUEST / 'life.py'}\n")
     os.chmod(tree / "sbin/init", 0o755)
-    # The package installs the CLI in the root's PATH; here it is the venv's.
-    (tree / "sbin/snapshot").symlink_to(Path(sys.prefix) / "bin/snapshot")
-
     links = {
-        "usr": "/rom/.host/usr",
         "rom/.host": "/.host",
         "lib64": "usr/lib64",
         "lib/x86_64-linux-gnu": "/usr/lib/x86_64-linux-gnu",
@@ -182,6 +180,17 @@ def build_rootfs(dest: Path, work: Path) -> Path:
         "var": "tmp",
     }
     links.update({top: f"/rom/.host/{top}" for top in borrowed_tops()})
+    if package is None:
+        put("etc/config/snapshot", REPO / "initscripts/etc/config/snapshot")
+        put("lib/preinit/81_snapshot", REPO / "initscripts/lib/preinit/81_snapshot")
+        # `snapshot convert` hands over to it; it pivots into the squashfs (onto its /mnt).
+        put("lib/snapshot/convert-stage", REPO / "initscripts/lib/snapshot/convert-stage",
+            0o755)
+        # The package installs the CLI in the root's PATH; here it is the venv's.
+        (tree / "sbin/snapshot").symlink_to(Path(sys.prefix) / "bin/snapshot")
+        links["usr"] = "/rom/.host/usr"
+    else:
+        package_stage.install_root(package, tree, "/rom/.host")
     for rel, target in links.items():
         (tree / rel).symlink_to(target)
     subprocess.run(["mksquashfs", str(tree), str(dest), "-noappend", "-quiet", "-all-root"],
@@ -229,14 +238,15 @@ def parse(output: str, console: str) -> Boot:
 class Router:
     """A router made of the test squashfs and one flash image that persists across boots."""
 
-    def __init__(self, vm: KernelVM, work: Path, flash_size: int = 32 * MIB):
+    def __init__(self, vm: KernelVM, work: Path, flash_size: int = 32 * MIB,
+                 package: package_stage.Staged | None = None):
         self.vm = vm
         self.work = work
         # Shared with the guest (at the same path): the squashfs is loop-mounted from here.
         self.results = work / "results"
         self.results.mkdir(parents=True, exist_ok=True)
         self.tree = work / "rootfs"
-        self.squashfs = build_rootfs(self.results / "root.sqfs", work)
+        self.squashfs = build_rootfs(self.results / "root.sqfs", work, package)
         self.flash = work / "flash.img"
         create_flash_image(self.flash, flash_size)
         self.boots = 0
@@ -707,3 +717,64 @@ def test_a_trial_that_breaks_the_batman_mesh_is_rolled_back_by_the_watch(router)
     assert "etc/mesh-broken" not in state["view"], after.describe()
     assert any("pass  mesh: bat0: 1 batman-adv neighbours" in line
                for line in after.output.splitlines()), after.describe()
+
+
+# -- the feed package, as OpenWrt installs it ---------------------------------------------------
+
+#: Where the router's interpreter finds the modules it imports (`import` as the package's
+#: /sbin/snapshot does; click as python3-click would provide it).
+MODULES = ('/usr/bin/python3 -c "import snapshot, mtd._mtd_abi as abi, click; '
+           'print(snapshot.__file__, abi.__file__, click.__file__)"')
+
+
+def test_a_router_made_of_the_staged_feed_package_boots_its_chain(tmp_path):
+    """The squashfs holds the feed package as tests/openwrt_package/harness.mk staged it
+    (package_stage.py): its /sbin/snapshot, preinit hook, init script and byte-compiled
+    Python packages, which the router's /usr/bin/python3 finds in
+    /usr/lib/python3.X/site-packages; nothing of the checkout. A user formats, pushes and
+    saves through /sbin/snapshot; the next boot's preinit hook boots the chain through it,
+    and the state survives the reboot."""
+    staged = package_stage.stage(tmp_path / "package")
+    router = Router(kernel_vm(), tmp_path / "router", package=staged)
+    site = f"/{package_stage.SITE_PACKAGES}"
+
+    stock = router.boot([report("boot"), sh(MODULES), sh("/sbin/snapshot format"),
+                         report("formatted")])
+    assert "kboot: stock mount_root: tmpfs overlay" in stock.output, stock.describe()
+    (modules,) = stock.lines("kboot: sh: rc=0 /usr/lib/")
+    assert modules.split()[3:] == [f"{site}/snapshot/__init__.pyc",
+                                   f"{site}/mtd/_mtd_abi.abi3.so", f"{site}/click/__init__.py"]
+    assert stock.states["formatted"]["chain"] == {"snapshots": [], "volatile": None}
+
+    lived = router.boot([
+        report("boot"),
+        write("/etc/config/network", "config interface 'lan'\n\toption proto 'dhcp'\n"),
+        write("/etc/pushed", "pushed\n"),
+        sh("/sbin/snapshot push -m 'from the package'"),
+        write("/etc/config/system", "config system\n\toption hostname 'saved'\n"),
+        sh("/sbin/snapshot save"),
+        report("saved"),
+        write("/etc/unsaved", "unsaved\n"),
+    ])
+    assert_booted_from_chain(lived, 0, False)
+    assert any("pushed snapshot 1" in line for line in lived.lines("kboot: sh: rc=0")), \
+        lived.describe()
+    assert any("saved the volatile record" in line for line in lived.lines("kboot: sh: rc=0")), \
+        lived.describe()
+    # The root the router ran: every file of the package is the staged one.
+    packaged = {rel: entry for rel, entry in life.manifest(staged.root).items()
+                if entry.startswith("f ")}
+    view = lived.states["boot"]["view"]
+    assert {rel: view.get(rel) for rel in packaged} == packaged
+
+    rebooted = router.boot([report("boot"), sh("/sbin/snapshot list")])
+    assert_booted_from_chain(rebooted, 1, True)
+    state = rebooted.states["boot"]
+    assert [s["message"] for s in state["chain"]["snapshots"]] == ["from the package"]
+    assert state["view"] == lived.states["saved"]["view"], \
+        view_diff(state["view"], lived.states["saved"]["view"])
+    assert "etc/unsaved" not in state["view"]
+    # What `snapshot list` printed, after its first line.
+    assert "confirmed   from the package" in rebooted.output.partition("kboot: sh: rc=0 ")[2], \
+        rebooted.describe()
+    print(f"feed package: {router.boots} boots in {router.seconds:.0f} s from the staged tree")
