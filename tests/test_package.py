@@ -35,10 +35,11 @@ FILES = {
     "usr/share/rpcd/acl.d/snapshot.json": 0o644,
 }
 
-#: The package's files that are this repository's, and where they are in it.
-FROM_THE_REPOSITORY = {rel: f"initscripts/{rel}" for rel in FILES
-                       if rel.split("/")[0] in ("lib", "etc", "usr")
-                       and rel != "lib/upgrade/keep.d/snapshot"}
+#: The package's files that are this repository's, and where they are in it (the others
+#: are the package's own, in openwrt-package/snapshot/files/).
+FROM_THE_REPOSITORY = {rel: f"initscripts/{rel}" for rel in (
+    "lib/preinit/81_snapshot", "lib/snapshot/convert-stage", "etc/init.d/snapshot",
+    "etc/config/snapshot", "usr/libexec/rpcd/snapshot", "usr/share/rpcd/acl.d/snapshot.json")}
 
 #: What python3-light, python3-click, python3-cffi and python3-crcmod are in DEPENDS for
 #: whatever the code imports: the interpreter, the CLI, the MTD binding, the CRCs.
@@ -62,9 +63,12 @@ def test_the_package_installs_each_router_file_at_its_path_with_its_mode(staged)
                                                         for rel, mode in FILES.items()}
 
 
-def test_every_directory_the_package_makes_is_0755(staged):
+def test_every_directory_install_dir_makes_is_0755(staged):
+    """(site-packages and below are copied from the build, with the build's modes.)"""
+    site = staged.site_packages
     modes = {str(path.relative_to(staged.root)): stat.S_IMODE(path.stat().st_mode)
-             for path in staged.root.rglob("*") if path.is_dir()}
+             for path in staged.root.rglob("*") if path.is_dir() and path != site
+             and site not in path.parents}
     assert {rel: f"{mode:o}" for rel, mode in modes.items() if mode != 0o755} == {}
 
 
