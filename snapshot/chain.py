@@ -114,8 +114,11 @@ LEGACY_MAGIC = b"OWRT"
 STOCK = {
     "deadc0de": "0xdeadc0de (a factory reset, firstboot, or a sysupgrade without settings)",
     "jffs2": "jffs2 (a sysupgrade that kept settings, or a jffs2 overlay)",
-    "legacy": "an old-format (fstools) snapshot chain",
 }
+#: Other things a mark block can hold that are not the chain's own entry: the chain behind
+#: them counts only while its newest entry carries a mark entry (a takeover in progress).
+FOREIGN = {"erased": "erased flash", "other": "unknown bytes",
+           "legacy": "an old-format (fstools) snapshot chain"}
 
 
 def _jffs2_node(head: bytes) -> bool:
@@ -140,7 +143,7 @@ class Mark:
         return self.kind in STOCK
 
     def describe(self) -> str:
-        return STOCK.get(self.kind, self.kind)
+        return STOCK.get(self.kind) or FOREIGN.get(self.kind, self.kind)
 
 
 def read_mark(flash: Flash, scan: "AnchorScan") -> Mark:
@@ -178,9 +181,9 @@ def visible(flash: Flash, scan: "AnchorScan", mark: Mark) -> None:
     if newest is None:
         raise NoChain(f"{flash.name}: no snapshot chain on this device (run `snapshot format`)")
     if mark.kind not in ("anchor", "unreadable") and not pending_mark(newest.newest):
-        raise NoChain(f"{flash.name}: block {mark.block}, the chain's mark block, reads "
-                      f"{mark.kind}: something other than snapshot erased it (an interrupted "
-                      f"sysupgrade?), so the chain behind it does not count")
+        raise NoChain(f"{flash.name}: block {mark.block}, the chain's mark block, holds "
+                      f"{mark.describe()}: something other than snapshot wrote it (an "
+                      f"interrupted sysupgrade?), so the chain behind it does not count")
 
 
 class DeviceLock:

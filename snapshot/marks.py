@@ -7,16 +7,17 @@ the other anchor blocks hold, so an old chain never comes back over a reset or o
 firmware:
 - 0xdeadc0de (factoryreset, firstboot, a sysupgrade without settings) means "start empty":
   boot makes an empty chain (`reset`).
-- jffs2 (a sysupgrade that kept settings) or the old fstools chain means the partition is
-  theirs now: boot erases the chain's anchor blocks (`void`) and boots the stock way, where
-  preinit restores the kept settings.
-- A mark block that reads erased or torn, with a chain behind it whose newest entry does not
-  say it is being rewritten, is what a sysupgrade cut after its erase leaves: void, then stock.
+- jffs2 (a sysupgrade that kept settings) means the partition is theirs now: boot erases the
+  chain's anchor blocks (`void`) and boots the stock way, where preinit restores the kept
+  settings.
+- Anything else that is not the chain's own entry (erased, torn, the old fstools chain) counts
+  only under a newest entry with a mark entry, the chain's own takeover in progress; without
+  one (a sysupgrade cut after its erase, say), void, then stock.
 """
 import errno
 
 from mtd import Flash, MtdError
-from snapshot.chain import (MARK_ENTRY, AnchorScan, Chain, Mark, _padded, finish_mark,
+from snapshot.chain import (FOREIGN, MARK_ENTRY, AnchorScan, Chain, Mark, _padded, finish_mark,
                             pending_mark, read_mark, scan_anchors, write_fresh_anchor_block)
 from snapshot.format import ANCHOR_MAGIC, Anchor
 
@@ -30,7 +31,7 @@ def decide(flash: Flash) -> tuple[str, str | None]:
     mark = read_mark(flash, scan)
     if mark.kind == "deadc0de":
         return CHAIN, "reset"
-    if mark.stock or (mark.kind in ("erased", "other") and scan.newest is not None
+    if mark.stock or (mark.kind in FOREIGN and scan.newest is not None
                       and not pending_mark(scan.newest.newest)):
         return STOCK, "void" if _voidable(flash, scan, mark) else None
     return (CHAIN if scan.newest is not None else STOCK), None
