@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from mtd import Flash, MtdError
 from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged, StockMark
-from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, ANCHOR_MAGIC, COMMIT, CONFIRMED,
+from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED,
                              FAILED, MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
                              Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
                              anchor_length, crc32, round_up, unpack_anchor)
