@@ -182,10 +182,15 @@ class TarReader:
 
     def copy_to(self, fd: int) -> None:
         """Write the current entry's data to fd."""
+        for chunk in self.chunks():
+            _send(fd, chunk)
+
+    def chunks(self):
+        """The current entry's data, piece by piece."""
         while self._left:
             chunk = self._take(self._left)
             self._left -= len(chunk)
-            _send(fd, chunk)
+            yield chunk
 
     def __iter__(self):
         pax: dict[str, bytes] = {}

@@ -71,11 +71,17 @@ class Capture:
     stream differs from the tree as it would have been stored standing still; none means
     the capture is exact. An error (ArchiveError, or one from `out`) ends the capture."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, only: set[str] | None = None):
+        """`only`: the names (relative to root) to store, with the directories that lead to
+        them; by default everything. A directory stored only to lead somewhere is stored
+        without its opaque mark: what hides the layers below it is not part of the change."""
         self.root = Path(root)
         require_directory(self.root)
         self.warnings: list[str] = []
         self._inodes: dict[tuple[int, int], str] = {}   # files with several links, stored
+        self.only = only
+        self._leading = {"/".join(name.split("/")[:i]) for name in only or ()
+                         for i in range(1, name.count("/") + 1)}
 
     @property
     def exact(self) -> bool:
@@ -91,8 +97,12 @@ class Capture:
                 directory, prefix, inode = stack.pop()
                 subdirs = []
                 for name in self._list(directory, prefix, inode):
+                    if self.only is not None and prefix + name not in self.only and \
+                            prefix + name not in self._leading:
+                        continue
                     stored = self._store(tar, f"{directory}/{name}", prefix + name)
-                    if stored is not None:
+                    if stored is not None and (self.only is None or
+                                               prefix + name in self._leading):
                         subdirs.append((f"{directory}/{name}", f"{prefix}{name}/", stored))
                 stack.extend(reversed(subdirs))
         return self
@@ -166,6 +176,9 @@ class Capture:
             except OSError as e:
                 self._unreadable(path, e)
         info.pax_headers.update(self._xattrs(path, path))
+        if self.only is not None and name not in self.only:
+            for key in OPAQUE_XATTRS:
+                info.pax_headers.pop(XATTR_PREFIX + key, None)
         # What was read must belong to the entry that was looked at, not to one put in its
         # place meanwhile.
         again = self._lstat(path)

@@ -41,6 +41,8 @@ METHODS = {
     "rollback": Method(["rollback", "--json"], {"to": (INTEGER, "--to")}),
     "push": Method(["push", "--json"], {**SOURCE, "message": (STRING, "--message")}, True),
     "save": Method(["save", "--json"], SOURCE, True),
+    "upgrade": Method(["upgrade", "--json"], {"dry_run": (BOOLEAN, "--dry-run"),
+                                              "no_reboot": (BOOLEAN, "--no-reboot")}, True),
 }
 USAGE = 2
 SESSION = "ubus_rpc_session"

@@ -5,6 +5,7 @@ cut after its 1st, 2nd, ... program or erase. After each cut the visible state (
 unpack show) must be exactly the state before the command or exactly the state after it.
 """
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -17,7 +18,7 @@ from typing import Callable
 
 from mtd import FlashType, Geometry, SimFlash, open_flash
 from mtd.sim import CORRECTED
-from snapshot import operations, restore
+from snapshot import operations, restore, transaction
 from snapshot.chain import Chain, commit
 from snapshot.errors import NoChain, RecordDamaged
 from snapshot.format import COMPRESSION_GZIP, TRIAL
@@ -192,6 +193,19 @@ def base_trial_out_of_boots(device: str, work: Path) -> None:
 
 
 BOOT = [sys.executable, str(Path(__file__).with_name("boot_decision.py"))]
+STORE_CHANGE = [sys.executable, str(Path(__file__).with_name("store_change.py"))]
+
+
+def base_package_transaction(device: str, work: Path) -> None:
+    """A snapshot and a volatile record; the running upper dir holds the volatile record's
+    files, then a package transaction adds files and rewrites one of them."""
+    base_one_snapshot_and_volatile(device, work)
+    upper = work / "upper"
+    shutil.copytree(work / "v1", upper, symlinks=True)
+    (work / "before.json").write_text(json.dumps(transaction.manifest(upper)))
+    make_tree(upper / "srv" / "pkg", 6, 40)
+    first = next(p for p in sorted(upper.rglob("*")) if p.is_file() and "srv" not in p.parts)
+    first.write_bytes(b"rewritten by the package\n")
 
 
 def health_config(work: Path, healthy: bool) -> dict:
@@ -237,6 +251,8 @@ SCENARIOS = {
     "watchrollback": Scenario("watchrollback", base_snapshot_on_trial,
                               lambda w: ["watch", "--no-reboot"],
                               env=lambda w: health_config(w, healthy=False)),
+    "pkgstore": Scenario("pkgstore", base_package_transaction, lambda w: [str(w)],
+                         runner=STORE_CHANGE),
     "watchconfirm": Scenario("watchconfirm", base_snapshot_on_trial,
                              lambda w: ["watch", "--no-reboot"],
                              env=lambda w: health_config(w, healthy=True)),

@@ -33,13 +33,16 @@ FILES = {
     "lib/upgrade/keep.d/snapshot": 0o644,
     "usr/libexec/rpcd/snapshot": 0o755,
     "usr/share/rpcd/acl.d/snapshot.json": 0o644,
+    "etc/apk/commit_hooks.d/snapshot": 0o755,
+    "usr/sbin/opkg": 0o755,
 }
 
 #: The package's files that are this repository's, and where they are in it (the others
 #: are the package's own, in openwrt-package/snapshot/files/).
 FROM_THE_REPOSITORY = {rel: f"initscripts/{rel}" for rel in (
     "lib/preinit/81_snapshot", "lib/snapshot/convert-stage", "etc/init.d/snapshot",
-    "etc/config/snapshot", "usr/libexec/rpcd/snapshot", "usr/share/rpcd/acl.d/snapshot.json")}
+    "etc/config/snapshot", "usr/libexec/rpcd/snapshot", "usr/share/rpcd/acl.d/snapshot.json",
+    "etc/apk/commit_hooks.d/snapshot", "usr/sbin/opkg")}
 
 #: What python3-light, python3-click, python3-cffi and python3-crcmod are in DEPENDS for
 #: whatever the code imports: the interpreter, the CLI, the MTD binding, the CRCs.

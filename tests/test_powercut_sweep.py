@@ -30,7 +30,7 @@ def pytest_generate_tests(metafunc):
     if "cut" not in metafunc.fixturenames:
         return
     scenarios = ["push", "save", "pushscrub", "savescrub", "pushtrial", "savetrial",
-                 "bootcount", "bootfail", "confirm", "watchrollback"] \
+                 "bootcount", "bootfail", "confirm", "watchrollback", "pkgstore"] \
         if "then_repair" in metafunc.function.__name__ else SCENARIOS
     params = []
     for name in scenarios:

@@ -33,7 +33,7 @@ PLUGIN = REPO / "initscripts/usr/libexec/rpcd/snapshot"
 ACL = REPO / "initscripts/usr/share/rpcd/acl.d/snapshot.json"
 NAND = Geometry(FlashType.NAND, 4 << 20, 128 << 10, 2048, 64)
 READ = ["list", "check", "status"]
-WRITE = ["confirm", "rollback", "push", "save"]
+WRITE = ["confirm", "rollback", "push", "save", "upgrade"]
 PASSWORD = "mesh-admin"
 # As procd starts rpcd, with this checkout's `python3` and `snapshot` first.
 ENV = {"PATH": f"{Path(sys.executable).parent}:{PREFIX}/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -189,6 +189,7 @@ def test_the_plugin_lists_every_method_with_its_arguments(router):
     assert sorted(methods) == sorted(READ + WRITE)
     assert methods["rollback"] == {"to": "Integer"}
     assert methods["save"] == {"from": "String", "trial": "Boolean", "compression": "String"}
+    assert methods["upgrade"] == {"dry_run": "Boolean", "no_reboot": "Boolean"}
 
 
 @pytest.mark.parametrize("method", READ)

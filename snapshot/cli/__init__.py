@@ -6,8 +6,9 @@ family (the exit statuses are in common.py).
     trial.py    confirm, health, watch, status
     boot.py     mount, convert
     flash.py    flash create, flash info
+    packages.py upgrade, package-hook (run by the package managers)
 """
 from snapshot.cli.common import main
-from snapshot.cli import boot, chain, flash, trial  # noqa: F401  (each adds its commands)
+from snapshot.cli import boot, chain, flash, packages, trial  # noqa: F401  (each adds its commands)
 
 __all__ = ["main"]

@@ -109,11 +109,12 @@ def status(obj, as_json):
     Example:
       snapshot status --json
     """
-    from snapshot import health as checks, jobs
+    from snapshot import health as checks, jobs, upgrade as upgrades
     with reading(obj) as dev:
         info = operations.status(Chain(dev))
     info["health"] = checks.last()
     info["job"] = jobs.last()
+    info["unsaved_change"] = upgrades.unsaved()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -136,6 +137,10 @@ def status(obj, as_json):
         result = job["result"] or {}
         click.echo(f"background job {job['id']} ({job['method']}): {job['state']}"
                    + (f": {result['error']}" if "error" in result else ""))
+    change = info["unsaved_change"]
+    if change:
+        click.echo(f"unsaved package change: {change['what']} is installed in RAM but not "
+                   f"stored ({change['error']}); a reboot discards it")
     for layer, used in info["ram"].items():
         if used is not None:
             click.echo(f"RAM in {layer}: {human(used)}")
