@@ -1,67 +1,89 @@
 """Tier 2: a booted sandbox router that runs the real apk v3 or opkg in its own root.
 
+    def test_upgrade(apk_router):                  # fixtures below; opkg_router likewise
+        booted = apk_router.boot()                 # `snapshot mount`, in a fresh namespace
+        assert booted.run("apk add mesh-tool").rc == 0
+        apk_router.use_feeds("v2")                 # the feeds now offer version 2
+        booted.run("apk update && apk upgrade")    # Done(rc, out, err)
+        booted.snapshot("push", "-m", "upgrade")   # the router's /sbin/snapshot
+        booted = apk_router.reboot()               # RAM is gone, the flash image stays
+        assert booted.read("/srv/mesh-tool/VERSION") == "2\n"
+
 What it is, mapped onto a router:
 
     router                                sandbox
-    squashfs (the firmware)               a real squashfs (mksquashfs) built by build_rootfs()
-    rootfs_data (raw flash)               a simulator image (mtd/sim.py), formatted with the CLI
+    squashfs (the firmware)               a real squashfs (mksquashfs) built by build_rootfs(),
+                                          once per test module (apk_rootfs, opkg_rootfs)
+    rootfs_data (raw flash)               a simulator image (mtd/sim.py), formatted with the
+                                          CLI; Router.image, kept across boots
     preinit's `snapshot mount` + pivot    `snapshot mount --root SQUASHFS --target T` in a
-                                          private mount, PID and network namespace (one
-                                          namespace per boot; leaving it is the power-off)
-    the running system                    T, entered with chroot(T): every command of run()
-    /rom /overlay /volatile               exactly what `snapshot mount` made (T/rom is a bind)
-    /tmp (/var -> /tmp)                   a fresh tmpfs per boot, with the directories
+                                          private mount, PID and network namespace, one per
+                                          boot; leaving it is the power-off
+    the running system                    T, entered with chroot(T) by Booted.run(), as root,
+                                          with OpenWrt's PATH and HOME=/root, cwd /
+    /rom /overlay /volatile               what `snapshot mount` made (T/rom is a bind);
+                                          Router.boot(ram=N) caps the /volatile tmpfs
+    init (procd), PID 1                   the harness's driver: busybox reboot, halt and
+                                          poweroff signal it as they signal procd, and it
+                                          records the request (Booted.reboot_requested); the
+                                          test then calls Router.reboot()
+    /tmp (/var -> /tmp)                   a fresh tmpfs per boot with the directories
                                           OpenWrt's /etc/init.d/boot makes
     /dev /proc /sys                       a small tmpfs /dev (null, zero, full, random,
-                                          urandom, tty, and /dev/log read by the harness as
-                                          syslog), the namespace's own proc, sysfs
-    busybox userland                      the host's static busybox: /bin/busybox and its
-                                          applets in /bin, /sbin, /usr/bin, /usr/sbin
+                                          urandom, tty, and a /dev/log the harness reads:
+                                          Booted.syslog()), the namespace's own proc, sysfs
+    busybox userland                      the host's busybox: /bin/busybox with its applets
+                                          linked in /bin, /sbin, /usr/bin and /usr/sbin
     /usr/bin/apk or /bin/opkg             links to the binaries scripts/setup-openwrt-tools.sh
                                           built (tests/openwrt_tools.py), as are /sbin/uci and
-                                          /usr/bin/usign; /usr/sbin/opkg-key verifies a feed's
-                                          usign signature with /etc/opkg/keys, as OpenWrt's does
-    /lib/apk/db, /usr/lib/opkg            real directories of the squashfs: the package
-                                          database starts empty (apk --initdb; an empty opkg
-                                          status), so every change to it lands in
-                                          /volatile/upper, in RAM, as on a chain-booted router
+                                          /usr/bin/usign; /usr/sbin/opkg-key verifies a list's
+                                          usign signature against /etc/opkg/keys, as OpenWrt's
+    /lib/apk/db, /usr/lib/opkg            real directories of the squashfs, the database
+                                          empty (apk --initdb; an empty opkg status), so every
+                                          change to it lands in /volatile/upper (RAM)
+    /etc/opkg.conf                        OpenWrt's lines: dest root and ram, lists in
+                                          /var/opkg-lists, overlay_root /overlay,
+                                          check_signature
     /sbin/snapshot                        a sh launcher running the host venv's Python with
-                                          `-m snapshot`; /etc/config/snapshot names the flash
+                                          `-m snapshot`; /etc/config/snapshot is the
+                                          checkout's with `option device` set to the flash
                                           image as the router sees it (/.sandbox/flash.img)
-    /sbin/reboot (also halt, poweroff)    a script that records the request in
-                                          /.sandbox/reboot and returns 0 (Booted.reboot_requested);
-                                          the test then calls Router.reboot()
-    the feeds (https://downloads...)      local repositories built by Feeds.build() with the
-                                          real tools, bound read-only at /.feeds; the router's
-                                          feed list (/etc/apk/repositories.d/distfeeds.list,
-                                          /etc/opkg/distfeeds.conf) links into /.sandbox, where
-                                          Router.use_feeds() rewrites it: switching feeds never
-                                          touches the router's own layers
-    an unreachable feed                   http://127.0.0.1:9/...: the namespace has only its
-                                          own loopback, on which nothing listens
+    the feeds (downloads.openwrt.org)     Feeds.build(): repositories made with the real
+                                          tools (sandbox_feeds, once per module), served over
+                                          HTTP on the namespace's loopback; the router's feed
+                                          list (/etc/apk/repositories.d/distfeeds.list,
+                                          /etc/opkg/distfeeds.conf) links into /.sandbox,
+                                          where Router.use_feeds() rewrites it, so switching
+                                          feeds never touches the router's layers
+    an unreachable feed                   http://127.0.0.1:9/: nothing listens there
 
 The router has no libc or Python of its own: it borrows the host's through /.host, the host
 root bound read-only. The squashfs links the few host paths it needs there: the dynamic
 loader and libc (/lib64, /lib/<multiarch>, /usr/lib/<multiarch>, /etc/ld.so.cache), and the
 checkout, the venv and the interpreter (e.g. /work -> /.host/work, /root/.pyenv ->
-/.host/root/.pyenv), so that they have the same paths inside and outside. A checkout under
-/tmp is linked from the router's /tmp at each boot. The package managers' binaries are reached
-by their /.host path (their RUNPATH is $ORIGIN/../lib).
+/.host/root/.pyenv), which keep their host paths. A checkout under /tmp is linked from the
+router's /tmp at each boot. apk and opkg are reached by their /.host path (their RUNPATH is
+$ORIGIN/../lib). Booted.path() reaches the router's files from the host, through the
+namespace's root.
 
 What it does not cover:
-- No init, procd, ubus or rpcd runs: nothing is started after the mount. A test runs what
-  the router's init would (`snapshot watch`, services) itself, through run().
-- No kernel MTD: the flash is the simulator's (the kernel tier has real MTD). A boot is a
-  namespace, not a kernel: power cuts are the simulator's (MTDSIM_POWERCUT_AFTER), and a
-  "reboot" is leaving the namespace and entering a new one.
-- Package files live under /srv/<pkg> and /etc/<pkg>, never under /usr, /lib or /bin, which
-  hold links into the host.
-- /.host, /.sandbox and /.feeds exist only in the sandbox; they are squashfs directories, so
-  nothing of them reaches /volatile/upper. apk's index cache for an http feed is under
-  /var/cache/apk (RAM), as on the router.
-- Feeds are signed with test keys: the apk index with an EC P-256 key whose public half is in
-  /etc/apk/keys; the opkg lists (Packages.gz, as src/gz feeds are checked) with a usign key
-  in /etc/opkg/keys. The .apk files themselves are unsigned, as OpenWrt's are.
+- Nothing starts after the mount: no procd, ubus, rpcd or init scripts. A test runs what the
+  router's init would (`snapshot watch`) through run().
+- No kernel and no kernel MTD: the flash is the simulator's (the kernel tier has real MTD and
+  qemu kills). Power cuts are the simulator's (MTDSIM_POWERCUT_AFTER); a reboot is leaving
+  the namespace. `reboot -f` ends the namespace at once (the next run() says so).
+- The host's busybox is Debian's static build, which runs its own applet for a command of
+  that name before searching PATH (ash, env, xargs); OpenWrt's busybox searches PATH. So a
+  router file shadowing a busybox applet (a wrapper named like one) is not reached here by
+  name; opkg and apk are not applets.
+- The packages (catalogue()) install under /srv/<pkg> and /etc/<pkg>. A package must not
+  install into the borrowed paths: they are read-only links into the host.
+- /.host and /.sandbox exist only in the sandbox; they are squashfs directories, so nothing
+  of them reaches /volatile/upper.
+- The feeds are signed with test keys: the apk index with an EC P-256 key whose public half
+  is in /etc/apk/keys (the .apk files are unsigned, as OpenWrt's are); the opkg list
+  (Packages.gz: a src/gz feed's list is the file opkg checks) with a usign key in
+  /etc/opkg/keys. The ROM has no packages installed.
 """
 import gzip
 import hashlib
@@ -76,11 +98,13 @@ import sys
 import tarfile
 import textwrap
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pytest
+
+from openwrt_tools import tool
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -195,12 +219,11 @@ class Feeds:
         return self.root / "keys/usign-trusted.pub"
 
     def dir(self, pm: str, name: str) -> Path:
-        """The host directory of a feed (bound at /.feeds/PM/NAME in the router)."""
+        """The host directory of a feed (http://127.0.0.1/PM/NAME in the router)."""
         return self.root / pm / name
 
     @classmethod
     def build(cls, root: Path) -> "Feeds":
-        from openwrt_tools import tool
         feeds = cls(root)
         keys = root / "keys"
         keys.mkdir(parents=True)
@@ -217,8 +240,7 @@ class Feeds:
             packages = catalogue(release)
             feeds._apk_feed(feeds.dir("apk", name), packages, keys / f"apk-{key}.pem",
                             work / f"apk-{name}")
-            feeds._opkg_feed(feeds.dir("opkg", name), packages, keys / f"usign-{key}.sec",
-                             work / f"opkg-{name}")
+            feeds._opkg_feed(feeds.dir("opkg", name), packages, keys / f"usign-{key}.sec")
         (feeds.dir("apk", "corrupt") / "packages.adb").write_bytes(b"not an index\n" * 40)
         corrupt = feeds.dir("opkg", "corrupt")
         (corrupt / "Packages.gz").write_bytes(b"not a gzip list\n" * 40)
@@ -228,7 +250,6 @@ class Feeds:
 
     @staticmethod
     def _apk_feed(dest: Path, packages: list[Package], key: Path, work: Path) -> None:
-        from openwrt_tools import tool
         apk = tool("apk")
         dest.mkdir(parents=True)
         for p in packages:
@@ -251,8 +272,7 @@ class Feeds:
               "-o", dest / "packages.adb", *sorted(dest.glob("*.apk"))])
 
     @staticmethod
-    def _opkg_feed(dest: Path, packages: list[Package], key: Path, work: Path) -> None:
-        from openwrt_tools import tool
+    def _opkg_feed(dest: Path, packages: list[Package], key: Path) -> None:
         dest.mkdir(parents=True)
         stanzas = []
         for p in packages:
@@ -303,7 +323,6 @@ class Feeds:
 def _usign_list(feed: Path, key: Path) -> None:
     """Sign an opkg feed's list. A src/gz feed's list is the file opkg downloads and checks:
     Packages.gz is what is signed."""
-    from openwrt_tools import tool
     _run([tool("usign"), "-S", "-m", feed / "Packages.gz", "-s", key,
           "-x", feed / "Packages.sig"])
 
@@ -344,8 +363,8 @@ class Rootfs:
 
 def _borrowed_paths() -> list[Path]:
     """Host paths the router runs the checkout's Python from."""
-    paths = [REPO, Path(sys.prefix), Path(sys.base_prefix) / "lib",
-             Path(os.path.realpath(sys.executable)), Path(os.__file__).parent]
+    paths = [REPO, Path(sys.prefix), Path(os.path.realpath(sys.executable)),
+             Path(os.__file__).parent]
     link = Path(sys.executable)
     for _ in range(40):                   # the venv's python -> python3 -> /usr/bin/... chain
         paths.append(link)
@@ -386,12 +405,12 @@ def _launcher(body: str) -> str:
     return f"#!/bin/sh\n{body}\n"
 
 
-def build_rootfs(dest: Path, work: Path, pm: str, feeds: Feeds,
+def build_rootfs(work: Path, pm: str, feeds: Feeds,
                  files: Mapping[str, str | Path] | None = None) -> Rootfs:
-    """Build the router's squashfs at dest for package manager `pm` (see the module doc).
-    `files` adds or replaces router files: path -> text, or a host file copied with its
-    mode (e.g. a commit hook or a wrapper from the checkout)."""
-    from openwrt_tools import tool
+    """Build a router's squashfs in work for package manager `pm` ("apk" or "opkg"; see the
+    module doc), trusting the feeds' keys. `files` adds or replaces router files: path ->
+    text (mode 755 if it starts with #!), or a host file copied with its mode (a commit
+    hook, a wrapper from the checkout)."""
     if pm not in ("apk", "opkg"):
         raise ValueError(f"pm must be apk or opkg, not {pm!r}")
     tree = work / f"rootfs-{pm}"
@@ -426,8 +445,6 @@ def build_rootfs(dest: Path, work: Path, pm: str, feeds: Feeds,
                                                                          "usr/sbin/")):
             if applet not in ("bin/busybox", "sbin/init"):
                 link(applet, "/bin/busybox")
-    for name in ("reboot", "halt", "poweroff"):
-        put(f"sbin/{name}", _launcher(f'echo "{name} $*" >> {SANDBOX}/reboot'), 0o755)
     config = (REPO / "initscripts/etc/config/snapshot").read_text()
     put("etc/config/snapshot", config.replace("option device ''",
                                               f"option device '{SANDBOX}/flash.img'", 1))
@@ -474,6 +491,7 @@ def build_rootfs(dest: Path, work: Path, pm: str, feeds: Feeds,
         link(rel, to)
     for rel, content in (files or {}).items():
         put(rel.lstrip("/"), content, 0o755 if str(content).startswith("#!") else 0o644)
+    dest = work / f"{pm}.sqfs"
     _run(["mksquashfs", tree, dest, "-noappend", "-quiet", "-all-root"])
     return Rootfs(dest, pm, tuple(sorted(tmp)))
 
@@ -697,6 +715,11 @@ def _serve(root: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
+def _note(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(f"{line}\n")
+
+
 def _namespace_main(spec: dict) -> None:
     """Boot the router in this namespace (we are PID 1 of its PID namespace), then answer
     one JSON request per stdin line with one JSON line on stdout."""
@@ -726,6 +749,11 @@ def _namespace_main(spec: dict) -> None:
             _mount("-o", f"remount,size={spec['ram']}", str(target / "volatile"))
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         _serve(Path(spec["feeds"]))
+    # What busybox's reboot, halt and poweroff send to init (procd on the router).
+    for signum, name in ((signal.SIGTERM, "reboot"), (signal.SIGUSR1, "halt"),
+                         (signal.SIGUSR2, "poweroff")):
+        signal.signal(signum, lambda _signum, _frame, name=name: _note(sandbox / "reboot",
+                                                                        name))
     print(json.dumps({"rc": booted.returncode, "log": booted.stderr}), flush=True)
 
     def enter() -> None:
@@ -765,28 +793,26 @@ def _tier2() -> None:
 
 @pytest.fixture(scope="module")
 def sandbox_feeds(tmp_path_factory) -> Feeds:
-    """The local feeds, built once per test module."""
+    """The local feeds, built once per test module (the first fixture of tier 2 here)."""
+    _tier2()
     return Feeds.build(tmp_path_factory.mktemp("feeds"))
 
 
 @pytest.fixture(scope="module")
 def apk_rootfs(tmp_path_factory, sandbox_feeds) -> Rootfs:
     """An apk router's squashfs, built once per test module."""
-    work = tmp_path_factory.mktemp("apk-rootfs")
-    return build_rootfs(work / "root.sqfs", work, "apk", sandbox_feeds)
+    return build_rootfs(tmp_path_factory.mktemp("apk-rootfs"), "apk", sandbox_feeds)
 
 
 @pytest.fixture(scope="module")
 def opkg_rootfs(tmp_path_factory, sandbox_feeds) -> Rootfs:
     """An opkg router's squashfs, built once per test module."""
-    work = tmp_path_factory.mktemp("opkg-rootfs")
-    return build_rootfs(work / "root.sqfs", work, "opkg", sandbox_feeds)
+    return build_rootfs(tmp_path_factory.mktemp("opkg-rootfs"), "opkg", sandbox_feeds)
 
 
 @pytest.fixture
 def apk_router(tmp_path, apk_rootfs, sandbox_feeds):
     """A router on apk, its feed list at v1, not booted yet; shut down after the test."""
-    _tier2()
     with Router(tmp_path / "router", apk_rootfs, sandbox_feeds) as router:
         yield router
 
@@ -794,7 +820,6 @@ def apk_router(tmp_path, apk_rootfs, sandbox_feeds):
 @pytest.fixture
 def opkg_router(tmp_path, opkg_rootfs, sandbox_feeds):
     """A router on opkg, its feed list at v1, not booted yet; shut down after the test."""
-    _tier2()
     with Router(tmp_path / "router", opkg_rootfs, sandbox_feeds) as router:
         yield router
 
