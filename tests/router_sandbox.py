@@ -104,6 +104,7 @@ from typing import Mapping, Sequence
 
 import pytest
 
+from mtd import FlashType, Geometry, SimFlash
 from openwrt_tools import tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,6 +126,8 @@ ROUTER_DIRS = {"bin", "sbin", "usr", "usr/bin", "usr/sbin", "usr/lib", "usr/shar
 #: What OpenWrt's /etc/init.d/boot makes in /tmp (/var is a link to it).
 BOOT_DIRS = ("lock", "log", "run", "state", "tmp", ".uci")
 MULTIARCH = "x86_64-linux-gnu"
+#: The router's flash unless a test gives another: 16 MiB of NAND, 128 KiB erase blocks.
+FLASH = Geometry(FlashType.NAND, 16 * MIB, 128 * 1024, 2048, 64)
 
 
 # -- the packages -------------------------------------------------------------------------------
@@ -511,18 +514,16 @@ class Done:
 
 
 class Router:
-    """A sandbox router: its squashfs, its flash image (which persists across boots) and its
-    feed list. At most one boot runs at a time."""
+    """A sandbox router: its squashfs, its flash image (`flash`, formatted by the CLI; it
+    persists across boots) and its feed list (`use`: Feeds.NAMES). One boot at a time."""
 
     def __init__(self, work: Path, rootfs: Rootfs, feeds: Feeds, use: Sequence[str] = ("v1",),
-                 flash=None):
-        from mtd import FlashType, Geometry, SimFlash
+                 flash: Geometry = FLASH):
         self.work, self.rootfs, self.feeds = work, rootfs, feeds
         self.world = work / "sandbox"          # the router's /.sandbox
         self.world.mkdir(parents=True)
         self.image = self.world / "flash.img"
-        SimFlash.create(self.image, flash or Geometry(FlashType.NAND, 16 * MIB, 128 * 1024,
-                                                      2048, 64))
+        SimFlash.create(self.image, flash)
         _run([sys.executable, "-m", "snapshot", "--device", self.image, "format"], cwd=REPO)
         self.use_feeds(*use)
         self.booted: Booted | None = None
