@@ -22,6 +22,7 @@ import stat
 import tarfile
 from pathlib import Path
 
+from snapshot import archive
 from snapshot.archive import (OPAQUE_XATTRS, OVERLAY_PRIVATE, OVERLAY_UNSUPPORTED, XATTR_PREFIX,
                               ArchiveError, refusal)
 from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ
@@ -275,6 +276,50 @@ def _info(name: str, st: os.stat_result, kind: bytes, linkname: str = "") -> tar
     info.mtime = int(st.st_mtime)
     info.linkname = linkname
     return info
+
+
+# -- copying entries from one archive into another (squash.py, transaction.py) -------------
+
+_KINDS = {archive.FILE: tarfile.REGTYPE, archive.DIRECTORY: tarfile.DIRTYPE,
+          archive.SYMLINK: tarfile.SYMTYPE, archive.HARDLINK: tarfile.LNKTYPE,
+          archive.CHAR: tarfile.CHRTYPE, archive.FIFO: tarfile.FIFOTYPE}
+
+
+def header(entry: archive.Entry) -> tarfile.TarInfo:
+    """A read entry's header as pack() writes headers (no user or group names)."""
+    info = tarfile.TarInfo(entry.name)
+    info.type = _KINDS[entry.type]
+    info.mode, info.uid, info.gid, info.mtime = entry.mode, entry.uid, entry.gid, entry.mtime
+    info.size = entry.size if entry.type == archive.FILE else 0
+    info.linkname = entry.linkname
+    info.devmajor, info.devminor = entry.devmajor, entry.devminor
+    info.uname = info.gname = ""
+    for key, value in entry.xattrs.items():
+        info.pax_headers[XATTR_PREFIX + key] = value.decode("utf-8", "surrogateescape")
+    return info
+
+
+class EntryData:
+    """The data of a TarReader's current entry, as the file tarfile.addfile reads: exactly
+    the bytes asked for (fewer only at its end)."""
+
+    def __init__(self, reader: archive.TarReader):
+        self._chunks = reader.chunks()
+        self._rest = memoryview(b"")
+
+    def read(self, n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            if not self._rest:
+                # A piece may live in a buffer the next one is read into: what is taken
+                # of it is copied first.
+                self._rest = memoryview(next(self._chunks, b""))
+                if not self._rest:
+                    break
+            take = n - len(data)
+            data += self._rest[:take]
+            self._rest = self._rest[take:]
+        return bytes(data)
 
 
 class _Exactly:

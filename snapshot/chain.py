@@ -433,6 +433,10 @@ class Chain:
     def free_bytes(self) -> int:
         return len(self.free_blocks()) * self.flash.geometry.erasesize
 
+    def used_bytes(self) -> int:
+        """The flash the listed records take: whole good blocks each."""
+        return sum(len(r.blocks) for r in self.records) * self.flash.geometry.erasesize
+
 
 def describe(record: Record, index: int) -> str:
     e = record.entry

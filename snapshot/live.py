@@ -62,5 +62,17 @@ def check_base(upper: Path, snapshots: list[DirEntry]) -> bool:
     return True
 
 
+def rebase(upper: Path, before: list[DirEntry], after: list[DirEntry]) -> None:
+    """After a write that replaced the snapshots under the running system by others showing
+    exactly the same (squash): a booted layer over `before` is one over `after` now, and
+    stays storable. A layer over anything else stays stale."""
+    try:
+        booted = check_base(upper, before)
+    except StaleLayer:
+        return
+    if booted:
+        write_base(upper, after)
+
+
 def _count(n: int) -> str:
     return f"snapshots 1..{n}" if n else "no snapshots"

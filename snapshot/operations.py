@@ -237,6 +237,7 @@ def record_info(chain: Chain, record: Record, index: int) -> dict:
         integrity = f"damaged: {e.reason}"
     e = record.entry
     info = {"seq": e.seq, "size": e.payload_length, "blocks": len(record.blocks),
+            "flash_bytes": len(record.blocks) * chain.flash.geometry.erasesize,
             "created": e.created, "message": e.message, "state": STATE_NAMES[e.state],
             "integrity": integrity}
     if e.state == TRIAL:
@@ -259,6 +260,7 @@ def listing(chain: Chain) -> dict:
         "volatiles": [record_info(chain, r, 0) for r in chain.volatiles],
         "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message}
         if note else None,
+        "used_bytes": chain.used_bytes(),
         "free_bytes": chain.free_bytes(),
     }
 
@@ -564,9 +566,12 @@ def repair(chain: Chain, progress=None) -> Report:
     return report
 
 
-def _rewrite(chain: Chain, record: Record, progress) -> DirEntry:
+def _rewrite(chain: Chain, record: Record, progress, seq: int | None = None) -> DirEntry:
+    """`record` copied into free blocks (its payload as it is); `seq`: a new number for it
+    (squash renumbers what lies above the snapshots it merges)."""
     e = record.entry
-    writer = RecordWriter(chain, e.type, e.seq, e.message, e.compression, progress, e.created)
+    writer = RecordWriter(chain, e.type, e.seq if seq is None else seq, e.message,
+                          e.compression, progress, e.created)
     source = chain.payload(record)
     while chunk := source.read(64 * 1024):
         writer.write(chunk)

@@ -52,10 +52,11 @@ def clean_name(name: str, entry: str | None = None) -> str:
         raise UnsafeEntry(entry or name, reason) from None
 
 
-class _Checks:
+class Checks:
     """The safety checks of one archive's entries, in order, against dest. dest changes
     during the checks only where entries of this archive are applied in place, and `kinds`
-    records those paths, so a path checked in dest stays checked."""
+    records those paths, so a path checked in dest stays checked. What dest holds is read
+    through in_target(), which squash.py answers from its merged tree instead."""
 
     def __init__(self, dest: Path):
         self.dest = dest
@@ -103,14 +104,21 @@ class _Checks:
                 raise UnsafeEntry(name, f"{parent!r} earlier in this archive is not a "
                                   f"directory" + (" (a symlink)" if kind == SYMLINK else ""))
             return
-        try:
-            mode = os.lstat(f"{self.dest}/{parent}").st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            return   # an ancestor further up is not a directory: the walk up finds it
-        if stat.S_ISLNK(mode):
+        kind = self.in_target(parent)
+        if kind == SYMLINK:
             raise UnsafeEntry(name, f"{parent!r} is a symlink in the target")
-        if not stat.S_ISDIR(mode):
+        if kind not in (None, DIRECTORY):
             raise UnsafeEntry(name, f"{parent!r} is not a directory in the target")
+
+    def in_target(self, path: str) -> str | None:
+        """What dest holds at path: DIRECTORY, SYMLINK, FILE for anything else, or None
+        where nothing is (then an ancestor further up is not a directory, or is missing:
+        the walk up finds it)."""
+        try:
+            mode = os.lstat(f"{self.dest}/{path}").st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return SYMLINK if stat.S_ISLNK(mode) else DIRECTORY if stat.S_ISDIR(mode) else FILE
 
 
 def apply(source, compression: int, dest: Path, lower: Path | None = None,
@@ -142,7 +150,7 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ArchiveError(f"{dest}: cannot unpack into it: {e.strerror}") from None
-    checks = _Checks(dest)
+    checks = Checks(dest)
     if not in_place:
         staged = _Staged(dest, lower)
         try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from snapshot import archive, live
 from snapshot import trial as trials
-from snapshot.capture import Capture, compressor
+from snapshot.capture import Capture, EntryData, compressor, header
 from snapshot.chain import Chain, Record, RecordWriter, commit
 from snapshot.errors import SnapshotError
 from snapshot.format import COMPRESSION_GZIP, MAX_MESSAGE, SNAPSHOT, VOLATILE, DirEntry
@@ -130,9 +130,9 @@ def _copy_without(chain: Chain, record: Record, leave_out: set[str], seq: int,
             if _under(entry.name, leave_out) or (entry.type == archive.HARDLINK and
                                                  entry.linkname not in links):
                 continue
-            info = _tarinfo(entry)
+            info = header(entry)
             if entry.type == archive.FILE:
-                tar.addfile(info, _Chunks(reader.chunks()))
+                tar.addfile(info, EntryData(reader))
             else:
                 tar.addfile(info)
             links.add(entry.name)
@@ -143,41 +143,3 @@ def _under(name: str, paths: set[str]) -> bool:
     name = name.rstrip("/")
     parts = name.split("/")
     return any("/".join(parts[:i]) in paths for i in range(1, len(parts) + 1))
-
-
-_KINDS = {archive.FILE: tarfile.REGTYPE, archive.DIRECTORY: tarfile.DIRTYPE,
-          archive.SYMLINK: tarfile.SYMTYPE, archive.HARDLINK: tarfile.LNKTYPE,
-          archive.CHAR: tarfile.CHRTYPE, archive.FIFO: tarfile.FIFOTYPE}
-
-
-def _tarinfo(entry: archive.Entry) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(entry.name)
-    info.type = _KINDS[entry.type]
-    info.mode, info.uid, info.gid, info.mtime = entry.mode, entry.uid, entry.gid, entry.mtime
-    info.size = entry.size if entry.type == archive.FILE else 0
-    info.linkname = entry.linkname
-    info.devmajor, info.devminor = entry.devmajor, entry.devminor
-    info.uname = info.gname = ""
-    for key, value in entry.xattrs.items():
-        info.pax_headers[archive.XATTR_PREFIX + key] = value.decode("utf-8", "surrogateescape")
-    return info
-
-
-class _Chunks:
-    """A file-like view of an entry's data pieces, for tarfile.addfile."""
-
-    def __init__(self, chunks):
-        self._chunks = iter(chunks)
-        self._rest = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._rest) < n:
-            piece = next(self._chunks, None)
-            if piece is None:
-                break
-            self._rest += bytes(piece)
-        if n < 0:
-            data, self._rest = self._rest, b""
-        else:
-            data, self._rest = self._rest[:n], self._rest[n:]
-        return data

@@ -7,7 +7,8 @@ squashfs, an overlay whose upper dir holds snapshots 1..k-1 unpacked by `snapsho
 an overlay on top with an empty volatile upper dir), makes the step's changes in the merged
 view and pushes the volatile upper dir as snapshot k. Then, in a fresh namespace, it unpacks
 snapshots 1..k into a new upper dir, mounts lower + that, and compares the merged view with
-the one before the push, in full. Prints a JSON report. Every mount dies with its namespace.
+the one before the push, in full. With "squash" in SPEC, it then squashes the chain and
+compares the last step's view again. Prints a JSON report. Every mount dies with its namespace.
 """
 import hashlib
 import json
@@ -189,15 +190,25 @@ def main() -> None:
         snapshot(image, "push", "--from", str(base / f"v{k}"), "-m", f"step {k}")
         umount(top)
         umount(merged)
-        checked = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
-                                  __file__, str(spec_file), str(k), str(expected)],
-                                 capture_output=True, text=True, check=True)
-        result = json.loads(checked.stdout.splitlines()[-1])
+        result = checked(spec_file, k, expected)
         report["steps"] = k
         if not result["ok"]:
             report.update(ok=False, difference=result["difference"])
             break
+    if report["ok"] and spec.get("squash"):
+        snapshot(image, "squash")
+        result = checked(spec_file, report["steps"], expected)
+        if not result["ok"]:
+            report.update(ok=False, difference=f"after squash: {result['difference']}")
     print(json.dumps(report))
+
+
+def checked(spec_file: Path, k: int, expected: Path) -> dict:
+    """verify() in a fresh namespace."""
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
+                           __file__, str(spec_file), str(k), str(expected)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -208,6 +208,35 @@ def base_package_transaction(device: str, work: Path) -> None:
     first.write_bytes(b"rewritten by the package\n")
 
 
+def base_overwritten_snapshots(device: str, work: Path) -> None:
+    """Three snapshots that rewrite the same files, one deleting a file of the first (a
+    whiteout), one replacing a directory (opaque), and a volatile record: what squash
+    merges."""
+    _formatted(device)
+    for n in (1, 2, 3):
+        root = make_tree(work / f"s{n}", n, 40)
+        (root / "www").mkdir(exist_ok=True)
+        if n == 1:
+            (root / "etc/old").write_text("deleted by snapshot 2\n")
+            (root / "www/index.html").write_text("hidden by snapshot 3\n")
+        elif n == 2:
+            os.mknod(root / "etc/old", 0o020000, os.makedev(0, 0))
+        else:
+            os.setxattr(root / "www", "trusted.overlay.opaque", b"y")
+            (root / "www/new.html").write_text("snapshot 3\n")
+        _write(device, operations.push, root, f"s{n}")
+    _write(device, operations.save, make_tree(work / "v1", 4, 10))
+
+
+def base_overwritten_snapshots_under_a_trial(device: str, work: Path) -> None:
+    """The same, then a snapshot on trial (the volatile record kept for it) and a volatile
+    record saved on top of the trial: squash rewrites those three under new numbers."""
+    base_overwritten_snapshots(device, work)
+    _write(device, operations.push, make_tree(work / "t1", 5, 40), "trial", None,
+           COMPRESSION_GZIP, 3)
+    _write(device, operations.save, make_tree(work / "v2", 6, 10))
+
+
 def health_config(work: Path, healthy: bool) -> dict:
     """A configuration whose one required check passes or fails, deciding at once."""
     (work / "health.d").mkdir(parents=True, exist_ok=True)
@@ -256,6 +285,10 @@ SCENARIOS = {
     "watchconfirm": Scenario("watchconfirm", base_snapshot_on_trial,
                              lambda w: ["watch", "--no-reboot"],
                              env=lambda w: health_config(w, healthy=True)),
+    # Squash: snapshots 1..3 merged, the volatile record renumbered; and with a trial on top.
+    "squash": Scenario("squash", base_overwritten_snapshots, lambda w: ["squash"]),
+    "squashtrial": Scenario("squashtrial", base_overwritten_snapshots_under_a_trial,
+                            lambda w: ["squash"]),
 }
 
 

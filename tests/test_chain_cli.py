@@ -43,7 +43,7 @@ def test_new_chain_is_empty(image):
     info = listing(image)
     assert info["snapshots"] == [] and info["volatile"] is None
     assert set(info) == {"device", "geometry", "snapshots", "volatile", "volatiles",
-                         "last_rollback", "free_bytes"}
+                         "last_rollback", "used_bytes", "free_bytes"}
     assert info["volatiles"] == [] and info["last_rollback"] is None
 
 
@@ -53,8 +53,8 @@ def test_push_appends_snapshots_in_order(image, tmp_path):
     snaps = listing(image)["snapshots"]
     assert [(s["index"], s["seq"], s["message"], s["state"], s["integrity"]) for s in snaps] \
         == [(1, 1, "first", "confirmed", "ok"), (2, 2, "second", "confirmed", "ok")]
-    assert set(snaps[0]) == {"index", "seq", "size", "blocks", "created", "message", "state",
-                             "integrity"}
+    assert set(snaps[0]) == {"index", "seq", "size", "blocks", "flash_bytes", "created",
+                             "message", "state", "integrity"}
 
 
 def test_push_consumes_the_volatile(image, tmp_path):

@@ -35,7 +35,7 @@ def namespaces():
         cannot_run(f"tier 2 cannot run: {reason}")
 
 
-def run_lab(work: Path, steps: list) -> dict:
+def run_lab(work: Path, steps: list, squash: bool = False) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     image = work / "flash.img"
     SimFlash.create(image, Geometry(FlashType.NAND, 32 * MIB, 128 * 1024, 2048, 64),
@@ -43,7 +43,8 @@ def run_lab(work: Path, steps: list) -> dict:
     with SimFlash(image, writable=True) as flash:
         operations.format_device(flash)
     spec = work / "spec.json"
-    spec.write_text(json.dumps({"image": str(image), "work": str(work / "ns"), "steps": steps}))
+    spec.write_text(json.dumps({"image": str(image), "work": str(work / "ns"), "steps": steps,
+                                "squash": squash}))
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
                            str(LAB), str(spec)], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).parent.parent)

@@ -250,7 +250,7 @@ def test_push_returns_at_once_and_status_reports_its_result(router, image, tmp_p
         os.close(held)
     job = until_done(router)
     assert job["result"] == {"snapshot": 3, "size": job["result"]["size"], "state": "confirmed",
-                             "exact": True, "warnings": []}
+                             "squashed": None, "exact": True, "warnings": []}
     assert router.call("snapshot", "list")["snapshots"][2]["message"] == "over ubus"
     assert router.call("snapshot", "status") == json.loads(router.printed("status", "--json"))
 

@@ -1,12 +1,13 @@
-"""The chain's commands: format, save, push, rollback, list, unpack, check, show, export and
-probe."""
+"""The chain's commands: format, save, push, rollback, squash, list, unpack, check, show,
+export and probe."""
 import json
 from pathlib import Path
 
 import click
 
 from mtd import FlashOpenError, MtdError
-from snapshot import operations
+from snapshot import config, operations
+from snapshot import squash as squashing
 from snapshot.chain import Chain
 from snapshot.cli.common import (JSON, SOURCE, TRIAL, compression_of, compression_option,
                                  human, main, max_attempts_of, on_trial, reading, state_of,
@@ -78,19 +79,71 @@ def push(obj, source, message, compression, trial, as_json):
     it replaces stays on flash, to come back if the trial fails. No push is taken while a
     trial is pending.
 
+    With `option keep K` in /etc/config/snapshot, a push that leaves more than K snapshots
+    then squashes the oldest (see `squash --help`) so that K remain; `squashed` in --json
+    says what it did (null: nothing), or why it could not.
+
     \b
     Examples:
       snapshot push --from /volatile/upper -m "installed tcpdump"
       snapshot push --trial -m "new mesh settings" && reboot
     """
+    keep, compression = config.number(config.load(), "keep", 0), compression_of(compression)
     with writing(obj, "push") as (chain, progress):
-        capture = operations.push(chain, source, message, progress,
-                                  compression_of(compression), max_attempts_of(trial))
+        capture = operations.push(chain, source, message, progress, compression,
+                                  max_attempts_of(trial))
         count = len(chain.snapshots)
         newest = chain.snapshots[-1]
         line = f"pushed snapshot {count}" + on_trial(newest)
+        squashed = _keep(chain, keep, source, progress, compression)
+    if squashed and "error" not in squashed:
+        count = len(chain.snapshots)
+        line += f"; {_squashed(squashed)}"
     stored(capture, as_json, {"snapshot": count, "size": newest.entry.payload_length,
-                              "state": state_of(newest)}, line)
+                              "state": state_of(newest), "squashed": squashed}, line)
+
+
+def _keep(chain, keep, source, progress, compression) -> dict | None:
+    """`option keep` after a push: the squash's report, or its error (the push stands)."""
+    try:
+        return squashing.after_push(chain, keep, source, progress, compression)
+    except SnapshotError as e:
+        click.echo(f"warning: pushed, but not squashed: {e}", err=True)
+        return {"error": str(e)}
+
+
+@main.command()
+@click.option("--upto", type=int,
+              help="Merge snapshots 1..N [default: all but a snapshot on trial].")
+@JSON
+@click.pass_obj
+def squash(obj, upto, as_json):
+    """Merge snapshots 1..N into one, so that what later ones deleted or overwrote stops
+    taking flash. Booting shows exactly what it showed before.
+
+    The merged record goes into free blocks and replaces the N in one commit: after a power
+    cut the chain is the old one or the new one. The snapshots after N (a snapshot on trial)
+    and the volatile record stay as they are, renumbered. Refused, with nothing written,
+    when the chain is damaged (run `snapshot check --repair`), when N is on trial, or when
+    free flash is short (the error says how much is needed). With fewer than two snapshots
+    to merge it says so and writes nothing. Payload compression: `option compression`.
+
+    \b
+    Examples:
+      snapshot squash
+      snapshot squash --upto 5 --json
+    """
+    with writing(obj, "squash") as (chain, progress):
+        report = squashing.squash(chain, upto, progress, compression_of(None))
+    click.echo(json.dumps(report, indent=2) if as_json else _squashed(report))
+
+
+def _squashed(report: dict) -> str:
+    if not report["squashed"]:
+        return "nothing to squash: it takes two snapshots or more; nothing was written"
+    return (f"squashed snapshots 1..{report['squashed']} into snapshot 1: flash used "
+            f"{human(report['before_bytes'])} -> {human(report['after_bytes'])}, "
+            f"{human(report['free_bytes'])} free")
 
 
 @main.command()
@@ -119,7 +172,8 @@ def rollback(obj, to, as_json):
 @JSON
 @click.pass_obj
 def list_cmd(obj, as_json):
-    """List the snapshots and the volatile record (reads record headers only).
+    """List the snapshots and the volatile record (reads record headers only), with the
+    flash each takes (whole blocks) and what is used and free.
 
     \b
     Example:
@@ -130,19 +184,21 @@ def list_cmd(obj, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'blocks':>6}  {'created':<19}  "
-               f"{'state':<10}  message")
+    click.echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'flash':>10}  {'blocks':>6}  "
+               f"{'created':<19}  {'state':<10}  message")
     for s in info["snapshots"]:
-        click.echo(f"{s['index']:>3}  {s['seq']:>4}  {human(s['size']):>10}  {s['blocks']:>6}  "
-                   f"{when(s['created'])}  {_state(s):<10}  {s['message']}")
+        click.echo(f"{s['index']:>3}  {s['seq']:>4}  {human(s['size']):>10}  "
+                   f"{human(s['flash_bytes']):>10}  {s['blocks']:>6}  {when(s['created'])}  "
+                   f"{_state(s):<10}  {s['message']}")
     for v in info["volatiles"] or [None]:
-        click.echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks, {_state(v)}"
+        click.echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks "
+                   f"({human(v['flash_bytes'])} of flash), {_state(v)}"
                    + (", kept in case the trial fails" if v["kept_for_rollback"] else "")
                    if v else "volatile: none")
     note = info["last_rollback"]
     if note:
         click.echo(f"last rollback: {when(note['time'])}: {note['reason']}")
-    click.echo(f"free: {human(info['free_bytes'])}")
+    click.echo(f"flash: {human(info['used_bytes'])} used, {human(info['free_bytes'])} free")
 
 
 def _state(record: dict) -> str:
