@@ -253,10 +253,17 @@ class Opkg(PackageManager):
     def upgrade(self, changes: list[Change]) -> None:
         before = self.installed()
         result = self._run("upgrade", *[c.name for c in changes])
-        if result.returncode == 0:
-            return
         output = result.stdout + result.stderr
         after = self.installed()
+        if result.returncode == 0:
+            # With the layer it writes into full, opkg exits 0 having written the files
+            # empty and its status file emptied: the database says what really happened.
+            missing = [c for c in changes if after.get(c.name) != c.new]
+            if missing:
+                raise InstallFailed(f"opkg upgrade exited 0 but {missing[0].name} is not at "
+                                    f"{missing[0].new} (the RAM layer full?): "
+                                    f"{_last_lines(output, 'rror|Couldn|ailed')}")
+            return
         done = [c for c in changes if after.get(c.name) == c.new]
         detail = _last_lines(output, "rror|ailed|postinst")
         if done and len(done) < len(changes) or (done and after != before):

@@ -38,6 +38,10 @@ UNSAVED = "unsaved-change.json"
 PENDING = "transaction.json"
 
 
+#: RAM an upgrade needs in the volatile layer beyond the packages and their database.
+RAM_RESERVE = 64 * 1024
+
+
 class NoFlash(SnapshotError):
     exit_code = 14
 
@@ -138,7 +142,10 @@ def check_room(device: str | None, pm: PackageManager, changes: list[Change],
                       f"and {_human(free)} is free; nothing was installed (`snapshot squash` "
                       f"or `snapshot rollback` frees some)")
     room = _free(upper)
-    need_ram = installed + installed // 10
+    # The package files, their database rewritten beside the old one, and room for what a
+    # transaction writes besides (scripts, lock files, tmpfs's page per small file).
+    database = sum(_size(pm.root / rel) for rel in pm.database)
+    need_ram = installed + installed // 10 + 2 * database + RAM_RESERVE
     if need_ram > room:
         raise NoRam(f"the packages need about {_human(need_ram)} in the RAM layer "
                     f"({upper}) and {_human(room)} is free; nothing was installed")
@@ -146,6 +153,13 @@ def check_room(device: str | None, pm: PackageManager, changes: list[Change],
     if download > tmp:
         raise NoRam(f"the downloads need about {_human(download)} in /tmp and {_human(tmp)} "
                     f"is free; nothing was installed")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _human(n: int) -> str:
