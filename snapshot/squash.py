@@ -177,8 +177,9 @@ def plan(chain: Chain, records: list[Record]) -> Plan:
             continue
         index, number = node.source
         paths = files.setdefault(index, {}).setdefault(number, [])
-        if not paths:
-            size += round_up(entry.size, _BLOCK)
+        # The first path gets the data, the others link to it by name.
+        size += len(paths[0].encode("utf-8", "surrogateescape")) if paths else \
+            round_up(entry.size, _BLOCK)
         paths.append(path)
     return Plan(dataless, files, size)
 

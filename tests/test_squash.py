@@ -330,16 +330,34 @@ def test_a_damaged_record_is_refused_pointing_at_check_repair_and_nothing_is_wri
     with SimFlash(image) as flash:
         record = Chain(flash).snapshots[1]
         offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
-    with open(image, "r+b") as f:
-        f.seek(offset + 40)
-        byte = f.read(1)
-        f.seek(offset + 40)
-        f.write(bytes([byte[0] ^ 0x5A]))
+    flip_byte(image, offset + 40)
     done = writes(image)
     message = error_of(run(image, "squash"), code=4)
     assert "snapshot 2 (block" in message and "is damaged: payload CRC mismatch" in message
     assert message.endswith("; run `snapshot check --repair` first; nothing was written")
     assert writes(image) == done
+
+
+def test_a_damaged_volatile_record_is_refused_too(image, tmp_path):
+    push_all(image, layers(tmp_path))
+    ok(image, "save", "--from", make_tree(tmp_path / "v", 4, 20))
+    with SimFlash(image) as flash:
+        record = Chain(flash).volatile
+        offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
+    flip_byte(image, offset + 40)
+    done = writes(image)
+    message = error_of(run(image, "squash"), code=4)
+    assert "the volatile record (block" in message and "check --repair" in message
+    assert writes(image) == done
+
+
+def flip_byte(image: Path, offset: int) -> None:
+    """Damage one byte behind the flash layer's back, as a failing cell would."""
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x5A]))
 
 
 def test_one_snapshot_or_none_is_nothing_to_squash_and_writes_nothing(image, tmp_path):
