@@ -7,7 +7,8 @@ import json
 import pytest
 
 from mtd import FlashType, Geometry
-from router_sandbox import REPO, Router, build_rootfs, sandbox_feeds  # noqa: F401
+from router_sandbox import REPO, Router, build_rootfs
+from router_sandbox import sandbox_feeds  # noqa: F401  (the fixture)
 
 HOOKS = {"/etc/apk/commit_hooks.d/snapshot": REPO / "initscripts/etc/apk/commit_hooks.d/snapshot",
          "/usr/sbin/opkg": REPO / "initscripts/usr/sbin/opkg"}
@@ -66,8 +67,8 @@ def with_v1(router, *names: str):
 
 def healthy(booted, ok: bool) -> None:
     script = "#!/bin/sh\n" + ("exit 0\n" if ok else "echo 'mesh lost' >&2; exit 1\n")
-    booted.run(f"mkdir -p /etc/snapshot/health.d && cat > /etc/snapshot/health.d/mesh && "
-               f"chmod +x /etc/snapshot/health.d/mesh", input=script)
+    booted.run("mkdir -p /etc/snapshot/health.d && cat > /etc/snapshot/health.d/mesh && "
+               "chmod +x /etc/snapshot/health.d/mesh", input=script)
     assert booted.run(FAST_WATCH).rc == 0
 
 
