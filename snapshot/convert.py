@@ -15,18 +15,26 @@ collector leaves after a cut; so through the copy jffs2 still mounts with all it
 jffs2 must not be mounted read-write while this runs: it would write into the blocks it
 considers free. The CLI checks that, and the router's way is the RAM stage
 (initscripts/lib/snapshot/convert-stage).
+
+The old fstools chain (`OWRT` in block 0, snapshot/legacy.py) is converted the same way, each
+of its entries becoming a record (DESIGN.md §9, "From the old fstools chain"). There the
+commit itself is the switch: `OWRT` in the mark block is foreign, so the chain counts as soon
+as its newest entry, with its mark entry, is whole; until then the stock mount_root reads the
+old chain from blocks no write touches.
 """
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtd import Flash
-from snapshot import archive
+from snapshot import archive, legacy
 from snapshot.capture import Capture
-from snapshot.chain import Chain, RecordWriter, anchor_blocks, commit, finish_mark
+from snapshot.chain import (Chain, RecordWriter, anchor_blocks, commit, finish_mark, read_mark,
+                            scan_anchors)
 from snapshot.errors import SnapshotError
-from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, message_bytes
-from snapshot.operations import LEGACY_MAGIC, recognise
+from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, VOLATILE, message_bytes
+from snapshot.operations import recognise
 
 STAGE = "/lib/snapshot/convert-stage"
 STAGED = Path("/tmp/snapshot-convert/overlay.tar.gz")
@@ -112,12 +120,10 @@ def convert(flash: Flash, fill, compression: int, message: str, progress=None):
     what fill returned. Before the commit the device holds the old data unchanged (blocks
     copied aside included); after it, the chain. Refuses a device that already holds a
     chain or the old fstools format."""
-    found = recognise(flash)
-    if found == "a snapshot chain":
-        raise SnapshotError(f"{flash.name} already holds a snapshot chain; nothing to convert")
-    head = flash.read(0, len(LEGACY_MAGIC))
-    if found and head == LEGACY_MAGIC:
-        raise SnapshotError(f"{flash.name} holds {found}, which convert cannot read yet")
+    if holds_legacy(flash):
+        raise SnapshotError(f"{flash.name} holds an old-format (fstools) snapshot chain: "
+                            f"`snapshot convert --legacy` imports it (on the router, "
+                            f"`snapshot convert`)")
     # The mark block stays as it is until the switch, even when free: its first word (a
     # cleanmarker's magic, on a fresh jffs2) is how mount_root recognises jffs2 until then.
     chain = Chain.replacing(flash, blocks_holding_data(flash))
@@ -131,6 +137,134 @@ def convert(flash: Flash, fill, compression: int, message: str, progress=None):
     commit(chain, [writer.finish()])
     finish_mark(chain)
     return filled
+
+
+def holds_legacy(flash: Flash) -> bool:
+    """Whether the device holds the old fstools chain; refused when it holds a chain."""
+    if recognise(flash) == "a snapshot chain":
+        raise SnapshotError(f"{flash.name} already holds a snapshot chain; nothing to convert")
+    return read_mark(flash, scan_anchors(flash)).kind == "legacy"
+
+
+@dataclass
+class LegacyPlan:
+    """A conversion of the old chain, decided before anything is written: what it imports
+    (`old`) and the empty chain the records go into, every block an old entry covers
+    reserved but the one anchor block the commit may take."""
+    old: legacy.OldChain
+    chain: Chain
+
+    def summary(self) -> str:
+        old = self.old
+        parts = []
+        if old.snapshots:
+            seqs = [e.seq for e in old.snapshots]
+            parts.append(f"{len(seqs)} snapshot{'s' if len(seqs) > 1 else ''} (old seq "
+                         + (f"{seqs[0]}" if len(seqs) == 1 else f"{seqs[0]}..{seqs[-1]}")
+                         + ")")
+        if old.volatile is not None:
+            parts.append("the volatile" + (f" (its sentinel copy at block {old.volatile.block}"
+                                           f": the first copy is "
+                                           f"{old.first_fault or 'missing'})"
+                                           if old.from_sentinel else ""))
+        return " and ".join(parts)
+
+
+def plan_legacy(flash: Flash, accept_window: bool = False) -> LegacyPlan:
+    """Read and check the old chain and choose the commit's anchor block; reads only.
+    Refused when the device holds no old chain, nothing of it can be imported, or the commit
+    would have to erase an anchor block the old chain needs (without `accept_window`)."""
+    if not holds_legacy(flash):
+        raise SnapshotError(f"{flash.name} holds no old-format (fstools) snapshot chain "
+                            f"(`OWRT` at its start); nothing to convert")
+    old = legacy.read(flash)
+    if not old.snapshots and old.volatile is None:
+        reason = old.problems[0] if old.problems else "it holds no entry"
+        raise SnapshotError(f"{flash.name}: nothing of the old fstools chain can be imported "
+                            f"({reason}); nothing was changed")
+    chain = Chain.replacing(flash, set(old.blocks))
+    if chain.mark.block is not None:
+        chain.reserved |= {chain.mark.block}
+    _legacy_anchor(flash, chain, old, accept_window)
+    return LegacyPlan(old, chain)
+
+
+def _legacy_anchor(flash: Flash, chain: Chain, old: legacy.OldChain,
+                   accept_window: bool) -> None:
+    """Leave the commit one anchor block besides the mark block that the stock tools do not
+    need: a free one; else the volatile's first copy, when its sentinel copy checks out and
+    holds the same (the stock boot reads the sentinel copy, and so would a rerun); else,
+    only with `accept_window`, the last one (DESIGN.md §9: a cut between its erase and the
+    commit leaves the stock mount_root the old chain cut short there)."""
+    usable = [b for b in anchor_blocks(flash) if not flash.is_bad(b) and b != chain.mark.block]
+    if not usable:
+        raise SnapshotError(f"{flash.name}: no block of the anchor area can take the chain; "
+                            f"nothing was changed")
+    if any(b not in chain.reserved for b in usable):
+        return
+    first = old.first_copy
+    if first is not None and first.block in usable and old.sentinel_good and \
+            (old.first_fault is not None or first.md5 == old.sentinel.md5):
+        chain.reserved -= {first.block}
+        return
+    if not accept_window:
+        raise SnapshotError(
+            f"{flash.name}: the old chain fills anchor blocks {usable[0]}-{usable[-1]}, where "
+            f"the new chain's first entry has to go: a power cut between erasing block "
+            f"{usable[-1]} and writing that entry would leave the old chain cut short at block "
+            f"{usable[-1]} and no new chain; nothing was changed. Keep the power on and run "
+            f"`snapshot convert --accept-window` to go ahead")
+    chain.reserved -= {usable[-1]}
+
+
+@dataclass
+class Imported:
+    """What a conversion of the old chain wrote: the plan it followed, how many of its
+    snapshots and whether its volatile became records, and what was left out (warnings)."""
+    plan: LegacyPlan
+    snapshots: int
+    volatile: bool
+    warnings: list[str]
+
+
+def from_legacy(flash: Flash, compression: int, accept_window: bool = False,
+                progress=None) -> Imported:
+    """Import the old fstools chain, in place: each snapshot, in seq order, and its volatile
+    become the chain's records, their archives rewritten entry by entry, streamed (legacy.
+    rewrite). Before the one commit the old chain is exactly as the stock mount_root reads
+    it (the records take blocks no old entry covers; the commit's anchor block is one
+    plan_legacy chose); from the commit on, the chain (DESIGN.md §9). An archive that cannot
+    be read ends the import at the entry before it, as damage found by the walk does."""
+    plan = plan_legacy(flash, accept_window)
+    old, chain = plan.old, plan.chain
+    layers, warnings, entries = legacy.Layers(), list(old.problems), []
+    records = [(SNAPSHOT, e, f"imported: old snapshot seq {e.seq}") for e in old.snapshots]
+    if old.volatile is not None:
+        records.append((VOLATILE, old.volatile, f"imported: old volatile seq "
+                        f"{old.volatile.seq}" + (", sentinel copy" if old.from_sentinel
+                                                 else "")))
+    snapshots = 0
+    for rtype, entry, message in records:
+        writer = RecordWriter(chain, rtype, snapshots + (rtype == SNAPSHOT), message,
+                              compression, progress)
+        try:
+            warnings += legacy.rewrite(legacy.Payload(flash, entry), writer, compression,
+                                       layers)
+        except legacy.LegacyDamaged as e:
+            if rtype == VOLATILE:
+                warnings.append(f"{e}: the volatile is left out")
+            else:
+                warnings.append(f"{e}: the import ends at the one before it" + (
+                    ", and the volatile is left out" if old.volatile else ""))
+            break
+        entries.append(writer.finish())
+        snapshots += rtype == SNAPSHOT
+    if not entries:
+        raise SnapshotError(f"{flash.name}: nothing of the old fstools chain can be imported "
+                            f"({warnings[-1]}); the old chain is unchanged")
+    commit(chain, entries)
+    finish_mark(chain)
+    return Imported(plan, snapshots, len(entries) > snapshots, warnings)
 
 
 def from_directory(flash: Flash, source: Path, compression: int, message: str,
@@ -229,11 +363,17 @@ def ram_stage_source(flash: Flash, message: str) -> Path:
     if mounted is None or mounted[1] != "jffs2":
         raise SnapshotError(f"{flash.name} is not mounted as jffs2; nothing to convert "
                             f"(use --from DIR for an overlay dir)")
-    if not Path(STAGE).is_file():
-        raise SnapshotError(f"{STAGE} is missing (reinstall snapshot); nothing was changed")
+    ram_stage_ready()
     return Path(mounted[0]) / "upper"
 
 
-def hand_over(device: str, message: str) -> None:
-    """Become the RAM stage, which converts `device` from STAGED and reboots."""
-    os.execv("/bin/sh", ["/bin/sh", STAGE, device, str(STAGED), message])
+def ram_stage_ready(hint: str = "") -> None:
+    if not Path(STAGE).is_file():
+        raise SnapshotError(f"{STAGE} is missing (reinstall snapshot{hint}); nothing was "
+                            f"changed")
+
+
+def hand_over(device: str, args: list[str]) -> None:
+    """Become the RAM stage, which converts `device` and reboots: from STAGED (`args`: the
+    archive and the message), or from the old chain on it (`args`: --legacy ...)."""
+    os.execv("/bin/sh", ["/bin/sh", STAGE, device, *args])

@@ -172,18 +172,6 @@ def test_convert_refuses_a_chain(tmp_path):
                              f"nothing to convert\n")
 
 
-def test_convert_refuses_the_old_fstools_format_for_now(tmp_path):
-    image = tmp_path / "flash.img"
-    jffs2_like(image, "nor", [])
-    with SimFlash(image, writable=True) as flash:
-        flash.erase(0, flash.geometry.erasesize)
-        flash.write(0, b"OWRT" + bytes(28))
-    digest = image.read_bytes()
-    result = invoke("--device", str(image), "convert", "--from", str(tmp_path))
-    assert result.exit_code == 1 and "old-format (fstools) snapshot chain" in result.output
-    assert image.read_bytes() == digest
-
-
 def test_convert_of_a_full_device_changes_nothing(tmp_path):
     image = tmp_path / "flash.img"
     g, _ = GEOMETRIES["nor"]

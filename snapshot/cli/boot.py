@@ -1,8 +1,10 @@
-"""Boot and conversion: mount (run from preinit) and convert (jffs2 -> chain)."""
+"""Boot and conversion: mount (run from preinit) and convert (jffs2 or the old fstools chain
+-> chain)."""
 import click
 from pathlib import Path
 
-from snapshot.cli.common import Progress, compression_of, compression_option, human, main, stored
+from snapshot.cli.common import (INEXACT, Progress, compression_of, compression_option, human,
+                                 main, stored)
 from snapshot.operations import opened
 
 @main.command()
@@ -10,28 +12,62 @@ from snapshot.operations import opened
               help="Convert this overlay upper dir (the device must not be mounted).")
 @click.option("--archive", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Convert an archive staged by `snapshot convert` (the RAM stage does).")
-@click.option("-m", "--message", default="converted from jffs2", show_default=True,
-              help="Message of snapshot 1.")
+@click.option("--legacy", is_flag=True,
+              help="Import the old fstools snapshot chain (OWRT) the device holds, in place "
+                   "(the RAM stage does; nothing may use the device meanwhile).")
+@click.option("--accept-window", is_flag=True,
+              help="When the old chain fills anchor blocks 1-3: go ahead, although a power "
+                   "cut at one step then leaves the old chain cut short (DESIGN.md §9).")
+@click.option("-m", "--message", help="Message of snapshot 1 (jffs2; default: converted "
+                                      "from jffs2). Records imported from the old chain "
+                                      "say where they came from.")
 @compression_option
 @click.pass_obj
-def convert(obj, source, archive, message, compression):
-    """Replace the jffs2 overlay on --device by a chain holding it as snapshot 1.
+def convert(obj, source, archive, legacy, accept_window, message, compression):
+    """Replace the jffs2 overlay on --device by a chain holding it as snapshot 1, or import
+    the old fstools snapshot chain on it: its snapshots in order and its volatile.
 
-    On a running router (jffs2 mounted at /overlay), it packs /overlay/upper into RAM and
-    hands over to the RAM stage, which stops the other processes, makes jffs2 read-only,
-    moves onto the squashfs, writes the chain and reboots. Until the chain's one commit the
-    jffs2 data stays intact: a power cut leaves jffs2 or the chain, never a mix.
+    On a running router (jffs2 mounted at /overlay, or the old chain on the partition), it
+    checks what it will convert (the overlay's upper dir, packed into RAM; or every entry of
+    the old chain) and hands over to the RAM stage, which stops the other processes, makes
+    jffs2 read-only, moves onto the squashfs, writes the chain and reboots. Until the
+    chain's one commit the old data stays as the stock mount_root reads it: a power cut
+    leaves it or the chain, never a mix. Exit status 5: something of the old chain was
+    left out (damaged, or refused as unsafe); the `warning:` lines say what.
 
     \b
     Examples:
       snapshot convert                     # on the router: then it reboots
       snapshot --device /tmp/flash.img convert --from /tmp/overlay/upper
+      snapshot --device /tmp/flash.img convert --legacy
     """
     from snapshot import convert as conversion   # here: every other command starts sooner
-    if source and archive:
-        raise click.UsageError("--from and --archive exclude each other")
+    if sum(map(bool, (source, archive, legacy))) > 1:
+        raise click.UsageError("--from, --archive and --legacy exclude each other")
     with opened(obj["device"], writable=True) as dev:
-        if source or archive:
+        old_chain = legacy or not (source or archive) and conversion.holds_legacy(dev)
+        if old_chain and message is not None:
+            raise click.UsageError("-m goes with jffs2 only: each record imported from the "
+                                   "old chain says where it came from")
+        message = message or "converted from jffs2"
+        if legacy:
+            progress = Progress("convert")
+            try:
+                imported = conversion.from_legacy(dev, compression_of(compression),
+                                                  accept_window, progress)
+            finally:
+                progress.done()
+            _report(dev.name, imported)
+            return
+        if old_chain:
+            plan = conversion.plan_legacy(dev, accept_window)
+            conversion.ram_stage_ready("; off the router, use --legacy")
+            for problem in plan.old.problems:
+                click.echo(f"warning: {problem}", err=True)
+            click.echo(f"the RAM stage imports the old fstools chain on {dev.name} "
+                       f"({plan.summary()}) and reboots")
+            args = ["--legacy"] + (["--accept-window"] if accept_window else [])
+        elif source or archive:
             progress = Progress("convert")
             try:
                 capture = conversion.offline(dev, source, archive, message,
@@ -44,14 +80,28 @@ def convert(obj, source, archive, message, compression):
             else:
                 stored(capture, False, {}, line)
             return
-        upper = conversion.ram_stage_source(dev, message)
-    staged = conversion.STAGED
-    capture = conversion.stage(upper, staged, compression_of(compression))
-    for warning in capture.warnings:
+        else:
+            upper = conversion.ram_stage_source(dev, message)
+    if not old_chain:
+        staged = conversion.STAGED
+        capture = conversion.stage(upper, staged, compression_of(compression))
+        for warning in capture.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"staged {upper} in {staged} ({human(staged.stat().st_size)}); "
+                   f"the RAM stage converts {dev.name} and reboots")
+        args = [str(staged), message]
+    conversion.hand_over(dev.name, args)
+
+
+def _report(device: str, imported) -> None:
+    """What convert --legacy imported; exit status 5 when it left something out."""
+    for warning in imported.warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"staged {upper} in {staged} ({human(staged.stat().st_size)}); "
-               f"the RAM stage converts {dev.name} and reboots")
-    conversion.hand_over(dev.name, message)
+    click.echo(f"converted {device} from the old fstools chain: {imported.plan.summary()}"
+               + (f", not exactly: {len(imported.warnings)} things left out"
+                  if imported.warnings else ""))
+    if imported.warnings:
+        raise SystemExit(INEXACT)
 
 
 @main.command("mount")
