@@ -178,6 +178,9 @@ def visible(flash: Flash, scan: "AnchorScan", mark: Mark) -> None:
     if mark.stock:
         raise StockMark(flash.name, mark.kind, mark.describe())
     newest = scan.newest
+    if mark.kind == "legacy" and not pending_mark(newest.newest if newest else None):
+        raise NoChain(f"{flash.name} holds {mark.describe()}, not this one: `snapshot "
+                      f"convert` imports it")
     if newest is None:
         raise NoChain(f"{flash.name}: no snapshot chain on this device (run `snapshot format`)")
     if mark.kind not in ("anchor", "unreadable") and not pending_mark(newest.newest):

@@ -436,6 +436,14 @@ def test_the_router_form_refuses_the_window_before_the_ram_stage(tmp_path, monke
     assert result.exit_code == 1 and "--accept-window" in result.output
 
 
+def test_commands_on_the_old_chain_point_to_convert(tmp_path):
+    image, tool, archives, where = old_image(tmp_path, "nor", [SNAPSHOT_1])
+    result = invoke("--device", str(image), "list")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {image} holds an old-format (fstools) snapshot chain, "
+                             f"not this one: `snapshot convert` imports it\n")
+
+
 def test_probe_leaves_the_old_chain_to_the_stock_mount_root_and_writes_nothing(tmp_path):
     image, tool, archives, where = old_image(tmp_path, "nand", [SNAPSHOT_1])
     before = image.read_bytes()
