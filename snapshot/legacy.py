@@ -124,7 +124,7 @@ def _unusable(flash: Flash, entry: Entry) -> str | None:
     bad = [b for b in range(entry.block, end) if flash.is_bad(b)]
     if bad:
         return f"block {bad[0]}, which it covers, is bad"
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)
     try:
         for chunk in _chunks(flash, entry):
             digest.update(chunk)
@@ -226,7 +226,7 @@ class Payload:
     def __init__(self, flash: Flash, entry: Entry):
         self.entry = entry
         self._chunks = _chunks(flash, entry)
-        self._digest = hashlib.md5()
+        self._digest = hashlib.md5(usedforsecurity=False)
         self._buffer = b""
         self._done = False
 

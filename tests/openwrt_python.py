@@ -43,7 +43,7 @@ SPLIT = {
 #: Standard library modules python3-light ships, as far as snapshot imports them. Named one
 #: by one: a new import fails the test until someone has checked where OpenWrt puts it.
 LIGHT = {
-    "base64", "contextlib", "dataclasses", "enum", "errno", "fcntl", "gc", "gzip", "io",
+    "base64", "contextlib", "dataclasses", "enum", "errno", "fcntl", "gc", "gzip", "hashlib", "io",
     "json", "mmap", "os", "pathlib", "random", "re", "shlex", "shutil", "signal", "socket",
     "stat", "struct", "subprocess", "sys", "syslog", "tarfile", "time", "traceback",
     "typing", "zlib",
