@@ -1,11 +1,13 @@
 """Kernel tier, end to end: `snapshot convert` on a router whose overlay is stock jffs2.
 
 The router, its boots and the power cuts are those of test_kernel_boot.py (its module doc
-says how a boot goes). Here the flash starts as a stock OpenWrt router's: the host puts the
-marker sysupgrade leaves (0xdeadc0de) at the start of the erased rootfs_data, so on the first
-boot the preinit hook finds no chain and the stock mount_root (guest_boot/mount_root) mounts
-a fresh jffs2 on /dev/mtdblockN at /overlay, with / an overlay of /overlay/upper over the
-squashfs; later boots find the jffs2 magic there and mount it again.
+says how a boot goes). Here the flash starts as a stock OpenWrt router's: the host puts a
+fresh jffs2 (mkfs.jffs2 of an empty overlay, an empty upper/) at the start of the erased
+rootfs_data, as a router flashed before this package, or a sysupgrade that kept settings,
+leaves it; so the preinit hook leaves the partition to the stock mount_root
+(guest_boot/mount_root), which mounts the jffs2 on /dev/mtdblockN at /overlay, with / an
+overlay of /overlay/upper over the squashfs. (0xdeadc0de there would not do: the boot makes
+an empty chain of it, DESIGN.md §11.)
 
 `snapshot convert` packs /overlay/upper into /tmp and execs the RAM stage
 (initscripts/lib/snapshot/convert-stage), which stops the other processes, remounts jffs2
@@ -22,6 +24,7 @@ flash.
 """
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -35,8 +38,6 @@ from test_kernel_boot import kill_summary, router  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.kernel_boot
 
 MESSAGE = "converted from jffs2"
-#: The first word sysupgrade leaves on rootfs_data; mount_root then makes a fresh jffs2.
-SYSUPGRADE_MARKER = bytes.fromhex("deadc0de")
 STAGE_DONE = "snapshot convert: converted; rebooting into the chain"
 JFFS2_MOUNTS = {"/": "overlay", "/rom": "squashfs", "/overlay": "jffs2", "/volatile": None,
                 "/tmp": "tmpfs"}
@@ -62,8 +63,18 @@ def final(*args):
 
 
 def mark_for_jffs2(router: Router) -> None:
+    """A fresh jffs2 at the start of the router's erased flash (block2mtd is NOR-like:
+    cleanmarkers, no -n)."""
+    if shutil.which("mkfs.jffs2") is None:
+        pytest.fail("mkfs.jffs2 (mtd-utils) is missing: scripts/test.sh installs it")
+    root = router.work / "empty-overlay"
+    (root / "upper").mkdir(parents=True, exist_ok=True)
+    image = router.work / "fresh.jffs2"
+    subprocess.run(["mkfs.jffs2", "-r", str(root), "-o", str(image),
+                    f"--eraseblock={FLASH_ERASE_SIZE}", "-l", "-p"], check=True,
+                   capture_output=True)
     with open(router.flash, "r+b") as f:
-        f.write(SYSUPGRADE_MARKER)
+        f.write(image.read_bytes())
 
 
 def converting_boot(router: Router, plan: list[dict]) -> Boot:
