@@ -4,13 +4,15 @@ written from the documented format (tests/old_chain.py). The real `snapshot_tool
 chain in the kernel tier: tests/test_kernel_legacy.py."""
 import io
 import random
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from clirun import invoke
-from mtd import SimFlash
+from mtd import FlashType, Geometry, SimFlash
 from old_chain import (CONF, DATA, FIRST_SEQ, MAX_LENGTH, RAND0, OldTool, archive, chain_view,
                        old_view, stock_boot)
 from snapshot import archive as records, convert, legacy, marks, operations
@@ -18,6 +20,7 @@ from snapshot.chain import Chain
 from snapshot.format import ANCHOR_MAGIC
 from sweep import CHECKED, GEOMETRIES, run_cli, visible
 
+MIB = 1 << 20
 #: The squashfs below the overlay, as tree() lists it.
 LOWER = {"etc": ("dir", 0o755), "etc/banner": ("file", 0o644, "b" * 64),
          "etc/config": ("dir", 0o755), "etc/config/firewall": ("file", 0o644, "f" * 64),
@@ -391,6 +394,15 @@ def test_a_message_is_refused_with_the_old_chain(tmp_path):
     assert result.exit_code == 2 and "-m goes with jffs2 only" in result.output
 
 
+def test_accept_window_is_refused_without_the_old_chain(tmp_path):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, GEOMETRIES["nor"][0])
+    result = invoke("--device", str(image), "convert", "--from", str(tmp_path),
+                    "--accept-window")
+    assert result.exit_code == 2 and "--accept-window goes with the old fstools chain only" \
+        in result.output
+
+
 def test_an_overlay_dir_is_refused_over_the_old_chain(tmp_path):
     image, tool, archives, where = old_image(tmp_path, "nor", [SNAPSHOT_1])
     before = image.read_bytes()
@@ -510,3 +522,23 @@ def test_a_power_cut_at_any_step_leaves_the_old_chain_intact_or_the_new_one(
     # The last four operations: the commit's erase and program, then the mark block's.
     window = ["cut short"] * 2 if layout == "window" else ["old"] * 2
     assert outcomes == ["old"] * (steps - 4) + window + ["new"] * 2, outcomes
+
+
+def test_an_8_mib_old_snapshot_is_converted_streamed_not_whole_in_memory(tmp_path):
+    """The peak memory of the conversion is that of `list`, whatever the entry's size."""
+    g = Geometry(FlashType.NAND, 32 * MIB, 128 * 1024, 2048, 64)
+    image = tmp_path / "flash.img"
+    blob = random.Random(8).randbytes(8 * MIB)
+    OldTool(image, g).chain([archive({"etc": ("dir",), "etc/blob": blob})])
+
+    def peak(*args: str) -> int:
+        code = ("import resource, sys\nfrom snapshot.cli import main\ntry:\n"
+                "    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        done = subprocess.run([sys.executable, "-c", code, "--device", str(image), *args],
+                              capture_output=True, text=True, check=True)
+        return int(done.stdout.split()[-1]) * 1024
+    listing = peak("list")
+    converting = peak("convert", "--legacy", "--accept-window")
+    assert converting < listing + 4 * MIB, (listing, converting)
+    assert len(imported_messages(image)) == 1

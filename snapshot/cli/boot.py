@@ -49,6 +49,8 @@ def convert(obj, source, archive, legacy, accept_window, message, compression):
         if old_chain and message is not None:
             raise click.UsageError("-m goes with jffs2 only: each record imported from the "
                                    "old chain says where it came from")
+        if accept_window and not old_chain:
+            raise click.UsageError("--accept-window goes with the old fstools chain only")
         message = message or "converted from jffs2"
         if legacy:
             progress = Progress("convert")
