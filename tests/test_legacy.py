@@ -517,6 +517,8 @@ def test_a_power_cut_at_any_step_leaves_the_old_chain_intact_or_the_new_one(
             continue
         else:
             outcomes.append("new")
+            with SimFlash(trial) as flash:
+                assert marks.decide(flash)[0] == marks.CHAIN, f"cut {cut}: boot leaves it"
         assert visible(str(trial)) == new, f"cut {cut}: neither the old chain nor the new one"
         CHECKED["convert-legacy"] = CHECKED.get("convert-legacy", 0) + 1
     # The last four operations: the commit's erase and program, then the mark block's.
