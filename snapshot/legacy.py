@@ -192,7 +192,7 @@ def read(flash: Flash) -> OldChain:
     sentinel = _sentinel(flash, block)
     expected = snapshots[-1].seq if snapshots else None
 
-    def fault(copy: Entry | None) -> str | None:
+    def fault(copy: Entry) -> str | None:
         """Why a copy of the volatile cannot be imported (None: it can)."""
         if expected is not None and copy.seq != expected:
             return f"stale (its seq is not the last old snapshot's, {expected})"
