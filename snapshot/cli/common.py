@@ -61,8 +61,8 @@ class BlockList(click.ParamType):
 
 def human(n: int) -> str:
     for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= factor and n % (factor // 1024 or 1) == 0:
-            return f"{n / factor:g} {unit}"
+        if n >= factor:
+            return f"{n / factor:.2f}".rstrip("0").rstrip(".") + f" {unit}"
     return f"{n} B"
 
 
