@@ -12,7 +12,8 @@ firmware:
   settings.
 - Anything else that is not the chain's own entry (erased, torn, the old fstools chain) counts
   only under a newest entry with a mark entry, the chain's own takeover in progress; without
-  one (a sysupgrade cut after its erase, say), void, then stock.
+  one (a sysupgrade cut after its erase, say), void, then stock; or, for the old fstools
+  chain (`OWRT`), void, then boot it read-only (`OLD`, DESIGN.md §8).
 """
 import errno
 
@@ -21,26 +22,31 @@ from snapshot.chain import (FOREIGN, MARK_ENTRY, AnchorScan, Chain, Mark, _padde
                             pending_mark, read_mark, scan_anchors, write_fresh_anchor_block)
 from snapshot.format import ANCHOR_MAGIC, Anchor
 
-CHAIN, STOCK = "chain", "stock"
+CHAIN, STOCK, OLD = "chain", "stock", "old"
 
 
 def decide(flash: Flash) -> tuple[str, str | None]:
-    """Read only: (CHAIN or STOCK, the write settle() has to make first: "reset", "void" or
-    None)."""
+    """Read only: (CHAIN, STOCK or OLD, the write settle() has to make first: "reset",
+    "void" or None). OLD: the old fstools chain, which the boot reads and never writes."""
     scan = scan_anchors(flash)
     mark = read_mark(flash, scan)
     if mark.kind == "deadc0de":
         return CHAIN, "reset"
-    if mark.stock or (mark.kind in FOREIGN and scan.newest is not None
-                      and not pending_mark(scan.newest.newest)):
-        return STOCK, "void" if _voidable(flash, scan, mark) else None
-    return (CHAIN if scan.newest is not None else STOCK), None
+    newest = scan.newest
+    if mark.stock or (mark.kind in FOREIGN and newest is not None
+                      and not pending_mark(newest.newest)):
+        return (OLD if mark.kind == "legacy" else STOCK), \
+            "void" if _voidable(flash, scan, mark) else None
+    if newest is None:
+        return (OLD if mark.kind == "legacy" else STOCK), None
+    return CHAIN, None
 
 
 def settle(flash: Flash, log=None) -> str:
     """Apply the rule before anything reads the chain; returns CHAIN when the device holds a
-    chain to boot (made empty after a reset mark), STOCK when the stock mount_root should
-    have it. Each step is idempotent, so a power cut anywhere is finished by the next boot."""
+    chain to boot (made empty after a reset mark), OLD when it holds the old fstools chain,
+    STOCK when the stock mount_root should have it. Each step is idempotent, so a power cut
+    anywhere is finished by the next boot."""
     answer, action = decide(flash)
     if action is None:
         return answer
@@ -54,8 +60,8 @@ def settle(flash: Flash, log=None) -> str:
         voided = void(flash, scan, mark)
         if log:
             log(f"{flash.name} starts with {mark.describe()}: erased the chain's anchor "
-                f"blocks {', '.join(map(str, voided))}, so it never comes back; booting the "
-                f"stock way", loud=True)
+                f"blocks {', '.join(map(str, voided))}, so it never comes back"
+                + ("; booting the stock way" if answer == STOCK else ""), loud=True)
     return answer
 
 
@@ -71,7 +77,7 @@ def void(flash: Flash, scan: AnchorScan, mark: Mark) -> list[int]:
     the start of a block it wrote: it erases a block before writing it)."""
     voided = []
     for block in _voidable(flash, scan, mark):
-        _erase(flash, block)
+        erase(flash, block)
         voided.append(block.block)
     return voided
 
@@ -89,13 +95,14 @@ def reset(flash: Flash, scan: AnchorScan, mark: Mark) -> None:
     others = [b for b in scan.blocks if not b.bad and b.block != mark.block]
     for block in others:
         if flash.read(g.block_offset(block.block), g.erasesize) != b"\xff" * g.erasesize:
-            _erase(flash, block)
+            erase(flash, block)
     others = [b for b in others if not b.bad]
     write_fresh_anchor_block(flash, others, _padded(flash, Anchor(gen + 1, (MARK_ENTRY,))))
     finish_mark(Chain(flash, over_mark=True))
 
 
-def _erase(flash: Flash, block) -> None:
+def erase(flash: Flash, block) -> None:
+    """Erase an anchor block; one whose erase fails is marked bad."""
     g = flash.geometry
     try:
         flash.erase(g.block_offset(block.block), g.erasesize)

@@ -4,14 +4,13 @@ Every write follows one pattern: write the new record into free blocks, then com
 anchor entry. A failure or power cut before the commit leaves the old state; DESIGN.md has
 the step tables.
 """
-import errno
 import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtd import Flash, MtdError, open_flash
+from mtd import Flash, open_flash
 from snapshot import archive, live, marks, restore
 from snapshot import trial as trials
 from snapshot.capture import Capture
@@ -84,12 +83,7 @@ def format_device(flash: Flash, force: bool = False) -> None:
     target = write_fresh_anchor_block(flash, candidates, data)
     for other in scan.blocks:
         if other is not target and not other.bad and other.block != mark.block:
-            try:
-                flash.erase(g.block_offset(other.block), g.erasesize)
-            except MtdError as e:
-                if e.errno != errno.EIO:
-                    raise
-                flash.mark_bad(other.block)
+            marks.erase(flash, other)
 
 
 # -- save, push, rollback --------------------------------------------------------------------
@@ -353,6 +347,36 @@ def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None,
         if in_place:
             _empty(dest)
         raise
+
+
+def apply_legacy(flash: Flash, entries: list, dest: Path, lower: Path | None,
+                 layers) -> tuple[int, list[str], SnapshotError | None]:
+    """Apply entries of the old fstools chain (legacy.read's, in order) into dest, which
+    starts empty (boot's tmpfs layers), over `lower` (see restore.apply): exactly what
+    `convert` would import of them and the converted chain's boot would apply, streamed
+    from the flash (legacy.converted; the entries restore would refuse are left out, with a
+    warning each). `layers` holds what the entries before them put at each path (the
+    volatile's checks see the snapshots') and takes theirs. Reads only. Stops at the first
+    entry that cannot be applied (an archive that cannot be read, an MD5 that no longer
+    matches, a write that fails): dest and `layers` then hold exactly the entries before
+    it. Returns how many were applied, the warnings, and the error that stopped them."""
+    from snapshot import legacy   # here: only this boot reads the old format
+    before = dict(layers.kinds)
+    warnings: list[str] = []
+    placed: set[str] = set()   # what the entries put into dest so far (restore.apply)
+    for index, entry in enumerate(entries):
+        stream = legacy.converted(legacy.Payload(flash, entry), layers, warnings)
+        try:
+            restore.apply_entries(stream, dest, lower, in_place=True, placed=placed)
+        except SnapshotError as error:
+            # Entries go in as they pass: one that fails is undone by emptying dest and
+            # applying the ones before it again.
+            _empty(dest)
+            layers.kinds = before
+            applied, warnings, again = apply_legacy(flash, entries[:index], dest, lower,
+                                                    layers)
+            return applied, warnings, again or error
+    return len(entries), warnings, None
 
 
 def _target(dest: Path) -> tuple[Path, bool]:
