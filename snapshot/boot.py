@@ -17,6 +17,11 @@ Boot is a write point: the recovery of an interrupted operation is made persiste
 ends the applied chain at the record before it, and if building the layers fails, a plain
 tmpfs overlay over the squashfs is mounted instead, the way stock OpenWrt does for a
 partition it does not know. Each such event is logged loudly.
+
+The old fstools chain (`OWRT`), not converted yet, boots the same layers, read-only: its
+snapshots and its volatile as `convert` would import them, and nothing is written to the
+flash, so the old chain stays as the stock tools and a later `convert` read it (DESIGN.md §8,
+§9).
 """
 import os
 import subprocess
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import FlashOpenError, MtdError
-from snapshot import live, marks, operations
+from snapshot import legacy, live, marks, operations
 from snapshot import trial as trials
 from snapshot.chain import Chain, commit
 from snapshot.errors import NoChain, SnapshotError
@@ -48,6 +53,7 @@ class BootReport:
     seconds: float = 0.0
     tried: bool = True          # the pending trial, if any, is applied
     rolled_back: str | None = None
+    old: bool = False           # the old fstools chain, booted read-only
 
 
 class Log:
@@ -161,42 +167,104 @@ def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
     log(f"trying {what}: boot {e.attempts + 1} of {e.max_attempts}")
 
 
-def prepare(flash, log: Log, boot: BootReport) -> Chain:
+def prepare(flash, log: Log, boot: BootReport) -> Chain | None:
     """Everything a boot writes before it mounts anything: the repair, then the decision
-    about a pending trial. The chain it returns is what the boot applies. First of all, the
-    stock tools' marks: a reset mark becomes an empty chain, and a jffs2 mark (a sysupgrade
-    that kept settings) leaves the partition to the stock mount_root (DESIGN.md §11)."""
-    if marks.settle(flash, log) == marks.STOCK:
+    about a pending trial. The chain it returns is what the boot applies; None for the old
+    fstools chain, which the boot reads and never writes. First of all, the stock tools'
+    marks: a reset mark becomes an empty chain, and a jffs2 mark (a sysupgrade that kept
+    settings) leaves the partition to the stock mount_root (DESIGN.md §11)."""
+    answer = marks.settle(flash, log)
+    if answer == marks.STOCK:
         raise NoChain(f"{flash.name} holds no chain to boot; booting the stock way")
+    if answer == marks.OLD:
+        return None
     chain = _recover(flash, log, boot)
     _decide_trial(chain, log, boot)
     return chain
 
 
-def _layers(chain: Chain, root: Path, target: Path, scratch: Path, mounts: Mounts,
-            log: Log, boot: BootReport, sandbox: bool) -> None:
-    """Build the two layers in scratch, mount the merged root at target, then move the
-    layers into it. Raises on a failed mount; a damaged record only shortens the chain."""
-    _tmpfs_layer(mounts, scratch / "overlay")
-    upper = scratch / "overlay/upper"
-    snapshots, volatile = chain.view(boot.tried)
-    boot.snapshots, error = operations.apply_snapshots(chain, upper, lower=root,
-                                                       tried=boot.tried)
-    if error is not None:
-        boot.problems.append(str(error))
-        log(f"booting snapshots 1..{boot.snapshots} only: {error}", loud=True)
-    _mountpoints(root, upper)
-    mounts.overlay(root, scratch / "overlay", scratch / "base")
-    _tmpfs_layer(mounts, scratch / "volatile")
-    live.write_base(scratch / "volatile/upper", [r.entry for r in snapshots[:boot.snapshots]])
-    if volatile is not None and boot.snapshots == len(snapshots):
+class _ChainLayers:
+    """What the chain puts into the two layers: snapshots 1..N (up to a damaged one), then
+    the volatile record, with the list of snapshots applied beside it (live.BASE)."""
+
+    def __init__(self, chain: Chain, log: Log, boot: BootReport):
+        self.chain, self.log, self.boot = chain, log, boot
+        self.snapshots, self.volatile = chain.view(boot.tried)
+
+    def fill_snapshots(self, upper: Path, lower: Path) -> None:
+        boot = self.boot
+        boot.snapshots, error = operations.apply_snapshots(self.chain, upper, lower=lower,
+                                                           tried=boot.tried)
+        if error is not None:
+            boot.problems.append(str(error))
+            self.log(f"booting snapshots 1..{boot.snapshots} only: {error}", loud=True)
+
+    def fill_volatile(self, upper: Path, lower: Path) -> None:
+        boot = self.boot
+        live.write_base(upper, [r.entry for r in self.snapshots[:boot.snapshots]])
+        if self.volatile is None or boot.snapshots != len(self.snapshots):
+            return
         try:
-            operations.apply_volatile(chain, scratch / "volatile/upper", scratch / "base",
-                                      boot.tried)
+            operations.apply_volatile(self.chain, upper, lower, boot.tried)
             boot.volatile = True
         except SnapshotError as e:
             boot.problems.append(str(e))
-            log(f"the volatile record is not applied: {e}", loud=True)
+            self.log(f"the volatile record is not applied: {e}", loud=True)
+
+
+class _OldLayers:
+    """What the old fstools chain puts into the two layers, read-only: its snapshots in seq
+    order up to a damaged one, then its volatile (first copy or sentinel copy), each as
+    `convert` would import it (legacy.read, operations.apply_legacy). No list of snapshots
+    is kept beside the volatile layer: `save` and `push` refuse the old chain anyway."""
+
+    def __init__(self, flash, log: Log, boot: BootReport):
+        self.flash, self.log, self.boot = flash, log, boot
+        boot.old = True
+        log(f"{flash.name} holds the old fstools snapshot chain, not converted: booting it "
+            f"read-only (nothing is written to it; changes stay in RAM, and save and push "
+            f"are refused); `snapshot convert` moves it to the new format")
+        self.old = legacy.read(flash)
+        self.layers = legacy.Layers()
+        for problem in self.old.problems:
+            boot.problems.append(problem)
+            self.log(f"old chain: {problem}", loud=True)
+
+    def _apply(self, entries: list, upper: Path, lower: Path) -> int:
+        applied, warnings, error = operations.apply_legacy(self.flash, entries, upper, lower,
+                                                           self.layers)
+        for problem in warnings + ([str(error)] if error else []):
+            self.boot.problems.append(problem)
+            self.log(f"old chain: {problem}", loud=True)
+        return applied
+
+    def fill_snapshots(self, upper: Path, lower: Path) -> None:
+        snapshots = self.old.snapshots
+        self.boot.snapshots = self._apply(snapshots, upper, lower)
+        if self.boot.snapshots < len(snapshots):
+            self.log(f"booting old snapshots 1..{self.boot.snapshots} only"
+                     + (", without the old volatile: it builds on them all"
+                        if self.old.volatile else ""), loud=True)
+
+    def fill_volatile(self, upper: Path, lower: Path) -> None:
+        volatile = self.old.volatile
+        if volatile is None or self.boot.snapshots != len(self.old.snapshots):
+            return
+        self.boot.volatile = self._apply([volatile], upper, lower) == 1
+
+
+def _layers(fill, root: Path, target: Path, scratch: Path, mounts: Mounts,
+            sandbox: bool) -> None:
+    """Build the two layers in scratch (`fill`: _ChainLayers or _OldLayers), mount the
+    merged root at target, then move the layers into it. Raises on a failed mount; a
+    damaged record only shortens the chain."""
+    _tmpfs_layer(mounts, scratch / "overlay")
+    upper = scratch / "overlay/upper"
+    fill.fill_snapshots(upper, root)
+    _mountpoints(root, upper)
+    mounts.overlay(root, scratch / "overlay", scratch / "base")
+    _tmpfs_layer(mounts, scratch / "volatile")
+    fill.fill_volatile(scratch / "volatile/upper", scratch / "base")
     mounts.overlay(scratch / "base", scratch / "volatile", target)
     _place(root, target, scratch, mounts, sandbox)
     mounts.move(scratch / "volatile", target / "volatile")
@@ -236,7 +304,9 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
     try:
         with operations.opened(device, writable=True) as flash:
             chain = prepare(flash, log, boot)
-            _layers(chain, root, target, scratch, mounts, log, boot, sandbox)
+            fill = _OldLayers(flash, log, boot) if chain is None else \
+                _ChainLayers(chain, log, boot)
+            _layers(fill, root, target, scratch, mounts, sandbox)
     except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
         mounts.undo()
         boot.problems.append(str(e))
@@ -250,8 +320,10 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
             mounts.undo()
             raise
     boot.seconds = time.monotonic() - started
+    old = boot.old and not boot.fallback
     log(f"mounted {boot.snapshots} snapshots"
-        + (" and the volatile record" if boot.volatile else "")
+        + (f" and the volatile{'' if old else ' record'}" if boot.volatile else "")
+        + (" of the old fstools chain (read-only)" if old else "")
         + (" (fallback: nothing saved is applied)" if boot.fallback else "")
         + f" in {boot.seconds:.2f}s")
     return boot

@@ -179,8 +179,9 @@ def visible(flash: Flash, scan: "AnchorScan", mark: Mark) -> None:
         raise StockMark(flash.name, mark.kind, mark.describe())
     newest = scan.newest
     if mark.kind == "legacy" and not pending_mark(newest.newest if newest else None):
-        raise NoChain(f"{flash.name} holds {mark.describe()}, not this one: `snapshot "
-                      f"convert` imports it")
+        raise NoChain(f"{flash.name} holds the old fstools snapshot chain, not converted: "
+                      f"run `snapshot convert` first, which imports it (until then it boots "
+                      f"read-only, and changes stay in RAM)")
     if newest is None:
         raise NoChain(f"{flash.name}: no snapshot chain on this device (run `snapshot format`)")
     if mark.kind not in ("anchor", "unreadable") and not pending_mark(newest.newest):

@@ -1,5 +1,6 @@
 """The old fstools snapshot chain (2014, `OWRT` at the partition's start): found and read for
-`snapshot convert` (FORMAT.md §8). Nothing here writes that format.
+`snapshot convert`, and for the read-only boot of a chain not converted yet (FORMAT.md §8,
+DESIGN.md §8). Nothing here writes that format.
 
 Every loop is bounded by the partition: the walk advances at least one block per entry, the
 sentinel scan looks at each block once, and a payload is read only after its length has been
@@ -314,20 +315,38 @@ def _entry(member: tarfile.TarInfo) -> archive.Entry | None:
                          major, minor, xattrs)
 
 
-def rewrite(source: Payload, out, compression: int, layers: Layers) -> list[str]:
-    """Stream the old entry's archive (gzip tar) into `out` as a record's payload, entry by
-    entry: names relative, old-style whiteouts as overlayfs whiteouts, headers as capture
-    writes them. What restore would refuse (against `layers`, the records before it) is left
-    out, with a warning each; the warnings are returned, and `layers` takes the record's
-    entries. An archive that cannot be read, or an MD5 that does not match once it is read
-    to its end, raises LegacyDamaged (`out` then holds part of it)."""
-    warnings = []
+class _Data:
+    """A FILE entry's data in an old archive, as restore (copy_to) and a tar writer (read)
+    take it; an archive that cannot be read raises LegacyDamaged."""
+
+    def __init__(self, data, what: str):
+        self._data = data
+        self._what = what
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._data.read(n)
+        except (tarfile.TarError, zlib.error, EOFError) as e:
+            raise LegacyDamaged(f"{self._what}: its archive cannot be read: {e}") from None
+
+    def copy_to(self, fd: int) -> None:
+        while chunk := self.read(READ_CHUNK):
+            archive._send(fd, chunk)
+
+
+def converted(source: Payload, layers: Layers, warnings: list[str]):
+    """(data, entry) for each entry of the old entry's archive (gzip tar) as a record holds
+    it, read as a stream: names relative, old-style whiteouts as overlayfs whiteouts. `data`
+    is a FILE's contents (read before the next entry is asked for), else None. What restore
+    would refuse (against `layers`, the records before it) is left out, with a line each in
+    `warnings`. Once the archive is read to its end and its MD5 matches, `layers` takes its
+    entries; an archive that cannot be read, or an MD5 that does not match, raises
+    LegacyDamaged (and `layers` is as it was). `rewrite` stores these entries; the boot of
+    an unconverted old chain applies them (operations.apply_legacy)."""
     checks = _LayerChecks(layers)
     what = source.entry.describe()
     try:
-        with compressor(out, compression) as stream, \
-                tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar, \
-                tarfile.open(fileobj=source, mode="r|gz") as old:
+        with tarfile.open(fileobj=source, mode="r|gz") as old:
             for member in old:
                 entry = _entry(member)
                 if entry is None:
@@ -345,10 +364,23 @@ def rewrite(source: Payload, out, compression: int, layers: Layers) -> list[str]
                 except UnsafeEntry as e:
                     warnings.append(f"{what}: {e}; left out")
                     continue
-                tar.addfile(header(entry),
-                            old.extractfile(member) if entry.type == archive.FILE else None)
+                yield (_Data(old.extractfile(member), what)
+                       if entry.type == archive.FILE else None), entry
         source.finish()
     except (tarfile.TarError, zlib.error, EOFError) as e:
         raise LegacyDamaged(f"{what}: its archive cannot be read: {e}") from None
     layers.absorb(checks.kinds)
+
+
+def rewrite(source: Payload, out, compression: int, layers: Layers) -> list[str]:
+    """Stream the old entry's archive into `out` as a record's payload, entry by entry
+    (`converted`), headers as capture writes them. Returns the warnings, one per entry left
+    out; `layers` takes the record's entries. An archive that cannot be read, or an MD5 that
+    does not match once it is read to its end, raises LegacyDamaged (`out` then holds part
+    of it)."""
+    warnings: list[str] = []
+    with compressor(out, compression) as stream, \
+            tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for data, entry in converted(source, layers, warnings):
+            tar.addfile(header(entry), data)
     return warnings

@@ -123,7 +123,15 @@ class Checks:
 
 def apply(source, compression: int, dest: Path, lower: Path | None = None,
           in_place: bool = False, placed: set[str] | None = None) -> None:
-    """Apply an archive onto dest with overlayfs semantics.
+    """Apply an archive onto dest with overlayfs semantics (apply_entries)."""
+    apply_entries(entries(source, compression), dest, lower, in_place, placed)
+
+
+def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool = False,
+                  placed: set[str] | None = None) -> None:
+    """Apply an archive's (reader, entry) pairs, as archive.entries reads them from a
+    record (legacy.converted from the old fstools chain), onto dest with overlayfs
+    semantics.
 
     Staged (the default), all or nothing: after an error dest is as it was (see _Staged).
     One pass reads the archive, checks every entry and makes it, file contents and all, in a
@@ -154,7 +162,7 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
     if not in_place:
         staged = _Staged(dest, lower)
         try:
-            with closing(entries(source, compression)) as stream:
+            with closing(stream):
                 for reader, entry in stream:
                     staged.stage(reader, entry, checks.check(entry))
             staged.place()
@@ -165,7 +173,7 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
         return
     dir_times = []
     # closing(): a refused entry ends the archive's reading process at once.
-    with closing(entries(source, compression)) as stream:
+    with closing(stream):
         for reader, entry in stream:
             name = checks.check(entry)
             if entry.type == FILE:

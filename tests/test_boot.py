@@ -36,11 +36,17 @@ for directory, dirs, files in os.walk(target):
         continue
     for f in files:
         p = Path(directory) / f
-        result["files"][str(p.relative_to(target))] = p.read_text() if p.is_file() else "?"
+        result["files"][str(p.relative_to(target))] = (p.read_text(errors="replace")
+                                                     if p.is_file() else "?")
 for rel, text in extra.get("write", {}).items():
     (target / rel).write_text(text)
 result["volatile_upper"] = sorted(str(p.relative_to(target / "volatile/upper"))
                                   for p in (target / "volatile/upper").rglob("*"))
+if extra.get("tree"):   # the merged root as tests/sweep.py's tree() lists it, mounts left out
+    sys.path.insert(0, "tests")
+    from sweep import tree
+    result["tree"] = {k: v for k, v in tree(target).items()
+                      if k.split("/")[0] not in ("rom", "overlay", "volatile")}
 for args in extra.get("commands", []):
     args = [a.replace("$T", str(target)) for a in args]
     done = subprocess.run([*cli, *args], capture_output=True, text=True)

@@ -120,6 +120,10 @@ def mount_cmd(obj, root, target):
     /volatile/upper. A damaged chain boots its valid prefix; if anything else fails, a
     plain tmpfs overlay is mounted instead. Everything is logged to the kernel log.
 
+    The old fstools chain, not converted yet, boots the same way, read-only: its snapshots
+    and its volatile as `snapshot convert` would import them, nothing written to the flash;
+    `save` and `push` are refused until `snapshot convert`.
+
     The sandbox form mounts the merged root at T without pivoting, with T/rom,
     T/overlay/upper and T/volatile/upper laid out as on the router.
 

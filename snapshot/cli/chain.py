@@ -313,7 +313,8 @@ def export(obj, index, output):
 @main.command()
 @click.pass_obj
 def probe(obj):
-    """Exit 0 if --device holds a snapshot chain to boot, 1 if not; prints nothing.
+    """Exit 0 if --device holds a snapshot chain to boot, or the old fstools chain (which
+    `snapshot mount` boots read-only until `snapshot convert`), 1 if not; prints nothing.
 
     Boot scripts use it to choose how to mount the root. It applies the stock tools' marks
     first: a partition that factoryreset, firstboot or a sysupgrade without settings marked
@@ -336,5 +337,5 @@ def probe(obj):
                 answer = marks.settle(dev, boot.Log(kmsg=dev.name.startswith("/dev/")))
     except (SnapshotError, FlashOpenError, MtdError, OSError):
         raise SystemExit(1)
-    if answer != marks.CHAIN:
+    if answer not in (marks.CHAIN, marks.OLD):
         raise SystemExit(1)
