@@ -13,8 +13,11 @@ old tool unpacks (`snapshot_tool read N`, `config_read`, into its fixed /tmp pat
 applied the way the stock boot applies it: tar over the root, then every symlink to
 `(overlay-whiteout)` removed. That view is what the converted chain must boot.
 
-Then `snapshot convert` on the running router reads the old chain and hands over to the RAM
-stage, which imports it and reboots (qemu exits: -no-reboot); the second boot is the chain's.
+The second boot finds the old chain unconverted: the router's preinit (`snapshot probe`, then
+`snapshot mount`) boots it read-only, with that view; a `snapshot save` is refused, and the
+flash reads exactly as the first boot left it. Then `snapshot convert` on the running router
+reads the old chain and hands over to the RAM stage, which imports it and reboots (qemu exits:
+-no-reboot); the third boot is the chain's.
 """
 import hashlib
 import json
@@ -85,25 +88,33 @@ echo unpacked the old way
 """
 
 
+#: Run on the old chain's own boot: a save (refused), then the partition's MD5, which the host
+#: compares with the image the first boot left.
+UNCONVERTED = (f"{MTD}; snapshot save 2>&1 || echo \"save refused\"; "
+               "echo \"flash md5 $(md5sum < /dev/$mtd | cut -d' ' -f1)\"")
+
+
 def old_chain_lines(boot) -> list[dict]:
     return [json.loads(m) for m in re.findall(r"kboot-old-chain: (\{.*\})", boot.output)]
 
 
-def test_convert_an_old_chain_the_real_snapshot_tool_wrote_then_boot_it(tmp_path):
-    """The chain the RAM stage imports boots exactly the view the old tool's unpack gives:
-    its two snapshots in seq order, the whiteouts as deletions, the volatile from its
-    sentinel copy on top; the records say where they came from."""
+def test_boot_an_old_chain_the_real_snapshot_tool_wrote_then_convert_it_and_boot_that(
+        tmp_path):
+    """Unconverted, the old chain boots read-only through the router's preinit with exactly
+    the view the old tool's unpack gives: its two snapshots in seq order, the whiteouts as
+    deletions, the volatile from its sentinel copy on top; nothing is written to the flash.
+    The chain the RAM stage imports then boots that view too; the records say where they
+    came from."""
     tool("snapshot_tool")
     router = Router(kernel_vm(), tmp_path, flash_size=8 * MIB)
     prelude = old_tool(str(router.results))
     reader = f'"$KBOOT_PYTHON" {GUEST / "old_chain.py"}'
-    first = converting_boot(router, [
+    first = router.boot([
         report("base"),
         sh(prelude + WRITE + reader),
         sh(prelude + ERASE_FIRST_COPY.format(guest=GUEST) + " && " + reader),
         sh(prelude + UNPACK),
-        report("old"),
-        final("convert")])
+        report("old")])
     assert "kboot: stock mount_root: tmpfs overlay" in first.output, first.describe()
     assert "unpacked the old way" in first.output, first.describe()
     written, erased = old_chain_lines(first)
@@ -123,14 +134,28 @@ def test_convert_an_old_chain_the_real_snapshot_tool_wrote_then_boot_it(tmp_path
         "etc/config/firewall" not in view, view_diff(view, first.states["base"]["view"])
     assert view["etc/secret"].startswith("f 600 ") and view["etc/added/more"] and \
         view["etc/system-link"] == "l config/system" and view["etc/blob/data"]
-    assert "snapshot convert: converted; rebooting into the chain" in first.output, \
-        first.describe()
+    written = hashlib.md5(router.flash.read_bytes()).hexdigest()
 
-    second = router.boot([report("boot"), cli("list", "--json"), cli("check")])
-    assert_booted_from_chain(second, 2, True)
-    state = second.states["boot"]
+    unconverted = converting_boot(router, [report("boot"), sh(UNCONVERTED), final("convert")])
+    log = unconverted.snapshot_log()
+    assert any("holds the old fstools snapshot chain, not converted: booting it read-only"
+               in line for line in log), unconverted.describe()
+    assert any(line.startswith("snapshot: mounted 2 snapshots and the volatile of the old "
+                               "fstools chain (read-only)") for line in log), log
+    assert "kboot: stock mount_root" not in unconverted.output, unconverted.describe()
+    state = unconverted.states["boot"]
+    assert state["chain"] is None and state["view"] == view, view_diff(state["view"], view)
+    assert "run `snapshot convert` first" in unconverted.output and "save refused" in \
+        unconverted.output, unconverted.describe()
+    assert f"flash md5 {written}" in unconverted.output, unconverted.describe()
+    assert "snapshot convert: converted; rebooting into the chain" in unconverted.output, \
+        unconverted.describe()
+
+    converted = router.boot([report("boot"), cli("list", "--json"), cli("check")])
+    assert_booted_from_chain(converted, 2, True)
+    state = converted.states["boot"]
     assert state["view"] == view, view_diff(state["view"], view)
-    listing = cli_json(second, "list", "--json")
+    listing = cli_json(converted, "list", "--json")
     assert [(s["seq"], s["message"], s["integrity"]) for s in listing["snapshots"]] == [
         (1, f"imported: old snapshot seq {FIRST_SEQ}", "ok"),
         (2, f"imported: old snapshot seq {FIRST_SEQ + 1}", "ok")], listing
