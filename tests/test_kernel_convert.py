@@ -173,7 +173,7 @@ CONVERT_KILLS = {**{f"blocks-{block}" + (f"+{delay * 1000:.0f}ms" if delay else 
 HOLD = {"KBOOT_HOLD_ANCHOR_ERASE": "60"}
 #: A kill right after that erase is the case that once failed: convert took block 0 (a fresh
 #: jffs2's holds just a cleanmarker) for the anchor entry, and the stock mount_root then no
-#: longer recognised jffs2. Block 0 is now never touched.
+#: longer recognised jffs2. Block 0 is now erased only by the switch, after the commit.
 KILL_PARAMS = list(CONVERT_KILLS)
 
 
