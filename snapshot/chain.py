@@ -91,7 +91,8 @@ def scan_anchors(flash: Flash) -> AnchorScan:
             info.newest, info.newest_offset = anchor, offset
             info.torn |= offset != headers[-1][0]
             break
-        if headers and headers[0][0] == 0:
+        # Only the mark block's first entry matters (read_mark); no other block's is read.
+        if headers and not any(not b.bad for b in scan.blocks[:-1]):
             info.first_valid = info.newest_offset == 0 or _whole(flash, base, headers[0][1])
         if info.newest is not None:
             scan.max_gen = max(scan.max_gen, info.newest.gen)
