@@ -1,8 +1,10 @@
 """The Flash protocol: what the snapshot package may ask of a flash device.
 
-Two implementations exist, `mtd.device.MtdDevice` (Linux MTD character devices) and
-`mtd.sim.SimFlash` (a file-backed simulator). Nothing above this protocol knows which one
-it holds. Offsets and lengths are bytes from the start of the partition.
+Three implementations exist: `mtd.device.MtdDevice` (Linux MTD character devices),
+`mtd.ubi.UbiVolume` (UBI volumes) and `mtd.sim.SimFlash` (a file-backed simulator of either).
+Nothing above this protocol knows which one it holds; the one thing only a UBI volume can do
+(`change`, an atomic block rewrite) is asked for by geometry type, never by class.
+Offsets and lengths are bytes from the start of the partition.
 """
 import errno
 import os
@@ -38,6 +40,17 @@ class Geometry(NamedTuple):
     @property
     def is_nand(self) -> bool:
         return self.type in (FlashType.NAND, FlashType.MLC_NAND)
+
+    @property
+    def is_ubi(self) -> bool:
+        """A UBI volume: blocks are LEBs (no bad ones), each can be changed atomically."""
+        return self.type == FlashType.UBI
+
+    @property
+    def programs_once(self) -> bool:
+        """Whether a page may be programmed only once between erases (NAND, and UBI, whose
+        LEBs sit on NAND), rather than bit by bit (NOR)."""
+        return self.is_nand or self.is_ubi
 
     def block_offset(self, block: int) -> int:
         return block * self.erasesize
@@ -101,6 +114,10 @@ class Flash(Protocol):
 
     def erase(self, offset: int, length: int) -> None:
         """Erase whole blocks to 0xFF. A failing block raises MtdError EIO."""
+
+    def change(self, block: int, data: bytes) -> None:
+        """UBI only (geometry.is_ubi): replace block's contents by data, the rest erased, in
+        one atomic step: after a power cut it holds the old contents or exactly the new."""
 
     def is_bad(self, block: int) -> bool: ...
 

@@ -1,6 +1,7 @@
-"""Turn a device specification into an open Flash: `/dev/mtdN`, `mtd:NAME`, or the path of
-a simulated image. With no specification, the partition the kernel command line names
-(fstools_overlay_name=), else rootfs_data."""
+"""Turn a device specification into an open Flash: `/dev/mtdN`, `mtd:NAME`, `/dev/ubiX_Y`,
+`ubi:NAME`, or the path of a simulated image. With no specification, the overlay partition
+fstools would take: the name the kernel command line gives (fstools_overlay_name=), else
+rootfs_data; an MTD partition of that name, else a UBI volume of that name."""
 import os
 import stat
 
@@ -10,7 +11,7 @@ from mtd.sim import SimFlash, is_sim_image
 
 
 def open_flash(spec: str | None, writable: bool = False) -> Flash:
-    if spec and not spec.startswith("mtd:"):
+    if spec and not spec.startswith(("mtd:", "ubi:")):
         try:
             mode = os.stat(spec).st_mode
         except FileNotFoundError:
@@ -20,11 +21,24 @@ def open_flash(spec: str | None, writable: bool = False) -> Flash:
         if stat.S_ISREG(mode) and is_sim_image(spec):
             return SimFlash(spec, writable)
         if not stat.S_ISCHR(mode):
-            raise FlashOpenError(f"{spec}: not an MTD device or a simulated flash image")
+            raise FlashOpenError(f"{spec}: not an MTD device, a UBI volume or a simulated "
+                                 f"flash image")
     # Imported only for a real device: loading the compiled bindings costs start-up.
-    from mtd.device import MtdDevice, default_partition_name
-    if not spec:
-        return MtdDevice.by_name(default_partition_name(), writable)
-    if spec.startswith("mtd:"):
+    if spec and spec.startswith("ubi:"):
+        from mtd.ubi import UbiVolume
+        return UbiVolume.by_name(spec[4:], writable)
+    from mtd.device import MtdDevice, default_partition_name, partitions
+    if spec and spec.startswith("mtd:"):
         return MtdDevice.by_name(spec[4:], writable)
-    return MtdDevice(spec, writable)
+    if spec:
+        from mtd import ubi
+        if ubi.is_volume(spec):
+            return ubi.UbiVolume(spec, writable)
+        return MtdDevice(spec, writable)
+    name = default_partition_name()
+    if name in partitions():
+        return MtdDevice.by_name(name, writable)
+    from mtd import ubi
+    if ubi.volume_exists(name):
+        return ubi.UbiVolume.by_name(name, writable)
+    raise FlashOpenError(f"no MTD partition and no UBI volume named {name!r}")

@@ -8,6 +8,10 @@ carries over from one process to the next.
 Rules enforced (a violation raises FlashViolation, a bug in the caller):
 - NOR: a program may only clear bits (1 -> 0); only an erase sets them again.
 - NAND: a page is programmed at most once between two erases of its block.
+- UBI (a volume, `type` ubi): blocks are LEBs, whose size need not be a power of two; a page
+  is programmed at most once between erases, as on the NAND beneath; there are no bad blocks,
+  worn blocks or bit flips (UBI handles them); an erase is atomic (UBI unmaps the LEB in one
+  step), and so is `change`, UBI's atomic LEB change.
 Rules the kernel enforces too (raise MtdError, as the kernel would):
 - programs aligned to the page (EINVAL); erases of whole blocks (EINVAL);
 - erasing or programming a bad or worn-out block fails with EIO.
@@ -17,8 +21,9 @@ Faults: factory bad blocks; blocks that wear out after N erases; bit flips on re
 
 Power-cut contract. With MTDSIM_POWERCUT_AFTER=N in the environment, the N-th program or
 block erase this process issues on any simulated device is torn: a program lands only partly
-(a prefix is written; on NAND the page being programmed gets unspecified bytes), an erase
-leaves its block partly erased with unspecified contents in the rest. The image and sidecar
+(a prefix is written; on NAND and UBI the page being programmed gets unspecified bytes), an
+erase leaves its block partly erased with unspecified contents in the rest (on UBI: whole or
+erased), a change leaves the block's old contents or the new ones. The image and sidecar
 are then flushed and the process exits at once with status 99 (os._exit: no finally blocks,
 no atexit handlers). MTDSIM_SEED=S makes the torn contents reproducible.
 
@@ -138,8 +143,8 @@ def _geometry(state: dict) -> Geometry:
     g = state["geometry"]
     if not isinstance(g, dict):
         raise ValueError("geometry is not an object")
-    if g.get("type") not in (FlashType.NOR, FlashType.NAND):
-        raise ValueError(f"flash type {g.get('type')!r} is not nor or nand")
+    if g.get("type") not in (FlashType.NOR, FlashType.NAND, FlashType.UBI):
+        raise ValueError(f"flash type {g.get('type')!r} is not nor, nand or ubi")
     geometry = Geometry(type=FlashType(g["type"]), size=_int("size", g["size"], 1),
                         erasesize=_int("erasesize", g["erasesize"], 1),
                         writesize=_int("writesize", g["writesize"], 1),
@@ -172,7 +177,7 @@ def _check_state(state: dict, g: Geometry) -> None:
         _int("erase count", count)
     for key in _COUNTERS:
         _int(key, state["stats"][key])
-    pages = g.size // g.writesize if g.is_nand else 0
+    pages = g.size // g.writesize if g.programs_once else 0
     if len(_unpack_bits(state["programmed_pages"])) != (pages + 7) // 8:
         raise ValueError("programmed_pages does not cover the device")
     if type(state.get("dirty", False)) is not bool:
@@ -200,8 +205,11 @@ class SimFlash(Closing):
                 raise ValueError(f"bad block {block} is outside 0..{geometry.blocks - 1}")
         if bad_blocks and not geometry.is_nand:
             raise ValueError("only NAND flash has bad blocks")
+        if geometry.is_ubi and (wear_limits or bitflips):
+            raise ValueError("a UBI volume shows no worn blocks or bit flips: UBI handles "
+                             "them itself")
         image = Path(image)
-        pages = geometry.size // geometry.writesize if geometry.is_nand else 0
+        pages = geometry.size // geometry.writesize if geometry.programs_once else 0
         state = {
             "format": SIDECAR_FORMAT,
             "geometry": {"type": str(geometry.type), "size": geometry.size,
@@ -239,6 +247,10 @@ class SimFlash(Closing):
         fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
         with _Locked(fd):
             state = json.loads(sidecar.read_text())
+            if _geometry(state).is_ubi and (wear_limits or bitflips):
+                os.close(fd)
+                raise ValueError("a UBI volume shows no worn blocks or bit flips: UBI "
+                                 "handles them itself")
             state["wear_limits"].update({str(b): n for b, n in (wear_limits or {}).items()})
             state["bitflips"].update({str(o): k for o, k in (bitflips or {}).items()})
             _check_state(state, _geometry(state))
@@ -280,7 +292,7 @@ class SimFlash(Closing):
         self._delta = _Counters()
         self._erase_delta = [0] * self.geometry.blocks
         self._mutated = False
-        if writable and state.get("dirty") and self.geometry.is_nand:
+        if writable and state.get("dirty") and self.geometry.programs_once:
             self._rebuild_programmed()
 
     def _rebuild_programmed(self) -> None:
@@ -329,7 +341,7 @@ class SimFlash(Closing):
         for block in range(offset // g.erasesize, (offset + len(data) - 1) // g.erasesize + 1):
             self._check_usable(block, "write", offset)
         current = os.pread(self._fd, len(data), offset)
-        if g.is_nand:
+        if g.programs_once:
             for page in self._pages(offset, len(data)):
                 if self._page_programmed(page):
                     raise FlashViolation(
@@ -357,6 +369,32 @@ class SimFlash(Closing):
             if self._power_cut_now():
                 self._tear_erase(block)
             self._erase_block(block)
+
+    def change(self, block: int, data: bytes) -> None:
+        """UBI's atomic LEB change: the block holds data, the rest erased. One operation for
+        the power-cut counter, after which the block holds its old contents or the new."""
+        g = self.geometry
+        check_block(self.name, g, "change", block)
+        start = g.block_offset(block)
+        self._check_writable("change", start)
+        if not g.is_ubi:
+            raise MtdError(errno.EOPNOTSUPP, self.name, "change", start,
+                           "only a UBI volume changes a block atomically")
+        check_write(self.name, g, start, len(data))
+        if len(data) > g.erasesize:
+            raise MtdError(errno.EINVAL, self.name, "change", start,
+                           f"{len(data)} bytes do not fit in a {g.erasesize}-byte LEB")
+        if self._power_cut_now():
+            if self._rng().random() < 0.5:
+                self._die()
+            self._erase_block(block)
+            if data:
+                self._program(start, data)
+            self._die()
+        self._erase_block(block)
+        if data:
+            self._program(start, data)
+        self._count(programs=1, bytes_programmed=len(data))
 
     def _check_writable(self, operation: str, offset: int) -> None:
         if not self.writable:
@@ -398,7 +436,7 @@ class SimFlash(Closing):
     def _program(self, offset: int, data: bytes) -> None:
         self._mutate()
         os.pwrite(self._fd, data, offset)
-        if self.geometry.is_nand:
+        if self.geometry.programs_once:
             self._set_pages(self._pages(offset, len(data)), True)
 
     def _erase_block(self, block: int) -> None:
@@ -406,7 +444,7 @@ class SimFlash(Closing):
         start = g.block_offset(block)
         self._mutate()
         os.pwrite(self._fd, b"\xff" * g.erasesize, start)
-        if g.is_nand:
+        if g.programs_once:
             self._set_pages(self._pages(start, g.erasesize), False)
         self._erase_counts[block] += 1
         self._erase_delta[block] += 1
@@ -428,7 +466,7 @@ class SimFlash(Closing):
         noise = rng.randbytes(g.erasesize - cut)
         rest = bytes(a | b for a, b in zip(old[cut:], noise))
         os.pwrite(self._fd, b"\xff" * cut + rest, start)
-        if g.is_nand:
+        if g.programs_once:
             self._set_pages(self._pages(start, g.erasesize), True)
 
     # -- power cuts ------------------------------------------------------------------------
@@ -446,7 +484,7 @@ class SimFlash(Closing):
     def _tear_program(self, offset: int, data: bytes, current: bytes) -> None:
         rng = self._rng()
         g = self.geometry
-        if g.is_nand:
+        if g.programs_once:
             torn = rng.randrange(len(data) // g.writesize) * g.writesize
             if torn:
                 self._program(offset, data[:torn])
@@ -459,7 +497,12 @@ class SimFlash(Closing):
         self._die()
 
     def _tear_erase(self, block: int) -> None:
-        self._garble(block, self._rng())
+        # UBI's erase unmaps the LEB in one step: a cut leaves it whole or erased.
+        if self.geometry.is_ubi:
+            if self._rng().random() >= 0.5:
+                self._erase_block(block)
+        else:
+            self._garble(block, self._rng())
         self._die()
 
     def _die(self) -> None:
@@ -475,6 +518,9 @@ class SimFlash(Closing):
     def mark_bad(self, block: int) -> None:
         check_block(self.name, self.geometry, "mark_bad", block)
         self._check_writable("mark_bad", self.geometry.block_offset(block))
+        if self.geometry.is_ubi:
+            raise MtdError(errno.EOPNOTSUPP, self.name, "mark_bad", None,
+                           "a UBI volume has no bad blocks: UBI retires failing ones itself")
         if not self.geometry.is_nand:
             raise MtdError(errno.EOPNOTSUPP, self.name, "mark_bad", None,
                            "NOR flash keeps no bad block table")
@@ -530,14 +576,17 @@ MIN_NAND_PAGE = 512
 
 def validate_geometry(g: Geometry) -> None:
     """Refuse geometries no chip has, with the reason."""
-    if g.type not in (FlashType.NOR, FlashType.NAND):
-        raise ValueError(f"the simulator models NOR and NAND flash, not {g.type}")
+    if g.type not in (FlashType.NOR, FlashType.NAND, FlashType.UBI):
+        raise ValueError(f"the simulator models NOR and NAND flash and UBI volumes, "
+                         f"not {g.type}")
     for name in ("size", "erasesize", "writesize"):
         if getattr(g, name) <= 0:
             raise ValueError(f"{name} must be positive")
     if g.size > MAX_SIZE:
         raise ValueError(f"size {g.size} is more than an MTD device can have ({MAX_SIZE})")
-    for name, value in (("erase size", g.erasesize), ("page size", g.writesize)):
+    # A UBI LEB is a physical block less UBI's headers: not a power of two.
+    for name, value in ((("page size", g.writesize),) if g.is_ubi else
+                        (("erase size", g.erasesize), ("page size", g.writesize))):
         if value & (value - 1):
             raise ValueError(f"{name} {value} is not a power of two")
     if g.is_nand and g.writesize < MIN_NAND_PAGE:

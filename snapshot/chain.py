@@ -683,20 +683,18 @@ def _padded(flash: Flash, anchor: Anchor) -> bytes:
 
 def finish_mark(chain: Chain) -> bool:
     """Make the mark block the chain's: erase it, then program one anchor entry (the chain as
-    it is, without the MARK entry) at its start. Until then the newest entry's MARK keeps the
+    it is, without the MARK entry) at its start (on UBI, both in one atomic LEB change). Until then the newest entry's MARK keeps the
     chain visible over an erased or torn mark block; a mark block that still holds what was
     there before (jffs2, 0xdeadc0de) keeps it invisible. Returns whether it wrote."""
     wrote = False
     while chain.mark_pending and chain.mark.block is not None:
-        flash, g = chain.flash, chain.flash.geometry
+        flash = chain.flash
         block = next(b for b in chain.scan.blocks if b.block == chain.mark.block)
-        base = g.block_offset(block.block)
         data = _padded(flash, Anchor(chain.next_gen(),
                                      tuple(e for e in chain.anchor.records if e.type != MARK)))
         try:
             # Erased also when it reads erased: a torn NAND page can read all 0xFF.
-            flash.erase(base, g.erasesize)
-            flash.write(base, data)
+            rewrite_block(flash, block.block, data)
         except MtdError as e:
             if e.errno != errno.EIO:
                 raise
@@ -713,15 +711,25 @@ def finish_mark(chain: Chain) -> bool:
     return wrote
 
 
+def rewrite_block(flash: Flash, block: int, data: bytes) -> None:
+    """Make `block` hold `data` and nothing else. On a UBI volume that is one atomic LEB
+    change, so a cut leaves the block as it was or as wanted (DESIGN.md §14); elsewhere an
+    erase, then a program, and a cut between them leaves the block erased."""
+    g = flash.geometry
+    if g.is_ubi:
+        flash.change(block, data)
+        return
+    flash.erase(g.block_offset(block), g.erasesize)
+    flash.write(g.block_offset(block), data)
+
+
 def write_fresh_anchor_block(flash: Flash, candidates: list[AnchorBlock],
                              data: bytes) -> AnchorBlock:
     """Erase the first usable candidate and program `data` at its start. A block whose erase
     or program fails is marked bad and the next candidate is tried."""
-    g = flash.geometry
     for target in candidates:
         try:
-            flash.erase(g.block_offset(target.block), g.erasesize)
-            flash.write(g.block_offset(target.block), data)
+            rewrite_block(flash, target.block, data)
         except MtdError as e:
             if e.errno != errno.EIO:
                 raise

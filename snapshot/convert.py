@@ -1,4 +1,5 @@
-"""convert: replace a jffs2 overlay by a snapshot chain whose snapshot 1 is its contents.
+"""convert: replace a jffs2 overlay (or ubifs, on a UBI volume) by a snapshot chain whose
+snapshot 1 is its contents.
 
 The old data stays intact until one step (DESIGN.md §9, §11). Every block that holds data is
 reserved: the record goes into blocks that are free (erased, or holding nothing but a jffs2
@@ -16,6 +17,13 @@ jffs2 must not be mounted read-write while this runs: it would write into the bl
 considers free. The CLI checks that, and the router's way is the RAM stage
 (initscripts/lib/snapshot/convert-stage).
 
+On a UBI volume the overlay is ubifs, and the same steps keep it intact until one commit
+(DESIGN.md §14): an unmapped LEB reads erased, so the record goes into LEBs ubifs does not
+use; ubifs unmaps every LEB it takes from its free space before writing it, so a cut before
+the commit leaves it nothing to trip over. ubifs fills the anchor area (superblock, master
+nodes, log), so the commit takes one of those LEBs by an atomic LEB change, and the switch
+rewrites the superblock's LEB by another.
+
 The old fstools chain (`OWRT` in block 0, snapshot/legacy.py) is converted the same way, each
 of its entries becoming a record (DESIGN.md §9, "From the old fstools chain"). There the
 commit itself is the switch: `OWRT` in the mark block is foreign, so the chain counts as soon
@@ -23,6 +31,7 @@ as its newest entry, with its mark entry, is whole; until then the stock mount_r
 old chain from blocks no write touches.
 """
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +92,17 @@ def _anchor_room(flash: Flash, chain: Chain, progress) -> None:
         if not usable:
             raise SnapshotError(f"{flash.name}: no block of the anchor area can take the "
                                 f"chain; nothing was changed")
-        _move_aside(flash, chain, usable[-1], progress)
-    if mark is not None and mark in blocks_holding_data(flash, [mark]):
+        if flash.geometry.is_ubi:
+            # ubifs keeps its superblock, master nodes and log at fixed LEBs, so a copy
+            # elsewhere would not be found. The commit goes over one of them instead, by an
+            # atomic LEB change: ubifs keeps it whole until the commit's instant.
+            chain.reserved = chain.reserved - {usable[-1]}
+        else:
+            _move_aside(flash, chain, usable[-1], progress)
+    # jffs2 finds a node wherever it lies, so the mark block's are copied aside; ubifs does
+    # not look for its superblock anywhere else.
+    if mark is not None and not flash.geometry.is_ubi and \
+            mark in blocks_holding_data(flash, [mark]):
         _move_aside(flash, chain, mark, progress, erase=False)
 
 
@@ -307,13 +325,22 @@ def _checked_archive(staged: Path) -> int:
     return compression
 
 
-def mount_of(device: str, mounts: Path = Path("/proc/mounts")) -> tuple[str, str] | None:
+def mount_of(device: str, mounts: Path = Path("/proc/mounts"),
+             sys_class: str = "/sys/class/ubi") -> tuple[str, str] | None:
     """(mount point, fstype) where the MTD device `device` (/dev/mtdN) is mounted, through its
-    mtdblock or mtdN name, if it is; None for anything else (a simulator image)."""
-    index = device.removeprefix("/dev/mtd")
-    if not index.isdigit():
+    mtdblock or mtdN name, or the UBI volume `device` (/dev/ubiX_Y), through that name or
+    ubiX:NAME, if it is; None for anything else (a simulator image)."""
+    node = device.removeprefix("/dev/")
+    index = node.removeprefix("mtd")
+    if index.isdigit():
+        names = {f"/dev/mtdblock{index}", f"/dev/mtd{index}", f"mtd{index}"}
+    elif re.fullmatch(r"ubi\d+_\d+", node):
+        names = {device, node}
+        name = Path(sys_class, node, "name")
+        if name.is_file():
+            names.add(f"{node.split('_')[0]}:{name.read_text().strip()}")
+    else:
         return None
-    names = {f"/dev/mtdblock{index}", f"/dev/mtd{index}", f"mtd{index}"}
     for line in mounts.read_text().splitlines():
         source, mountpoint, fstype = line.split()[:3]
         if source in names:
@@ -360,11 +387,17 @@ def ram_stage_source(flash: Flash, message: str) -> Path:
     missing, or when `message` does not fit the format (the RAM stage could not write it)."""
     message_bytes(message)
     mounted = mount_of(flash.name)
-    if mounted is None or mounted[1] != "jffs2":
-        raise SnapshotError(f"{flash.name} is not mounted as jffs2; nothing to convert "
+    fs = overlay_fs(flash)
+    if mounted is None or mounted[1] != fs:
+        raise SnapshotError(f"{flash.name} is not mounted as {fs}; nothing to convert "
                             f"(use --from DIR for an overlay dir)")
     ram_stage_ready()
     return Path(mounted[0]) / "upper"
+
+
+def overlay_fs(flash: Flash) -> str:
+    """The stock overlay's filesystem on this device: ubifs on a UBI volume, else jffs2."""
+    return "ubifs" if flash.geometry.is_ubi else "jffs2"
 
 
 def ram_stage_ready(hint: str = "") -> None:

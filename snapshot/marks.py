@@ -6,7 +6,9 @@ the mark block, and leave the rest alone. The rule is that a mark there wins ove
 the other anchor blocks hold, so an old chain never comes back over a reset or over new
 firmware:
 - 0xdeadc0de (factoryreset, firstboot, a sysupgrade without settings) means "start empty":
-  boot makes an empty chain (`reset`).
+  boot makes an empty chain (`reset`). On a UBI volume those tools empty the volume instead
+  (factoryreset's UBI_IOCVOLUP 0, sysupgrade's new volume): an anchor area that reads erased
+  there means the same.
 - jffs2 (a sysupgrade that kept settings) means the partition is theirs now: boot erases the
   chain's anchor blocks (`void`) and boots the stock way, where preinit restores the kept
   settings.
@@ -38,8 +40,20 @@ def decide(flash: Flash) -> tuple[str, str | None]:
         return (OLD if mark.kind == "legacy" else STOCK), \
             "void" if _voidable(flash, scan, mark) else None
     if newest is None:
+        if emptied_volume(flash, scan, mark):
+            return CHAIN, "reset"
         return (OLD if mark.kind == "legacy" else STOCK), None
     return CHAIN, None
+
+
+def emptied_volume(flash: Flash, scan: AnchorScan, mark: Mark) -> bool:
+    """A UBI volume whose anchor area reads erased: what factoryreset (UBI_IOCVOLUP 0),
+    firstboot and a sysupgrade without settings (which recreates the volume) leave, UBI's
+    0xdeadc0de. Stock tools never write a mark there, so emptiness is the mark."""
+    g = flash.geometry
+    return g.is_ubi and mark.kind == "erased" and all(
+        flash.read(g.block_offset(b.block), g.erasesize) == b"\xff" * g.erasesize
+        for b in scan.blocks)
 
 
 def settle(flash: Flash, log=None) -> str:
@@ -53,9 +67,11 @@ def settle(flash: Flash, log=None) -> str:
     scan = scan_anchors(flash)
     mark = read_mark(flash, scan)
     if action == "reset":
+        what = "an emptied UBI volume (a factory reset, firstboot, or a sysupgrade without " \
+               "settings)" if emptied_volume(flash, scan, mark) else mark.describe()
         reset(flash, scan, mark)
         if log:
-            log(f"{flash.name} starts with {mark.describe()}: started an empty chain")
+            log(f"{flash.name} starts with {what}: started an empty chain")
     else:
         voided = void(flash, scan, mark)
         if log:

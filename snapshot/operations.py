@@ -39,6 +39,8 @@ def opened(device: str | None, writable: bool = False):
 # -- format ------------------------------------------------------------------------------------
 
 JFFS2_MAGICS = (b"\x85\x19", b"\x19\x85")
+#: A ubifs node's magic, 0x06101831 little-endian: the first bytes of ubifs's superblock LEB.
+UBIFS_MAGIC = b"\x31\x18\x10\x06"
 
 
 def recognise(flash: Flash) -> str | None:
@@ -56,6 +58,8 @@ def recognise(flash: Flash) -> str | None:
         return "an old-format (fstools) snapshot chain"
     if head[:2] in JFFS2_MAGICS:
         return "a jffs2 filesystem"
+    if head == UBIFS_MAGIC:
+        return "a ubifs filesystem"
     return None
 
 

@@ -31,45 +31,62 @@ def ash(script: str, tmp_path: Path, env: dict | None = None) -> str:
     return calls.read_text() + result.stdout
 
 
-PREINIT = f"""
-mount_root() {{ echo "stock mount_root"; }}
-boot_run_hook() {{ echo "hook $1"; }}
-. {INITSCRIPTS}/lib/preinit/81_snapshot
+PREINIT = """
+mount_root() { echo "stock mount_root"; }
+boot_run_hook() { echo "hook $1"; }
+. HOOK
 do_mount_root
 """
+#: /proc/mtd of a router whose rootfs_data is an MTD partition.
+MTD_ROUTER = 'dev:    size   erasesize  name\nmtd3: 00800000 00010000 "rootfs_data"\n'
+#: /proc/mtd of a NAND router whose rootfs_data is a UBI volume inside the `ubi` partition.
+UBI_ROUTER = 'dev:    size   erasesize  name\nmtd4: 07000000 00020000 "ubi"\n'
+
+
+def preinit(tmp_path: Path, env: dict | None = None, proc_mtd: str = MTD_ROUTER,
+            cmdline: str = "console=ttyS0 rootfstype=squashfs\n") -> str:
+    """Run the preinit hook's do_mount_root, reading the given /proc/mtd and /proc/cmdline."""
+    (tmp_path / "mtd").write_text(proc_mtd)
+    (tmp_path / "cmdline").write_text(cmdline)
+    source = (INITSCRIPTS / "lib/preinit/81_snapshot").read_text()
+    hook = tmp_path / "81_snapshot"
+    hook.write_text(source.replace("/proc/mtd", str(tmp_path / "mtd"))
+                    .replace("/proc/cmdline", str(tmp_path / "cmdline")))
+    return ash(PREINIT.replace("HOOK", str(hook)), tmp_path, env)
 
 
 def test_preinit_boots_through_snapshot_when_the_partition_holds_a_chain(tmp_path):
-    out = ash(PREINIT, tmp_path, {"PROBE": "0"})
+    out = preinit(tmp_path, {"PROBE": "0"})
     assert "snapshot --device mtd:rootfs_data mount" in out
     assert "stock mount_root" not in out
     assert "hook preinit_mount_root" in out
 
 
 def test_preinit_keeps_the_stock_behaviour_without_a_chain(tmp_path):
-    out = ash(PREINIT, tmp_path, {"PROBE": "1"})
+    out = preinit(tmp_path, {"PROBE": "1"})
     assert "stock mount_root" in out and " mount\n" not in out
 
 
 def test_preinit_falls_back_to_stock_when_snapshot_mount_fails(tmp_path):
-    out = ash(PREINIT, tmp_path, {"PROBE": "0", "MOUNT": "1"})
+    out = preinit(tmp_path, {"PROBE": "0", "MOUNT": "1"})
     assert "snapshot --device mtd:rootfs_data mount" in out and "stock mount_root" in out
 
 
 def test_preinit_leaves_the_flash_alone_in_failsafe(tmp_path):
-    out = ash(PREINIT, tmp_path, {"FAILSAFE": "true"})
+    out = preinit(tmp_path, {"FAILSAFE": "true"})
     assert "stock mount_root" in out and "snapshot" not in out.replace("snapshot:", "")
 
 
 def test_preinit_follows_fstools_overlay_name(tmp_path):
-    cmdline = tmp_path / "cmdline"
-    cmdline.write_text("console=ttyS0 fstools_overlay_name=ubi_data rootfstype=squashfs\n")
-    script = PREINIT.replace("/proc/cmdline", str(cmdline))
-    source = (INITSCRIPTS / "lib/preinit/81_snapshot").read_text()
-    patched = tmp_path / "81_snapshot"
-    patched.write_text(source.replace("/proc/cmdline", str(cmdline)))
-    out = ash(script.replace(f"{INITSCRIPTS}/lib/preinit/81_snapshot", str(patched)), tmp_path)
+    out = preinit(tmp_path, proc_mtd=MTD_ROUTER.replace("rootfs_data", "ubi_data"),
+                  cmdline="console=ttyS0 fstools_overlay_name=ubi_data rootfstype=squashfs\n")
     assert "snapshot --device mtd:ubi_data probe" in out
+
+
+def test_preinit_takes_the_ubi_volume_when_no_mtd_partition_has_the_name(tmp_path):
+    out = preinit(tmp_path, {"PROBE": "0"}, proc_mtd=UBI_ROUTER)
+    assert "snapshot --device ubi:rootfs_data probe" in out
+    assert "snapshot --device ubi:rootfs_data mount" in out
 
 
 SERVICE = f"""

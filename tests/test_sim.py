@@ -307,7 +307,7 @@ def damage(image, edit):
     (lambda s: s["geometry"].update(writesize=7), "page size 7 is not a power of two"),
     (lambda s: s["geometry"].update(oobsize=-1), "-1 is not an integer"),
     (lambda s: s["geometry"].update(writesize=True), "True is not an integer"),
-    (lambda s: s["geometry"].update(type="ram"), "'ram' is not nor or nand"),
+    (lambda s: s["geometry"].update(type="ram"), "'ram' is not nor, nand or ubi"),
     (lambda s: s["geometry"].pop("size"), "'size'"),
     (lambda s: s.update(erase_counts=[0]), "erase_counts does not list 8 blocks"),
     (lambda s: s.update(bad_blocks=[99]), "99 is not an integer in 0..7"),

@@ -18,14 +18,15 @@ from snapshot.operations import opened
 @click.option("--accept-window", is_flag=True,
               help="When the old chain fills anchor blocks 1-3: go ahead, although a power "
                    "cut at one step then leaves the old chain cut short (DESIGN.md §9).")
-@click.option("-m", "--message", help="Message of snapshot 1 (jffs2; default: converted "
-                                      "from jffs2). Records imported from the old chain "
+@click.option("-m", "--message", help="Message of snapshot 1 (jffs2 or ubifs; default: "
+                                      "converted from jffs2, or ubifs). Records imported from the old chain "
                                       "say where they came from.")
 @compression_option
 @click.pass_obj
 def convert(obj, source, archive, legacy, accept_window, message, compression):
-    """Replace the jffs2 overlay on --device by a chain holding it as snapshot 1, or import
-    the old fstools snapshot chain on it: its snapshots in order and its volatile.
+    """Replace the jffs2 overlay on --device (ubifs, on a UBI volume) by a chain holding it
+    as snapshot 1, or import the old fstools snapshot chain on it: its snapshots in order and
+    its volatile.
 
     On a running router (jffs2 mounted at /overlay, or the old chain on the partition), it
     checks what it will convert (the overlay's upper dir, packed into RAM; or every entry of
@@ -51,7 +52,7 @@ def convert(obj, source, archive, legacy, accept_window, message, compression):
                                    "old chain says where it came from")
         if accept_window and not old_chain:
             raise click.UsageError("--accept-window goes with the old fstools chain only")
-        message = message or "converted from jffs2"
+        message = message or f"converted from {conversion.overlay_fs(dev)}"
         if legacy:
             progress = Progress("convert")
             try:

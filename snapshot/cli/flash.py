@@ -21,10 +21,11 @@ def flash():
 
 @flash.command("create")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--type", "flash_type", type=click.Choice(["nor", "nand"]), required=True)
+@click.option("--type", "flash_type", type=click.Choice(["nor", "nand", "ubi"]), required=True,
+              help="nor, nand, or ubi: a UBI volume on NAND, whose erase unit is a LEB.")
 @click.option("--size", type=Size(), required=True, help="Total size, e.g. 8M.")
-@click.option("--erase-size", type=Size(), required=True, help="Erase block size, e.g. 64K.")
-@click.option("--page-size", type=Size(), help="Program unit [NOR: 1, NAND: 2K].")
+@click.option("--erase-size", type=Size(), required=True, help="Erase block size (UBI: the LEB size), e.g. 64K.")
+@click.option("--page-size", type=Size(), help="Program unit [NOR: 1, NAND and UBI: 2K].")
 @click.option("--oob-size", type=Size(), help="Out-of-band bytes per page [NOR: 0, NAND: 64].")
 @click.option("--bad-blocks", type=BlockList(), default="",
               help="Factory bad blocks (NAND only), e.g. 3,17.")
@@ -37,12 +38,13 @@ def flash_create(image, flash_type, size, erase_size, page_size, oob_size, bad_b
       snapshot flash create /tmp/nor.img --type nor --size 8M --erase-size 64K
       snapshot flash create /tmp/nand.img --type nand --size 64M --erase-size 128K \\
           --bad-blocks 3,17
+      snapshot flash create /tmp/ubi.img --type ubi --size 31M --erase-size 124K
     """
     if os.path.exists(image) and not force:
         raise click.ClickException(f"{image} exists; add --force to replace it")
     nand = flash_type == "nand"
     geometry = Geometry(type=FlashType(flash_type), size=size, erasesize=erase_size,
-                        writesize=page_size or (2048 if nand else 1),
+                        writesize=page_size or (1 if flash_type == "nor" else 2048),
                         oobsize=(64 if nand else 0) if oob_size is None else oob_size)
     try:
         validate_geometry(geometry)
@@ -69,7 +71,8 @@ def flash_info(obj, as_json):
       snapshot --device /tmp/nand.img flash info --json
     """
     with open_flash(obj["device"]) as dev:
-        info = {"device": dev.name, "backend": "simulator" if isinstance(dev, SimFlash) else "mtd",
+        info = {"device": dev.name, "backend": "simulator" if isinstance(dev, SimFlash) else
+                "ubi" if dev.geometry.is_ubi else "mtd",
                 "geometry": dev.geometry.as_dict(), "bad_blocks": dev.bad_blocks(),
                 "stats": dev.stats().as_dict()}
     if as_json:
