@@ -33,7 +33,7 @@ def from_errno(err: int, device: str, operation: str, offset: int | None = None)
         errno_codes.EACCES: "permission denied",
         errno_codes.EPERM: "permission denied (read-only or locked)",
         errno_codes.EROFS: "device is read-only",
-        errno_codes.EBUSY: "in use (a mounted filesystem holds it for writing)",
+        errno_codes.EBUSY: "busy: another process has it open",
         errno_codes.EBADMSG: "uncorrectable bit flips",
     }.get(err)
     return MtdError(err, device, operation, offset, detail)

@@ -174,4 +174,8 @@ def open_backing(path: str, writable: bool, missing: str) -> int:
     except PermissionError:
         raise FlashOpenError(f"{path}: permission denied") from None
     except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise FlashOpenError(f"{path}: in use: another writer (a mounted "
+                                 f"filesystem, or another snapshot command) has it "
+                                 f"open") from None
         raise FlashOpenError(f"{path}: {e.strerror}") from None

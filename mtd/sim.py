@@ -384,16 +384,16 @@ class SimFlash(Closing):
         if len(data) > g.erasesize:
             raise MtdError(errno.EINVAL, self.name, "change", start,
                            f"{len(data)} bytes do not fit in a {g.erasesize}-byte LEB")
-        if self._power_cut_now():
-            if self._rng().random() < 0.5:
-                self._die()
-            self._erase_block(block)
-            if data:
-                self._program(start, data)
+        cut = self._power_cut_now()
+        if cut and self._rng().random() < 0.5:
             self._die()
-        self._erase_block(block)
+        # One operation, counted as one program; the erase UBI makes behind it shows in the
+        # block's erase count only.
+        self._erase_block(block, counted=False)
         if data:
             self._program(start, data)
+        if cut:
+            self._die()
         self._count(programs=1, bytes_programmed=len(data))
 
     def _check_writable(self, operation: str, offset: int) -> None:
@@ -439,7 +439,7 @@ class SimFlash(Closing):
         if self.geometry.programs_once:
             self._set_pages(self._pages(offset, len(data)), True)
 
-    def _erase_block(self, block: int) -> None:
+    def _erase_block(self, block: int, counted: bool = True) -> None:
         g = self.geometry
         start = g.block_offset(block)
         self._mutate()
@@ -448,7 +448,8 @@ class SimFlash(Closing):
             self._set_pages(self._pages(start, g.erasesize), False)
         self._erase_counts[block] += 1
         self._erase_delta[block] += 1
-        self._count(erases=1)
+        if counted:
+            self._count(erases=1)
         kept = {o: k for o, k in self._bitflips.items() if not start <= o < start + g.erasesize}
         if len(kept) != len(self._bitflips):
             # At once: a fault that came back after a kill would damage the new contents.

@@ -74,7 +74,7 @@ class Log:
                 pass
 
 
-def _run(*argv: str) -> None:
+def run_mount(*argv: str) -> None:
     """Run mount or umount. Callers pass -n: at preinit nothing is writable where util-linux
     keeps its table (/run), and it would fail the mount for that (exit 16)."""
     result = subprocess.run(argv, capture_output=True, text=True)
@@ -90,16 +90,16 @@ class Mounts:
 
     def mount(self, target: Path, fstype: str, source: str = "none", options: str = "") -> None:
         target.mkdir(parents=True, exist_ok=True)
-        _run("mount", "-n", "-t", fstype, *(["-o", options] if options else []), source,
+        run_mount("mount", "-n", "-t", fstype, *(["-o", options] if options else []), source,
              str(target))
         self.made.append(target)
 
     def bind(self, source: Path, target: Path) -> None:
-        _run("mount", "-n", "--bind", str(source), str(target))
+        run_mount("mount", "-n", "--bind", str(source), str(target))
         self.made.append(target)
 
     def move(self, source: Path, target: Path) -> None:
-        _run("mount", "-n", "--move", str(source), str(target))
+        run_mount("mount", "-n", "--move", str(source), str(target))
         self.made[self.made.index(source)] = target
 
     def overlay(self, lower: Path, layer: Path, target: Path) -> None:
@@ -332,8 +332,8 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
 def pivot(target: Path) -> None:
     """Make target the root, with the old root (the squashfs) at /rom, as fstools does, and
     bring the kernel filesystems along."""
-    _run("pivot_root", str(target), str(target / "rom"))
+    run_mount("pivot_root", str(target), str(target / "rom"))
     for name in ("proc", "sys", "dev", "tmp"):
         if os.path.ismount(f"/rom/{name}"):
             Path(f"/{name}").mkdir(exist_ok=True)
-            _run("mount", "-n", "--move", f"/rom/{name}", f"/{name}")
+            run_mount("mount", "-n", "--move", f"/rom/{name}", f"/{name}")

@@ -234,6 +234,7 @@ class Chain:
         self._gen = max([self.scan.max_gen] + [e.gen for e in self.anchor.records])
         self.reserved: frozenset[int] = frozenset()
         self.handed_out: set[int] = set()
+        self.atomic_only: frozenset[int] = frozenset()
 
     @classmethod
     def replacing(cls, flash: Flash, reserved: set[int]) -> "Chain":
@@ -249,6 +250,9 @@ class Chain:
         chain._gen = chain.scan.max_gen
         chain.reserved = frozenset(reserved)
         chain.handed_out = set()
+        # Anchor blocks holding data being replaced that a commit may take only by an atomic
+        # LEB change (ubifs's, on UBI: convert.py), so the data stays until the commit.
+        chain.atomic_only = frozenset()
         return chain
 
     def next_gen(self) -> int:
@@ -668,7 +672,8 @@ def commit(chain: Chain, entries: list[DirEntry], note=KEEP) -> None:
               if not b.bad and b is not current and b.block not in chain.reserved
               and b.block != chain.mark.block]
     target = write_fresh_anchor_block(
-        flash, sorted(others, key=lambda b: b.newest.gen if b.newest else -1), data)
+        flash, sorted(others, key=lambda b: b.newest.gen if b.newest else -1), data,
+        chain.atomic_only)
     chain._committed(target, 0, data)
 
 
@@ -711,25 +716,32 @@ def finish_mark(chain: Chain) -> bool:
     return wrote
 
 
-def rewrite_block(flash: Flash, block: int, data: bytes) -> None:
+def rewrite_block(flash: Flash, block: int, data: bytes, atomic: bool = False) -> None:
     """Make `block` hold `data` and nothing else. On a UBI volume that is one atomic LEB
     change, so a cut leaves the block as it was or as wanted (DESIGN.md §14); elsewhere an
-    erase, then a program, and a cut between them leaves the block erased."""
+    erase, then a program, and a cut between them leaves the block erased. UBI refuses the
+    change (EBUSY) while another process has the volume open, even only to read; the block
+    is then rewritten as on raw flash, unless `atomic` (MtdError EBUSY, nothing written)."""
     g = flash.geometry
     if g.is_ubi:
-        flash.change(block, data)
-        return
+        try:
+            flash.change(block, data)
+            return
+        except MtdError as e:
+            if e.errno != errno.EBUSY or atomic:
+                raise
     flash.erase(g.block_offset(block), g.erasesize)
     flash.write(g.block_offset(block), data)
 
 
-def write_fresh_anchor_block(flash: Flash, candidates: list[AnchorBlock],
-                             data: bytes) -> AnchorBlock:
-    """Erase the first usable candidate and program `data` at its start. A block whose erase
-    or program fails is marked bad and the next candidate is tried."""
+def write_fresh_anchor_block(flash: Flash, candidates: list[AnchorBlock], data: bytes,
+                             atomic_only: frozenset[int] = frozenset()) -> AnchorBlock:
+    """Erase the first usable candidate and program `data` at its start (atomically, for a
+    block in `atomic_only`). A block whose erase or program fails is marked bad and the next
+    candidate is tried."""
     for target in candidates:
         try:
-            rewrite_block(flash, target.block, data)
+            rewrite_block(flash, target.block, data, target.block in atomic_only)
         except MtdError as e:
             if e.errno != errno.EIO:
                 raise

@@ -32,18 +32,20 @@ old chain from blocks no write touches.
 """
 import os
 import re
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtd import Flash
+from mtd import Flash, MtdError, open_flash
 from snapshot import archive, legacy
 from snapshot.capture import Capture
 from snapshot.chain import (Chain, RecordWriter, anchor_blocks, commit, finish_mark, read_mark,
                             scan_anchors)
 from snapshot.errors import SnapshotError
 from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, VOLATILE, message_bytes
-from snapshot.operations import recognise
+from snapshot.boot import run_mount
+from snapshot.operations import opened, recognise
 
 STAGE = "/lib/snapshot/convert-stage"
 STAGED = Path("/tmp/snapshot-convert/overlay.tar.gz")
@@ -97,6 +99,7 @@ def _anchor_room(flash: Flash, chain: Chain, progress) -> None:
             # elsewhere would not be found. The commit goes over one of them instead, by an
             # atomic LEB change: ubifs keeps it whole until the commit's instant.
             chain.reserved = chain.reserved - {usable[-1]}
+            chain.atomic_only = frozenset({usable[-1]})
         else:
             _move_aside(flash, chain, usable[-1], progress)
     # jffs2 finds a node wherever it lies, so the mark block's are copied aside; ubifs does
@@ -404,6 +407,81 @@ def ram_stage_ready(hint: str = "") -> None:
     if not Path(STAGE).is_file():
         raise SnapshotError(f"{STAGE} is missing (reinstall snapshot{hint}); nothing was "
                             f"changed")
+
+
+# -- ubifs on a UBI volume: converted by the next boot's preinit ------------------------------
+
+#: Beside upper/ on the ubifs: the staged overlay and its message, for the next boot.
+PENDING = ".snapshot-convert"
+UBIFS_MOUNT = Path("/tmp/snapshot-convert/ubifs")
+
+
+def stage_for_boot(overlay: Path, message: str, compression: int) -> Capture:
+    """Stage the ubifs overlay's upper dir on the ubifs itself (overlay/PENDING), for the
+    next boot's preinit to convert (DESIGN.md §14): while the router runs, ubifs holds the
+    volume's one writer slot, and processes that stay (PID 1, the user's shell) keep it
+    mounted. The archive appears under its name whole (written aside, synced, renamed), so
+    a cut leaves it whole or absent; nothing of the flash outside ubifs is touched."""
+    message_bytes(message)
+    pending = overlay / PENDING
+    pending.mkdir(exist_ok=True)
+    partial = pending / "overlay.tar.gz.partial"
+    capture = stage(overlay / "upper", partial, compression)
+    (pending / "message.partial").write_text(message)
+    for name in ("message", "overlay.tar.gz"):
+        with open(pending / f"{name}.partial", "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(pending / f"{name}.partial", pending / name)
+    os.sync()
+    return capture
+
+
+def convert_pending(device: str, log) -> bool:
+    """At boot, before anything mounts the volume: when the ubifs on it holds a staged
+    overlay, convert it (from a copy in RAM) and return True. Until the one commit ubifs is
+    as it was, staged overlay included, so a cut means the next boot tries again. A failed
+    conversion renames the staged overlay aside (PENDING.failed), so the boot after does not
+    try again, and the router boots its ubifs."""
+    with open_flash(device) as flash:
+        name = flash.name
+        if recognise(flash) != "a ubifs filesystem":
+            return False
+    UBIFS_MOUNT.mkdir(parents=True, exist_ok=True)
+    run_mount("mount", "-n", "-t", "ubifs", "-o", "ro", name, str(UBIFS_MOUNT))
+    try:
+        pending = UBIFS_MOUNT / PENDING
+        found = (pending / "overlay.tar.gz").is_file() and (pending / "message").is_file()
+        if found:
+            message = (pending / "message").read_text()
+            STAGED.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(pending / "overlay.tar.gz", STAGED)
+    finally:
+        run_mount("umount", "-n", str(UBIFS_MOUNT))
+    if not found:
+        return False
+    log(f"converting the ubifs overlay staged on {name}")
+    try:
+        with opened(name, writable=True) as flash:
+            from_archive(flash, STAGED, message)
+    except (SnapshotError, MtdError) as e:
+        log(f"converting {name} failed: {e}; booting its ubifs, the staged overlay renamed "
+            f"to {PENDING}.failed", loud=True)
+        run_mount("mount", "-n", "-t", "ubifs", name, str(UBIFS_MOUNT))
+        try:
+            os.replace(UBIFS_MOUNT / PENDING, UBIFS_MOUNT / f"{PENDING}.failed")
+        finally:
+            run_mount("umount", "-n", str(UBIFS_MOUNT))
+        return False
+    finally:
+        STAGED.unlink(missing_ok=True)
+    log(f"converted {name}: snapshot 1 ({message})")
+    return True
+
+
+def reboot() -> None:
+    """Reboot at once (what the RAM stage does too), the staged overlay synced."""
+    os.sync()
+    os.execvp("reboot", ["reboot", "-f"])
 
 
 def hand_over(device: str, args: list[str]) -> None:

@@ -28,7 +28,9 @@ DEFAULT_UPPER = "/volatile/upper"
 def opened(device: str | None, writable: bool = False):
     """The flash, locked against a second writer when `writable`."""
     with open_flash(device, writable=writable) as flash:
-        lock = DeviceLock(flash.name) if writable else None
+        # UBI lets one writer open a volume at a time, which is the lock there; a second
+        # open of the node, as the lock's, would make UBI refuse the atomic LEB change.
+        lock = DeviceLock(flash.name) if writable and not flash.geometry.is_ubi else None
         try:
             yield flash
         finally:

@@ -1,9 +1,10 @@
 """Run the snapshot CLI with a power cut injected into a real MTD device, for the kernel tier.
 
 The simulator tears its own operations (MTDSIM_POWERCUT_AFTER); a kernel device cannot, so
-this test-only launcher wraps the writable device: the N-th program or block erase
-(SNAPSHOT_TEST_CUT_AFTER=N) is torn the way the simulator tears it, then the process exits 99
-at once. With SNAPSHOT_TEST_COUNT_TO=FILE it only counts operations into FILE.
+this test-only launcher wraps the writable device: the N-th program, block erase or (on a UBI
+volume) atomic LEB change (SNAPSHOT_TEST_CUT_AFTER=N) is torn the way the simulator tears it,
+then the process exits 99 at once. With SNAPSHOT_TEST_COUNT_TO=FILE it only counts operations
+into FILE.
 
 Usage: python tests/cut_runner.py --device /dev/mtd0 push --from DIR
 """
@@ -54,12 +55,25 @@ class CutInjector:
             self._flash.write(offset + torn, self._rng.randbytes(page))
         os._exit(99)
 
+    def change(self, block, data):
+        # UBI's atomic LEB change: a cut leaves the old contents or the new ones.
+        if not self._tick():
+            return self._flash.change(block, data)
+        if self._rng.random() < 0.5:
+            self._flash.change(block, data)
+        os._exit(99)
+
     def erase(self, offset, length):
         g = self._flash.geometry
         for start in range(offset, offset + length, g.erasesize):
             if not self._tick():
                 self._flash.erase(start, g.erasesize)
                 continue
+            if g.is_ubi:
+                # UBI unmaps the LEB in one step: whole or erased.
+                if self._rng.random() < 0.5:
+                    self._flash.erase(start, g.erasesize)
+                os._exit(99)
             # Partly erased: a prefix reads erased, the rest holds unspecified bytes.
             self._flash.erase(start, g.erasesize)
             cut = self._rng.randrange(g.erasesize // g.writesize) * g.writesize

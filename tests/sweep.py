@@ -29,6 +29,9 @@ GEOMETRIES = {
     # A factory bad block where the first snapshots go, so writes must skip it.
     "nand": (Geometry(FlashType.NAND, 4096 * KIB, 128 * KIB, 2048, 64), [5]),
 }
+#: Every write is swept on these: raw NOR and NAND, and a UBI volume on that NAND (32 LEBs of
+#: a 128 KiB block less UBI's two 2 KiB header pages).
+SWEPT = {**GEOMETRIES, "ubi": (Geometry(FlashType.UBI, 32 * 124 * KIB, 124 * KIB, 2048, 0), [])}
 # Cut points checked in this process, by scenario, for the summary line.
 CHECKED: dict[str, int] = {}
 
@@ -300,7 +303,7 @@ class SimCase:
         self.work = root / f"{scenario.name}-{geometry}"
         self.work.mkdir(parents=True)
         self.base = self.work / "base.img"
-        g, bad = GEOMETRIES[geometry]
+        g, bad = SWEPT[geometry]
         SimFlash.create(self.base, g, bad_blocks=bad)
         scenario.build(str(self.base), self.work)
         self.args = scenario.command(self.work)

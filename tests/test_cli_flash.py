@@ -112,7 +112,7 @@ def test_missing_device_is_an_error(tmp_path):
 def test_regular_file_is_not_an_mtd_device(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     result = invoke("--device", str(tmp_path / "notes.txt"), "flash", "info")
-    assert error_of(result).endswith("not an MTD device or a simulated flash image")
+    assert error_of(result).endswith("not an MTD device, a UBI volume or a simulated flash image")
 
 
 def test_character_device_without_mtd_ioctls_is_not_an_mtd_device():

@@ -57,7 +57,7 @@ def preinit(tmp_path: Path, env: dict | None = None, proc_mtd: str = MTD_ROUTER,
 
 def test_preinit_boots_through_snapshot_when_the_partition_holds_a_chain(tmp_path):
     out = preinit(tmp_path, {"PROBE": "0"})
-    assert "snapshot --device mtd:rootfs_data mount" in out
+    assert "snapshot --device mtd:rootfs_data mount" in out and "--pending" not in out
     assert "stock mount_root" not in out
     assert "hook preinit_mount_root" in out
 
@@ -85,7 +85,9 @@ def test_preinit_follows_fstools_overlay_name(tmp_path):
 
 def test_preinit_takes_the_ubi_volume_when_no_mtd_partition_has_the_name(tmp_path):
     out = preinit(tmp_path, {"PROBE": "0"}, proc_mtd=UBI_ROUTER)
-    assert "snapshot --device ubi:rootfs_data probe" in out
+    # First the conversion a `snapshot convert` staged on the ubifs, if there is one.
+    assert "snapshot --device ubi:rootfs_data convert --pending\n" \
+        "snapshot --device ubi:rootfs_data probe" in out
     assert "snapshot --device ubi:rootfs_data mount" in out
 
 

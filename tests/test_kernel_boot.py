@@ -240,8 +240,11 @@ class Router:
     """A router made of the test squashfs and one flash image that persists across boots."""
 
     def __init__(self, vm: KernelVM, work: Path, flash_size: int = 32 * MIB,
-                 package: package_stage.Staged | None = None):
+                 package: package_stage.Staged | None = None, ubi: bool = False):
         self.vm = vm
+        # For guest.sh: KBOOT_UBI=1 makes rootfs_data a UBI volume on the flash; a test
+        # may add KBOOT_UBIFS or KBOOT_RECREATE for a boot.
+        self.env = {"KBOOT_UBI": "1"} if ubi else {}
         self.work = work
         # Shared with the guest (at the same path): the squashfs is loop-mounted from here.
         self.results = work / "results"
@@ -257,7 +260,7 @@ class Router:
         self.boots += 1
         env = {"KBOOT_SQUASHFS": str(self.squashfs), "KBOOT_PYTHON": sys.executable,
                "KBOOT_PLAN": json.dumps(plan), "PYTHONDONTWRITEBYTECODE": "1",
-               "PYTHONUNBUFFERED": "1", "KBOOT_TMP_LINKS": tmp_links()}
+               "PYTHONUNBUFFERED": "1", "KBOOT_TMP_LINKS": tmp_links(), **self.env}
         if format:
             env["KBOOT_FORMAT"] = "1"
         return self.vm.start(["/bin/sh", str(GUEST / "guest.sh")], cwd=str(REPO), env=env,

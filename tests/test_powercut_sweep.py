@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep import GEOMETRIES, SCENARIOS, SimCase, assert_old_or_new, run_cli
+from sweep import SCENARIOS, SWEPT, SimCase, assert_old_or_new, run_cli
 
 _ROOT = Path(tempfile.mkdtemp(prefix="snapshot-sweep-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
@@ -34,7 +34,10 @@ def pytest_generate_tests(metafunc):
         if "then_repair" in metafunc.function.__name__ else SCENARIOS
     params = []
     for name in scenarios:
-        for geometry in GEOMETRIES:
+        for geometry in SWEPT:
+            # UBI scrubs blocks that show bit flips itself: a volume never reports one.
+            if geometry == "ubi" and "scrub" in name:
+                continue
             key = f"{name}-{geometry}"
             for cut in range(1, case_for(key).operations + 1):
                 params.append(pytest.param(key, cut, id=f"{key}-cut{cut}"))

@@ -21,9 +21,11 @@ from snapshot.operations import opened
 @click.option("-m", "--message", help="Message of snapshot 1 (jffs2 or ubifs; default: "
                                       "converted from jffs2, or ubifs). Records imported from the old chain "
                                       "say where they came from.")
+@click.option("--pending", is_flag=True, hidden=True,
+              help="Preinit: convert the ubifs overlay a convert staged on a UBI volume.")
 @compression_option
 @click.pass_obj
-def convert(obj, source, archive, legacy, accept_window, message, compression):
+def convert(obj, source, archive, legacy, accept_window, message, compression, pending):
     """Replace the jffs2 overlay on --device (ubifs, on a UBI volume) by a chain holding it
     as snapshot 1, or import the old fstools snapshot chain on it: its snapshots in order and
     its volatile.
@@ -31,7 +33,9 @@ def convert(obj, source, archive, legacy, accept_window, message, compression):
     On a running router (jffs2 mounted at /overlay, or the old chain on the partition), it
     checks what it will convert (the overlay's upper dir, packed into RAM; or every entry of
     the old chain) and hands over to the RAM stage, which stops the other processes, makes
-    jffs2 read-only, moves onto the squashfs, writes the chain and reboots. Until the
+    jffs2 read-only, moves onto the squashfs, writes the chain and reboots. On a UBI volume
+    (ubifs at /overlay) it packs the upper dir onto the ubifs and reboots; the next boot's
+    preinit converts it before anything mounts the volume. Until the
     chain's one commit the old data stays as the stock mount_root reads it: a power cut
     leaves it or the chain, never a mix. Exit status 5: something of the old chain was
     left out (damaged, or refused as unsafe); the `warning:` lines say what.
@@ -43,9 +47,15 @@ def convert(obj, source, archive, legacy, accept_window, message, compression):
       snapshot --device /tmp/flash.img convert --legacy
     """
     from snapshot import convert as conversion   # here: every other command starts sooner
+    if pending:
+        from snapshot.boot import Log
+        conversion.convert_pending(obj["device"], Log(kmsg=True))
+        return
     if sum(map(bool, (source, archive, legacy))) > 1:
         raise click.UsageError("--from, --archive and --legacy exclude each other")
-    with opened(obj["device"], writable=True) as dev:
+    # On the router this only reads: the RAM stage writes, once the overlay is read-only
+    # (ubifs holds a UBI volume's one writer slot until then).
+    with opened(obj["device"], writable=bool(source or archive or legacy)) as dev:
         old_chain = legacy or not (source or archive) and conversion.holds_legacy(dev)
         if old_chain and message is not None:
             raise click.UsageError("-m goes with jffs2 only: each record imported from the "
@@ -85,6 +95,14 @@ def convert(obj, source, archive, legacy, accept_window, message, compression):
             return
         else:
             upper = conversion.ram_stage_source(dev, message)
+            if dev.geometry.is_ubi:
+                capture = conversion.stage_for_boot(upper.parent, message,
+                                                    compression_of(compression))
+                for warning in capture.warnings:
+                    click.echo(f"warning: {warning}", err=True)
+                click.echo(f"staged {upper} on the ubifs; the next boot converts {dev.name}; "
+                           f"rebooting")
+                conversion.reboot()
     if not old_chain:
         staged = conversion.STAGED
         capture = conversion.stage(upper, staged, compression_of(compression))

@@ -44,7 +44,8 @@ from snapshot import operations
 from snapshot.chain import Chain
 from snapshot.errors import NoChain
 
-DEVICE = "mtd:rootfs_data"
+#: guest.sh says which: the MTD partition, or the UBI volume.
+DEVICE = os.environ.get("KBOOT_DEVICE", "mtd:rootfs_data")
 SYNCED_CLI = Path(__file__).resolve().with_name("synced_cli.py")
 CONSOLE = "/dev/ttyS0"
 #: Top-level directories of the merged root that are not the router's files: mount points,

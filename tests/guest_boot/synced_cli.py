@@ -50,6 +50,12 @@ class Synced:
         finally:
             os.sync()
 
+    def change(self, block, data):
+        try:
+            return self._flash.change(block, data)
+        finally:
+            os.sync()
+
     def erase(self, offset, length):
         try:
             result = self._flash.erase(offset, length)

@@ -1,0 +1,336 @@
+"""The chain on a UBI volume (mtd/ubi.py): the Flash contract on the simulator's ubi type and,
+in the kernel tier, on a real UBI volume (nandsim, ubiattach, ubimkvol in the qemu guest);
+the injected power-cut sweep of every write command on that volume; and a convert of a real
+ubifs there, cut at each step, after which ubifs is as it was, and stays so under writes, or
+the chain holds it."""
+import errno
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mtd import FlashType, FlashViolation, Geometry, MtdError, SimFlash, open_flash
+from sweep import SCENARIOS, make_tree, tree, visible
+from test_kernel_sweep import run_cut
+
+KIB = 1024
+#: The simulator's UBI volume: 64 LEBs of a 128 KiB NAND block less UBI's two header pages.
+SIM_UBI = Geometry(FlashType.UBI, 64 * 124 * KIB, 124 * KIB, 2048, 0)
+#: The kernel tier's: a volume on nandsim, attached as /dev/ubi7 (clear of any number the
+#: kernel would pick itself) and detached again, nandsim erased, for the tests after these.
+UBI_NUMBER = 7
+VOLUME = f"/dev/ubi{UBI_NUMBER}_0"
+VOLUME_SIZE = "24MiB"
+
+BACKENDS = [pytest.param("sim-ubi"), pytest.param("nandsim-ubi", marks=pytest.mark.kernel)]
+
+
+def run(*argv: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{' '.join(argv)}: {result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def nandsim_ubi():
+    """A dynamic volume `rootfs_data` filling a UBI device on nandsim, as OpenWrt's nand.sh
+    makes it (ubimkvol -N rootfs_data)."""
+    mtd = os.environ["MTD_NANDSIM"]
+    run("flash_erase", "-q", mtd, "0", "0")
+    run("ubiattach", "-m", mtd.removeprefix("/dev/mtd"), "-d", str(UBI_NUMBER))
+    try:
+        run("ubimkvol", f"/dev/ubi{UBI_NUMBER}", "-N", "rootfs_data", "-s", VOLUME_SIZE)
+        yield VOLUME
+    finally:
+        subprocess.run(["umount", "/mnt/ubifs"], capture_output=True)
+        run("ubidetach", "-d", str(UBI_NUMBER))
+        run("flash_erase", "-q", mtd, "0", "0")
+
+
+@pytest.fixture(params=BACKENDS)
+def volume(request, tmp_path):
+    """A writable handle on an erased volume."""
+    if request.param == "sim-ubi":
+        SimFlash.create(tmp_path / "ubi.img", SIM_UBI)
+        with SimFlash(tmp_path / "ubi.img", writable=True) as flash:
+            yield flash
+        return
+    device = request.getfixturevalue("nandsim_ubi")
+    run("ubiupdatevol", "-t", device)
+    with open_flash(device, writable=True) as flash:
+        yield flash
+
+
+def sysfs(attribute: str, device: bool = False) -> str:
+    where = f"ubi{UBI_NUMBER}" if device else f"ubi{UBI_NUMBER}_0"
+    return Path(f"/sys/class/ubi/{where}/{attribute}").read_text().strip()
+
+
+# -- the Flash contract ------------------------------------------------------------------------
+
+def test_geometry_is_the_volumes_leb_and_the_devices_min_io_size(volume):
+    g = volume.geometry
+    assert g.is_ubi and not g.is_nand and g.programs_once
+    if isinstance(volume, SimFlash):
+        assert g == SIM_UBI
+    else:
+        assert g.erasesize == int(sysfs("usable_eb_size"))
+        assert g.writesize == int(sysfs("min_io_size", device=True))
+        assert g.size == int(sysfs("reserved_ebs")) * g.erasesize
+        assert g.oobsize == 0
+    # A LEB is a physical block less UBI's headers.
+    assert g.erasesize & (g.erasesize - 1)
+
+
+def test_an_erased_leb_reads_back_erased(volume):
+    g = volume.geometry
+    volume.write(g.block_offset(2), b"\x00" * g.writesize)
+    volume.erase(g.block_offset(2), g.erasesize)
+    assert volume.read(g.block_offset(2), g.erasesize) == b"\xff" * g.erasesize
+
+
+def test_a_write_crossing_a_leb_boundary_reads_back(volume):
+    g = volume.geometry
+    data = os.urandom(4 * g.writesize)
+    offset = g.block_offset(4) - 2 * g.writesize
+    volume.write(offset, data)
+    assert volume.read(offset, len(data)) == data
+
+
+def test_an_unaligned_write_fails_with_a_clear_error(volume):
+    with pytest.raises(MtdError) as e:
+        volume.write(volume.geometry.writesize // 2, b"\x00" * volume.geometry.writesize)
+    assert e.value.errno == errno.EINVAL and "aligned" in str(e.value)
+
+
+def test_change_gives_the_leb_new_contents_and_nothing_else(volume):
+    g = volume.geometry
+    volume.write(g.block_offset(3), b"\x11" * (4 * g.writesize))
+    volume.change(3, b"\x22" * g.writesize)
+    assert volume.read(g.block_offset(3), g.erasesize) == \
+        b"\x22" * g.writesize + b"\xff" * (g.erasesize - g.writesize)
+
+
+def test_no_leb_is_bad_and_none_can_be_marked_bad(volume):
+    assert not any(volume.is_bad(b) for b in range(volume.geometry.blocks))
+    with pytest.raises(MtdError) as e:
+        volume.mark_bad(1)
+    assert e.value.errno == errno.EOPNOTSUPP and "UBI retires failing ones itself" in str(e.value)
+    assert volume.stats().bad_blocks == 0
+
+
+def test_a_page_is_programmed_once_between_erases():
+    """The simulator keeps NAND's rule for UBI, whose LEBs lie on NAND."""
+    with tempfile.TemporaryDirectory() as work:
+        SimFlash.create(Path(work, "ubi.img"), SIM_UBI)
+        with SimFlash(Path(work, "ubi.img"), writable=True) as flash:
+            flash.write(0, b"\x00" * 2048)
+            with pytest.raises(FlashViolation):
+                flash.write(0, b"\x00" * 2048)
+
+
+@pytest.mark.parametrize("faults", [{"bad_blocks": [3]}, {"bitflips": {100: "corrected"}},
+                                    {"wear_limits": {3: 10}}], ids=["bad", "bitflip", "wear"])
+def test_the_simulator_refuses_faults_ubi_hides(tmp_path, faults):
+    with pytest.raises(ValueError):
+        SimFlash.create(tmp_path / "ubi.img", SIM_UBI, **faults)
+
+
+@pytest.mark.parametrize("cut_change", [True, False], ids=["change", "erase"])
+def test_a_cut_change_or_erase_leaves_the_leb_whole_or_new(tmp_path, cut_change):
+    """UBI makes both atomic; the simulator's power cut keeps that, over many seeds."""
+    seen = set()
+    for seed in range(12):
+        image = tmp_path / f"ubi{seed}.img"
+        SimFlash.create(image, SIM_UBI)
+        with SimFlash(image, writable=True) as flash:
+            flash.write(0, b"\x11" * 2048)
+        op = ("f.change(0, b'\\x22' * 2048)" if cut_change else
+              f"f.erase(0, {SIM_UBI.erasesize})")
+        script = (f"from mtd import SimFlash\nf = SimFlash({str(image)!r}, writable=True)\n"
+                  f"{op}\n")
+        env = dict(os.environ, MTDSIM_POWERCUT_AFTER="1", MTDSIM_SEED=str(seed))
+        assert subprocess.run([sys.executable, "-c", script],
+                              env=env).returncode == 99
+        with SimFlash(image) as flash:
+            block = flash.read(0, SIM_UBI.erasesize)
+        new = (b"\x22" * 2048 if cut_change else b"") + b"\xff" * (
+            SIM_UBI.erasesize - (2048 if cut_change else 0))
+        old = b"\x11" * 2048 + b"\xff" * (SIM_UBI.erasesize - 2048)
+        assert block in (old, new), f"seed {seed}"
+        seen.add(block == new)
+    assert seen == {True, False}
+
+
+# -- finding the volume ------------------------------------------------------------------------
+
+@pytest.mark.kernel
+def test_the_volume_is_found_by_name_and_as_the_default_device(nandsim_ubi):
+    """No MTD partition in the guest is called rootfs_data, so the default device is the
+    UBI volume of that name, as fstools finds it."""
+    assert '"rootfs_data"' not in Path("/proc/mtd").read_text()
+    with open_flash("ubi:rootfs_data") as by_name, open_flash(None) as default:
+        assert by_name.name == default.name == nandsim_ubi
+        assert default.geometry.is_ubi
+
+
+@pytest.mark.kernel
+def test_an_erase_leaves_the_leb_unmapped_and_a_write_maps_it(nandsim_ubi):
+    with open_flash(nandsim_ubi, writable=True) as flash:
+        g = flash.geometry
+        flash.write(g.block_offset(5), b"\x00" * g.writesize)
+        assert flash.is_mapped(5)
+        flash.erase(g.block_offset(5), g.erasesize)
+        assert not flash.is_mapped(5)
+
+
+@pytest.mark.kernel
+def test_a_volume_ubifs_has_mounted_is_refused_for_writing_in_one_line(nandsim_ubi, tmp_path):
+    run("ubiupdatevol", "-t", nandsim_ubi)
+    os.makedirs("/mnt/ubifs", exist_ok=True)
+    run("mount", "-t", "ubifs", nandsim_ubi, "/mnt/ubifs")
+    try:
+        result = subprocess.run([sys.executable, "-m", "snapshot", "--device", nandsim_ubi,
+                                 "format", "--force"], capture_output=True, text=True)
+    finally:
+        run("umount", "/mnt/ubifs")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {nandsim_ubi}: in use: another writer (a mounted filesystem, or another "
+        f"snapshot command) has it open"]
+
+
+# -- the power-cut sweep on a real volume ----------------------------------------------------
+
+#: Every write command the CLI has, but the scrubs (a UBI volume never reports a bit flip)
+#: and the repair of a volatile record damaged behind the flash layer's back (a volume's
+#: node takes no plain writes).
+KERNEL_SWEPT = ["format", "push", "save", "rollback", "pushtrial", "savetrial", "confirm",
+                "trialrollback", "squash"]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("name", KERNEL_SWEPT)
+def test_every_cut_on_a_ubi_volume_leaves_old_or_new_state(name, nandsim_ubi, tmp_path):
+    device = nandsim_ubi
+    scenario = SCENARIOS[name]
+
+    def build(run: str) -> list[str]:
+        """The base state on the volume, from a fresh work dir (the trees are seeded, so
+        every run's are the same); returns the command's arguments."""
+        work = tmp_path / run
+        work.mkdir()
+        scenario.build(device, work)
+        return scenario.command(work)
+
+    args = build("counted")
+    old = visible(device)
+    count = tmp_path / "count"
+    result = run_cut(device, args, count_to=count)
+    assert result.returncode == 0, result.stderr
+    new = visible(device)
+    assert new != old
+    total = int(count.read_text())
+    for cut in range(1, total + 1):
+        args = build(f"cut{cut}")
+        result = run_cut(device, args, cut=cut)
+        assert result.returncode == 99, f"cut {cut}: {result.stderr}"
+        assert visible(device) in (old, new), f"{name} on a UBI volume, cut {cut} of {total}"
+    print(f"{name} on a UBI volume: checked {total} cut points")
+
+
+# -- convert from a real ubifs ---------------------------------------------------------------
+
+MOUNT = Path("/mnt/ubifs")
+
+
+def ubifs_files(root: Path) -> dict:
+    return {k: v for k, v in tree(root).items() if not k.startswith("lost+found")}
+
+
+def make_ubifs(device: str, content: Path) -> dict:
+    """A stock overlay: ubifs formatted by its first mount on the emptied volume, holding
+    content; returns what it holds."""
+    run("ubiupdatevol", "-t", device)
+    MOUNT.mkdir(parents=True, exist_ok=True)
+    run("mount", "-t", "ubifs", device, str(MOUNT))
+    run("cp", "-a", f"{content}/.", str(MOUNT))
+    held = ubifs_files(MOUNT)
+    run("umount", str(MOUNT))
+    return held
+
+
+def ubifs_survives_writes(device: str, held: dict) -> None:
+    """ubifs mounts with exactly what it held, then takes writes enough to reach the LEBs
+    it had free (where the cut convert wrote), and reads them all back after a remount."""
+    run("mount", "-t", "ubifs", device, str(MOUNT))
+    try:
+        assert ubifs_files(MOUNT) == held
+        for i in range(3):
+            (MOUNT / f"fill{i}").write_bytes(os.urandom(6 * 1024 * KIB))
+        run("sync")
+        written = ubifs_files(MOUNT)
+    finally:
+        run("umount", str(MOUNT))
+    run("mount", "-t", "ubifs", device, str(MOUNT))
+    try:
+        assert ubifs_files(MOUNT) == written
+        for i in range(3):
+            (MOUNT / f"fill{i}").unlink()
+    finally:
+        run("umount", str(MOUNT))
+
+
+@pytest.mark.kernel
+def test_a_cut_convert_of_ubifs_leaves_ubifs_intact_or_the_chain(nandsim_ubi, tmp_path):
+    """Every cut of `convert --from` over a real ubifs: the chain, holding the tree, or no
+    chain and ubifs as it was, which then writes into the LEBs the convert had written
+    (ubifs unmaps a free LEB before it takes it) and reads everything back."""
+    device = nandsim_ubi
+    content = make_tree(tmp_path / "overlay", 3, 600)
+    upper = make_tree(tmp_path / "upper", 4, 300)
+    args = ["convert", "--from", str(upper)]
+    held = make_ubifs(device, content)
+    count = tmp_path / "count"
+    result = run_cut(device, args, count_to=count)
+    assert result.returncode == 0, result.stderr
+    converted = visible(device)
+    assert converted != "no chain" and converted[4] == tree(upper)
+    total = int(count.read_text())
+    outcomes = []
+    for cut in range(1, total + 1):
+        held = make_ubifs(device, content)
+        result = run_cut(device, args, cut=cut)
+        assert result.returncode == 99, f"cut {cut}: {result.stderr}"
+        state = visible(device)
+        if state == "no chain":
+            ubifs_survives_writes(device, held)
+            outcomes.append("ubifs")
+        else:
+            assert state == converted, f"convert cut {cut} of {total}"
+            outcomes.append("chain")
+    assert outcomes[0] == "ubifs" and outcomes[-1] == "chain", outcomes
+    print(f"convert over ubifs: {total} cut points, {outcomes}")
+
+
+@pytest.mark.kernel
+def test_with_a_reader_open_a_rewrite_falls_back_unless_it_must_be_atomic(nandsim_ubi):
+    """UBI refuses the atomic LEB change while another process (here a second handle) has
+    the volume open; an anchor block is then erased and programmed as on raw flash, and a
+    rewrite that must be atomic (convert's, over ubifs) fails with nothing written."""
+    from snapshot.chain import rewrite_block
+    run("ubiupdatevol", "-t", nandsim_ubi)
+    with open_flash(nandsim_ubi, writable=True) as flash, open_flash(nandsim_ubi):
+        g = flash.geometry
+        old = b"\x11" * g.writesize + b"\xff" * (g.erasesize - g.writesize)
+        new = b"\x22" * g.writesize + b"\xff" * (g.erasesize - g.writesize)
+        flash.write(g.block_offset(2), old[:g.writesize])
+        with pytest.raises(MtdError) as e:
+            rewrite_block(flash, 2, new[:g.writesize], atomic=True)
+        assert e.value.errno == errno.EBUSY
+        assert flash.read(g.block_offset(2), g.erasesize) == old
+        rewrite_block(flash, 2, new[:g.writesize])
+        assert flash.read(g.block_offset(2), g.erasesize) == new
