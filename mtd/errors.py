@@ -49,3 +49,9 @@ class FlashViolation(Exception):
 
 class FlashOpenError(Exception):
     """A device specification could not be opened: missing, not flash, not permitted."""
+
+
+class FlashBusy(FlashOpenError):
+    """The device is open for writing elsewhere and refuses a second writer (a UBI volume:
+    a mounted ubifs, or another snapshot command). Exit status 3, as for a held lock."""
+    exit_code = 3

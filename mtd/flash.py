@@ -11,7 +11,7 @@ import os
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
-from mtd.errors import FlashOpenError, MtdError
+from mtd.errors import FlashBusy, FlashOpenError, MtdError
 
 
 class FlashType(StrEnum):
@@ -175,7 +175,7 @@ def open_backing(path: str, writable: bool, missing: str) -> int:
         raise FlashOpenError(f"{path}: permission denied") from None
     except OSError as e:
         if e.errno == errno.EBUSY:
-            raise FlashOpenError(f"{path}: in use: another writer (a mounted "
+            raise FlashBusy(f"{path}: in use: another writer (a mounted "
                                  f"filesystem, or another snapshot command) has it "
                                  f"open") from None
         raise FlashOpenError(f"{path}: {e.strerror}") from None

@@ -138,9 +138,16 @@ class UbiVolume(Closing):
         return b"".join(chunks)
 
     def read_ecc(self, offset: int, length: int) -> tuple[bytes, Bitflips]:
-        # UBI corrects bit flips and scrubs the block itself, telling no reader; an
-        # uncorrectable one fails the read (EBADMSG) instead of returning wrong data.
-        return self.read(offset, length), Bitflips()
+        # UBI corrects bit flips and scrubs the block itself, telling no reader. An
+        # uncorrectable one fails the read (EBADMSG) instead of returning wrong data: that is
+        # reported as the protocol says, with bytes that are wrong, so the chain takes the
+        # record for damaged as on raw NAND.
+        try:
+            return self.read(offset, length), Bitflips()
+        except MtdError as e:
+            if e.errno != errno.EBADMSG:
+                raise
+            return b"\xff" * length, Bitflips(uncorrectable=1)
 
     def write(self, offset: int, data: bytes) -> None:
         check_write(self.name, self.geometry, offset, len(data))

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a simulated flash image: install, create a NAND image, show it.
+# The main job on a simulated flash image: install, create a NAND image, show it; then the
+# same on a simulated UBI volume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -24,6 +25,11 @@ find "$work/restored" -type f
 snapshot rollback
 snapshot check
 snapshot flash info
+# The same chain on a UBI volume, where most NAND routers keep rootfs_data.
+snapshot flash create "$work/ubi.img" --type ubi --size 31M --erase-size 124K
+snapshot --device "$work/ubi.img" format
+snapshot --device "$work/ubi.img" push --from "$work/upper" -m "first boot"
+snapshot --device "$work/ubi.img" list
 set +x
 echo
 echo "The simulated flash is $SNAPSHOT_DEVICE. snapshot is installed in $PWD/.venv; try:"

@@ -197,7 +197,7 @@ def test_a_volume_ubifs_has_mounted_is_refused_for_writing_in_one_line(nandsim_u
                                  "format", "--force"], capture_output=True, text=True)
     finally:
         run("umount", "/mnt/ubifs")
-    assert result.returncode != 0
+    assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         f"Error: {nandsim_ubi}: in use: another writer (a mounted filesystem, or another "
         f"snapshot command) has it open"]
@@ -334,3 +334,20 @@ def test_with_a_reader_open_a_rewrite_falls_back_unless_it_must_be_atomic(nandsi
         assert flash.read(g.block_offset(2), g.erasesize) == old
         rewrite_block(flash, 2, new[:g.writesize])
         assert flash.read(g.block_offset(2), g.erasesize) == new
+
+
+def test_an_uncorrectable_read_is_reported_as_the_protocol_says(monkeypatch):
+    """UBI fails such a read with EBADMSG; read_ecc reports it as uncorrectable, so the chain
+    takes the record for damaged, as on raw NAND (read itself raises)."""
+    from mtd import ubi
+    volume = ubi.UbiVolume.__new__(ubi.UbiVolume)
+    volume.name, volume.geometry, volume._fd = "/dev/ubi0_0", SIM_UBI, -1
+
+    def pread(fd, length, offset):
+        raise OSError(errno.EBADMSG, os.strerror(errno.EBADMSG))
+    monkeypatch.setattr(ubi.os, "pread", pread)
+    data, flips = volume.read_ecc(0, 2048)
+    assert flips.uncorrectable == 1 and len(data) == 2048
+    with pytest.raises(MtdError) as e:
+        volume.read(0, 2048)
+    assert "uncorrectable bit flips" in str(e.value)
