@@ -84,20 +84,21 @@ def test_sbin_snapshot_is_a_python3_launcher(staged):
     assert (staged.root / "sbin/snapshot").read_text().startswith("#!/usr/bin/python3\n")
 
 
-def test_the_python_packages_are_byte_compiled_with_the_compiled_mtd_binding(staged):
+def test_the_python_packages_are_byte_compiled_with_the_compiled_mtd_and_ubi_bindings(staged):
     site = staged.site_packages
     want = {str(path.relative_to(REPO).with_suffix(".pyc"))
             for top in ("snapshot", "mtd") for path in (REPO / top).rglob("*.py")}
-    want.discard("mtd/build_abi.pyc")
+    want -= {"mtd/build_abi.pyc", "mtd/build_ubi_abi.pyc"}
     got = {str(path.relative_to(site)) for path in site.rglob("*.pyc")}
     assert got == want
     assert "snapshot/cli/__init__.pyc" in got
-    # The binding the build compiled (cffi_modules in setup.py), named as mtd/build_abi.py
-    # names it, for the interpreter's ABI.
-    assert [path.name for path in site.glob("mtd/_mtd_abi*.so")] == ["_mtd_abi.abi3.so"]
+    # The bindings the build compiled (cffi_modules in setup.py), named as mtd/build_abi.py
+    # and mtd/build_ubi_abi.py name them, for the interpreter's ABI.
+    assert sorted(path.name for path in site.glob("mtd/_*_abi*.so")) == \
+        ["_mtd_abi.abi3.so", "_ubi_abi.abi3.so"]
     # Sources and what only the build reads stay out, as python3-package.mk leaves them.
     assert not list(staged.root.rglob("*.py"))
-    assert not (site / "mtd/mtd_abi.h").exists()
+    assert not (site / "mtd/mtd_abi.h").exists() and not (site / "mtd/ubi_abi.h").exists()
 
 
 def test_the_staged_command_runs_from_the_staged_packages_alone(staged, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mtd import FlashType, FlashViolation, Geometry, MtdError, SimFlash, open_flash
-from sweep import SCENARIOS, make_tree, tree, visible
+from sweep import SCENARIOS, make_tree, run_cli, tree, visible
 from test_kernel_sweep import run_cut
 
 KIB = 1024
@@ -351,3 +351,106 @@ def test_an_uncorrectable_read_is_reported_as_the_protocol_says(monkeypatch):
     with pytest.raises(MtdError) as e:
         volume.read(0, 2048)
     assert "uncorrectable bit flips" in str(e.value)
+
+
+# -- convert from ubifs, on the simulator -----------------------------------------------------
+
+def mkfs_ubifs(work: Path) -> Path:
+    """A real ubifs image for SIM_UBI (mkfs.ubifs, mtd-utils), holding an overlay upper dir:
+    its LEBs 0-3 (superblock, master nodes, the first log LEB) and some others in use."""
+    root = make_tree(work / "ubifs-root" / "upper", 6, 200).parent
+    (root / "work").mkdir()
+    image = work / "ubifs.img"
+    subprocess.run(["mkfs.ubifs", "-m", str(SIM_UBI.writesize), "-e", str(SIM_UBI.erasesize),
+                    "-c", str(SIM_UBI.blocks), "-r", str(root), "-o", str(image)], check=True,
+                   env=dict(os.environ, PATH=f"{os.environ['PATH']}:/usr/sbin:/sbin"))
+    return image
+
+
+def ubifs_volume(path: Path, ubifs: Path) -> dict[int, bytes]:
+    """A simulated volume holding the ubifs image as UBI would (free LEBs unmapped, so
+    erased); returns LEB -> contents of the LEBs ubifs uses."""
+    SimFlash.create(path, SIM_UBI)
+    data, g = ubifs.read_bytes(), SIM_UBI
+    used = {}
+    with SimFlash(path, writable=True) as flash:
+        for leb in range(len(data) // g.erasesize):
+            block = data[leb * g.erasesize:(leb + 1) * g.erasesize]
+            if block == b"\xff" * g.erasesize:
+                continue
+            end = len(block.rstrip(b"\xff"))
+            end += -end % g.writesize
+            flash.write(g.block_offset(leb), block[:end])
+            used[leb] = block
+    return used
+
+
+class UbifsConvert:
+    """The uncut convert of a simulated volume holding a real ubifs: the base image, the
+    LEBs ubifs uses, the converted state, and how many flash operations the convert takes.
+    Built once, when the cut tests are collected."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.base = work / "base.img"
+        self.used = ubifs_volume(self.base, mkfs_ubifs(work))
+        assert {0, 1, 2, 3} <= set(self.used)
+        self.upper = make_tree(work / "upper", 7, 300)
+        self.args = ["convert", "--from", str(self.upper)]
+        done = self.copy(work / "done.img")
+        with SimFlash(done) as flash:
+            before = flash.stats()
+        result = run_cli(str(done), self.args)
+        assert result.returncode == 0, result.stderr
+        with SimFlash(done) as flash:
+            after = flash.stats()
+        self.operations = after.programs + after.erases - before.programs - before.erases
+        self.converted = visible(str(done))
+
+    def copy(self, image: Path) -> Path:
+        for suffix in ("", ".sim.json"):
+            Path(f"{image}{suffix}").write_bytes(Path(f"{self.base}{suffix}").read_bytes())
+        return image
+
+
+_UBIFS: list[UbifsConvert] = []
+
+
+def ubifs_convert() -> UbifsConvert:
+    if not _UBIFS:
+        _UBIFS.append(UbifsConvert(Path(tempfile.mkdtemp(prefix="snapshot-ubifs-"))))
+    return _UBIFS[0]
+
+
+def pytest_generate_tests(metafunc):
+    if "ubifs_cut" in metafunc.fixturenames:
+        # Simulator tests: the kernel tier's guest, which runs only kernel tests, skips the
+        # build.
+        in_guest = os.environ.get("SNAPSHOT_KERNEL_GUEST") == "1"
+        cuts = range(1, 1 if in_guest else ubifs_convert().operations + 1)
+        metafunc.parametrize("ubifs_cut", cuts, ids=[f"convert-ubifs-cut{c}" for c in cuts])
+
+
+def test_convert_over_ubifs_gives_the_chain_of_the_upper_dir():
+    case = ubifs_convert()
+    assert case.converted != "no chain"
+    assert case.converted[3] == ((1, "converted from ubifs"),)
+    assert case.converted[4] == tree(case.upper)
+
+
+def test_a_cut_convert_over_ubifs_leaves_every_leb_ubifs_uses_or_the_chain(tmp_path,
+                                                                           ubifs_cut):
+    """Before the commit every LEB ubifs uses holds what it held (the record went into
+    LEBs ubifs left unmapped); the commit is an atomic change of LEB 3, the switch."""
+    case = ubifs_convert()
+    image = case.copy(tmp_path / "cut.img")
+    result = run_cli(str(image), case.args, cut=ubifs_cut, seed=ubifs_cut)
+    assert result.returncode == 99, result.stderr
+    state = visible(str(image))
+    if state == "no chain":
+        with SimFlash(image) as flash:
+            g = flash.geometry
+            assert {leb: flash.read(g.block_offset(leb), g.erasesize)
+                    for leb in case.used} == case.used
+    else:
+        assert state == case.converted, f"convert over ubifs, cut {ubifs_cut}"
