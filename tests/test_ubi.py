@@ -454,3 +454,117 @@ def test_a_cut_convert_over_ubifs_leaves_every_leb_ubifs_uses_or_the_chain(tmp_p
                     for leb in case.used} == case.used
     else:
         assert state == case.converted, f"convert over ubifs, cut {ubifs_cut}"
+
+
+# -- the stock tools' marks on a volume --------------------------------------------------------
+
+def chain_with_newest_entry_in(image: Path, block: int, work: Path) -> None:
+    """A chain on a simulated volume whose newest anchor entry lies in anchor block
+    `block` (saves until it does)."""
+    from snapshot import operations
+    from snapshot.chain import Chain, scan_anchors
+    SimFlash.create(image, SIM_UBI)
+    with open_flash(str(image), writable=True) as flash:
+        operations.format_device(flash)
+    for n in range(200):
+        with open_flash(str(image), writable=True) as flash:
+            if n and scan_anchors(flash).newest.block == block:
+                return
+            operations.save(Chain(flash), make_tree(work / f"v{n}", n, 1))
+    raise AssertionError(f"no entry reached anchor block {block}")
+
+
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_an_emptied_volume_gives_an_empty_chain_never_the_old_one(tmp_path, block):
+    """factoryreset's UBI_IOCVOLUP 0 (and a sysupgrade's new volume) leave every LEB
+    erased: the boot starts an empty chain, whichever anchor block held the newest entry."""
+    from snapshot import marks
+    from snapshot.chain import Chain
+    image = tmp_path / "ubi.img"
+    chain_with_newest_entry_in(image, block, tmp_path)
+    with SimFlash(image, writable=True) as flash:
+        flash.erase(0, SIM_UBI.size)
+        assert marks.decide(flash) == (marks.CHAIN, "reset")
+        logged = []
+        assert marks.settle(flash, lambda line, loud=False: logged.append(line)) == marks.CHAIN
+        chain = Chain(flash)
+        assert chain.records == [] and chain.mark.kind == "anchor"
+    assert logged == [f"{image} starts with an emptied UBI volume (a factory reset, firstboot, "
+                      f"or a sysupgrade without settings): started an empty chain"]
+
+
+def test_a_volume_holding_ubifs_boots_the_stock_way_and_is_left_alone(tmp_path):
+    """A sysupgrade that kept settings: a new volume with ubifs (holding sysupgrade.tgz)."""
+    from snapshot import marks
+    image = tmp_path / "ubi.img"
+    used = ubifs_volume(image, mkfs_ubifs(tmp_path))
+    with SimFlash(image, writable=True) as flash:
+        assert marks.decide(flash) == (marks.STOCK, None)
+        assert marks.settle(flash) == marks.STOCK
+        g = flash.geometry
+        assert {leb: flash.read(g.block_offset(leb), g.erasesize) for leb in used} == used
+
+
+def test_format_refuses_a_ubifs_without_force(tmp_path):
+    image = tmp_path / "ubi.img"
+    ubifs_volume(image, mkfs_ubifs(tmp_path))
+    result = run_cli(str(image), ["format"])
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: {image} holds a ubifs filesystem; add --force to " \
+                                    f"replace it"
+
+
+def test_the_default_device_is_a_ubi_volume_when_no_mtd_partition_has_the_name(tmp_path):
+    from mtd import ubi
+    for name, volume in (("kernel", "ubi0_0"), ("rootfs_data", "ubi0_1")):
+        (tmp_path / volume).mkdir()
+        (tmp_path / volume / "name").write_text(f"{name}\n")
+    assert ubi.path_for_name("rootfs_data", str(tmp_path)) == "/dev/ubi0_1"
+    assert ubi.volume_exists("kernel", str(tmp_path))
+    assert not ubi.volume_exists("rootfs_data2", str(tmp_path))
+
+
+# -- convert at boot: what `snapshot convert` staged on the ubifs ------------------------------
+
+@pytest.mark.kernel
+def test_a_staged_ubifs_overlay_is_converted_at_boot_and_a_bad_one_set_aside(nandsim_ubi,
+                                                                              tmp_path):
+    """`convert --pending` (the preinit hook's step) converts what stage_for_boot put on
+    the ubifs; a staged archive that cannot be converted is renamed aside, ubifs untouched
+    otherwise, and the next boot does not try again."""
+    from snapshot import convert
+    content = make_tree(tmp_path / "overlay" / "upper", 8, 200).parent
+    (content / "work").mkdir()
+    logged = []
+
+    def log(line, loud=False):
+        logged.append(line)
+    for damaged in (True, False):
+        held = make_ubifs(nandsim_ubi, content)
+        run("mount", "-t", "ubifs", nandsim_ubi, str(MOUNT))
+        try:
+            convert.stage_for_boot(MOUNT, "converted from ubifs", 1)
+            if damaged:
+                staged = MOUNT / convert.PENDING / "overlay.tar.gz"
+                staged.write_bytes(staged.read_bytes()[:100])
+        finally:
+            run("umount", str(MOUNT))
+        assert convert.convert_pending(nandsim_ubi, log) is not damaged
+        if damaged:
+            assert visible(nandsim_ubi) == "no chain"
+            run("mount", "-t", "ubifs", "-o", "ro", nandsim_ubi, str(MOUNT))
+            try:
+                assert (MOUNT / f"{convert.PENDING}.failed").is_dir()
+                assert not (MOUNT / convert.PENDING).exists()
+                assert {k: v for k, v in ubifs_files(MOUNT).items()
+                        if not k.startswith(convert.PENDING)} == held
+            finally:
+                run("umount", str(MOUNT))
+            assert convert.convert_pending(nandsim_ubi, log) is False
+        else:
+            state = visible(nandsim_ubi)
+            assert state[3] == ((1, "converted from ubifs"),)
+            assert state[4] == tree(content / "upper")
+            assert convert.convert_pending(nandsim_ubi, log) is False
+    assert any("failed" in line for line in logged) and \
+        logged[-1] == f"converted {nandsim_ubi}: snapshot 1 (converted from ubifs)"
