@@ -11,6 +11,7 @@ setup(
     setup_requires=["cffi>=1.15"],
     cffi_modules=["mtd/build_abi.py:ffibuilder", "mtd/build_ubi_abi.py:ffibuilder"],
     install_requires=["click>=8.0", "cffi>=1.15", "crcmod-plus>=2.0"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # pytest 9 ids nodes in a way pytest-xdist 3.8 cannot group (--dist loadgroup).
+    extras_require={"test": ["pytest>=7,<9", "pytest-xdist>=3.5", "hypothesis>=6"]},
     entry_points={"console_scripts": ["snapshot = snapshot.__main__:run"]},
 )

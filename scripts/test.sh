@@ -25,4 +25,6 @@ bash scripts/setup-kernel-tier.sh
 # The router's own tools (uci, ubus, rpcd, usign, apk, opkg, fstools), built from the pinned
 # sources; the tests find them in $SNAPSHOT_OPENWRT_TOOLS.
 bash scripts/setup-openwrt-tools.sh
-exec .venv/bin/python -m pytest "$@"
+# Two workers (the machines here have two cores): the qemu guests of the kernel tiers run
+# side by side; tests/conftest.py groups the tests so that no two host tests run at once.
+exec .venv/bin/python -m pytest -n "${SNAPSHOT_TEST_WORKERS:-2}" --dist loadgroup "$@"

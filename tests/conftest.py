@@ -5,6 +5,12 @@ session; inside the guest (SNAPSHOT_KERNEL_GUEST=1) they run for real.
 
 If the guest cannot boot, the kernel tests fail with the reason: the tier is never skipped
 silently. Deselect it explicitly with `-m "not kernel"`.
+
+scripts/test.sh runs the suite in two pytest-xdist workers (`-n 2 --dist loadgroup`): the
+kernel tests as one group (one guest), each file of tests that boot their own guests as one
+(their module fixtures boot a router once), and the host tests as one, so no two host tests
+ever run at the same time (some share /tmp/snapshot). The summary lines each worker gathers
+(cut points, qemu kills, the guest's run) reach the controller's terminal summary.
 """
 import json
 import os
@@ -93,7 +99,7 @@ class GuestItem(pytest.Item):
         self.own_markers.extend(original.iter_markers())
 
     def runtest(self):
-        outcome = self.run.outcome(self.nodeid)
+        outcome = self.run.outcome(guest_nodeid(self.nodeid))
         if outcome["outcome"] == "failed":
             raise GuestTestFailed(outcome["longrepr"])
         if outcome["outcome"] == "skipped":
@@ -108,6 +114,22 @@ class GuestItem(pytest.Item):
         return self.path, None, f"{self.name} [kernel guest]"
 
 
+def pytest_itemcollected(item):
+    """The xdist group of each test (module doc)."""
+    if item.get_closest_marker("kernel"):
+        group = "kernel-guest"
+    elif item.get_closest_marker("kernel_boot"):
+        group = item.path.stem
+    else:
+        group = "host"
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
+def guest_nodeid(nodeid: str) -> str:
+    """The test's id in the guest: without the `@group` xdist adds for --dist loadgroup."""
+    return nodeid.split("@", 1)[0]
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
     if IN_GUEST:
@@ -115,26 +137,46 @@ def pytest_collection_modifyitems(session, config, items):
     kernel = [i for i, item in enumerate(items) if item.get_closest_marker("kernel")]
     if not kernel:
         return
-    run = GuestRun(config, [items[i].nodeid for i in kernel])
+    run = GuestRun(config, [guest_nodeid(items[i].nodeid) for i in kernel])
     config.stash[GUEST_RUN] = run
     for i in kernel:
         original = items[i]
         items[i] = GuestItem.from_parent(original.parent, name=original.name, run=run,
                                          original=original)
+        # The scheduler reads the group from the id.
+        items[i]._nodeid = original.nodeid
 
 
 GUEST_RUN = pytest.StashKey[GuestRun]()
+#: Summary lines the xdist workers sent (pytest_testnodedown), for the controller's summary.
+FROM_WORKERS: list[str] = []
+
+
+def summary_lines(config) -> list[str]:
+    lines = []
+    sweep = sys.modules.get("sweep")
+    if sweep is not None and sweep.CHECKED:
+        lines.append(f"power-cut sweep: checked {sum(sweep.CHECKED.values())} cut points ("
+                     + ", ".join(f"{k}: {n}" for k, n in sorted(sweep.CHECKED.items())) + ")")
+    boots = sys.modules.get("test_kernel_boot")
+    for name, outcomes in sorted(boots.KILLED.items()) if boots else ():
+        lines.append(f"kernel boot power cuts during {name}: {len(outcomes)} qemu kills, "
+                     f"{outcomes.count('old')} gave the old state, {outcomes.count('new')} "
+                     "the new one")
+    run = config.stash.get(GUEST_RUN, None)
+    if run is not None and (run.summary or run.error):
+        lines.append(run.summary or run.error.splitlines()[0])
+    return lines
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    FROM_WORKERS.extend(getattr(node, "workeroutput", {}).get("snapshot_summary", []))
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    sweep = sys.modules.get("sweep")
-    if sweep is not None and sweep.CHECKED:
-        terminalreporter.write_line(
-            f"power-cut sweep: checked {sum(sweep.CHECKED.values())} cut points ("
-            + ", ".join(f"{k}: {n}" for k, n in sorted(sweep.CHECKED.items())) + ")")
-    run = config.stash.get(GUEST_RUN, None)
-    if run is not None and (run.summary or run.error):
-        terminalreporter.write_line(run.summary or run.error.splitlines()[0])
+    for line in FROM_WORKERS + summary_lines(config):
+        terminalreporter.write_line(line)
 
 
 # -- inside the guest: record each test's outcome for the host --------------------------------
@@ -155,5 +197,8 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session):
+    # In an xdist worker: the summary lines go to the controller.
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["snapshot_summary"] = summary_lines(session.config)
     if IN_GUEST and os.environ.get(REPORT_ENV):
         Path(os.environ[REPORT_ENV]).write_text(json.dumps(_guest_outcomes))

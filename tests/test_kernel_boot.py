@@ -90,7 +90,7 @@ ALL_KILLS = [(3, 0.0), (16, 0.0), (32, 0.0), (TREE_BLOCKS, 0.0), (TREE_BLOCKS, 0
 KILLS = ALL_KILLS if os.environ.get("SNAPSHOT_ALL_KILLS") == "1" else [
     ALL_KILLS[1], ALL_KILLS[5]]
 
-#: Kills checked per operation, for the summary line.
+#: Kills checked per operation, for the summary line (tests/conftest.py prints it).
 KILLED: dict[str, list[str]] = {}
 
 
@@ -329,25 +329,6 @@ def router(tmp_path) -> Router:
     return Router(kernel_vm(), tmp_path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kill_summary(request):
-    """A summary line for the kills, as the power-cut sweep prints one for its cut points."""
-
-    class Summary:
-        @staticmethod
-        def pytest_terminal_summary(terminalreporter):
-            for name, outcomes in sorted(KILLED.items()):
-                terminalreporter.write_line(
-                    f"kernel boot power cuts during {name}: {len(outcomes)} qemu kills, "
-                    f"{outcomes.count('old')} gave the old state, {outcomes.count('new')} "
-                    "the new one")
-
-    manager = request.config.pluginmanager
-    if not manager.has_plugin("kernel-boot-kill-summary"):
-        manager.register(Summary(), "kernel-boot-kill-summary")
-    yield
-
-
 # -- steps of a plan ---------------------------------------------------------------------------
 
 def report(label):
@@ -567,7 +548,7 @@ def test_boot_push_save_reboot(router):
           f"push + save holds {state['volatile_upper']}")
 
 
-def power_cuts(router: Router, operation: str) -> list[str]:
+def power_cuts(router: Router, operation: str, label: str | None = None) -> list[str]:
     """Cut the power during `operation` at each of KILLS, chaining the trials: each boot
     checks the state the previous cut left, then prepares the next trial and starts the
     command for the host to kill. Returns the outcomes ('old' or 'new')."""
@@ -606,7 +587,7 @@ def power_cuts(router: Router, operation: str) -> list[str]:
                     f"trial {k}" if operation == "push" else "")
     last = router.boot([report("boot"), cli("check")])
     outcomes.append(check_outcome(last, *previous, f"{operation} kill {len(KILLS)}"))
-    KILLED[operation] = outcomes
+    KILLED[label or operation] = outcomes
     summary = (f"{operation}: {len(KILLS)} power cuts (qemu killed) in {router.boots} boots, "
                f"{router.seconds:.0f} s; outcomes {outcomes}\n  "
                + "\n  ".join(f"{d} -> {o}" for d, o in zip(details, outcomes)))

@@ -33,7 +33,7 @@ import pytest
 from kernel_vm import FLASH_ERASE_SIZE
 from test_kernel_boot import BOOT_TIMEOUT, KILLED, KILLS, TREE_BLOCKS, Boot, Router, \
     assert_booted_from_chain, cli, cut, delete, kernel_vm, report, tree, view_diff, write
-from test_kernel_boot import kill_summary, router  # noqa: F401 (fixtures)
+from test_kernel_boot import router  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.kernel_boot
 

@@ -73,12 +73,12 @@ def test_a_ubi_volume_boots_its_chain_and_no_reset_or_new_volume_brings_it_back(
 
 def test_power_cuts_during_push_on_a_ubi_volume(ubi_router):
     """A kill during `snapshot push` on the volume: the old chain or the new one."""
-    power_cuts(ubi_router, "push")
+    power_cuts(ubi_router, "push", "push on a UBI volume")
 
 
 def test_power_cuts_during_save_on_a_ubi_volume(ubi_router):
     """A kill during `snapshot save` on the volume: the old volatile record or the new one."""
-    power_cuts(ubi_router, "save")
+    power_cuts(ubi_router, "save", "save on a UBI volume")
 
 
 def test_convert_a_ubifs_overlay_then_boot_the_chain(tmp_path):

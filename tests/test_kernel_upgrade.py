@@ -45,7 +45,6 @@ from openwrt_tools import tool
 from router_sandbox import Feeds
 from test_kernel_boot import BOOT_TIMEOUT, KILLED, KILLS, TREE_BLOCKS, Boot, Cut, Router, \
     assert_booted_from_chain, cli, cut, kernel_vm, report, sh, tree, view_diff, write
-from test_kernel_boot import kill_summary  # noqa: F401 (fixture)
 from test_kernel_convert import cli_json
 from test_kernel_marks import entry
 
