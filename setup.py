@@ -9,7 +9,7 @@ setup(
     packages=["snapshot", "snapshot.cli", "mtd"],
     package_data={"mtd": ["mtd_abi.h", "ubi_abi.h"]},
     setup_requires=["cffi>=1.15"],
-    cffi_modules=["mtd/build_abi.py:ffibuilder", "mtd/build_ubi_abi.py:ffibuilder"],
+    cffi_modules=["mtd/build_abi.py:ffibuilder", "mtd/build_abi.py:ubi_ffibuilder"],
     install_requires=["click>=8.0", "cffi>=1.15", "crcmod-plus>=2.0"],
     # pytest 9 ids nodes in a way pytest-xdist 3.8 cannot group (--dist loadgroup).
     extras_require={"test": ["pytest>=7,<9", "pytest-xdist>=3.5", "hypothesis>=6"]},

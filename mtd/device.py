@@ -10,7 +10,8 @@ import stat
 from mtd._mtd_abi import ffi, lib
 from mtd.errors import FlashOpenError, MtdError, from_errno
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
-                       check_span, check_write, open_backing)
+                       check_span, check_write, open_backing, read_exactly,
+                       write_all)
 
 DEFAULT_PARTITION = "rootfs_data"
 
@@ -108,18 +109,7 @@ class MtdDevice(Closing):
 
     def read(self, offset: int, length: int) -> bytes:
         check_span(self.name, self.geometry, "read", offset, length)
-        chunks = []
-        while length:
-            try:
-                chunk = os.pread(self._fd, length, offset)
-            except OSError as e:
-                raise from_errno(e.errno, self.name, "read", offset) from None
-            if not chunk:
-                raise MtdError(errno.EIO, self.name, "read", offset, "unexpected end of device")
-            chunks.append(chunk)
-            offset += len(chunk)
-            length -= len(chunk)
-        return b"".join(chunks)
+        return read_exactly(self._fd, self.name, offset, length)
 
     def read_ecc(self, offset: int, length: int) -> tuple[bytes, Bitflips]:
         # read() on /dev/mtdN returns data even after -EUCLEAN (corrected) or -EBADMSG
@@ -133,14 +123,7 @@ class MtdDevice(Closing):
 
     def write(self, offset: int, data: bytes) -> None:
         check_write(self.name, self.geometry, offset, len(data))
-        view = memoryview(data)
-        while view:
-            try:
-                done = os.pwrite(self._fd, view, offset)
-            except OSError as e:
-                raise from_errno(e.errno, self.name, "write", offset) from None
-            view = view[done:]
-            offset += done
+        write_all(self._fd, self.name, offset, data)
 
     def erase(self, offset: int, length: int) -> None:
         check_erase(self.name, self.geometry, offset, length)

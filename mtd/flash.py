@@ -11,7 +11,7 @@ import os
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
-from mtd.errors import FlashBusy, FlashOpenError, MtdError
+from mtd.errors import FlashBusy, FlashOpenError, MtdError, from_errno
 
 
 class FlashType(StrEnum):
@@ -163,6 +163,35 @@ def check_block(name: str, geometry: Geometry, operation: str, block: int) -> No
     if not 0 <= block < geometry.blocks:
         raise MtdError(errno.EINVAL, name, operation, None,
                        f"block {block} is outside 0..{geometry.blocks - 1}")
+
+
+def read_exactly(fd: int, name: str, offset: int, length: int) -> bytes:
+    """pread until `length` bytes are read (a device may return fewer per call), as MtdError."""
+    chunks = []
+    while length:
+        try:
+            chunk = os.pread(fd, length, offset)
+        except OSError as e:
+            raise from_errno(e.errno, name, "read", offset) from None
+        if not chunk:
+            raise MtdError(errno.EIO, name, "read", offset, "unexpected end of device")
+        chunks.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(chunks)
+
+
+def write_all(fd: int, name: str, offset: int, data: bytes) -> None:
+    """pwrite until all of `data` is written (a UBI volume's direct write stops at the end of
+    its LEB), as MtdError."""
+    view = memoryview(data)
+    while view:
+        try:
+            done = os.pwrite(fd, view, offset)
+        except OSError as e:
+            raise from_errno(e.errno, name, "write", offset) from None
+        view = view[done:]
+        offset += done
 
 
 def open_backing(path: str, writable: bool, missing: str) -> int:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mtd import FlashType, FlashViolation, Geometry, MtdError, SimFlash, open_flash
-from sweep import SCENARIOS, make_tree, run_cli, tree, visible
-from test_kernel_sweep import run_cut
+from sweep import make_tree, run_cli, tree, visible
+from test_kernel_sweep import run_cut, sweep_on
 
 KIB = 1024
 #: The simulator's UBI volume: 64 LEBs of a 128 KiB NAND block less UBI's two header pages.
@@ -215,31 +215,7 @@ KERNEL_SWEPT = ["format", "push", "save", "rollback", "pushtrial", "savetrial", 
 @pytest.mark.kernel
 @pytest.mark.parametrize("name", KERNEL_SWEPT)
 def test_every_cut_on_a_ubi_volume_leaves_old_or_new_state(name, nandsim_ubi, tmp_path):
-    device = nandsim_ubi
-    scenario = SCENARIOS[name]
-
-    def build(run: str) -> list[str]:
-        """The base state on the volume, from a fresh work dir (the trees are seeded, so
-        every run's are the same); returns the command's arguments."""
-        work = tmp_path / run
-        work.mkdir()
-        scenario.build(device, work)
-        return scenario.command(work)
-
-    args = build("counted")
-    old = visible(device)
-    count = tmp_path / "count"
-    result = run_cut(device, args, count_to=count)
-    assert result.returncode == 0, result.stderr
-    new = visible(device)
-    assert new != old
-    total = int(count.read_text())
-    for cut in range(1, total + 1):
-        args = build(f"cut{cut}")
-        result = run_cut(device, args, cut=cut)
-        assert result.returncode == 99, f"cut {cut}: {result.stderr}"
-        assert visible(device) in (old, new), f"{name} on a UBI volume, cut {cut} of {total}"
-    print(f"{name} on a UBI volume: checked {total} cut points")
+    sweep_on(nandsim_ubi, name, tmp_path, "ubi-nandsim")
 
 
 # -- convert from a real ubifs ---------------------------------------------------------------
