@@ -214,10 +214,12 @@ KERNEL_SWEPT = ["format", "push", "save", "rollback", "pushtrial", "savetrial", 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("name", KERNEL_SWEPT)
-def test_every_cut_on_a_ubi_volume_leaves_old_or_new_state(name, nandsim_ubi):
-    # In a tmpfs: squash's trees hold whiteouts, which the guest's /tmp refuses to mknod
-    # when it is the overlay over the host's (a checkout under /tmp, as CI's can be).
+def test_every_cut_on_a_ubi_volume_leaves_old_or_new_state(name, nandsim_ubi, monkeypatch):
+    # Everything in a tmpfs: squash's trees hold whiteouts, which the guest's /tmp refuses
+    # to make when it is the overlay over the host's (a checkout under /tmp, as CI's can be).
     with tempfile.TemporaryDirectory(dir="/dev/shm") as work:
+        monkeypatch.setenv("TMPDIR", work)
+        monkeypatch.setattr(tempfile, "tempdir", work)
         sweep_on(nandsim_ubi, name, Path(work), "ubi-nandsim")
 
 
