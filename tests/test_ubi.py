@@ -549,3 +549,15 @@ def test_a_staged_ubifs_overlay_is_converted_at_boot_and_a_bad_one_set_aside(nan
             assert convert.convert_pending(nandsim_ubi, log) is False
     assert any("failed" in line for line in logged) and \
         logged[-1] == f"converted {nandsim_ubi}: snapshot 1 (converted from ubifs)"
+
+
+@pytest.mark.kernel
+def test_flash_info_names_the_ubi_backend_and_no_bad_blocks(nandsim_ubi):
+    import json
+    result = subprocess.run([sys.executable, "-m", "snapshot", "--device", "ubi:rootfs_data",
+                             "flash", "info", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["device"] == nandsim_ubi and info["backend"] == "ubi"
+    assert info["geometry"]["type"] == "ubi" and info["bad_blocks"] == []
+    assert info["geometry"]["erasesize"] == int(sysfs("usable_eb_size"))
