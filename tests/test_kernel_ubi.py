@@ -5,19 +5,25 @@ rootfs_data and takes the UBI volume of that name, as fstools does.
 
 - A new, empty volume boots an empty chain; push and save survive a reboot.
 - fstools' real factoryreset (UBI_IOCVOLUP 0) and a sysupgrade's new volume each give an
-  empty chain, never the old one.
+  empty chain, never the old one; a sysupgrade that kept settings (a new volume, ubifs on it
+  holding sysupgrade.tgz) boots the stock way through fstools' real mount_root, with the
+  settings restored.
 - qemu is killed during push and save (test_kernel_boot's kills): the next boot shows the
   old state or the new one.
 - A stock ubifs overlay, booted through fstools' real mount_root, is converted: `snapshot
   convert` stages it on the ubifs and reboots, and that boot's preinit converts it and boots
   the chain with exactly what ubifs held.
 """
+import hashlib
+import io
+import tarfile
+
 import pytest
 
 from test_kernel_boot import Router, assert_booted_from_chain, cli, delete, kernel_vm, life, \
     power_cuts, report, sh, view_diff, write
 from test_kernel_convert import CHANGES, CHAIN_MOUNTS, cli_json, converting_boot, final
-from test_kernel_marks import install_fstools
+from test_kernel_marks import KEPT_NETWORK, install_fstools
 
 pytestmark = pytest.mark.kernel_boot
 
@@ -66,8 +72,25 @@ def test_a_ubi_volume_boots_its_chain_and_no_reset_or_new_volume_brings_it_back(
     assert_empty_chain_booted(third, squashfs_view)
     # 4: a sysupgrade without settings makes the volume anew: an empty chain again.
     router.env["KBOOT_RECREATE"] = "1"
-    fourth = router.boot([report("boot"), cli("list", "--json")])
+    fourth = router.boot([report("boot"), write("/etc/before-upgrade", "x\n"), cli("save")])
     assert_empty_chain_booted(fourth, squashfs_view)
+    # 5: a sysupgrade that kept settings: a new volume, ubifs on it holding sysupgrade.tgz.
+    # The boot is the stock one, through fstools' real mount_root, with the settings back.
+    settings = router.results / "sysupgrade.tgz"
+    with tarfile.open(settings, "w:gz") as tar:
+        info = tarfile.TarInfo("etc/config/network")
+        info.size, info.mode = len(KEPT_NETWORK), 0o644
+        tar.addfile(info, io.BytesIO(KEPT_NETWORK))
+    router.env.update(KBOOT_UBIFS="1", KBOOT_UBIFS_SETTINGS=str(settings))
+    fifth = router.boot([report("boot")])
+    state = fifth.states["boot"]
+    assert state["chain"] is None and state["mounts"] == UBIFS_MOUNTS, fifth.describe()
+    assert not fifth.snapshot_log(), fifth.describe()
+    assert "kboot: stock mount_root" not in fifth.output, fifth.describe()
+    view = state["view"]
+    kept = f"f 644 {len(KEPT_NETWORK)} {hashlib.sha1(KEPT_NETWORK).hexdigest()}"
+    assert view["etc/config/network"] == kept, fifth.describe()
+    assert "etc/before-upgrade" not in view and "etc/after-reset" not in view
     print(f"ubi life: {router.boots} boots in {router.seconds:.0f} s")
 
 

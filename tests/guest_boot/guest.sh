@@ -18,7 +18,8 @@ if [ "${KBOOT_UBI:-0}" = 1 ]; then
     # A NAND router's rootfs_data: a UBI volume. UBI is attached to the flash (a router's
     # kernel command line or board preinit does it) and the volume made once, as OpenWrt's
     # nand.sh makes it (ubimkvol -N rootfs_data -m); KBOOT_RECREATE=1 makes it anew, as a
-    # sysupgrade does, and KBOOT_UBIFS=1 puts a stock ubifs overlay on a new one.
+    # sysupgrade does, and KBOOT_UBIFS=1 puts a stock ubifs overlay on a new one (holding
+    # the sysupgrade.tgz KBOOT_UBIFS_SETTINGS names, if it names one).
     ubiattach -m "${MTD_BLOCK2MTD#/dev/mtd}" -d 0 > /dev/null
     if [ "${KBOOT_RECREATE:-0}" = 1 ]; then
         ubirmvol /dev/ubi0 -N rootfs_data > /dev/null
@@ -29,6 +30,10 @@ if [ "${KBOOT_UBI:-0}" = 1 ]; then
             mkdir -p /run/kboot-ubifs
             mount -t ubifs ubi0:rootfs_data /run/kboot-ubifs
             mkdir /run/kboot-ubifs/upper /run/kboot-ubifs/work
+            # A sysupgrade that kept settings: nand.sh stores them there.
+            if [ -n "${KBOOT_UBIFS_SETTINGS:-}" ]; then
+                cp "$KBOOT_UBIFS_SETTINGS" /run/kboot-ubifs/sysupgrade.tgz
+            fi
             umount /run/kboot-ubifs
         fi
     fi
