@@ -204,7 +204,6 @@ def open_backing(path: str, writable: bool, missing: str) -> int:
         raise FlashOpenError(f"{path}: permission denied") from None
     except OSError as e:
         if e.errno == errno.EBUSY:
-            raise FlashBusy(f"{path}: in use: another writer (a mounted "
-                                 f"filesystem, or another snapshot command) has it "
-                                 f"open") from None
+            raise FlashBusy(f"{path}: in use: another writer (a mounted filesystem, or "
+                            f"another snapshot command) has it open") from None
         raise FlashOpenError(f"{path}: {e.strerror}") from None

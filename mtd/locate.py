@@ -24,21 +24,19 @@ def open_flash(spec: str | None, writable: bool = False) -> Flash:
             raise FlashOpenError(f"{spec}: not an MTD device, a UBI volume or a simulated "
                                  f"flash image")
     # Imported only for a real device: loading the compiled bindings costs start-up.
+    from mtd import ubi
     if spec and spec.startswith("ubi:"):
-        from mtd.ubi import UbiVolume
-        return UbiVolume.by_name(spec[4:], writable)
+        return ubi.UbiVolume.by_name(spec[4:], writable)
     from mtd.device import MtdDevice, default_partition_name, partitions
     if spec and spec.startswith("mtd:"):
         return MtdDevice.by_name(spec[4:], writable)
     if spec:
-        from mtd import ubi
         if ubi.is_volume(spec):
             return ubi.UbiVolume(spec, writable)
         return MtdDevice(spec, writable)
     name = default_partition_name()
     if name in partitions():
         return MtdDevice.by_name(name, writable)
-    from mtd import ubi
     if ubi.volume_exists(name):
         return ubi.UbiVolume.by_name(name, writable)
     raise FlashOpenError(f"no MTD partition and no UBI volume named {name!r}")

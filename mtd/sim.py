@@ -245,17 +245,19 @@ class SimFlash(Closing):
         """Inject faults into an existing image, as create() takes them (for tests)."""
         sidecar = sidecar_path(image)
         fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
-        with _Locked(fd):
-            state = json.loads(sidecar.read_text())
-            if _geometry(state).is_ubi and (wear_limits or bitflips):
-                os.close(fd)
-                raise ValueError("a UBI volume shows no worn blocks or bit flips: UBI "
-                                 "handles them itself")
-            state["wear_limits"].update({str(b): n for b, n in (wear_limits or {}).items()})
-            state["bitflips"].update({str(o): k for o, k in (bitflips or {}).items()})
-            _check_state(state, _geometry(state))
-            _replace(sidecar, json.dumps(state))
-        os.close(fd)
+        try:
+            with _Locked(fd):
+                state = json.loads(sidecar.read_text())
+                if _geometry(state).is_ubi and (wear_limits or bitflips):
+                    raise ValueError("a UBI volume shows no worn blocks or bit flips: UBI "
+                                     "handles them itself")
+                state["wear_limits"].update({str(b): n
+                                             for b, n in (wear_limits or {}).items()})
+                state["bitflips"].update({str(o): k for o, k in (bitflips or {}).items()})
+                _check_state(state, _geometry(state))
+                _replace(sidecar, json.dumps(state))
+        finally:
+            os.close(fd)
 
     def __init__(self, image: str | Path, writable: bool = False):
         self.name = str(image)

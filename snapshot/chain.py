@@ -688,7 +688,8 @@ def _padded(flash: Flash, anchor: Anchor) -> bytes:
 
 def finish_mark(chain: Chain) -> bool:
     """Make the mark block the chain's: erase it, then program one anchor entry (the chain as
-    it is, without the MARK entry) at its start (on UBI, both in one atomic LEB change). Until then the newest entry's MARK keeps the
+    it is, without the MARK entry) at its start (on UBI, both in one atomic LEB change).
+    Until then the newest entry's MARK keeps the
     chain visible over an erased or torn mark block; a mark block that still holds what was
     there before (jffs2, 0xdeadc0de) keeps it invisible. Returns whether it wrote."""
     wrote = False

@@ -139,6 +139,16 @@ def test_the_simulator_refuses_faults_ubi_hides(tmp_path, faults):
         SimFlash.create(tmp_path / "ubi.img", SIM_UBI, **faults)
 
 
+@pytest.mark.parametrize("faults", [{"bitflips": {100: "corrected"}}, {"wear_limits": {3: 10}}],
+                         ids=["bitflip", "wear"])
+def test_faults_ubi_hides_cannot_be_added_to_a_volume_later(tmp_path, faults):
+    SimFlash.create(tmp_path / "ubi.img", SIM_UBI)
+    with pytest.raises(ValueError, match="UBI handles them itself"):
+        SimFlash.add_faults(tmp_path / "ubi.img", **faults)
+    with SimFlash(tmp_path / "ubi.img", writable=True) as flash:
+        flash.write(0, b"\x00" * 2048)
+
+
 @pytest.mark.parametrize("cut_change", [True, False], ids=["change", "erase"])
 def test_a_cut_change_or_erase_leaves_the_leb_whole_or_new(tmp_path, cut_change):
     """UBI makes both atomic; the simulator's power cut keeps that, over many seeds."""
@@ -232,13 +242,30 @@ def ubifs_files(root: Path) -> dict:
     return {k: v for k, v in tree(root).items() if not k.startswith("lost+found")}
 
 
-def make_ubifs(device: str, content: Path) -> dict:
-    """A stock overlay: ubifs formatted by its first mount on the emptied volume, holding
-    content; returns what it holds."""
-    run("ubiupdatevol", "-t", device)
+#: How the stock ubifs got its files. "mounted": formatted by its first mount on the emptied
+#: volume, then written, so its log has moved on and LEB 3 is free again: the commit takes it
+#: by a plain erase and program. "mkfs": a mkfs.ubifs image (-F, as for ubiupdatevol), whose
+#: log is in LEB 3, so ubifs fills the whole anchor area and the commit must take LEB 3 by an
+#: atomic change.
+UBIFS_LAYOUTS = ["mounted", "mkfs"]
+
+
+def make_ubifs(device: str, content: Path, layout: str = "mounted") -> dict:
+    """A stock overlay holding content (UBIFS_LAYOUTS); returns what it holds."""
     MOUNT.mkdir(parents=True, exist_ok=True)
-    run("mount", "-t", "ubifs", device, str(MOUNT))
-    run("cp", "-a", f"{content}/.", str(MOUNT))
+    if layout == "mkfs":
+        image = content.parent / f"{content.name}.ubifs"
+        run("mkfs.ubifs", "-F", "-m", sysfs("min_io_size", device=True), "-e",
+            sysfs("usable_eb_size"), "-c", sysfs("reserved_ebs"), "-r", str(content), "-o",
+            str(image))
+        run("ubiupdatevol", device, str(image))
+        with open_flash(device) as flash:
+            assert all(flash.is_mapped(b) for b in range(4)), "ubifs leaves an anchor LEB free"
+        run("mount", "-t", "ubifs", "-o", "ro", device, str(MOUNT))
+    else:
+        run("ubiupdatevol", "-t", device)
+        run("mount", "-t", "ubifs", device, str(MOUNT))
+        run("cp", "-a", f"{content}/.", str(MOUNT))
     held = ubifs_files(MOUNT)
     run("umount", str(MOUNT))
     return held
@@ -266,7 +293,8 @@ def ubifs_survives_writes(device: str, held: dict) -> None:
 
 
 @pytest.mark.kernel
-def test_a_cut_convert_of_ubifs_leaves_ubifs_intact_or_the_chain(nandsim_ubi, tmp_path):
+@pytest.mark.parametrize("layout", UBIFS_LAYOUTS)
+def test_a_cut_convert_of_ubifs_leaves_ubifs_intact_or_the_chain(nandsim_ubi, tmp_path, layout):
     """Every cut of `convert --from` over a real ubifs: the chain, holding the tree, or no
     chain and ubifs as it was, which then writes into the LEBs the convert had written
     (ubifs unmaps a free LEB before it takes it) and reads everything back."""
@@ -274,7 +302,7 @@ def test_a_cut_convert_of_ubifs_leaves_ubifs_intact_or_the_chain(nandsim_ubi, tm
     content = make_tree(tmp_path / "overlay", 3, 600)
     upper = make_tree(tmp_path / "upper", 4, 300)
     args = ["convert", "--from", str(upper)]
-    held = make_ubifs(device, content)
+    held = make_ubifs(device, content, layout)
     count = tmp_path / "count"
     result = run_cut(device, args, count_to=count)
     assert result.returncode == 0, result.stderr
@@ -283,7 +311,7 @@ def test_a_cut_convert_of_ubifs_leaves_ubifs_intact_or_the_chain(nandsim_ubi, tm
     total = int(count.read_text())
     outcomes = []
     for cut in range(1, total + 1):
-        held = make_ubifs(device, content)
+        held = make_ubifs(device, content, layout)
         result = run_cut(device, args, cut=cut)
         assert result.returncode == 99, f"cut {cut}: {result.stderr}"
         state = visible(device)
@@ -294,7 +322,27 @@ def test_a_cut_convert_of_ubifs_leaves_ubifs_intact_or_the_chain(nandsim_ubi, tm
             assert state == converted, f"convert cut {cut} of {total}"
             outcomes.append("chain")
     assert outcomes[0] == "ubifs" and outcomes[-1] == "chain", outcomes
-    print(f"convert over ubifs: {total} cut points, {outcomes}")
+    print(f"convert over ubifs ({layout}): {total} cut points, {outcomes}")
+
+
+@pytest.mark.kernel
+def test_a_convert_over_ubifs_with_a_reader_open_is_refused_with_ubifs_intact(nandsim_ubi,
+                                                                              tmp_path):
+    """The commit over ubifs's LEB 3 must be atomic: while another process holds the volume
+    open, UBI refuses the atomic change, and the convert fails instead of erasing that LEB
+    first; ubifs is as it was."""
+    content = make_tree(tmp_path / "overlay", 3, 200)
+    held = make_ubifs(nandsim_ubi, content, "mkfs")
+    upper = make_tree(tmp_path / "upper", 4, 100)
+    with open_flash(nandsim_ubi):
+        result = subprocess.run([sys.executable, "-m", "snapshot", "--device", nandsim_ubi,
+                                 "convert", "--from", str(upper)], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {nandsim_ubi}: UBI_IOCEBCH at 0x{3 * int(sysfs('usable_eb_size')):x} failed: "
+        f"busy: another process has it open"]
+    assert visible(nandsim_ubi) == "no chain"
+    ubifs_survives_writes(nandsim_ubi, held)
 
 
 @pytest.mark.kernel

@@ -19,8 +19,8 @@ from snapshot.operations import opened
               help="When the old chain fills anchor blocks 1-3: go ahead, although a power "
                    "cut at one step then leaves the old chain cut short (DESIGN.md §9).")
 @click.option("-m", "--message", help="Message of snapshot 1 (jffs2 or ubifs; default: "
-                                      "converted from jffs2, or ubifs). Records imported from the old chain "
-                                      "say where they came from.")
+                                      "converted from jffs2, or ubifs). Records imported "
+                                      "from the old chain say where they came from.")
 @click.option("--pending", is_flag=True, hidden=True,
               help="Preinit: convert the ubifs overlay a convert staged on a UBI volume.")
 @compression_option

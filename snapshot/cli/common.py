@@ -92,9 +92,10 @@ def path_error(error: OSError) -> str:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", envvar="SNAPSHOT_DEVICE", metavar="DEV",
-              help="/dev/mtdN, mtd:NAME or a simulated image; default: option device in "
-                   "/etc/config/snapshot, else mtd:rootfs_data (or the name in "
-                   "fstools_overlay_name= on the kernel command line). Env: SNAPSHOT_DEVICE.")
+              help="/dev/mtdN, mtd:NAME, /dev/ubiX_Y, ubi:NAME or a simulated image; default: "
+                   "option device in /etc/config/snapshot, else the MTD partition rootfs_data "
+                   "(or the name in fstools_overlay_name= on the kernel command line), else "
+                   "the UBI volume of that name. Env: SNAPSHOT_DEVICE.")
 @click.version_option(package_name="snapshot")
 @click.pass_context
 def main(ctx, device):

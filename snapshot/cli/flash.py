@@ -24,7 +24,8 @@ def flash():
 @click.option("--type", "flash_type", type=click.Choice(["nor", "nand", "ubi"]), required=True,
               help="nor, nand, or ubi: a UBI volume on NAND, whose erase unit is a LEB.")
 @click.option("--size", type=Size(), required=True, help="Total size, e.g. 8M.")
-@click.option("--erase-size", type=Size(), required=True, help="Erase block size (UBI: the LEB size), e.g. 64K.")
+@click.option("--erase-size", type=Size(), required=True,
+              help="Erase block size (UBI: the LEB size), e.g. 64K.")
 @click.option("--page-size", type=Size(), help="Program unit [NOR: 1, NAND and UBI: 2K].")
 @click.option("--oob-size", type=Size(), help="Out-of-band bytes per page [NOR: 0, NAND: 64].")
 @click.option("--bad-blocks", type=BlockList(), default="",
