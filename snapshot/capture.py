@@ -45,7 +45,8 @@ def compressor(out, compression: int):
         import lzma
         return lzma.LZMAFile(out, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
                              preset=XZ_PRESET)
-    return gzip.GzipFile(fileobj=out, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+    return gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=GZIP_LEVEL,
+                         mtime=0)
 
 
 def require_directory(root: Path) -> None:

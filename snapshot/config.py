@@ -26,7 +26,9 @@ DEFAULT_PATH = "/etc/config/snapshot"
 DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_attempts": "3",
             "health_dir": "/etc/snapshot/health.d", "rollback_dir": "/etc/snapshot/rollback.d",
             "interval": "30", "grace": "300", "pass_rounds": "3", "fail_rounds": "3",
-            "window": "1800", "auto_snapshot": "1", "keep": "0"}
+            "window": "1800", "auto_snapshot": "1", "keep": "0",
+            "keys_dir": "/etc/snapshot/keys", "board_file": "/tmp/sysinfo/board_name",
+            "rom": "/rom"}
 # Where `uci set` keeps the changes not yet committed: uci's own default, as on the router
 # (given another with -t, uci applies the changes in both).
 SAVE_DIR = "/tmp/.uci"

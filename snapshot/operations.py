@@ -279,11 +279,22 @@ def status(chain: Chain, layers=("/overlay", "/volatile")) -> dict:
                   "kind": "snapshot" if trial.entry.type == SNAPSHOT else "volatile",
                   "seq": trial.entry.seq, "attempts": trial.entry.attempts,
                   "max_attempts": trial.entry.max_attempts} if trial else None,
-        "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message}
-        if note else None,
+        "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message,
+                          "bundle": _bundle_of(note.message)} if note else None,
+        "bundle": _bundle(chain),
         "free_bytes": chain.free_bytes(),
         "ram": {layer: _used(layer) for layer in layers},
     }
+
+
+def _bundle(chain: Chain) -> dict | None:
+    from snapshot import bundle
+    return bundle.applied(chain)
+
+
+def _bundle_of(message: str) -> str | None:
+    m = trials.BUNDLE_TAG.match(message)
+    return m.group(1) if m else None
 
 
 def _used(mountpoint: str) -> int | None:

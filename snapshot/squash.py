@@ -207,8 +207,14 @@ def write(chain: Chain, records: list[Record], merge: Plan, message: str, compre
     """Stream the merged archive into a new record in free blocks; returns its entry, for
     the commit. Until that commit nothing of it is visible."""
     writer = RecordWriter(chain, SNAPSHOT, 1, message, compression, progress)
+    merged(writer, chain, records, merge, compression)
+    return writer.finish()
+
+
+def merged(out, chain: Chain, records: list[Record], merge: Plan, compression: int) -> None:
+    """Stream the merged archive, compressed, into `out` (a record, or a bundle's payload)."""
     wanted = sorted(merge.files)
-    with compressor(writer, compression) as stream, \
+    with compressor(out, compression) as stream, \
             tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for path, entry in merge.dataless:
             tar.addfile(header(replace(entry, name=path)))
@@ -227,7 +233,6 @@ def write(chain: Chain, records: list[Record], merge: Plan, message: str, compre
                     for other in others:
                         tar.addfile(header(replace(entry, name=other, type=HARDLINK,
                                                    linkname=first, size=0, xattrs={})))
-    return writer.finish()
 
 
 # -- the operation -------------------------------------------------------------------------

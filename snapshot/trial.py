@@ -8,10 +8,16 @@ it replaced, kept and marked FALLBACK. Each function below returns the directory
 leaves, for one chain.commit(): a power cut leaves the decision made or not made, never half
 of it (DESIGN.md §10).
 """
+import re
+
 from snapshot.chain import Chain, Record, describe
 from snapshot.errors import SnapshotError
 from snapshot.format import (CONFIRMED, FAILED, MAX_ATTEMPTS, MAX_MESSAGE, NOTE, SNAPSHOT,
                              TRIAL, VOLATILE, DirEntry)
+
+
+#: How a snapshot that came from a bundle names it, at the start of its message.
+BUNDLE_TAG = re.compile(r"^bundle ([0-9a-f]{16}): ")
 
 
 class TrialPending(SnapshotError):
@@ -70,6 +76,11 @@ def fail(chain: Chain, reason: str, when: int) -> tuple[list[DirEntry], DirEntry
             entries.append(e.marked(fallback=False))
         elif not (trial.entry.type == SNAPSHOT and e.type == VOLATILE):
             entries.append(e)
+    # A bundle's trial names the bundle, so that a fleet tool reading the note knows which
+    # one failed here (snapshot/bundle.py).
+    bundle = BUNDLE_TAG.match(trial.entry.message)
+    if bundle and not reason.startswith(bundle.group(0)):
+        reason = bundle.group(0) + reason
     reason = reason.encode()[:MAX_MESSAGE].decode(errors="ignore")
     return entries, DirEntry(NOTE, 0, trial.entry.seq, 0, when, 0, 0, 0, (), reason)
 

@@ -7,8 +7,9 @@ family (the exit statuses are in common.py).
     boot.py     mount, convert
     flash.py    flash create, flash info
     packages.py upgrade, package-hook (run by the package managers)
+    bundle.py   bundle create, sign, show, apply
 """
 from snapshot.cli.common import main
-from snapshot.cli import boot, chain, flash, packages, trial  # noqa: F401  (each adds its commands)
+from snapshot.cli import boot, bundle, chain, flash, packages, trial  # noqa: F401  (each adds its commands)
 
 __all__ = ["main"]

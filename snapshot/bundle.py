@@ -1,0 +1,468 @@
+"""Bundles: a snapshot of a reference router turned into one signed file that other routers
+of the same firmware apply as a snapshot on trial (FORMAT.md §7, DESIGN.md §15).
+
+    SnpB header | manifest (canonical JSON) | usign signature of the manifest | payload
+
+The manifest names what the bundle applies to (boards, the firmware's root, the base chain:
+the content hashes of the confirmed snapshots below it) and the payload's length and
+SHA-256; the signature covers the manifest, so it covers the payload too. A router checks
+the signature, the board, the root and the base before it writes anything; then it streams
+the payload straight from the file or the HTTP response into free blocks, checks the
+payload's hash, and only then commits, once: a power cut or a bad byte before that commit
+leaves free blocks and the old chain.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+from snapshot import trial as trials
+from snapshot.archive import COMPRESSIONS
+from snapshot.chain import Chain, Record, RecordWriter, commit
+from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
+from snapshot.format import CONFIRMED, MAX_MESSAGE, SNAPSHOT, TRIAL, Layout, RecordHeader
+
+MAGIC = b"SnpB"
+VERSION = 1                              # FORMAT.md §7: the bundle format
+HEADER = struct.Struct("<4sHHII")       # magic, version, 0, manifest length, signature length
+MAX_MANIFEST = 64 * 1024
+MAX_SIGNATURE = 4096
+CHUNK = 64 * 1024
+COMPRESSION_NAMES = {v: k for k, v in COMPRESSIONS.items()}
+TAG = trials.BUNDLE_TAG
+
+
+class BundleRefused(SnapshotError):
+    """A bundle this router does not apply; nothing was written."""
+
+
+class Bundle(NamedTuple):
+    manifest: dict
+    manifest_bytes: bytes
+    signature: bytes
+
+    @property
+    def id(self) -> str:
+        """The bundle's name: the first 16 hex digits of its manifest's SHA-256."""
+        return hashlib.sha256(self.manifest_bytes).hexdigest()[:16]
+
+    @property
+    def payload_offset(self) -> int:
+        return HEADER.size + len(self.manifest_bytes) + len(self.signature)
+
+    @property
+    def size(self) -> int:
+        return self.payload_offset + self.manifest["payload"]["length"]
+
+
+# -- what a router is ---------------------------------------------------------------------------
+
+def content_hash(chain: Chain, record: Record) -> str:
+    """SHA-256 of a record's payload as stored: equal on every router that holds the record
+    from the same bundle, or from the same reference snapshot."""
+    digest = hashlib.sha256()
+    try:
+        source = chain.payload(record)
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+    except RecordDamaged as e:
+        raise ChainDamaged(f"{e}; run `snapshot check --repair` first; nothing was "
+                           f"written") from None
+    return digest.hexdigest()
+
+
+def base(chain: Chain) -> list[str]:
+    """The content hashes of the confirmed snapshots, in order."""
+    return [content_hash(chain, r) for r in chain.snapshots if r.entry.state == CONFIRMED]
+
+
+def rootfs_id(rom: Path) -> str:
+    """SHA-256 over the firmware root's tree: each path with its type, mode, owner, size,
+    mtime and link target, in sorted order. A squashfs never changes while it is mounted,
+    and two builds of a firmware differ in at least one of these."""
+    if not rom.is_dir():
+        raise SnapshotError(f"{rom}: the firmware root is not a directory (option rom)")
+    digest = hashlib.sha256()
+    for top, dirs, files in os.walk(rom):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            link = os.readlink(path) if os.path.islink(path) else ""
+            rel = os.path.relpath(path, rom)
+            digest.update(f"{rel}\0{st.st_mode:o}\0{st.st_uid}\0{st.st_gid}\0"
+                          f"{st.st_size if not os.path.isdir(path) else 0}\0"
+                          f"{int(st.st_mtime)}\0{link}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def board(board_file: Path) -> str:
+    """The router's board name, as OpenWrt's board detection wrote it."""
+    try:
+        name = board_file.read_text().strip()
+    except OSError as e:
+        raise SnapshotError(f"{board_file}: cannot read the board name: {e.strerror} "
+                            f"(option board_file)") from None
+    if not name:
+        raise SnapshotError(f"{board_file} is empty: the board name is unknown")
+    return name
+
+
+def tagged(bundle_id: str, message: str) -> str:
+    return f"bundle {bundle_id}: {message}".encode()[:MAX_MESSAGE].decode(errors="ignore")
+
+
+def tag_of(message: str) -> str | None:
+    m = TAG.match(message)
+    return m.group(1) if m else None
+
+
+def applied(chain: Chain) -> dict | None:
+    """The newest snapshot that came from a bundle: its bundle and where it stands."""
+    for index in range(len(chain.snapshots) - 1, -1, -1):
+        e = chain.snapshots[index].entry
+        found = tag_of(e.message)
+        if found:
+            return {"id": found, "snapshot": index + 1,
+                    "state": {CONFIRMED: "confirmed", TRIAL: "trial"}.get(e.state, "failed"),
+                    "message": e.message[TAG.match(e.message).end():]}
+    return None
+
+
+# -- making one ---------------------------------------------------------------------------------
+
+def manifest_bytes(manifest: dict) -> bytes:
+    """The canonical form: the same manifest gives the same bytes."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode()
+
+
+def create(chain: Chain, first: int, last: int, out: Path, boards: list[str], rootfs: str,
+           message: str | None = None, key: Path | None = None) -> Bundle:
+    """Write snapshots first..last of `chain` as a bundle to `out`: one payload, the record's
+    own bytes for one snapshot, the merge squash makes for several. The snapshots below
+    `first` are its base and must be confirmed; so must first..last. Written to a temporary
+    file beside `out` and renamed, so `out` is whole or as it was."""
+    from snapshot import squash
+    count = len(chain.snapshots)
+    if not 1 <= first <= last <= count:
+        raise SnapshotError(f"snapshots {first}..{last} are not in the chain (it has "
+                            f"{count})")
+    for index, record in enumerate(chain.snapshots[:last]):
+        if record.entry.state != CONFIRMED:
+            raise SnapshotError(f"snapshot {index + 1} is not confirmed: a bundle is built "
+                                f"from confirmed snapshots only")
+    if not boards:
+        raise SnapshotError("name at least one compatible board (--board)")
+    records = chain.snapshots[first - 1:last]
+    newest = records[-1].entry
+    message = newest.message if message is None else message
+    below = base(chain)[:first - 1]
+    tmp = out.with_name(f".{out.name}.new")
+    try:
+        with open(tmp, "w+b") as f:
+            if len(records) == 1:
+                compression = newest.compression
+                source = chain.payload(records[0])
+                while chunk := source.read(CHUNK):
+                    f.write(chunk)
+            else:
+                compression = newest.compression
+                merge = squash.plan(chain, records)
+                squash.merged(f, chain, records, merge, compression)
+            length = f.tell()
+            f.seek(0)
+            digest = hashlib.sha256()
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+            manifest = {"format": VERSION, "boards": sorted(set(boards)), "rootfs": rootfs,
+                        "base": below, "message": message,
+                        "created": max(r.entry.created for r in records),
+                        "payload": {"compression": COMPRESSION_NAMES[compression],
+                                    "length": length, "sha256": digest.hexdigest()}}
+            data = manifest_bytes(manifest)
+            signature = sign_bytes(data, key) if key else b""
+            _write(out, data, signature, f)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Bundle(manifest, data, signature)
+
+
+def _write(out: Path, data: bytes, signature: bytes, payload) -> None:
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(HEADER.pack(MAGIC, VERSION, 0, len(data), len(signature)))
+            f.write(data)
+            f.write(signature)
+            payload.seek(0)
+            shutil.copyfileobj(payload, f, CHUNK)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sign(path: Path, key: Path) -> Bundle:
+    """Sign the bundle at `path` with the usign secret key `key`, replacing any signature."""
+    with open(path, "rb") as f:
+        bundle = read_head(f, str(path))
+        f.seek(bundle.payload_offset)
+        signature = sign_bytes(bundle.manifest_bytes, key)
+        _write(path, bundle.manifest_bytes, signature, _Offset(f, bundle.payload_offset))
+    return bundle._replace(signature=signature)
+
+
+class _Offset:
+    """A file read from `start` on, for copyfileobj."""
+
+    def __init__(self, f, start: int):
+        self.f, self.start = f, start
+
+    def seek(self, n: int) -> None:
+        self.f.seek(self.start + n)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.f.read(n)
+
+
+# -- usign ----------------------------------------------------------------------------------------
+
+def _usign(*args: str) -> subprocess.CompletedProcess:
+    usign = shutil.which("usign")
+    if usign is None:
+        raise SnapshotError("usign is not installed: it signs and verifies bundles")
+    return subprocess.run([usign, *args], capture_output=True, text=True)
+
+
+def sign_bytes(data: bytes, key: Path) -> bytes:
+    if not key.is_file():
+        raise SnapshotError(f"{key}: no such secret key")
+    with tempfile.TemporaryDirectory(prefix="snapshot-sign-") as work:
+        message = Path(work) / "manifest"
+        message.write_bytes(data)
+        done = _usign("-S", "-m", str(message), "-s", str(key), "-x", f"{message}.sig")
+        if done.returncode != 0:
+            raise SnapshotError(f"{key}: usign cannot sign with it: "
+                                f"{done.stderr.strip() or 'no reason given'}")
+        return Path(f"{message}.sig").read_bytes()
+
+
+def fingerprint(signature: bytes) -> str:
+    with tempfile.TemporaryDirectory(prefix="snapshot-verify-") as work:
+        sig = Path(work) / "sig"
+        sig.write_bytes(signature)
+        done = _usign("-F", "-x", str(sig))
+    if done.returncode != 0 or not re.fullmatch(r"[0-9a-f]{16}", done.stdout.strip()):
+        raise BundleRefused("the bundle's signature is not a usign signature; nothing was "
+                            "written")
+    return done.stdout.strip()
+
+
+def verify(bundle: Bundle, keys_dir: Path) -> str:
+    """The fingerprint of the trusted key that signed the manifest, or BundleRefused."""
+    if not bundle.signature:
+        raise BundleRefused(f"bundle {bundle.id} is not signed (snapshot bundle sign); "
+                            f"nothing was written")
+    key = fingerprint(bundle.signature)
+    if not (keys_dir / key).is_file():
+        raise BundleRefused(f"bundle {bundle.id} is signed by key {key}, which {keys_dir} "
+                            f"does not trust; nothing was written")
+    with tempfile.TemporaryDirectory(prefix="snapshot-verify-") as work:
+        message = Path(work) / "manifest"
+        message.write_bytes(bundle.manifest_bytes)
+        Path(f"{message}.sig").write_bytes(bundle.signature)
+        done = _usign("-V", "-q", "-m", str(message), "-x", f"{message}.sig", "-P",
+                      str(keys_dir))
+    if done.returncode != 0:
+        raise BundleRefused(f"bundle {bundle.id}: bad signature (key {key}): the bundle was "
+                            f"changed after it was signed; nothing was written")
+    return key
+
+
+# -- reading one ----------------------------------------------------------------------------------
+
+def _exactly(stream, n: int, what: str, name: str) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            raise BundleRefused(f"{name}: truncated: it ends inside the {what}; nothing was "
+                                f"written")
+        data += chunk
+    return data
+
+
+def read_head(stream, name: str) -> Bundle:
+    """The header, manifest and signature, read from the start of `stream`; BundleRefused for
+    anything that is not a whole, well-formed bundle head."""
+    magic, version, zero, mlen, slen = HEADER.unpack(_exactly(stream, HEADER.size, "header",
+                                                              name))
+    if magic != MAGIC:
+        raise BundleRefused(f"{name} is not a snapshot bundle; nothing was written")
+    if version != VERSION or zero:
+        raise BundleRefused(f"{name}: bundle format {version} is not one this snapshot reads "
+                            f"({VERSION}); nothing was written")
+    if mlen > MAX_MANIFEST or slen > MAX_SIGNATURE:
+        raise BundleRefused(f"{name}: corrupted: the header gives impossible lengths; "
+                            f"nothing was written")
+    data = _exactly(stream, mlen, "manifest", name)
+    signature = _exactly(stream, slen, "signature", name)
+    try:
+        manifest = json.loads(data)
+        payload = manifest["payload"]
+        ok = (manifest["format"] == VERSION and isinstance(manifest["boards"], list)
+              and isinstance(manifest["base"], list) and isinstance(manifest["rootfs"], str)
+              and isinstance(manifest["message"], str) and isinstance(manifest["created"], int)
+              and payload["compression"] in COMPRESSIONS
+              and isinstance(payload["length"], int) and payload["length"] >= 0
+              and re.fullmatch(r"[0-9a-f]{64}", payload["sha256"]))
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok or manifest_bytes(manifest) != data:
+        raise BundleRefused(f"{name}: corrupted: the manifest does not parse; nothing was "
+                            f"written")
+    return Bundle(manifest, data, signature)
+
+
+def describe(bundle: Bundle) -> dict:
+    m = bundle.manifest
+    return {"id": bundle.id, "signed": bool(bundle.signature), "boards": m["boards"],
+            "rootfs": m["rootfs"], "base": m["base"], "message": m["message"],
+            "created": m["created"], "payload": m["payload"], "size": bundle.size}
+
+
+# -- applying one ---------------------------------------------------------------------------------
+
+class Router(NamedTuple):
+    """What a bundle is checked against: the trusted keys, this board, this firmware root."""
+    keys_dir: Path
+    board: str
+    rootfs: str
+
+
+def check(bundle: Bundle, router: Router) -> None:
+    """Signature, board and firmware root; BundleRefused with the reason."""
+    verify(bundle, router.keys_dir)
+    m = bundle.manifest
+    if router.board not in m["boards"]:
+        raise BundleRefused(f"bundle {bundle.id} is for {', '.join(m['boards'])}, and this "
+                            f"router is {router.board}; nothing was written")
+    if m["rootfs"] != router.rootfs:
+        raise BundleRefused(f"bundle {bundle.id} is for another firmware (root "
+                            f"{m['rootfs'][:16]}, this router runs {router.rootfs[:16]}); "
+                            f"nothing was written")
+
+
+def check_file(stream, bundle: Bundle, name: str) -> None:
+    """For a bundle read from a file: its length and payload hash, checked before the chain is
+    opened, so that a truncated or corrupted file writes nothing at all. A download is
+    checked as it streams (apply)."""
+    try:
+        size = os.fstat(stream.fileno()).st_size
+    except (AttributeError, OSError):
+        return
+    if size < bundle.size:
+        raise BundleRefused(f"{name}: truncated: {size} bytes of {bundle.size}; nothing was "
+                            f"written")
+    if size > bundle.size:
+        raise BundleRefused(f"{name}: corrupted: {size - bundle.size} bytes follow the "
+                            f"payload; nothing was written")
+    digest = hashlib.sha256()
+    stream.seek(bundle.payload_offset)
+    while chunk := stream.read(CHUNK):
+        digest.update(chunk)
+    stream.seek(bundle.payload_offset)
+    if digest.hexdigest() != bundle.manifest["payload"]["sha256"]:
+        raise BundleRefused(f"{name}: corrupted: the payload's SHA-256 is not the one the "
+                            f"signed manifest gives; nothing was written")
+
+
+def already(chain: Chain, bundle: Bundle) -> str | None:
+    """How the chain already holds the bundle (pending or confirmed), or None."""
+    found = applied(chain)
+    if found and found["id"] == bundle.id and found["state"] != "failed":
+        return f"bundle {bundle.id} is snapshot {found['snapshot']} ({found['state']})"
+    return None
+
+
+def apply(chain: Chain, stream, bundle: Bundle, max_attempts: int, name: str,
+          progress=None) -> dict:
+    """Stream the bundle's payload (read from `stream`, just after its head) into free blocks
+    and commit it as a snapshot on trial on top of the base it names; the volatile record
+    stays on top of it (a copy, in the same commit) and the one there was is kept for a
+    failure, as a save during a trial leaves them. Everything that can refuse it does so
+    before the first write; a payload whose length or hash is wrong refuses it before the
+    commit."""
+    trials.refuse_while_pending(chain, "applying a bundle")
+    if chain.problems:
+        raise ChainDamaged(f"{chain.problems[0]}; run `snapshot check --repair` first")
+    m = bundle.manifest
+    snapshots = chain.view()[0]
+    have = base(chain)
+    if have != m["base"] or len(snapshots) != len(have):
+        need = len(m["base"])
+        raise BundleRefused(
+            f"bundle {bundle.id} applies on top of {need} snapshot{'s' * (need != 1)} "
+            f"{_short(m['base'])}, and this router has {len(have)} confirmed: "
+            f"{_short(have)}; nothing was written")
+    payload = m["payload"]
+    _room(chain, payload["length"], m["message"])
+    writer = RecordWriter(chain, SNAPSHOT, len(snapshots) + 1, tagged(bundle.id, m["message"]),
+                          COMPRESSIONS[payload["compression"]], progress, m["created"])
+    digest, left = hashlib.sha256(), payload["length"]
+    while left:
+        chunk = stream.read(min(CHUNK, left))
+        if not chunk:
+            raise BundleRefused(f"{name}: truncated: the payload ends {left} bytes short; "
+                                f"nothing was committed")
+        digest.update(chunk)
+        writer.write(chunk)
+        left -= len(chunk)
+    if stream.read(1):
+        raise BundleRefused(f"{name}: corrupted: bytes follow the payload; nothing was "
+                            f"committed")
+    if digest.hexdigest() != payload["sha256"]:
+        raise BundleRefused(f"{name}: corrupted: the payload's SHA-256 is not the one the "
+                            f"signed manifest gives; nothing was committed")
+    entry = writer.finish()
+    from snapshot.operations import _rewrite
+    volatile = chain.volatile
+    entries = trials.start([r.entry for r in snapshots] +
+                           ([volatile.entry] if volatile else []), entry, max_attempts)
+    if volatile is not None:
+        entries.append(_rewrite(chain, volatile, progress))
+    commit(chain, entries)
+    return {"applied": bundle.id, "snapshot": len(snapshots) + 1, "message": m["message"],
+            "max_attempts": max_attempts, "volatile_kept": volatile is not None}
+
+
+def _short(hashes: list[str]) -> str:
+    return "[" + ", ".join(h[:12] for h in hashes) + "]"
+
+
+def _room(chain: Chain, length: int, message: str) -> None:
+    """FlashFull before anything is written unless the free blocks hold the record and a
+    copy of the volatile record."""
+    g = chain.flash.geometry
+
+    def blocks(header_size: int, payload_length: int) -> int:
+        return -(-Layout(header_size, payload_length, g.writesize).end // g.erasesize)
+
+    header = RecordHeader(SNAPSHOT, 0, 1, 0, 0, tagged("0" * 16, message)).size
+    needed = blocks(header, length)
+    volatile = chain.volatile
+    if volatile is not None:
+        needed += blocks(volatile.layout.header_size, volatile.entry.payload_length)
+    free = len(chain.free_blocks())
+    if needed > free:
+        raise FlashFull(f"{chain.flash.name}: the bundle needs {needed} free blocks "
+                        f"({needed * g.erasesize // 1024} KiB) and {free} are free; nothing "
+                        f"was written")

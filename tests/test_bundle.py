@@ -1,0 +1,269 @@
+"""Bundles on the simulator, signed and verified by the real usign: create (the same input
+gives the same bytes), apply as a trial on top of the base, every refusal with the image
+unchanged, the resumable download, and the bundle named in status and in a rollback's note.
+The power cuts of `bundle apply` are in the sweep (tests/sweep.py, scenario bundleapply)."""
+import functools
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from bundle_lab import Lab
+from mtd import FlashType, Geometry, SimFlash
+from sweep import health_config, image_digest, visible
+
+KIB = 1024
+NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
+
+
+@pytest.fixture
+def lab(tmp_path) -> Lab:
+    lab = Lab.make(tmp_path / "lab")
+    lab.reference(tmp_path / "ref.img", NOR)
+    return lab
+
+
+def unit(lab: Lab, tmp_path: Path, name: str = "unit", volatile: bool = True) -> Path:
+    image = tmp_path / f"{name}.img"
+    lab.unit_from(image, volatile)
+    return image
+
+
+def status(lab: Lab, image: Path) -> dict:
+    return json.loads(lab.cli(image, "status", "--json").stdout)
+
+
+def unpacked(lab: Lab, image: Path, dest: Path) -> dict:
+    from sweep import tree
+    lab.cli(image, "unpack", "--to", dest)
+    return tree(dest)
+
+
+def test_the_same_snapshot_gives_the_same_bytes(lab, tmp_path):
+    ref = tmp_path / "ref.img"
+    one = lab.bundle(ref, "2", tmp_path / "one.snb")
+    two = lab.bundle(ref, "2", tmp_path / "two.snb")
+    assert one.read_bytes() == two.read_bytes()
+    merged = [lab.bundle(ref, "2..3", tmp_path / f"m{i}.snb") for i in (1, 2)]
+    assert merged[0].read_bytes() == merged[1].read_bytes()
+    shown = json.loads(lab.cli(ref, "bundle", "show", one, "--json").stdout)
+    assert shown["boards"] == ["sandbox,router-v1"] and len(shown["base"]) == 1
+    assert shown["message"] == "fix 1" and shown["trusted_key"]
+
+
+def test_apply_puts_the_bundle_on_trial_over_the_base_and_keeps_the_unsaved_config(lab,
+                                                                                   tmp_path):
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
+    before = visible(str(dev))
+    done = json.loads(lab.cli(dev, "bundle", "apply", fix, "--no-reboot", "--json").stdout)
+    assert done["snapshot"] == 2 and done["volatile_kept"]
+    info = status(lab, dev)
+    assert info["trial"]["kind"] == "snapshot" and info["trial"]["max_attempts"] == 3
+    assert info["bundle"]["state"] == "trial" and info["bundle"]["id"] == done["applied"]
+    # The unit now boots the reference's snapshots 1 and 2, with its own volatile on top.
+    lab.cli(ref, "rollback", "--to", "2")
+    assert unpacked(lab, dev, tmp_path / "u") == unpacked(lab, ref, tmp_path / "r")
+    after = visible(str(dev))
+    assert after[-1] == before[-1] and after[-1] is not None
+    # Applying it again changes nothing; confirming it keeps the volatile.
+    digest = image_digest(dev)
+    assert "nothing to do" in lab.cli(dev, "bundle", "apply", fix, "--no-reboot").stdout
+    assert image_digest(dev) == digest
+    lab.cli(dev, "confirm")
+    assert status(lab, dev)["bundle"]["state"] == "confirmed"
+    assert visible(str(dev))[-1] == before[-1]
+
+
+def test_a_merged_range_applies_as_one_trial(lab, tmp_path):
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path, volatile=False)
+    fix = lab.bundle(ref, "2..3", tmp_path / "fix.snb")
+    lab.cli(dev, "bundle", "apply", fix, "--no-reboot")
+    assert status(lab, dev)["snapshots"] == 2
+    assert unpacked(lab, dev, tmp_path / "u") == unpacked(lab, ref, tmp_path / "r")
+
+
+def _bad_signature(fix: Path) -> None:
+    data = bytearray(fix.read_bytes())
+    at = data.index(b'"message":"fix 1"') + len('"message":"fix ')
+    data[at] = ord("9")
+    fix.write_bytes(bytes(data))
+
+
+def _flip_payload(fix: Path) -> None:
+    data = bytearray(fix.read_bytes())
+    data[-100] ^= 0xFF
+    fix.write_bytes(bytes(data))
+
+
+REFUSALS = {
+    "unsigned": (lambda lab, ref, out: lab.cli(ref, "bundle", "create", "2", "-o", out),
+                 "is not signed"),
+    "untrusted": (lambda lab, ref, out: lab.bundle(ref, "2", out, lab.other),
+                  "does not trust"),
+    "bad-signature": (lambda lab, ref, out: _bad_signature(lab.bundle(ref, "2", out)),
+                      "bad signature"),
+    "board": (lambda lab, ref, out: lab.bundle(ref, "2", out, None, "--board", "other,board"),
+              "is for other,board, and this router is sandbox,router-v1"),
+    "firmware": (lambda lab, ref, out: (lab.rom / "etc/new").write_text("x")
+                 and lab.bundle(ref, "2", out), "is for another firmware"),
+    "base": (lambda lab, ref, out: lab.bundle(ref, "3", out),
+             "applies on top of 2 snapshots"),
+    "truncated": (lambda lab, ref, out: out.write_bytes(lab.bundle(ref, "2", out)
+                                                        .read_bytes()[:-5000]),
+                  "truncated"),
+    "corrupted": (lambda lab, ref, out: _flip_payload(lab.bundle(ref, "2", out)),
+                  "corrupted: the payload's SHA-256"),
+    "not-a-bundle": (lambda lab, ref, out: out.write_bytes(b"\x1f\x8b" + bytes(100)),
+                     "is not a snapshot bundle"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_a_bad_bundle_is_refused_in_one_line_with_the_image_unchanged(lab, tmp_path, case):
+    make, reason = REFUSALS[case]
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    out = tmp_path / "bad.snb"
+    make(lab, ref, out)
+    if case == "firmware":      # the bundle was made for a changed root; the unit's is not
+        (lab.rom / "etc/new").unlink()
+    digest = image_digest(dev)
+    done = lab.cli(dev, "bundle", "apply", out, "--no-reboot", check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and reason in lines[-1], done.stderr
+    assert "Traceback" not in done.stderr and "nothing was" in lines[-1]
+    assert image_digest(dev) == digest
+
+
+def test_the_base_refusal_names_the_base_needed(lab, tmp_path):
+    ref = tmp_path / "ref.img"
+    dev = tmp_path / "empty.img"
+    SimFlash.create(dev, NOR)
+    lab.cli(dev, "format")
+    fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
+    done = lab.cli(dev, "bundle", "apply", fix, "--no-reboot", check=False)
+    base = json.loads(lab.cli(ref, "bundle", "show", fix, "--json").stdout)["base"][0]
+    assert f"applies on top of 1 snapshot [{base[:12]}]" in done.stderr
+    assert "this router has 0 confirmed: []" in done.stderr
+
+
+def test_a_failed_bundle_trial_names_the_bundle_in_the_rollback(lab, tmp_path):
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
+    before = visible(str(dev))
+    lab.cli(dev, "bundle", "apply", fix, "--no-reboot")
+    bundle_id = status(lab, dev)["bundle"]["id"]
+    conf = health_config(tmp_path / "h", healthy=False)["SNAPSHOT_CONFIG"]
+    Path(conf).write_text(Path(conf).read_text() + lab.config.read_text().split("\n", 1)[1])
+    import os
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-m", "snapshot", "--device", str(dev), "watch",
+                    "--no-reboot"], env={**os.environ, **lab.env, "SNAPSHOT_CONFIG": conf},
+                   capture_output=True, check=False)
+    info = status(lab, dev)
+    assert info["trial"] is None and info["last_rollback"]["bundle"] == bundle_id
+    assert info["bundle"]["state"] == "failed"
+    lab.cli(dev, "rollback")
+    assert visible(str(dev))[3:] == before[3:]
+
+
+# -- over HTTP ------------------------------------------------------------------------------
+
+class Flaky(http.server.SimpleHTTPRequestHandler):
+    """Serves files with Range support; the first GET of each file stops after `cut` bytes."""
+    cut = 30000
+    served: list = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        start, status = 0, 200
+        ranged = self.headers.get("Range")
+        if ranged and self.headers.get("If-Range", etag) == etag:
+            start, status = int(ranged.split("=")[1].rstrip("-")), 206
+        self.served.append((self.path, start))
+        body = data[start:]
+        self.send_response(status)
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(body)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        first = sum(p == self.path for p, _ in self.served) == 1
+        self.wfile.write(body[:self.cut] if first else body)
+        if first:
+            self.close_connection = True
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    Flaky.served = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Flaky, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_a_broken_download_resumes_with_range(lab, tmp_path, server):
+    root, url = server
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    fix = lab.bundle(ref, "2", root / "fix.snb")
+    assert fix.stat().st_size > Flaky.cut
+    done = lab.cli(dev, "bundle", "apply", f"{url}/fix.snb", "--no-reboot")
+    assert "on trial" in done.stdout
+    assert [start for _, start in Flaky.served if _ == "/fix.snb"] == [0, Flaky.cut]
+    assert status(lab, dev)["bundle"]["state"] == "trial"
+
+
+def test_a_download_corrupted_in_flight_commits_nothing(lab, tmp_path, server):
+    root, url = server
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    _flip_payload(lab.bundle(ref, "2", root / "fix.snb"))
+    before = visible(str(dev))
+    done = lab.cli(dev, "bundle", "apply", f"{url}/fix.snb", "--no-reboot", check=False)
+    assert done.returncode == 1 and "nothing was committed" in done.stderr
+    assert visible(str(dev)) == before
+    lab.bundle(ref, "2", root / "good.snb")
+    lab.cli(dev, "bundle", "apply", f"{url}/good.snb", "--no-reboot")
+    assert status(lab, dev)["bundle"]["state"] == "trial"
+
+
+def test_a_missing_url_is_one_line(lab, tmp_path, server):
+    _, url = server
+    dev = unit(lab, tmp_path)
+    done = lab.cli(dev, "bundle", "apply", f"{url}/nope.snb", check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("Error: ") and "404" in done.stderr
+
+
+def test_help_has_an_example_for_each_bundle_command(lab, tmp_path):
+    for command in ("create", "sign", "show", "apply"):
+        out = lab.cli(tmp_path / "ref.img", "bundle", command, "--help").stdout
+        assert "Example:" in out
+
+
+def test_sign_replaces_the_signature(lab, tmp_path):
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    out = tmp_path / "fix.snb"
+    lab.bundle(ref, "2", out, lab.other)
+    lab.cli(ref, "bundle", "sign", out, "--key", lab.secret)
+    assert json.loads(lab.cli(ref, "bundle", "show", out, "--json").stdout)["trusted_key"]
+    assert lab.bundle(ref, "2", tmp_path / "same.snb").read_bytes() == out.read_bytes()
+    lab.cli(dev, "bundle", "apply", out, "--no-reboot")
+    shutil.rmtree(lab.keys_dir)
