@@ -253,6 +253,27 @@ def health_config(work: Path, healthy: bool) -> dict:
     return {"SNAPSHOT_CONFIG": str(conf)}
 
 
+def base_unit_and_bundle(device: str, work: Path) -> None:
+    """A unit (the reference's snapshot 1 and its own volatile record) and a signed bundle of
+    the reference's snapshot 2 (tests/bundle_lab.py)."""
+    from bundle_lab import Lab
+    lab = Lab.make(work / "lab")
+    reference = work / "reference.img"     # the same geometry and bad blocks
+    shutil.copyfile(device, reference)
+    shutil.copyfile(f"{device}.sim.json", f"{reference}.sim.json")
+    lab.reference(reference)
+    shutil.copyfile(work / "lab/base.img", device)
+    shutil.copyfile(work / "lab/base.img.sim.json", f"{device}.sim.json")
+    lab.unit_from(Path(device))
+    lab.bundle(reference, "2", work / "fix.snb")
+
+
+def bundle_env(work: Path) -> dict:
+    from bundle_lab import Lab
+    lab = Lab(work / "lab", Path(), Path(), Path(), Path(), work / "lab/snapshot.conf")
+    return lab.env
+
+
 SCENARIOS = {
     "format": Scenario("format", base_one_snapshot_and_volatile, lambda w: ["format", "--force"]),
     "save": Scenario("save", base_one_snapshot_and_volatile,
@@ -292,6 +313,10 @@ SCENARIOS = {
     "squash": Scenario("squash", base_overwritten_snapshots, lambda w: ["squash"]),
     "squashtrial": Scenario("squashtrial", base_overwritten_snapshots_under_a_trial,
                             lambda w: ["squash"]),
+    # A signed bundle applied as a trial on top of the base, the volatile record copied.
+    "bundleapply": Scenario("bundleapply", base_unit_and_bundle,
+                            lambda w: ["bundle", "apply", str(w / "fix.snb"), "--no-reboot"],
+                            env=bundle_env),
 }
 
 

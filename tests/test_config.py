@@ -111,7 +111,9 @@ def test_the_defaults_file_reads_as_the_documented_defaults(through_uci, monkeyp
         {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_attempts": "3",
          "health_dir": "/etc/snapshot/health.d", "rollback_dir": "/etc/snapshot/rollback.d",
          "interval": "30", "grace": "300", "pass_rounds": "3", "fail_rounds": "3",
-         "window": "1800", "auto_snapshot": "1", "keep": "0"}
+         "window": "1800", "auto_snapshot": "1", "keep": "0",
+         "keys_dir": "/etc/snapshot/keys", "board_file": "/tmp/sysinfo/board_name",
+         "rom": "/rom"}
     assert config.checks(str(DEFAULTS_FILE)) == []
 
 
