@@ -267,3 +267,77 @@ def test_sign_replaces_the_signature(lab, tmp_path):
     assert lab.bundle(ref, "2", tmp_path / "same.snb").read_bytes() == out.read_bytes()
     lab.cli(dev, "bundle", "apply", out, "--no-reboot")
     shutil.rmtree(lab.keys_dir)
+
+
+class Slow(http.server.SimpleHTTPRequestHandler):
+    """Serves the whole file, slowly after the first `cut` bytes, so that a test can stop the
+    unit mid-download."""
+    cut = 30000
+    served: list = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        data = path.read_bytes()
+        self.served.append((self.path, 0))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:self.cut])
+        if self.cut >= len(data):
+            return
+        self.wfile.flush()
+        for at in range(self.cut, len(data), 512):
+            threading.Event().wait(0.1)
+            self.wfile.write(data[at:at + 512])
+
+
+@pytest.mark.parametrize("how", ["kill", "powercut"])
+def test_a_download_cut_off_leaves_the_old_state_and_the_next_apply_completes(lab, tmp_path,
+                                                                              how):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = tmp_path / "www"
+    root.mkdir()
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    # A fix of a few blocks, so that the cut comes after some of them are written.
+    from sweep import make_tree
+    lab.cli(ref, "rollback", "--to", "1")
+    lab.cli(ref, "push", "--from", make_tree(tmp_path / "big", 7, 300), "-m", "big fix")
+    lab.bundle(ref, "2", root / "fix.snb")
+    Slow.cut = 200 * KIB
+    Slow.served = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Slow, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/fix.snb"
+    before, digest = visible(str(dev)), image_digest(dev)
+    env = {**os.environ, **lab.env}
+    argv = [sys.executable, "-m", "snapshot", "--device", str(dev), "bundle", "apply", url,
+            "--no-reboot"]
+    try:
+        if how == "kill":
+            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+            # A second in, the first 200 KiB are written; the rest trickles in for 2 s.
+            time.sleep(1.0)
+            assert proc.poll() is None, "the download ended before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        else:
+            # A power cut after the third flash operation: inside the payload's blocks.
+            done = subprocess.run(argv, env={**env, "MTDSIM_POWERCUT_AFTER": "3"},
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 99, done.stderr
+        assert visible(str(dev)) == before
+        assert image_digest(dev) != digest, "the cut came before any block was written"
+        Slow.cut = 10 ** 9                          # the next download is quick
+        lab.cli(dev, "bundle", "apply", url, "--no-reboot")
+    finally:
+        Slow.cut = 30000
+        httpd.shutdown()
+    assert status(lab, dev)["bundle"]["state"] == "trial"
