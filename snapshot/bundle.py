@@ -444,6 +444,30 @@ def apply(chain: Chain, stream, bundle: Bundle, max_attempts: int, name: str,
             "max_attempts": max_attempts, "volatile_kept": volatile is not None}
 
 
+def apply_from(source: str, chain: Chain, settings: dict, max_attempts: int, log,
+               progress=None) -> dict:
+    """`snapshot bundle apply SOURCE`: read the head, check it against this router (the
+    trusted keys, board and firmware root of `settings`), and apply it, logging the outcome
+    (`log`: watch.SysLog). `{"applied": None, "already": ...}` for a bundle the chain holds."""
+    from snapshot import fetch
+    with fetch.open_source(source) as stream:
+        try:
+            made = read_head(stream, source)
+            check(made, Router(Path(settings["keys_dir"]), board(Path(settings["board_file"])),
+                               rootfs_id(Path(settings["rom"]))))
+            check_file(stream, made, source)
+            done = already(chain, made)
+            if done:
+                return {"applied": None, "already": done}
+            result = apply(chain, stream, made, max_attempts, source, progress)
+        except BundleRefused as e:
+            log(f"bundle refused: {e}", loud=True)
+            raise
+    log(f"bundle {made.id} applied as snapshot {result['snapshot']} on trial: "
+        f"{made.manifest['message']}")
+    return result
+
+
 def _short(hashes: list[str]) -> str:
     return "[" + ", ".join(h[:12] for h in hashes) + "]"
 

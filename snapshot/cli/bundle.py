@@ -138,39 +138,18 @@ def apply(obj, source, no_reboot, as_json):
     Example:
       snapshot bundle apply http://fleet.example/bundles/fix.snb
     """
-    from snapshot import fetch, watch as watching
-    settings = config.load()
+    from snapshot import watch as watching
     log = watching.SysLog()
-    with fetch.open_source(source) as stream:
-        made = bundles.read_head(stream, source)
-        router = bundles.Router(Path(settings["keys_dir"]),
-                                bundles.board(Path(settings["board_file"])),
-                                bundles.rootfs_id(Path(settings["rom"])))
-        try:
-            bundles.check(made, router)
-            bundles.check_file(stream, made, source)
-        except bundles.BundleRefused as e:
-            log(f"bundle refused: {e}", loud=True)
-            raise
-        max_attempts = max_attempts_of(True)
-        with writing(obj, f"bundle {made.id}") as (chain, progress):
-            done = bundles.already(chain, made)
-            if done:
-                result = {"applied": None, "already": done}
-            else:
-                try:
-                    result = bundles.apply(chain, stream, made, max_attempts, source, progress)
-                except bundles.BundleRefused as e:
-                    log(f"bundle refused: {e}", loud=True)
-                    raise
-                log(f"bundle {made.id} applied as snapshot {result['snapshot']} on trial: "
-                    f"{made.manifest['message']}")
+    max_attempts = max_attempts_of(True)
+    with writing(obj, "bundle") as (chain, progress):
+        result = bundles.apply_from(source, chain, config.load(), max_attempts, log, progress)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif result["applied"] is None:
         click.echo(f"nothing to do: {result['already']}")
     else:
-        click.echo(f"bundle {made.id} is snapshot {result['snapshot']}, on trial: it boots at "
+        click.echo(f"bundle {result['applied']} is snapshot {result['snapshot']}, on trial: it "
+                   f"boots at "
                    f"most {max_attempts} times unless it is confirmed")
     if result["applied"] and not no_reboot:
         log("rebooting into the bundle's trial")

@@ -115,6 +115,10 @@ def status(obj, as_json):
     info["health"] = checks.last()
     info["job"] = jobs.last()
     info["unsaved_change"] = upgrades.unsaved()
+    from snapshot import fleet
+    fleet_settings = fleet.settings()
+    info["fleet"] = {"group": fleet_settings["group"] or None,
+                     "channel": fleet_settings["channel"] or None}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -124,6 +128,10 @@ def status(obj, as_json):
     trial = info["trial"]
     click.echo(f"on trial: {trial['what']}, boot {trial['attempts']} of "
                f"{trial['max_attempts']}" if trial else "on trial: nothing")
+    applied = info["bundle"]
+    if applied:
+        click.echo(f"bundle: {applied['id']} (snapshot {applied['snapshot']}, "
+                   f"{applied['state']}): {applied['message']}")
     note = info["last_rollback"]
     click.echo(f"last rollback: {when(note['time'])}: {note['reason']}" if note
                else "last rollback: none")

@@ -1,0 +1,148 @@
+"""The fleet commands: fleet poll (on a unit), publish, promote and report (the operator's)."""
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from snapshot import config
+from snapshot.chain import Chain
+from snapshot.cli.common import JSON, main, max_attempts_of
+from snapshot.operations import opened
+
+CHANNEL = click.option("--channel", type=click.Path(file_okay=False, path_type=Path),
+                       required=True, help="The channel directory a web server serves.")
+KEY = click.option("--key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                   required=True, help="usign secret key that signs the channel.")
+
+
+@main.group()
+def fleet():
+    """Roll bundles out to many routers in waves, from a signed channel on a web server.
+
+    \b
+    Example:
+      snapshot fleet publish fix.snb --channel /srv/www/fleet --waves canary,rest --key k.sec
+      snapshot fleet poll                      # on each unit, from cron
+    """
+
+
+@fleet.command()
+@click.option("--now", is_flag=True, help="Apply without the random delay.")
+@click.option("--no-reboot", is_flag=True, help="Do not reboot into the trial.")
+@JSON
+@click.pass_obj
+def poll(obj, now, no_reboot, as_json):
+    """Fetch the channel and apply the bundle it names for this unit's base and group.
+
+    Waits a random time of up to `option delay` seconds (`config fleet`) first, so that a
+    wave does not hit the server at once. Does nothing while a trial is pending, when the
+    unit holds the bundle, or when the bundle's trial failed here before.
+
+    \b
+    Example:
+      snapshot fleet poll --json
+    """
+    from snapshot import fleet as fleets, watch as watching
+    log = watching.SysLog()
+
+    @contextmanager
+    def chain_opener():
+        with opened(obj["device"], writable=True) as dev:
+            yield Chain(dev)
+    done = fleets.poll(chain_opener, config.load(), fleets.settings(), max_attempts_of(True),
+                       log, now)
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+    else:
+        click.echo(f"applied bundle {done['bundle']} as snapshot {done['snapshot']}, on trial"
+                   if done["action"] == "applied" else f"nothing to do: "
+                   f"{done.get('reason') or done.get('already')}")
+    if done["action"] == "applied" and not no_reboot:
+        log("rebooting into the bundle's trial")
+        watching.reboot()
+
+
+@fleet.command()
+@click.argument("bundle_file", metavar="BUNDLE",
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@CHANNEL
+@click.option("--waves", required=True, help="Group names in rollout order, comma-separated.")
+@click.option("--max-failed", type=click.IntRange(0), default=0, show_default=True,
+              help="Failed trials a wave may have before the next wave is refused.")
+@KEY
+@JSON
+def publish(bundle_file, channel, waves, max_failed, key, as_json):
+    """Put a signed bundle in the channel, promoted to its first wave.
+
+    \b
+    Example:
+      snapshot fleet publish fix.snb --channel /srv/www/fleet --waves canary,rest --key k.sec
+    """
+    from snapshot import fleet as fleets
+    rollout = fleets.publish(channel, bundle_file, waves.split(","), key, max_failed)
+    if as_json:
+        click.echo(json.dumps(rollout, indent=2))
+    else:
+        click.echo(f"published bundle {rollout['id']} to {channel}: wave "
+                   f"{rollout['waves'][0]} may apply it")
+
+
+@fleet.command()
+@CHANNEL
+@click.option("--report", "report_file", required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The report `fleet report` wrote.")
+@click.option("--bundle", "bundle_id", help="The rollout's bundle id, if the channel has several.")
+@KEY
+@JSON
+def promote(channel, report_file, bundle_id, key, as_json):
+    """Let the next wave apply the rollout: refused while a wave before it has more failed
+    trials than --max-failed allowed, or units that have not decided.
+
+    \b
+    Example:
+      snapshot fleet promote --channel /srv/www/fleet --report report.json --key k.sec
+    """
+    from snapshot import fleet as fleets
+    done = fleets.promote(channel, json.loads(report_file.read_text()), key, bundle_id)
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+    else:
+        click.echo(f"bundle {done['id']}: waves {', '.join(done['promoted'])} may apply it")
+
+
+@fleet.command()
+@click.argument("statuses", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the report here (for promote).")
+@click.option("--bundle", "bundle_id", help="The bundle to report on [default: the one most "
+                                            "units hold].")
+@JSON
+def report(statuses, output, bundle_id, as_json):
+    """Merge units' `snapshot status --json` (one file per unit, named after it) into one
+    report: each unit's group, bundle, trial and last rollback.
+
+    \b
+    Example:
+      snapshot fleet report status/*.json -o report.json
+    """
+    from snapshot import fleet as fleets
+    merged = {}
+    for path in statuses:
+        try:
+            merged[path.stem] = json.loads(path.read_text())
+        except ValueError:
+            merged[path.stem] = {"error": f"{path}: not JSON"}
+    done = fleets.report(merged, bundle_id)
+    if output:
+        output.write_text(json.dumps(done, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+        return
+    click.echo(f"bundle {done['bundle']}")
+    for name, unit in done["units"].items():
+        note = unit["last_rollback"] or {}
+        click.echo(f"{name:20} {unit['group'] or '-':10} {unit['outcome']:12} "
+                   f"{note.get('reason', '') if unit['outcome'] == 'failed' else ''}")

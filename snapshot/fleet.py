@@ -1,0 +1,237 @@
+"""Rolling a bundle out to a fleet: a signed channel file on any static web server, units that
+pull it, and waves that the publisher promotes one at a time (DESIGN.md §16).
+
+    channel.json        {"format": 1, "published": T, "rollouts": [ROLLOUT, ...]}
+    channel.json.sig    its usign signature (as an opkg feed's Packages.sig)
+    bundles/ID.snb      the bundles
+
+A ROLLOUT is {"id", "bundle" (a URL relative to the channel's), "base" (base_id of the
+bundle's base), "message", "waves" (group names, in order), "promoted" (how many of them may
+apply it), "max_failed" (failed trials a wave may have before the next is refused)}. One
+rollout per base: publishing a bundle for a base replaces the one there was.
+
+A unit (`config fleet` in /etc/config/snapshot: channel, group, delay) polls: it fetches
+and verifies the channel, finds the rollout for its base whose promoted waves include its
+group, and applies its bundle after a random delay of up to `delay` seconds, unless it holds
+it already or the bundle's trial failed here (the rollback's note names it).
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+from snapshot import bundle as bundles
+from snapshot import config
+from snapshot.errors import SnapshotError
+
+FORMAT = 1
+CHANNEL = "channel.json"
+MAX_CHANNEL = 1 << 20
+DEFAULTS = {"channel": "", "group": "", "delay": "600"}
+
+
+class FleetError(SnapshotError):
+    """A channel that cannot be read or trusted, or a promotion refused."""
+
+
+def base_id(hashes: list[str]) -> str:
+    """The name of a base in a channel: 16 hex digits of SHA-256 over its snapshots' hashes."""
+    return hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
+
+
+def settings(path: str | None = None) -> dict[str, str]:
+    """The `config fleet` section's options over DEFAULTS."""
+    found = next((opts for kind, _, opts in config.sections(path) if kind == "fleet"), {})
+    return {**DEFAULTS, **found}
+
+
+# -- the publisher's side ---------------------------------------------------------------------
+
+def _load(channel: Path) -> dict:
+    path = channel / CHANNEL
+    if not path.exists():
+        return {"format": FORMAT, "published": 0, "rollouts": []}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise FleetError(f"{path}: not a channel file: {e}") from None
+    if data.get("format") != FORMAT:
+        raise FleetError(f"{path}: channel format {data.get('format')} is not {FORMAT}")
+    return data
+
+
+def _save(channel: Path, data: dict, key: Path) -> None:
+    """Write the channel and its signature; each replaced whole (rename), the signature
+    last, so a unit polling meanwhile sees the old pair or a mismatch it refuses."""
+    data["published"] = int(time.time())
+    text = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
+    signature = bundles.sign_bytes(text, key)
+    for name, content in ((CHANNEL, text), (f"{CHANNEL}.sig", signature)):
+        tmp = channel / f".{name}.new"
+        tmp.write_bytes(content)
+        os.replace(tmp, channel / name)
+
+
+def publish(channel: Path, bundle_file: Path, waves: list[str], key: Path,
+            max_failed: int = 0) -> dict:
+    """Put the bundle in the channel and start its rollout with the first wave."""
+    if not waves or any(not w or "," in w for w in waves):
+        raise FleetError("name the waves in order, e.g. --waves canary,rest")
+    with open(bundle_file, "rb") as f:
+        made = bundles.read_head(f, str(bundle_file))
+    if not made.signature:
+        raise FleetError(f"{bundle_file} is not signed: units refuse unsigned bundles")
+    channel.mkdir(parents=True, exist_ok=True)
+    (channel / "bundles").mkdir(exist_ok=True)
+    data = _load(channel)
+    target = channel / "bundles" / f"{made.id}.snb"
+    shutil.copyfile(bundle_file, target.with_name(f".{target.name}.new"))
+    os.replace(target.with_name(f".{target.name}.new"), target)
+    rollout = {"id": made.id, "bundle": f"bundles/{made.id}.snb",
+               "base": base_id(made.manifest["base"]), "message": made.manifest["message"],
+               "waves": waves, "promoted": 1, "max_failed": max_failed}
+    data["rollouts"] = [r for r in data["rollouts"] if r["base"] != rollout["base"]] + [rollout]
+    _save(channel, data, key)
+    return rollout
+
+
+def outcome(unit: dict, bundle_id: str) -> str:
+    """Where a unit's `status --json` says it stands with a bundle: confirmed, trial, failed
+    or not applied."""
+    applied = unit.get("bundle") or {}
+    note = unit.get("last_rollback") or {}
+    if applied.get("id") == bundle_id and applied.get("state") in ("confirmed", "trial"):
+        return applied["state"]
+    if note.get("bundle") == bundle_id or applied.get("id") == bundle_id:
+        return "failed"
+    return "not applied"
+
+
+def promote(channel: Path, report: dict, key: Path, bundle_id: str | None = None) -> dict:
+    """Let the next wave apply the rollout, unless a wave already promoted has more failed
+    trials than `max_failed`, or trials still pending, or units that have not applied it
+    (by the report: `report` below). Refused with the numbers, nothing changed."""
+    data = _load(channel)
+    rollouts = [r for r in data["rollouts"] if bundle_id in (None, r["id"])]
+    if len(rollouts) != 1:
+        raise FleetError(f"{len(rollouts)} rollouts match; name the bundle (--bundle ID)")
+    rollout = rollouts[0]
+    if rollout["promoted"] >= len(rollout["waves"]):
+        raise FleetError(f"bundle {rollout['id']} is promoted to every wave already")
+    done = rollout["waves"][:rollout["promoted"]]
+    units = {name: u for name, u in report["units"].items() if u.get("group") in done}
+    states = {name: outcome(u, rollout["id"]) for name, u in units.items()}
+    failed = sorted(n for n, s in states.items() if s == "failed")
+    waiting = sorted(n for n, s in states.items() if s in ("trial", "not applied"))
+    nxt = rollout["waves"][rollout["promoted"]]
+    if len(failed) > rollout["max_failed"]:
+        raise FleetError(f"not promoting {nxt}: {len(failed)} failed trial"
+                         f"{'s' * (len(failed) != 1)} in {', '.join(done)} ({', '.join(failed)}),"
+                         f" more than the {rollout['max_failed']} allowed")
+    if waiting:
+        raise FleetError(f"not promoting {nxt}: {len(waiting)} unit"
+                         f"{'s' * (len(waiting) != 1)} of {', '.join(done)} have not decided "
+                         f"yet ({', '.join(waiting)})")
+    if not units:
+        raise FleetError(f"not promoting {nxt}: the report has no unit of {', '.join(done)}")
+    rollout["promoted"] += 1
+    _save(channel, data, key)
+    return {"id": rollout["id"], "promoted": rollout["waves"][:rollout["promoted"]],
+            "confirmed": len(units) - len(failed), "failed": failed}
+
+
+def report(statuses: dict[str, dict], bundle_id: str | None = None) -> dict:
+    """One report of many units' `status --json`, by unit name, with each one's outcome of
+    `bundle_id` (default: the bundle most units hold)."""
+    if bundle_id is None:
+        ids = [((s.get("bundle") or {}).get("id")) for s in statuses.values()]
+        ids = [i for i in ids if i]
+        bundle_id = max(set(ids), key=ids.count) if ids else None
+    units = {}
+    for name, s in sorted(statuses.items()):
+        fleet = s.get("fleet") or {}
+        units[name] = {"group": fleet.get("group"), "bundle": s.get("bundle"),
+                       "trial": s.get("trial"), "last_rollback": s.get("last_rollback"),
+                       "outcome": outcome(s, bundle_id) if bundle_id else "not applied"}
+    return {"bundle": bundle_id, "units": units}
+
+
+# -- the unit's side --------------------------------------------------------------------------
+
+def fetch_channel(url: str, keys_dir: Path) -> dict:
+    """The channel at `url`, verified against the trusted keys."""
+    import urllib.request
+    parts = []
+    for name in (url, f"{url}.sig"):
+        try:
+            with urllib.request.urlopen(name, timeout=30) as response:
+                parts.append(response.read(MAX_CHANNEL + 1))
+        except OSError as e:
+            raise FleetError(f"{name}: {getattr(e, 'reason', None) or e}") from None
+    text, signature = parts
+    if len(text) > MAX_CHANNEL:
+        raise FleetError(f"{url}: larger than {MAX_CHANNEL} bytes: not a channel")
+    with tempfile.TemporaryDirectory(prefix="snapshot-channel-") as work:
+        message = Path(work) / "channel"
+        message.write_bytes(text)
+        Path(f"{message}.sig").write_bytes(signature)
+        done = bundles._usign("-V", "-q", "-m", str(message), "-x", f"{message}.sig", "-P",
+                              str(keys_dir))
+    if done.returncode != 0:
+        raise FleetError(f"{url}: the channel's signature does not verify against "
+                         f"{keys_dir}")
+    try:
+        data = json.loads(text)
+        assert data["format"] == FORMAT and isinstance(data["rollouts"], list)
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise FleetError(f"{url}: not a channel file") from None
+    return data
+
+
+def choose(data: dict, base: str, group: str) -> dict | None:
+    """The rollout for this base whose promoted waves include this group."""
+    for rollout in data["rollouts"]:
+        if rollout["base"] == base and group in rollout["waves"][:rollout["promoted"]]:
+            return rollout
+    return None
+
+
+def poll(chain_opener, options: dict, fleet: dict, max_attempts: int, log,
+         now: bool = False, sleep=time.sleep) -> dict:
+    """One poll: what it did, as `fleet poll --json` prints it. `chain_opener()` opens the
+    writable chain (a context manager)."""
+    if not fleet["channel"]:
+        raise FleetError("no channel is configured (option channel in `config fleet`)")
+    if not fleet["group"]:
+        raise FleetError("no group is configured (option group in `config fleet`)")
+    delay = config.number(fleet, "delay", 0)
+    data = fetch_channel(fleet["channel"], Path(options["keys_dir"]))
+    with chain_opener() as chain:
+        if chain.trial is not None:
+            return {"action": "none", "reason": "a trial is pending"}
+        mine = base_id(bundles.base(chain))
+        rollout = choose(data, mine, fleet["group"])
+        if rollout is None:
+            return {"action": "none", "reason": f"nothing for base {mine} in group "
+                                                f"{fleet['group']}"}
+        note = chain.note
+        if note is not None and bundles.tag_of(note.message) == rollout["id"]:
+            log(f"fleet: bundle {rollout['id']} was rolled back here ({note.message}); not "
+                f"applying it again")
+            return {"action": "none", "reason": f"bundle {rollout['id']} failed here",
+                    "bundle": rollout["id"]}
+    wait = random.uniform(0, delay) if delay and not now else 0
+    if wait:
+        log(f"fleet: bundle {rollout['id']} for group {fleet['group']}: applying in "
+            f"{wait:.0f} s")
+        sleep(wait)
+    url = urllib.parse.urljoin(fleet["channel"], rollout["bundle"])
+    with chain_opener() as chain:
+        result = bundles.apply_from(url, chain, options, max_attempts, log)
+    return {"action": "applied" if result["applied"] else "none", "bundle": rollout["id"],
+            **result}

@@ -1,0 +1,167 @@
+"""The fleet rollout on simulated units: a channel signed with the real usign, served over
+HTTP; units that poll it; a canary wave with one failing health check, whose rollback stops
+the next wave; the report; a tampered channel refused."""
+import functools
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from bundle_lab import Lab
+from mtd import FlashType, Geometry
+from snapshot import fleet
+from sweep import health_config, image_digest
+
+KIB = 1024
+NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
+GROUPS = {"u1": "canary", "u2": "canary", "u3": "rest", "u4": "rest"}
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def world(tmp_path):
+    lab = Lab.make(tmp_path / "lab")
+    lab.reference(tmp_path / "ref.img", NOR)
+    channel = tmp_path / "www/fleet"
+    channel.mkdir(parents=True)
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "www")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/fleet/channel.json"
+    units = {}
+    for name, group in GROUPS.items():
+        image = tmp_path / f"{name}.img"
+        lab.unit_from(image)
+        conf = tmp_path / f"{name}.conf"
+        conf.write_text(lab.config.read_text() + f"\nconfig fleet 'fleet'\n\toption channel "
+                        f"'{url}'\n\toption group '{group}'\n\toption delay '0'\n")
+        units[name] = (image, conf)
+    yield lab, channel, units, tmp_path
+    httpd.shutdown()
+
+
+def on(lab, unit, *args, conf=None, check=True):
+    image, own = unit
+    done = subprocess.run([sys.executable, "-m", "snapshot", "--device", str(image),
+                           *map(str, args)],
+                          env={**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(conf or own)},
+                          capture_output=True, text=True, timeout=120)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def poll(lab, unit) -> dict:
+    return json.loads(on(lab, unit, "fleet", "poll", "--no-reboot", "--json").stdout)
+
+
+def collect(lab, units, where: Path) -> Path:
+    where.mkdir(exist_ok=True)
+    for name, unit in units.items():
+        (where / f"{name}.json").write_text(on(lab, unit, "status", "--json").stdout)
+    report = where / "report.json"
+    on(lab, units["u1"], "fleet", "report", *sorted(where.glob("u*.json")), "-o", report)
+    return report
+
+
+def fail_health(lab, unit, tmp_path):
+    conf = Path(health_config(tmp_path / "sick", healthy=False)["SNAPSHOT_CONFIG"])
+    conf.write_text(conf.read_text() + lab.config.read_text().split("\n", 1)[1])
+    return on(lab, unit, "watch", "--no-reboot", conf=conf, check=False)
+
+
+@pytest.mark.parametrize("max_failed", [0, 1])
+def test_a_failed_canary_stops_the_next_wave_unless_the_threshold_allows_it(world, max_failed):
+    lab, channel, units, tmp_path = world
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves",
+       "canary,rest", "--max-failed", max_failed, "--key", lab.secret)
+    results = {name: poll(lab, unit) for name, unit in units.items()}
+    assert [results[n]["action"] for n in GROUPS] == ["applied", "applied", "none", "none"]
+    bundle_id = results["u1"]["bundle"]
+    on(lab, units["u1"], "confirm")
+    assert fail_health(lab, units["u2"], tmp_path).returncode == 5
+    # The failed unit does not take the bundle again.
+    again = poll(lab, units["u2"])
+    assert again["action"] == "none" and "failed here" in again["reason"]
+    report = collect(lab, units, tmp_path / "status")
+    merged = json.loads(report.read_text())
+    assert merged["bundle"] == bundle_id
+    assert {n: u["outcome"] for n, u in merged["units"].items()} == \
+        {"u1": "confirmed", "u2": "failed", "u3": "not applied", "u4": "not applied"}
+    promoted = on(lab, units["u1"], "fleet", "promote", "--channel", channel, "--report",
+                  report, "--key", lab.secret, check=False)
+    if max_failed == 0:
+        assert promoted.returncode == 1
+        assert "not promoting rest: 1 failed trial in canary (u2), more than the 0 allowed" \
+            in promoted.stderr
+        assert poll(lab, units["u3"])["action"] == "none"
+    else:
+        assert promoted.returncode == 0, promoted.stderr
+        assert poll(lab, units["u3"])["action"] == "applied"
+        assert poll(lab, units["u4"])["action"] == "applied"
+
+
+def test_pending_canaries_block_the_promotion(world):
+    lab, channel, units, tmp_path = world
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves",
+       "canary,rest", "--key", lab.secret)
+    poll(lab, units["u1"])
+    assert poll(lab, units["u1"]) == {"action": "none", "reason": "a trial is pending"}
+    report = collect(lab, units, tmp_path / "status")
+    done = on(lab, units["u1"], "fleet", "promote", "--channel", channel, "--report", report,
+              "--key", lab.secret, check=False)
+    assert done.returncode == 1 and "have not decided yet (u1, u2)" in done.stderr
+
+
+def test_a_tampered_channel_is_refused_with_nothing_written(world):
+    lab, channel, units, tmp_path = world
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
+       "--key", lab.secret)
+    text = (channel / "channel.json").read_text()
+    (channel / "channel.json").write_text(text.replace('"max_failed": 0', '"max_failed": 9'))
+    digest = image_digest(units["u1"][0])
+    done = on(lab, units["u1"], "fleet", "poll", "--no-reboot", check=False)
+    assert done.returncode == 1 and "signature does not verify" in done.stderr
+    assert done.stderr.count("\n") == 1 and image_digest(units["u1"][0]) == digest
+
+
+def test_the_unit_waits_a_random_time_inside_its_window(world, monkeypatch):
+    lab, channel, units, tmp_path = world
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
+       "--key", lab.secret)
+    from contextlib import contextmanager
+    from mtd import open_flash
+    from snapshot import config
+    from snapshot.chain import Chain
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    settings = config.load(str(units["u1"][1]))
+    options = fleet.settings(str(units["u1"][1])) | {"delay": "300"}
+
+    @contextmanager
+    def opener():
+        with open_flash(str(units["u1"][0]), writable=True) as flash:
+            yield Chain(flash)
+    slept = []
+    done = fleet.poll(opener, settings, options, 3, lambda line, loud=False: None,
+                      sleep=slept.append)
+    assert done["action"] == "applied" and len(slept) == 1 and 0 <= slept[0] <= 300
+
+
+def test_help_has_an_example_for_each_fleet_command(world):
+    lab, _, units, _ = world
+    for command in ("poll", "publish", "promote", "report"):
+        assert "Example:" in on(lab, units["u1"], "fleet", command, "--help").stdout
