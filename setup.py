@@ -12,6 +12,8 @@ setup(
     cffi_modules=["mtd/build_abi.py:ffibuilder", "mtd/build_abi.py:ubi_ffibuilder"],
     install_requires=["click>=8.0", "cffi>=1.15", "crcmod-plus>=2.0"],
     # pytest 9 ids nodes in a way pytest-xdist 3.8 cannot group (--dist loadgroup).
-    extras_require={"test": ["pytest>=7,<9", "pytest-xdist>=3.5", "hypothesis>=6"]},
+    # ansible-core: the fleet test runs the project's playbook (tests/test_fleet_ansible.py).
+    extras_require={"test": ["pytest>=7,<9", "pytest-xdist>=3.5", "hypothesis>=6",
+                             "ansible-core>=2.15,<2.18"]},
     entry_points={"console_scripts": ["snapshot = snapshot.__main__:run"]},
 )

@@ -10,10 +10,12 @@ bash scripts/install.sh
 # Tier 2 builds squashfs images and mounts them in `unshare -m` (util-linux), and runs the
 # health checks against real daemons in network namespaces (iproute2, ping, babeld); the
 # kernel tier's guest uses the host's batctl with its own batman-adv module; the stock
-# marks' tests write a sysupgrade's jffs2 made with mkfs.jffs2.
+# marks' tests write a sysupgrade's jffs2 made with mkfs.jffs2; the fleet test's routers run
+# Debian's dropbear, and Ansible reaches them with OpenSSH's client.
 missing=()
 for tool in mksquashfs:squashfs-tools unshare:util-linux ip:iproute2 ping:iputils-ping \
-            babeld:babeld batctl:batctl mkfs.jffs2:mtd-utils; do
+            babeld:babeld batctl:batctl mkfs.jffs2:mtd-utils dropbear:dropbear-bin \
+            ssh:openssh-client nsenter:util-linux; do
     PATH="$PATH:/usr/sbin:/sbin" command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
