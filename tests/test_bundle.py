@@ -266,7 +266,7 @@ def test_sign_replaces_the_signature(lab, tmp_path):
     assert json.loads(lab.cli(ref, "bundle", "show", out, "--json").stdout)["trusted_key"]
     assert lab.bundle(ref, "2", tmp_path / "same.snb").read_bytes() == out.read_bytes()
     lab.cli(dev, "bundle", "apply", out, "--no-reboot")
-    shutil.rmtree(lab.keys_dir)
+    assert status(lab, dev)["bundle"]["state"] == "trial"
 
 
 class Slow(http.server.SimpleHTTPRequestHandler):
@@ -340,4 +340,23 @@ def test_a_download_cut_off_leaves_the_old_state_and_the_next_apply_completes(la
     finally:
         Slow.cut = 30000
         httpd.shutdown()
+    assert status(lab, dev)["bundle"]["state"] == "trial"
+
+
+def test_a_signify_key_signs_bundles_the_router_trusts(lab, tmp_path):
+    """Operators on a PC may use Debian's signify-openbsd: its keys are usign's format."""
+    import subprocess
+    from conftest import cannot_run
+    signify = shutil.which("signify-openbsd")
+    if signify is None:
+        cannot_run("signify-openbsd is not installed (scripts/test.sh installs it)")
+    subprocess.run([signify, "-G", "-n", "-p", tmp_path / "pc.pub", "-s", tmp_path / "pc.sec"],
+                   check=True)
+    from openwrt_tools import tool
+    fingerprint = subprocess.run([tool("usign"), "-F", "-p", tmp_path / "pc.pub"], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+    shutil.copy(tmp_path / "pc.pub", lab.keys_dir / fingerprint)
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    fix = lab.bundle(ref, "2", tmp_path / "fix.snb", tmp_path / "pc.sec")
+    lab.cli(dev, "bundle", "apply", fix, "--no-reboot")
     assert status(lab, dev)["bundle"]["state"] == "trial"

@@ -300,3 +300,13 @@ def test_a_call_carrying_its_session_as_the_http_gateway_sends_it_is_answered(ro
 def test_the_write_group_may_write(router):
     session = router.session("admin")
     assert [router.allowed(session, m) for m in READ + WRITE] == [True] * len(READ + WRITE)
+
+
+def test_status_through_ubus_names_the_bundle_on_trial(router, tmp_path):
+    # A snapshot stored from a bundle carries its id in its message (FORMAT.md §9).
+    router.printed("push", "--trial", "-m", "bundle 0123456789abcdef: fix 2", "--from",
+                   make_tree(tmp_path / "tree3", 3, 4))
+    reply = router.call("snapshot", "status")
+    assert reply["bundle"] == {"id": "0123456789abcdef", "snapshot": 3, "state": "trial",
+                               "message": "fix 2"}
+    assert reply["trial"]["what"] == "snapshot 3"
