@@ -175,13 +175,17 @@ def test_a_failed_bundle_trial_names_the_bundle_in_the_rollback(lab, tmp_path):
 
 # -- over HTTP ------------------------------------------------------------------------------
 
-class Flaky(http.server.SimpleHTTPRequestHandler):
-    """Serves files with Range support; the first GET of each file stops after `cut` bytes."""
+class Served(http.server.SimpleHTTPRequestHandler):
+    """A quiet file server that notes each GET (path, first byte) and cuts after `cut`."""
     cut = 30000
     served: list = []
 
     def log_message(self, *args) -> None:
         pass
+
+
+class Flaky(Served):
+    """Serves files with Range support; the first GET of each file stops after `cut` bytes."""
 
     def do_GET(self):
         path = Path(self.translate_path(self.path))
@@ -269,14 +273,9 @@ def test_sign_replaces_the_signature(lab, tmp_path):
     assert status(lab, dev)["bundle"]["state"] == "trial"
 
 
-class Slow(http.server.SimpleHTTPRequestHandler):
+class Slow(Served):
     """Serves the whole file, slowly after the first `cut` bytes, so that a test can stop the
     unit mid-download."""
-    cut = 30000
-    served: list = []
-
-    def log_message(self, *args) -> None:
-        pass
 
     def do_GET(self):
         path = Path(self.translate_path(self.path))
