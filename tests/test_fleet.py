@@ -165,3 +165,65 @@ def test_help_has_an_example_for_each_fleet_command(world):
     lab, _, units, _ = world
     for command in ("poll", "publish", "promote", "report"):
         assert "Example:" in on(lab, units["u1"], "fleet", command, "--help").stdout
+
+
+class Trickle(Quiet):
+    """Serves bundles slowly after their first 200 KiB, so that a poll can be cut off in the
+    middle of the download; everything else at once."""
+    slow = True
+
+    def copyfile(self, source, outputfile):
+        if not (self.slow and self.path.endswith(".snb")):
+            return super().copyfile(source, outputfile)
+        outputfile.write(source.read(200 * KIB))
+        outputfile.flush()
+        while chunk := source.read(512):
+            threading.Event().wait(0.1)
+            outputfile.write(chunk)
+
+
+@pytest.mark.parametrize("how", ["kill", "powercut"])
+def test_a_poll_cut_off_in_the_download_leaves_the_old_state_and_the_next_poll_completes(
+        tmp_path, how):
+    import signal
+    import time
+    from sweep import make_tree, visible
+    lab = Lab.make(tmp_path / "lab")
+    ref = tmp_path / "ref.img"
+    lab.reference(ref, NOR)
+    lab.cli(ref, "rollback", "--to", "1")
+    lab.cli(ref, "push", "--from", make_tree(tmp_path / "big", 7, 300), "-m", "big fix")
+    channel = tmp_path / "www/fleet"
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Trickle, directory=str(tmp_path / "www")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/fleet/channel.json"
+        unit = (tmp_path / "u1.img", tmp_path / "u1.conf")
+        lab.unit_from(unit[0])
+        unit[1].write_text(lab.config.read_text() + f"\nconfig fleet 'fleet'\n\toption "
+                           f"channel '{url}'\n\toption group 'canary'\n\toption delay '0'\n")
+        fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
+        on(lab, unit, "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
+           "--key", lab.secret)
+        before, digest = visible(str(unit[0])), image_digest(unit[0])
+        argv = [sys.executable, "-m", "snapshot", "--device", str(unit[0]), "fleet", "poll",
+                "--no-reboot"]
+        env = {**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(unit[1])}
+        if how == "kill":
+            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+            time.sleep(1.5)
+            assert proc.poll() is None, "the download ended before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        else:
+            done = subprocess.run(argv, env={**env, "MTDSIM_POWERCUT_AFTER": "3"},
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 99, done.stderr
+        assert visible(str(unit[0])) == before
+        assert image_digest(unit[0]) != digest, "the cut came before any block was written"
+        Trickle.slow = False
+        assert poll(lab, unit)["action"] == "applied"
+    finally:
+        Trickle.slow = True
+        httpd.shutdown()
