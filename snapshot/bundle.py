@@ -163,7 +163,7 @@ def create(chain: Chain, first: int, last: int, out: Path, boards: list[str], ro
     records = chain.snapshots[first - 1:last]
     newest = records[-1].entry
     message = newest.message if message is None else message
-    below = base(chain)[:first - 1]
+    below = [content_hash(chain, r) for r in chain.snapshots[:first - 1]]
     tmp = out.with_name(f".{out.name}.new")
     try:
         with open(tmp, "w+b") as f:
@@ -266,6 +266,17 @@ def fingerprint(signature: bytes) -> str:
     return done.stdout.strip()
 
 
+def verify_bytes(data: bytes, signature: bytes, keys_dir: Path) -> bool:
+    """Whether usign finds `signature` of `data` good against a key in `keys_dir`."""
+    with tempfile.TemporaryDirectory(prefix="snapshot-verify-") as work:
+        message = Path(work) / "message"
+        message.write_bytes(data)
+        Path(f"{message}.sig").write_bytes(signature)
+        done = _usign("-V", "-q", "-m", str(message), "-x", f"{message}.sig", "-P",
+                      str(keys_dir))
+    return done.returncode == 0
+
+
 def verify(bundle: Bundle, keys_dir: Path) -> str:
     """The fingerprint of the trusted key that signed the manifest, or BundleRefused."""
     if not bundle.signature:
@@ -275,13 +286,7 @@ def verify(bundle: Bundle, keys_dir: Path) -> str:
     if not (keys_dir / key).is_file():
         raise BundleRefused(f"bundle {bundle.id} is signed by key {key}, which {keys_dir} "
                             f"does not trust; nothing was written")
-    with tempfile.TemporaryDirectory(prefix="snapshot-verify-") as work:
-        message = Path(work) / "manifest"
-        message.write_bytes(bundle.manifest_bytes)
-        Path(f"{message}.sig").write_bytes(bundle.signature)
-        done = _usign("-V", "-q", "-m", str(message), "-x", f"{message}.sig", "-P",
-                      str(keys_dir))
-    if done.returncode != 0:
+    if not verify_bytes(bundle.manifest_bytes, bundle.signature, keys_dir):
         raise BundleRefused(f"bundle {bundle.id}: bad signature (key {key}): the bundle was "
                             f"changed after it was signed; nothing was written")
     return key

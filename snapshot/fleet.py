@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -176,13 +175,7 @@ def fetch_channel(url: str, keys_dir: Path) -> dict:
     text, signature = parts
     if len(text) > MAX_CHANNEL:
         raise FleetError(f"{url}: larger than {MAX_CHANNEL} bytes: not a channel")
-    with tempfile.TemporaryDirectory(prefix="snapshot-channel-") as work:
-        message = Path(work) / "channel"
-        message.write_bytes(text)
-        Path(f"{message}.sig").write_bytes(signature)
-        done = bundles._usign("-V", "-q", "-m", str(message), "-x", f"{message}.sig", "-P",
-                              str(keys_dir))
-    if done.returncode != 0:
+    if not bundles.verify_bytes(text, signature, keys_dir):
         raise FleetError(f"{url}: the channel's signature does not verify against "
                          f"{keys_dir}")
     try:

@@ -107,3 +107,26 @@ class Lab:
         key = self.secret if key is None else key
         self.cli(image, "bundle", "create", snapshots, "-o", out, "--key", key, *more)
         return out
+
+
+def cut_off(argv: list[str], env: dict, how: str, image: Path) -> None:
+    """Run `argv` (a download into flash) and stop it mid-payload, by SIGKILL a second and a
+    half in ("kill"; the server must trickle by then) or by a simulator power cut after the
+    third flash operation ("powercut"); then check the state a boot shows is the one before,
+    while blocks were written."""
+    import signal
+    import time
+    from sweep import image_digest, visible
+    before, digest = visible(str(image)), image_digest(image)
+    if how == "kill":
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        assert proc.poll() is None, "the download ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    else:
+        done = subprocess.run(argv, env={**env, "MTDSIM_POWERCUT_AFTER": "3"},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 99, done.stderr
+    assert visible(str(image)) == before
+    assert image_digest(image) != digest, "the cut came before any block was written"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_lab import Lab
+from bundle_lab import Lab, cut_off
 from mtd import FlashType, Geometry, SimFlash
 from sweep import health_config, image_digest, visible
 
@@ -297,10 +297,7 @@ class Slow(Served):
 def test_a_download_cut_off_leaves_the_old_state_and_the_next_apply_completes(lab, tmp_path,
                                                                               how):
     import os
-    import signal
-    import subprocess
     import sys
-    import time
     root = tmp_path / "www"
     root.mkdir()
     ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
@@ -315,25 +312,10 @@ def test_a_download_cut_off_leaves_the_old_state_and_the_next_apply_completes(la
                                             functools.partial(Slow, directory=str(root)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/fix.snb"
-    before, digest = visible(str(dev)), image_digest(dev)
-    env = {**os.environ, **lab.env}
     argv = [sys.executable, "-m", "snapshot", "--device", str(dev), "bundle", "apply", url,
             "--no-reboot"]
     try:
-        if how == "kill":
-            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
-            # A second in, the first 200 KiB are written; the rest trickles in for 2 s.
-            time.sleep(1.0)
-            assert proc.poll() is None, "the download ended before it could be killed"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        else:
-            # A power cut after the third flash operation: inside the payload's blocks.
-            done = subprocess.run(argv, env={**env, "MTDSIM_POWERCUT_AFTER": "3"},
-                                  capture_output=True, text=True, timeout=120)
-            assert done.returncode == 99, done.stderr
-        assert visible(str(dev)) == before
-        assert image_digest(dev) != digest, "the cut came before any block was written"
+        cut_off(argv, {**os.environ, **lab.env}, how, dev)
         Slow.cut = 10 ** 9                          # the next download is quick
         lab.cli(dev, "bundle", "apply", url, "--no-reboot")
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_lab import Lab
+from bundle_lab import Lab, cut_off
 from mtd import FlashType, Geometry
 from snapshot import fleet
 from sweep import health_config, image_digest
@@ -185,9 +185,7 @@ class Trickle(Quiet):
 @pytest.mark.parametrize("how", ["kill", "powercut"])
 def test_a_poll_cut_off_in_the_download_leaves_the_old_state_and_the_next_poll_completes(
         tmp_path, how):
-    import signal
-    import time
-    from sweep import make_tree, visible
+    from sweep import make_tree
     lab = Lab.make(tmp_path / "lab")
     ref = tmp_path / "ref.img"
     lab.reference(ref, NOR)
@@ -206,22 +204,9 @@ def test_a_poll_cut_off_in_the_download_leaves_the_old_state_and_the_next_poll_c
         fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
         on(lab, unit, "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
            "--key", lab.secret)
-        before, digest = visible(str(unit[0])), image_digest(unit[0])
         argv = [sys.executable, "-m", "snapshot", "--device", str(unit[0]), "fleet", "poll",
                 "--no-reboot"]
-        env = {**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(unit[1])}
-        if how == "kill":
-            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
-            time.sleep(1.5)
-            assert proc.poll() is None, "the download ended before it could be killed"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        else:
-            done = subprocess.run(argv, env={**env, "MTDSIM_POWERCUT_AFTER": "3"},
-                                  capture_output=True, text=True, timeout=120)
-            assert done.returncode == 99, done.stderr
-        assert visible(str(unit[0])) == before
-        assert image_digest(unit[0]) != digest, "the cut came before any block was written"
+        cut_off(argv, {**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(unit[1])}, how, unit[0])
         Trickle.slow = False
         assert poll(lab, unit)["action"] == "applied"
     finally:
