@@ -10,10 +10,13 @@ bundle's base), "message", "waves" (group names, in order), "promoted" (how many
 apply it), "max_failed" (failed trials a wave may have before the next is refused)}. One
 rollout per base: publishing a bundle for a base replaces the one there was.
 
-A unit (`config fleet` in /etc/config/snapshot: channel, group, delay) polls: it fetches
-and verifies the channel, finds the rollout for its base whose promoted waves include its
-group, and applies its bundle after a random delay of up to `delay` seconds, unless it holds
-it already or the bundle's trial failed here (the rollback's note names it).
+A unit (`config fleet` in /etc/config/snapshot: channel, group, delay, confirm) polls: it
+fetches and verifies the channel, finds the rollout for its base whose promoted waves include
+its group, and applies its bundle after a random delay of up to `delay` seconds, unless it
+holds it already or the bundle's trial failed here (the rollback's note names it). With
+`confirm operator` its health watch never confirms a bundle's trial: the operator does
+(`fleet confirm`), or rolls it back (`fleet rollback`); a failed check or the watch's window
+still rolls it back.
 """
 import hashlib
 import json
@@ -25,13 +28,16 @@ import urllib.parse
 from pathlib import Path
 
 from snapshot import bundle as bundles
-from snapshot import config
+from snapshot import config, operations
+from snapshot import trial as trials
+from snapshot.chain import Chain, commit
 from snapshot.errors import SnapshotError
 
 FORMAT = 1
 CHANNEL = "channel.json"
 MAX_CHANNEL = 1 << 20
-DEFAULTS = {"channel": "", "group": "", "delay": "600"}
+DEFAULTS = {"channel": "", "group": "", "delay": "600", "confirm": "watch"}
+CONFIRMERS = ("watch", "operator")
 
 
 class FleetError(SnapshotError):
@@ -46,7 +52,11 @@ def base_id(hashes: list[str]) -> str:
 def settings(path: str | None = None) -> dict[str, str]:
     """The `config fleet` section's options over DEFAULTS."""
     found = next((opts for kind, _, opts in config.sections(path) if kind == "fleet"), {})
-    return {**DEFAULTS, **found}
+    options = {**DEFAULTS, **found}
+    if options["confirm"] not in CONFIRMERS:
+        raise FleetError(f"option confirm in `config fleet` is {options['confirm']!r}: it is "
+                         f"{' or '.join(CONFIRMERS)}")
+    return options
 
 
 # -- the publisher's side ---------------------------------------------------------------------
@@ -186,6 +196,19 @@ def fetch_channel(url: str, keys_dir: Path) -> dict:
     return data
 
 
+def withdraw(channel: Path, key: Path, bundle_id: str) -> dict:
+    """Take the bundle's rollout out of the channel, so that no unit applies it any more (the
+    bundle file stays, for a unit in the middle of its download). Nothing changes when the
+    channel does not have it."""
+    data = _load(channel)
+    kept = [r for r in data["rollouts"] if r["id"] != bundle_id]
+    if len(kept) == len(data["rollouts"]):
+        raise FleetError(f"bundle {bundle_id} is not in the channel {channel}")
+    data["rollouts"] = kept
+    _save(channel, data, key)
+    return {"id": bundle_id, "withdrawn": True}
+
+
 def choose(data: dict, base: str, group: str) -> dict | None:
     """The rollout for this base whose promoted waves include this group."""
     for rollout in data["rollouts"]:
@@ -228,3 +251,62 @@ def poll(chain_opener, options: dict, fleet: dict, max_attempts: int, log,
         result = bundles.apply_from(url, chain, options, max_attempts, log)
     return {"action": "applied" if result["applied"] else "none", "bundle": rollout["id"],
             **result}
+
+
+# -- the operator's decision, on the unit -------------------------------------------------------
+
+def _bundle_trial(chain: Chain, bundle_id: str):
+    trial = chain.trial
+    return trial if trial is not None and bundles.tag_of(trial.entry.message) == bundle_id \
+        else None
+
+
+def _not_on_trial(chain: Chain, bundle_id: str) -> str:
+    """Why `bundle_id` is not on trial here, for a refusal or a no-op."""
+    applied = bundles.applied(chain)
+    note = chain.note
+    if note is not None and bundles.tag_of(note.message) == bundle_id:
+        return f"bundle {bundle_id} was rolled back here ({note.message})"
+    if applied and applied["id"] == bundle_id:
+        return f"bundle {bundle_id} is {applied['state']} here (snapshot {applied['snapshot']})"
+    if chain.trial is not None:
+        return f"{trials.name(chain, chain.trial)} is on trial here, not bundle {bundle_id}"
+    return f"bundle {bundle_id} is not on this unit"
+
+
+def confirm(chain: Chain, bundle_id: str, health: dict | None, force: bool = False) -> dict:
+    """Confirm the pending trial of `bundle_id` (one commit). Refused, nothing written, when
+    another change is on trial, when the bundle is not on trial here, or when the watch's last
+    round of checks this boot failed (unless `force`). Confirming it twice is a no-op."""
+    trial = _bundle_trial(chain, bundle_id)
+    if trial is None:
+        applied = bundles.applied(chain)
+        if applied and applied["id"] == bundle_id and applied["state"] == "confirmed":
+            return {"bundle": bundle_id, "action": "none", "reason": "confirmed already"}
+        raise FleetError(f"not confirming: {_not_on_trial(chain, bundle_id)}")
+    failing = [r for r in (health or {}).get("results", []) if r["required"] and not r["ok"]]
+    if failing and not force:
+        raise FleetError(f"not confirming bundle {bundle_id}: its last health check failed "
+                         f"({failing[0]['name']}: {failing[0]['detail']}); --force confirms "
+                         f"it anyway")
+    return {"bundle": bundle_id, "action": "confirmed", "what": operations.confirm(chain)}
+
+
+def rollback(chain: Chain, bundle_id: str, when: int) -> dict:
+    """Fail the trial of `bundle_id` (one commit), as the watch does: the next boot is the
+    state before it, this unit's own configuration included, and the note names the bundle,
+    so that no poll applies it again. A confirmed bundle is refused (rolling it back drops the
+    volatile record too: `snapshot rollback --to N` says so); one that is not here, or was
+    rolled back already, is a no-op."""
+    trial = _bundle_trial(chain, bundle_id)
+    if trial is None:
+        applied = bundles.applied(chain)
+        if applied and applied["id"] == bundle_id and applied["state"] == "confirmed":
+            raise FleetError(f"not rolling back: bundle {bundle_id} is confirmed here "
+                             f"(snapshot {applied['snapshot']}); `snapshot rollback --to "
+                             f"{applied['snapshot'] - 1}` does it, and drops this unit's "
+                             f"volatile record too")
+        return {"bundle": bundle_id, "action": "none", "reason": _not_on_trial(chain, bundle_id)}
+    what = trials.name(chain, trial)
+    commit(chain, *trials.fail(chain, f"{what}: rolled back by the operator", when))
+    return {"bundle": bundle_id, "action": "rolled back", "what": what}

@@ -8,6 +8,9 @@ rolled back (DESIGN.md §10).
   decided within `window` seconds (a check that flaps never confirms a trial).
 - Nothing is ever decided about a confirmed state: with no trial pending the watch ends at
   once.
+- A bundle's trial on a unit whose fleet has `option confirm operator` is never confirmed
+  here: healthy rounds only wait for the operator's `snapshot fleet confirm`; failures and
+  the window still roll it back (an operator who never comes back gets the old state).
 
 The decision is one commit (trial.confirm, or trial.fail with a note of the reason); the
 rollback then runs the hooks in `rollback_dir`, logs to syslog and reboots.
@@ -31,14 +34,17 @@ class Settings(NamedTuple):
     fail_rounds: int
     window: float
     rollback_dir: Path
+    operator_confirms_bundles: bool = False
 
     @classmethod
     def load(cls, path: str | None = None) -> "Settings":
+        from snapshot import fleet
         options = config.load(path)
         return cls(config.number(options, "interval", 0), config.number(options, "grace", 0),
                    config.number(options, "pass_rounds", 1),
                    config.number(options, "fail_rounds", 2),
-                   config.number(options, "window", 0), Path(options["rollback_dir"]))
+                   config.number(options, "window", 0), Path(options["rollback_dir"]),
+                   fleet.settings(path)["confirm"] == "operator")
 
 
 class Decision(NamedTuple):
@@ -56,10 +62,13 @@ def watch(open_chain, checks: list[health.Check], settings: Settings, log: Calla
     started = clock()
     passed = failed = rounds = 0
     last_failure = ""
+    waiting_said = False
     while True:
         with open_chain() as chain:
             if chain.trial is None:
                 return Decision("none", "", "nothing is on trial", rounds)
+            bundle = trials.BUNDLE_TAG.match(chain.trial.entry.message)
+        operator = bundle is not None and settings.operator_confirms_bundles
         results = health.run(checks)
         health.keep(results)
         rounds += 1
@@ -73,9 +82,13 @@ def watch(open_chain, checks: list[health.Check], settings: Settings, log: Calla
             bad = next(r for r in results if r.required and not r.ok)
             last_failure = f"{bad.name}: {bad.detail}"
         elapsed = clock() - started
-        if passed >= settings.pass_rounds:
+        if passed >= settings.pass_rounds and not operator:
             reason = f"every required check passed in {passed} rounds"
             return _decide(open_chain, "confirmed", reason, rounds, log)
+        if passed >= settings.pass_rounds and not waiting_said:
+            log(f"{bundle.group(0)}healthy in {passed} rounds; the operator confirms it "
+                f"(config fleet: confirm operator)")
+            waiting_said = True
         if failed >= settings.fail_rounds and elapsed >= settings.grace:
             return _decide(open_chain, "rolled back", last_failure, rounds, log)
         if elapsed >= settings.window and rounds >= max(settings.pass_rounds,

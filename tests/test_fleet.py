@@ -163,7 +163,8 @@ def test_the_unit_waits_a_random_time_inside_its_window(world, monkeypatch):
 
 def test_help_has_an_example_for_each_fleet_command(world):
     lab, _, units, _ = world
-    for command in ("poll", "publish", "promote", "report"):
+    for command in ("poll", "confirm", "rollback", "publish", "promote", "withdraw",
+                    "report"):
         assert "Example:" in on(lab, units["u1"], "fleet", command, "--help").stdout
 
 
@@ -212,3 +213,147 @@ def test_a_poll_cut_off_in_the_download_leaves_the_old_state_and_the_next_poll_c
     finally:
         Trickle.slow = True
         httpd.shutdown()
+
+
+# -- the operator's decision ---------------------------------------------------------------------
+
+def operator_conf(lab, unit, work: Path, healthy: bool = True, window: int = 60,
+                  interval: int = 0) -> Path:
+    """The unit's configuration with a health watch whose one check passes (or fails), rounds
+    every `interval` s, `window` seconds to decide, and a fleet that leaves bundles to the
+    operator."""
+    conf = Path(health_config(work, healthy)["SNAPSHOT_CONFIG"])
+    own = unit[1].read_text()
+    conf.write_text(conf.read_text() + f"\toption window '{window}'\n\toption interval '{interval}'\n"
+                    + own.split("\n", 1)[1] + "\toption confirm 'operator'\n")
+    return conf
+
+
+def applied(lab, channel, units, tmp_path, names=("u1",)) -> str:
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves",
+       "canary,rest", "--key", lab.secret)
+    ids = {poll(lab, units[name])["bundle"] for name in names}
+    assert len(ids) == 1
+    return ids.pop()
+
+
+def bundle_state(lab, unit) -> dict:
+    status = json.loads(on(lab, unit, "status", "--json").stdout)
+    return {"bundle": status["bundle"] and status["bundle"]["state"],
+            "trial": status["trial"] and status["trial"]["what"],
+            "last_rollback": status["last_rollback"] and status["last_rollback"]["bundle"]}
+
+
+def test_with_confirm_operator_the_watch_waits_for_the_operators_confirm(world):
+    lab, channel, units, tmp_path = world
+    bundle_id = applied(lab, channel, units, tmp_path)
+    conf = operator_conf(lab, units["u1"], tmp_path / "ops", interval=1)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "snapshot", "--device", str(units["u1"][0]), "watch",
+         "--no-reboot"], env={**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(conf)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Healthy rounds do not confirm a bundle: the watch says who does, and goes on.
+        for line in watch.stderr:
+            if "the operator confirms it" in line:
+                break
+        assert f"bundle {bundle_id}: healthy in 2 rounds" in line
+        assert watch.poll() is None
+        assert bundle_state(lab, units["u1"])["bundle"] == "trial"
+        done = on(lab, units["u1"], "fleet", "confirm", bundle_id, "--json", conf=conf)
+        assert json.loads(done.stdout) == {"bundle": bundle_id, "action": "confirmed",
+                                           "what": "snapshot 2"}
+        assert watch.wait(timeout=60) == 0
+    finally:
+        watch.kill()
+    assert bundle_state(lab, units["u1"]) == {"bundle": "confirmed", "trial": None,
+                                              "last_rollback": None}
+    again = on(lab, units["u1"], "fleet", "confirm", bundle_id, "--json", conf=conf)
+    assert json.loads(again.stdout)["reason"] == "confirmed already"
+
+
+def test_with_confirm_operator_a_trial_nobody_confirms_rolls_back_at_the_window(world):
+    lab, channel, units, tmp_path = world
+    bundle_id = applied(lab, channel, units, tmp_path)
+    conf = operator_conf(lab, units["u1"], tmp_path / "ops", window=1)
+    done = on(lab, units["u1"], "watch", "--no-reboot", conf=conf, check=False)
+    assert done.returncode == 5
+    assert done.stdout == "rolled back snapshot 2: not confirmed within 1 s\n"
+    note = json.loads(on(lab, units["u1"], "status", "--json").stdout)["last_rollback"]
+    assert (note["bundle"], note["reason"]) == \
+        (bundle_id, f"bundle {bundle_id}: snapshot 2: not confirmed within 1 s")
+
+
+def test_with_confirm_operator_a_failed_check_still_rolls_back(world):
+    lab, channel, units, tmp_path = world
+    bundle_id = applied(lab, channel, units, tmp_path)
+    conf = operator_conf(lab, units["u1"], tmp_path / "ops", healthy=False)
+    assert on(lab, units["u1"], "watch", "--no-reboot", conf=conf, check=False).returncode == 5
+    assert bundle_state(lab, units["u1"])["last_rollback"] == bundle_id
+
+
+def test_the_operators_rollback_gives_the_state_before_and_the_unit_never_takes_it_again(
+        world):
+    lab, channel, units, tmp_path = world
+    unit = units["u1"]
+    before = json.loads(on(lab, unit, "list", "--json").stdout)
+    bundle_id = applied(lab, channel, units, tmp_path)
+    done = on(lab, unit, "fleet", "rollback", bundle_id, "--no-reboot", "--json")
+    assert json.loads(done.stdout) == {"bundle": bundle_id, "action": "rolled back",
+                                       "what": "snapshot 2"}
+    assert bundle_state(lab, unit) == {"bundle": "failed", "trial": None,
+                                       "last_rollback": bundle_id}
+    status = json.loads(on(lab, unit, "status", "--json").stdout)
+    assert status["last_rollback"]["reason"] == \
+        f"bundle {bundle_id}: snapshot 2: rolled back by the operator"
+    # What boots next is the state before: the base and the unit's own volatile record.
+    after = json.loads(on(lab, unit, "list", "--json").stdout)
+    kept = [(s["seq"], s["state"]) for s in after["snapshots"] if s["state"] != "failed"]
+    assert kept == [(s["seq"], s["state"]) for s in before["snapshots"]]
+    assert [v["state"] for v in after["volatiles"]] == [v["state"] for v in before["volatiles"]]
+    again = poll(lab, unit)
+    assert again["action"] == "none" and "failed here" in again["reason"]
+    twice = on(lab, unit, "fleet", "rollback", bundle_id, "--no-reboot", "--json")
+    assert json.loads(twice.stdout)["action"] == "none"
+    assert "was rolled back here" in json.loads(twice.stdout)["reason"]
+
+
+def test_the_operators_decisions_that_cannot_hold_are_refused_with_nothing_written(world):
+    lab, channel, units, tmp_path = world
+    bundle_id = applied(lab, channel, units, tmp_path, names=("u1", "u2"))
+    u1, u3 = units["u1"], units["u3"]
+    refusals = []
+    # The last round of health checks failed: not confirmed, unless forced.
+    sick = Path(health_config(tmp_path / "sick", healthy=False)["SNAPSHOT_CONFIG"])
+    on(lab, u1, "health", conf=sick, check=False)
+    refusals.append((u1, ["confirm", bundle_id], "its last health check failed (mesh: "))
+    # Not on this unit, or another bundle id.
+    refusals.append((u3, ["confirm", bundle_id], f"bundle {bundle_id} is not on this unit"))
+    refusals.append((u1, ["confirm", "0123456789abcdef"],
+                     "snapshot 2 is on trial here, not bundle 0123456789abcdef"))
+    for unit, args, message in refusals:
+        digest = image_digest(unit[0])
+        done = on(lab, unit, "fleet", *args, check=False)
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and image_digest(unit[0]) == digest
+    on(lab, u1, "fleet", "confirm", bundle_id, "--force")
+    # A confirmed bundle is rolled back by `rollback --to`, which says what it drops.
+    digest = image_digest(u1[0])
+    done = on(lab, u1, "fleet", "rollback", bundle_id, "--no-reboot", check=False)
+    assert done.returncode == 1 and "is confirmed here (snapshot 2); `snapshot rollback " \
+        "--to 1` does it, and drops this unit's volatile record too" in done.stderr
+    assert image_digest(u1[0]) == digest
+    assert on(lab, u3, "fleet", "rollback", bundle_id, "--no-reboot").stdout == \
+        f"nothing to do: bundle {bundle_id} is not on this unit\n"
+
+
+def test_a_withdrawn_bundle_is_applied_by_no_unit(world):
+    lab, channel, units, tmp_path = world
+    bundle_id = applied(lab, channel, units, tmp_path)
+    on(lab, units["u1"], "fleet", "withdraw", "--channel", channel, "--bundle", bundle_id,
+       "--key", lab.secret)
+    assert poll(lab, units["u2"])["reason"].startswith("nothing for base ")
+    done = on(lab, units["u1"], "fleet", "withdraw", "--channel", channel, "--bundle",
+              bundle_id, "--key", lab.secret, check=False)
+    assert done.returncode == 1 and f"bundle {bundle_id} is not in the channel" in done.stderr

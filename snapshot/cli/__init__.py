@@ -8,7 +8,7 @@ family (the exit statuses are in common.py).
     flash.py    flash create, flash info
     packages.py upgrade, package-hook (run by the package managers)
     bundle.py   bundle create, sign, show, apply
-    fleet.py    fleet poll, publish, promote, report
+    fleet.py    fleet poll, confirm, rollback, publish, promote, withdraw, report
 """
 from snapshot.cli.common import main
 from snapshot.cli import boot, bundle, chain, fleet, flash, packages, trial  # noqa: F401  (each adds its commands)

@@ -1,4 +1,5 @@
-"""The fleet commands: fleet poll (on a unit), publish, promote and report (the operator's)."""
+"""The fleet commands: fleet poll, confirm and rollback (on a unit); publish, promote,
+withdraw and report (the operator's)."""
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -7,7 +8,7 @@ import click
 
 from snapshot import config
 from snapshot.chain import Chain
-from snapshot.cli.common import JSON, main, max_attempts_of
+from snapshot.cli.common import JSON, main, max_attempts_of, writing
 from snapshot.operations import opened
 
 CHANNEL = click.option("--channel", type=click.Path(file_okay=False, path_type=Path),
@@ -24,7 +25,11 @@ def fleet():
     Example:
       snapshot fleet publish fix.snb --channel /srv/www/fleet --waves canary,rest --key k.sec
       snapshot fleet poll                      # on each unit, from cron
+      snapshot fleet confirm 3f2a9c0d1e4b5a69  # on a unit, when the operator says so
     """
+
+
+BUNDLE_ID = click.argument("bundle_id", metavar="BUNDLE_ID")
 
 
 @fleet.command()
@@ -61,6 +66,67 @@ def poll(obj, now, no_reboot, as_json):
     if done["action"] == "applied" and not no_reboot:
         log("rebooting into the bundle's trial")
         watching.reboot()
+
+
+@fleet.command()
+@BUNDLE_ID
+@click.option("--force", is_flag=True, help="Confirm even though the last health check failed.")
+@JSON
+@click.pass_obj
+def confirm(obj, bundle_id, force, as_json):
+    """Confirm this unit's trial of a bundle: the operator's decision, for a fleet whose units
+    leave it to the operator (`option confirm operator` in `config fleet`).
+
+    Refused, with nothing written, when another change is on trial, when the bundle is not on
+    trial here (it says where it stands), or when the last health check failed (--force). A
+    bundle confirmed already is a no-op.
+
+    \b
+    Example:
+      snapshot fleet confirm 3f2a9c0d1e4b5a69 --json
+    """
+    from snapshot import fleet as fleets, health, watch as watching
+    with writing(obj, "confirm") as (chain, _):
+        done = fleets.confirm(chain, bundle_id, health.last(), force)
+    if done["action"] == "confirmed":
+        watching.SysLog()(f"fleet: confirmed bundle {bundle_id} ({done['what']}) for the "
+                          f"operator")
+    click.echo(json.dumps(done, indent=2) if as_json else
+               f"confirmed bundle {bundle_id} ({done['what']})"
+               if done["action"] == "confirmed" else f"nothing to do: {done['reason']}")
+
+
+@fleet.command()
+@BUNDLE_ID
+@click.option("--no-reboot", is_flag=True, help="Do not reboot into the state before it.")
+@JSON
+@click.pass_obj
+def rollback(obj, bundle_id, no_reboot, as_json):
+    """Roll back this unit's trial of a bundle, for the operator: the next boot (now, unless
+    --no-reboot) is the state before it, with this unit's own configuration, and no poll
+    applies the bundle again.
+
+    A bundle that is not here, or was rolled back already, is a no-op; a confirmed one is
+    refused (`snapshot rollback --to N` rolls it back, and drops the volatile record too).
+
+    \b
+    Example:
+      snapshot fleet rollback 3f2a9c0d1e4b5a69
+    """
+    import time
+    from snapshot import fleet as fleets, watch as watching
+    with writing(obj, "rollback") as (chain, _):
+        done = fleets.rollback(chain, bundle_id, int(time.time()))
+    click.echo(json.dumps(done, indent=2) if as_json else
+               f"rolled back bundle {bundle_id} ({done['what']})"
+               if done["action"] == "rolled back" else f"nothing to do: {done['reason']}")
+    if done["action"] == "rolled back":
+        log = watching.SysLog()
+        log(f"fleet: rolled back bundle {bundle_id} ({done['what']}) for the operator",
+            loud=True)
+        if not no_reboot:
+            log("rebooting into the state before the trial")
+            watching.reboot()
 
 
 @fleet.command()
@@ -110,6 +176,25 @@ def promote(channel, report_file, bundle_id, key, as_json):
         click.echo(json.dumps(done, indent=2))
     else:
         click.echo(f"bundle {done['id']}: waves {', '.join(done['promoted'])} may apply it")
+
+
+@fleet.command()
+@CHANNEL
+@click.option("--bundle", "bundle_id", required=True, help="The rollout's bundle id.")
+@KEY
+@JSON
+def withdraw(channel, bundle_id, key, as_json):
+    """Take a bundle's rollout out of the channel: no unit applies it any more (units that
+    hold it keep it; `fleet rollback` on them rolls a trial back).
+
+    \b
+    Example:
+      snapshot fleet withdraw --channel /srv/www/fleet --bundle 3f2a9c0d1e4b5a69 --key k.sec
+    """
+    from snapshot import fleet as fleets
+    done = fleets.withdraw(channel, key, bundle_id)
+    click.echo(json.dumps(done, indent=2) if as_json else
+               f"withdrew bundle {bundle_id} from {channel}")
 
 
 @fleet.command()
