@@ -30,7 +30,7 @@ What it is, mapped onto a router:
     /tmp (/var -> /tmp)                   a fresh tmpfs per boot with the directories
                                           OpenWrt's /etc/init.d/boot makes
     /dev /proc /sys                       a small tmpfs /dev (null, zero, full, random,
-                                          urandom, tty, and a /dev/log the harness reads:
+                                          urandom, tty, pts, and a /dev/log the harness reads:
                                           Booted.syslog()), the namespace's own proc, sysfs
     busybox userland                      the host's busybox: /bin/busybox with its applets
                                           linked in /bin, /sbin, /usr/bin and /usr/sbin
@@ -688,6 +688,11 @@ def _dev(target: Path, log: list[str]) -> socket.socket:
                      ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         (dev / name).symlink_to(to)
     (dev / "shm").mkdir(mode=0o1777)
+    # Pseudo-terminals, as procd mounts them: dropbear gives an SSH session one when asked.
+    (dev / "pts").mkdir()
+    _mount("-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts",
+           str(dev / "pts"))
+    (dev / "ptmx").symlink_to("pts/ptmx")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(dev / "log"))
     os.chmod(dev / "log", 0o666)
