@@ -63,9 +63,19 @@ class Bundle(NamedTuple):
 
 # -- what a router is ---------------------------------------------------------------------------
 
+#: The content hashes this process has computed, by the record's identity on its device: a
+#: poll reads the base once to choose the rollout and apply finds it here, not on flash again.
+_HASHES: dict[tuple, str] = {}
+
+
 def content_hash(chain: Chain, record: Record) -> str:
     """SHA-256 of a record's payload as stored: equal on every router that holds the record
     from the same bundle, or from the same reference snapshot."""
+    entry = record.entry
+    key = (chain.flash.name, entry.seq, entry.gen, entry.payload_length, entry.payload_crc,
+           entry.header_crc)
+    if key in _HASHES:
+        return _HASHES[key]
     digest = hashlib.sha256()
     try:
         source = chain.payload(record)
@@ -74,7 +84,8 @@ def content_hash(chain: Chain, record: Record) -> str:
     except RecordDamaged as e:
         raise ChainDamaged(f"{e}; run `snapshot check --repair` first; nothing was "
                            f"written") from None
-    return digest.hexdigest()
+    _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 def base(chain: Chain) -> list[str]:

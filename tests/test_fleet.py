@@ -15,6 +15,7 @@ import pytest
 from bundle_lab import Lab, cut_off
 from mtd import FlashType, Geometry
 from snapshot import fleet
+from snapshot.format import SNAPSHOT
 from sweep import health_config, image_digest
 
 KIB = 1024
@@ -159,6 +160,34 @@ def test_the_unit_waits_a_random_time_inside_its_window(world, monkeypatch):
     done = fleet.poll(opener, settings, options, 3, lambda line, loud=False: None,
                       sleep=slept.append)
     assert done["action"] == "applied" and len(slept) == 1 and 0 <= slept[0] <= 300
+
+
+def test_a_poll_reads_each_base_snapshot_once(world, monkeypatch):
+    """The poll hashes the base to choose the rollout; the apply that follows does not read
+    those payloads from flash again."""
+    lab, channel, units, tmp_path = world
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
+       "--key", lab.secret)
+    from contextlib import contextmanager
+    from mtd import open_flash
+    from snapshot import config
+    from snapshot.chain import Chain
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    read = []
+    payload = Chain.payload
+    monkeypatch.setattr(Chain, "payload", lambda self, record: read.append(
+        (record.entry.type, record.entry.seq)) or payload(self, record))
+
+    @contextmanager
+    def opener():
+        with open_flash(str(units["u1"][0]), writable=True) as flash:
+            yield Chain(flash)
+    done = fleet.poll(opener, config.load(str(units["u1"][1])),
+                      fleet.settings(str(units["u1"][1])), 3, lambda line, loud=False: None)
+    # Snapshot 1 is the base; the volatile record is read once, for its copy on top.
+    assert done["action"] == "applied" and read.count((SNAPSHOT, 1)) == 1
 
 
 def test_help_has_an_example_for_each_fleet_command(world):
