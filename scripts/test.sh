@@ -15,7 +15,8 @@ bash scripts/install.sh
 missing=()
 for tool in mksquashfs:squashfs-tools unshare:util-linux ip:iproute2 ping:iputils-ping \
             babeld:babeld batctl:batctl mkfs.jffs2:mtd-utils dropbear:dropbear-bin \
-            ssh:openssh-client nsenter:util-linux signify-openbsd:signify-openbsd; do
+            ssh:openssh-client nsenter:util-linux signify-openbsd:signify-openbsd \
+            openssl:openssl; do
     PATH="$PATH:/usr/sbin:/sbin" command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then

@@ -80,6 +80,16 @@ class Download:
                 raise FetchFailed(f"{self.url}: HTTP {e.code} {e.reason}; nothing was "
                                   f"written") from None
             raise
+        except urllib.error.URLError as e:
+            # Trying again does not help these: a certificate this router does not trust, and
+            # a Python without ssl (OpenWrt's python3-openssl is not installed).
+            if getattr(e.reason, "verify_message", None):
+                raise FetchFailed(f"{self.url}: the server's certificate does not verify "
+                                  f"({e.reason.verify_message}); nothing was written") from None
+            if str(e.reason) == "unknown url type: https":
+                raise FetchFailed(f"{self.url}: this Python has no ssl module (install "
+                                  f"python3-openssl); nothing was written") from None
+            raise
         if self._validator is None:
             self._validator = response.headers.get("ETag") or \
                 response.headers.get("Last-Modified")

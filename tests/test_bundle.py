@@ -6,7 +6,10 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -233,6 +236,53 @@ def test_a_broken_download_resumes_with_range(lab, tmp_path, server):
     assert "on trial" in done.stdout
     assert [start for _, start in Flaky.served if _ == "/fix.snb"] == [0, Flaky.cut]
     assert status(lab, dev)["bundle"]["state"] == "trial"
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """The server of `server` over TLS, with a self-signed certificate for 127.0.0.1 (made
+    with openssl), and the environment in which the unit trusts it."""
+    import ssl
+    root = tmp_path / "www"
+    root.mkdir()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key,
+                    "-out", cert], check=True, capture_output=True)
+    Flaky.served = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Flaky, directory=str(root)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"https://127.0.0.1:{httpd.server_address[1]}", {"SSL_CERT_FILE": str(cert)}
+    httpd.shutdown()
+
+
+def test_a_broken_https_download_resumes_with_range(lab, tmp_path, tls_server):
+    root, url, trust = tls_server
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    lab.bundle(ref, "2", root / "fix.snb")
+    done = subprocess.run([sys.executable, "-m", "snapshot", "--device", str(dev), "bundle",
+                           "apply", f"{url}/fix.snb", "--no-reboot"],
+                          env={**os.environ, **lab.env, **trust}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "on trial" in done.stdout, done.stderr
+    assert [start for _, start in Flaky.served if _ == "/fix.snb"] == [0, Flaky.cut]
+
+
+def test_an_https_server_the_router_does_not_trust_is_one_line_and_nothing_written(
+        lab, tmp_path, tls_server):
+    root, url, _ = tls_server
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    lab.bundle(ref, "2", root / "fix.snb")
+    before = visible(str(dev))
+    done = lab.cli(dev, "bundle", "apply", f"{url}/fix.snb", "--no-reboot", check=False)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "the server's certificate does not verify (self-signed certificate)" in done.stderr
+    assert visible(str(dev)) == before and Flaky.served == []
 
 
 def test_a_download_corrupted_in_flight_commits_nothing(lab, tmp_path, server):
