@@ -386,3 +386,15 @@ def test_a_withdrawn_bundle_is_applied_by_no_unit(world):
     done = on(lab, units["u1"], "fleet", "withdraw", "--channel", channel, "--bundle",
               bundle_id, "--key", lab.secret, check=False)
     assert done.returncode == 1 and f"bundle {bundle_id} is not in the channel" in done.stderr
+
+
+def test_the_operators_decision_waits_while_the_watch_holds_the_device(world):
+    """The watch locks the device for a moment each round; a decision that comes then waits
+    for it instead of failing busy."""
+    from snapshot.chain import DeviceLock
+    lab, channel, units, tmp_path = world
+    bundle_id = applied(lab, channel, units, tmp_path)
+    lock = DeviceLock(str(units["u1"][0]))
+    threading.Timer(2.0, lock.release).start()
+    done = on(lab, units["u1"], "fleet", "confirm", bundle_id, "--json")
+    assert json.loads(done.stdout)["action"] == "confirmed"

@@ -30,6 +30,24 @@ def fleet():
 
 
 BUNDLE_ID = click.argument("bundle_id", metavar="BUNDLE_ID")
+#: How long the operator's decision waits for the device: the health watch locks it for a
+#: moment each round, and the decision must not fail on that.
+LOCK_WAIT = 30.0
+
+
+def _decide(obj, what: str, decide) -> dict:
+    """`decide(chain)` on the locked chain, waiting up to LOCK_WAIT seconds for the lock."""
+    import time
+    from snapshot.errors import Busy
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            with writing(obj, what) as (chain, _):
+                return decide(chain)
+        except Busy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 @fleet.command()
@@ -79,15 +97,16 @@ def confirm(obj, bundle_id, force, as_json):
 
     Refused, with nothing written, when another change is on trial, when the bundle is not on
     trial here (it says where it stands), or when the last health check failed (--force). A
-    bundle confirmed already is a no-op.
+    bundle confirmed already is a no-op. Waits up to 30 s for the device while the health
+    watch holds it.
 
     \b
     Example:
       snapshot fleet confirm 3f2a9c0d1e4b5a69 --json
     """
     from snapshot import fleet as fleets, health, watch as watching
-    with writing(obj, "confirm") as (chain, _):
-        done = fleets.confirm(chain, bundle_id, health.last(), force)
+    done = _decide(obj, "confirm",
+                   lambda chain: fleets.confirm(chain, bundle_id, health.last(), force))
     if done["action"] == "confirmed":
         watching.SysLog()(f"fleet: confirmed bundle {bundle_id} ({done['what']}) for the "
                           f"operator")
@@ -115,8 +134,8 @@ def rollback(obj, bundle_id, no_reboot, as_json):
     """
     import time
     from snapshot import fleet as fleets, watch as watching
-    with writing(obj, "rollback") as (chain, _):
-        done = fleets.rollback(chain, bundle_id, int(time.time()))
+    done = _decide(obj, "rollback",
+                   lambda chain: fleets.rollback(chain, bundle_id, int(time.time())))
     click.echo(json.dumps(done, indent=2) if as_json else
                f"rolled back bundle {bundle_id} ({done['what']})"
                if done["action"] == "rolled back" else f"nothing to do: {done['reason']}")
