@@ -14,7 +14,7 @@ import pytest
 
 from bundle_lab import Lab, cut_off
 from mtd import FlashType, Geometry
-from snapshot import fleet
+from snapshot import fleet, health
 from snapshot.format import SNAPSHOT
 from sweep import health_config, image_digest
 
@@ -30,6 +30,9 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def world(tmp_path):
+    # The watch's last results live in /tmp, as on a router, where /tmp starts empty at boot;
+    # here another test's would still be there.
+    health.RESULTS.unlink(missing_ok=True)
     lab = Lab.make(tmp_path / "lab")
     lab.reference(tmp_path / "ref.img", NOR)
     channel = tmp_path / "www/fleet"
