@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -141,54 +142,43 @@ def test_a_tampered_channel_is_refused_with_nothing_written(world):
     assert done.stderr.count("\n") == 1 and image_digest(units["u1"][0]) == digest
 
 
-def test_the_unit_waits_a_random_time_inside_its_window(world, monkeypatch):
-    lab, channel, units, tmp_path = world
-    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
-    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
-       "--key", lab.secret)
+def poll_here(world, monkeypatch, sleep=None, **fleet_options) -> dict:
+    """u1 polls in this process (fleet.poll), after the fix is published to the canaries."""
     from contextlib import contextmanager
     from mtd import open_flash
     from snapshot import config
     from snapshot.chain import Chain
+    lab, channel, units, tmp_path = world
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
+       "--key", lab.secret)
     for key, value in lab.env.items():
         monkeypatch.setenv(key, value)
-    settings = config.load(str(units["u1"][1]))
-    options = fleet.settings(str(units["u1"][1])) | {"delay": "300"}
+    image, conf = units["u1"]
 
     @contextmanager
     def opener():
-        with open_flash(str(units["u1"][0]), writable=True) as flash:
+        with open_flash(str(image), writable=True) as flash:
             yield Chain(flash)
+    return fleet.poll(opener, config.load(str(conf)), fleet.settings(str(conf)) | fleet_options,
+                      3, lambda line, loud=False: None, sleep=sleep or time.sleep)
+
+
+def test_the_unit_waits_a_random_time_inside_its_window(world, monkeypatch):
     slept = []
-    done = fleet.poll(opener, settings, options, 3, lambda line, loud=False: None,
-                      sleep=slept.append)
+    done = poll_here(world, monkeypatch, sleep=slept.append, delay="300")
     assert done["action"] == "applied" and len(slept) == 1 and 0 <= slept[0] <= 300
 
 
 def test_a_poll_reads_each_base_snapshot_once(world, monkeypatch):
     """The poll hashes the base to choose the rollout; the apply that follows does not read
     those payloads from flash again."""
-    lab, channel, units, tmp_path = world
-    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
-    on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
-       "--key", lab.secret)
-    from contextlib import contextmanager
-    from mtd import open_flash
-    from snapshot import config
     from snapshot.chain import Chain
-    for key, value in lab.env.items():
-        monkeypatch.setenv(key, value)
     read = []
     payload = Chain.payload
     monkeypatch.setattr(Chain, "payload", lambda self, record: read.append(
         (record.entry.type, record.entry.seq)) or payload(self, record))
-
-    @contextmanager
-    def opener():
-        with open_flash(str(units["u1"][0]), writable=True) as flash:
-            yield Chain(flash)
-    done = fleet.poll(opener, config.load(str(units["u1"][1])),
-                      fleet.settings(str(units["u1"][1])), 3, lambda line, loud=False: None)
+    done = poll_here(world, monkeypatch)
     # Snapshot 1 is the base; the volatile record is read once, for its copy on top.
     assert done["action"] == "applied" and read.count((SNAPSHOT, 1)) == 1
 
