@@ -87,7 +87,11 @@ class GuestRun:
             counts[outcome["outcome"]] = counts.get(outcome["outcome"], 0) + 1
         self.summary = (f"kernel tier: Linux {vm.kernel_version} guest under qemu ran "
                         f"{len(self.outcomes)} tests in {time.monotonic() - started:.0f}s: "
-                        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+                        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                        + "; the slowest: " + ", ".join(
+                            f"{nodeid.split('/')[-1]} {o.get('seconds', 0):.0f}s"
+                            for nodeid, o in sorted(self.outcomes.items(),
+                                                    key=lambda i: -i[1].get("seconds", 0))[:8]))
 
 
 class GuestItem(pytest.Item):
@@ -187,7 +191,9 @@ _guest_outcomes: dict[str, dict] = {}
 def pytest_runtest_logreport(report):
     if not IN_GUEST:
         return
-    entry = _guest_outcomes.setdefault(report.nodeid, {"outcome": "passed", "longrepr": ""})
+    entry = _guest_outcomes.setdefault(report.nodeid, {"outcome": "passed", "longrepr": "",
+                                                       "seconds": 0.0})
+    entry["seconds"] += report.duration
     if report.failed:
         entry["outcome"] = "failed"
         entry["longrepr"] += f"[{report.when}] {report.longreprtext}\n"
