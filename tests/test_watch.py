@@ -161,18 +161,16 @@ def test_a_confirmed_state_is_never_rolled_back_and_watch_writes_nothing(router)
     assert image.read_bytes() == before
 
 
-def test_no_rollback_before_the_grace_period_is_over(router):
-    """With a clock that moves 10 s a round: failures in rounds 1-5 (0..40 s) do not roll
-    back with a grace of 45 s; the round at 50 s does."""
-    image, tmp_path = router
-    env = configure(tmp_path, grace=45)
+def watch_in_process(image, tmp_path, check: Path, **options) -> watching.Decision:
+    """`snapshot watch` in this process, the configuration's settings and one required script
+    check, with a clock that moves 10 s a round (each sleep)."""
+    env = configure(tmp_path, **options)
     os.environ["SNAPSHOT_CONFIG"] = env["SNAPSHOT_CONFIG"]
     try:
         settings = watching.Settings.load()
-        checks = [health.Check("mesh", "script", True, 10,
-                               {"path": str(script(tmp_path / "down", "exit 1\n"))})]
     finally:
         del os.environ["SNAPSHOT_CONFIG"]
+    checks = [health.Check("mesh", "script", True, 10, {"path": str(check)})]
     now = [0.0]
 
     class Opened:
@@ -182,9 +180,34 @@ def test_no_rollback_before_the_grace_period_is_over(router):
 
         def __exit__(self, *exc):
             self.flash.close()
-    decision = watching.watch(Opened, checks, settings, lambda line, loud=False: None,
-                              clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + 10))
+    return watching.watch(Opened, checks, settings, lambda line, loud=False: None,
+                          clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + 10))
+
+
+def test_no_rollback_before_the_grace_period_is_over(router):
+    """With a clock that moves 10 s a round: failures in rounds 1-5 (0..40 s) do not roll
+    back with a grace of 45 s; the round at 50 s does."""
+    image, tmp_path = router
+    decision = watch_in_process(image, tmp_path, script(tmp_path / "down", "exit 1\n"),
+                                grace=45)
     assert decision.verdict == "rolled back" and decision.rounds == 6
+
+
+def test_a_failed_round_starts_the_count_of_passing_rounds_over(router):
+    """pass_rounds 3, rounds that pass and fail by turns (pass, fail, pass, ...), 10 s a
+    round, a window of 200 s: three passing rounds come by round 5, never three in a row, and
+    no two failures in a row either, so only the window decides: rolled back at 200 s."""
+    image, tmp_path = router
+    counter = tmp_path / "rounds"
+    flapping = script(tmp_path / "flapping",
+                      f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}\n"
+                      f"[ $((n % 2)) -eq 0 ] || {{ echo link down; exit 1; }}\necho link up\n")
+    decision = watch_in_process(image, tmp_path, flapping, pass_rounds=3, fail_rounds=2,
+                                window=200)
+    assert decision.verdict == "rolled back", decision
+    assert decision.reason == "not confirmed within 200 s (last failure: mesh: exit 1: link down)"
+    assert decision.rounds == 21 and counter.read_text() == "21\n"
+    assert states(image) == ["confirmed", "failed"]
 
 
 def test_status_shows_the_trial_and_its_boots(router):
