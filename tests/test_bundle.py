@@ -155,6 +155,33 @@ def test_the_base_refusal_names_the_base_needed(lab, tmp_path):
     assert "this router has 0 confirmed: []" in done.stderr
 
 
+def test_a_base_of_the_same_count_but_other_content_is_refused_with_the_image_unchanged(
+        lab, tmp_path):
+    """The base is checked by its snapshots' content: a unit with one confirmed snapshot, as
+    the bundle's base has, but another one, refuses it."""
+    from mtd import open_flash
+    from snapshot import bundle as bundles
+    from snapshot.chain import Chain
+    from sweep import make_tree
+    ref, dev = tmp_path / "ref.img", tmp_path / "other.img"
+    SimFlash.create(dev, NOR)
+    lab.cli(dev, "format")
+    lab.cli(dev, "push", "--from", make_tree(tmp_path / "other", 9, 60), "-m", "base")
+    fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
+    shown = json.loads(lab.cli(ref, "bundle", "show", fix, "--json").stdout)
+    need = shown["base"]
+    with open_flash(str(dev)) as flash:
+        have = bundles.base(Chain(flash))
+    assert len(have) == len(need) == 1 and have != need
+    digest = image_digest(dev)
+    done = lab.cli(dev, "bundle", "apply", fix, "--no-reboot", check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: bundle {shown['id']} applies on top of 1 snapshot [{need[0][:12]}], "
+        f"and this router has 1 confirmed: [{have[0][:12]}]; nothing was written")
+    assert image_digest(dev) == digest
+
+
 def test_a_failed_bundle_trial_names_the_bundle_in_the_rollback(lab, tmp_path):
     ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
     fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
