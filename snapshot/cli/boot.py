@@ -3,9 +3,11 @@
 import click
 from pathlib import Path
 
-from snapshot.cli.common import (INEXACT, Progress, compression_of, compression_option, human,
-                                 main, stored)
+from snapshot.cli.common import (INEXACT, Progress, compression_of, compression_option, echo,
+                                 human, main, stored)
+from snapshot.errors import SnapshotError
 from snapshot.operations import opened
+from snapshot.reboot import booted
 
 @main.command()
 @click.option("--from", "source", type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -74,11 +76,17 @@ def convert(obj, source, archive, legacy, accept_window, message, compression, p
             return
         if old_chain:
             plan = conversion.plan_legacy(dev, accept_window)
+            # The RAM stage stops this system's processes and reboots it: only for the
+            # flash it booted from (snapshot/reboot.py), never an image on a PC.
+            if not booted(dev.name)[1]:
+                raise SnapshotError(f"{dev.name} is not the overlay this system booted "
+                                    f"from, which the RAM stage converts before it reboots; "
+                                    f"use --legacy")
             conversion.ram_stage_ready("; off the router, use --legacy")
             for problem in plan.old.problems:
-                click.echo(f"warning: {problem}", err=True)
-            click.echo(f"the RAM stage imports the old fstools chain on {dev.name} "
-                       f"({plan.summary()}) and reboots")
+                echo(f"warning: {problem}", err=True)
+            echo(f"the RAM stage imports the old fstools chain on {dev.name} "
+                 f"({plan.summary()}) and reboots")
             args = ["--legacy"] + (["--accept-window"] if accept_window else [])
         elif source or archive:
             progress = Progress("convert")
@@ -89,7 +97,7 @@ def convert(obj, source, archive, legacy, accept_window, message, compression, p
                 progress.done()
             line = f"converted {dev.name}: snapshot 1 ({message})"
             if capture is None:
-                click.echo(line)
+                echo(line)
             else:
                 stored(capture, False, {}, line)
             return
@@ -99,17 +107,17 @@ def convert(obj, source, archive, legacy, accept_window, message, compression, p
                 capture = conversion.stage_for_boot(upper.parent, message,
                                                     compression_of(compression))
                 for warning in capture.warnings:
-                    click.echo(f"warning: {warning}", err=True)
-                click.echo(f"staged {upper} on the ubifs; the next boot converts {dev.name}; "
-                           f"rebooting")
+                    echo(f"warning: {warning}", err=True)
+                echo(f"staged {upper} on the ubifs; the next boot converts {dev.name}; "
+                     f"rebooting")
                 conversion.reboot()
     if not old_chain:
         staged = conversion.STAGED
         capture = conversion.stage(upper, staged, compression_of(compression))
         for warning in capture.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        click.echo(f"staged {upper} in {staged} ({human(staged.stat().st_size)}); "
-                   f"the RAM stage converts {dev.name} and reboots")
+            echo(f"warning: {warning}", err=True)
+        echo(f"staged {upper} in {staged} ({human(staged.stat().st_size)}); "
+             f"the RAM stage converts {dev.name} and reboots")
         args = [str(staged), message]
     conversion.hand_over(dev.name, args)
 
@@ -117,10 +125,10 @@ def convert(obj, source, archive, legacy, accept_window, message, compression, p
 def _report(device: str, imported) -> None:
     """What convert --legacy imported; exit status 5 when it left something out."""
     for warning in imported.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    click.echo(f"converted {device} from the old fstools chain: {imported.plan.summary()}"
-               + (f", not exactly: {len(imported.warnings)} things left out"
-                  if imported.warnings else ""))
+        echo(f"warning: {warning}", err=True)
+    echo(f"converted {device} from the old fstools chain: {imported.plan.summary()}"
+         + (f", not exactly: {len(imported.warnings)} things left out"
+            if imported.warnings else ""))
     if imported.warnings:
         raise SystemExit(INEXACT)
 

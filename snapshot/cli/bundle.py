@@ -6,7 +6,7 @@ import click
 
 from snapshot import bundle as bundles, config
 from snapshot.chain import Chain
-from snapshot.cli.common import JSON, human, main, max_attempts_of, reading, writing
+from snapshot.cli.common import JSON, echo, human, main, max_attempts_of, reading, writing
 
 KEY = click.option("--key", type=click.Path(dir_okay=False, path_type=Path),
                    help="usign (or signify) secret key to sign with.")
@@ -67,8 +67,8 @@ def create(obj, snapshots, output, boards, rom, message, key, as_json):
     if as_json:
         click.echo(json.dumps({"output": str(output), **info}, indent=2))
     else:
-        click.echo(f"bundle {made.id}: snapshots {first}..{last} in {output} "
-                   f"({human(made.size)}), {'signed' if made.signature else 'not signed'}")
+        echo(f"bundle {made.id}: snapshots {first}..{last} in {output} "
+             f"({human(made.size)}), {'signed' if made.signature else 'not signed'}")
 
 
 @bundle.command("sign")
@@ -87,7 +87,7 @@ def sign(file, key):
       snapshot bundle sign fix.snb --key fleet.sec
     """
     made = bundles.sign(file, key)
-    click.echo(f"signed bundle {made.id} ({file})")
+    echo(f"signed bundle {made.id} ({file})")
 
 
 @bundle.command("show")
@@ -111,11 +111,11 @@ def show(source, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"bundle {info['id']}: {info['message']}")
-    click.echo(f"boards: {', '.join(info['boards'])}; base: {len(info['base'])} snapshots; "
-               f"payload {human(info['payload']['length'])} {info['payload']['compression']}")
-    click.echo(f"signed by trusted key {info['trusted_key']}" if info["trusted_key"]
-               else info["refused"])
+    echo(f"bundle {info['id']}: {info['message']}")
+    echo(f"boards: {', '.join(info['boards'])}; base: {len(info['base'])} snapshots; "
+         f"payload {human(info['payload']['length'])} {info['payload']['compression']}")
+    echo(f"signed by trusted key {info['trusted_key']}" if info["trusted_key"]
+         else info["refused"])
 
 
 @bundle.command("apply")
@@ -139,6 +139,7 @@ def apply(obj, source, no_reboot, as_json):
       snapshot bundle apply http://fleet.example/bundles/fix.snb
     """
     from snapshot import watch as watching
+    from snapshot.reboot import reboot_into
     log = watching.SysLog()
     max_attempts = max_attempts_of(True)
     with writing(obj, "bundle") as (chain, progress):
@@ -146,11 +147,10 @@ def apply(obj, source, no_reboot, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif result["applied"] is None:
-        click.echo(f"nothing to do: {result['already']}")
+        echo(f"nothing to do: {result['already']}")
     else:
-        click.echo(f"bundle {result['applied']} is snapshot {result['snapshot']}, on trial: it "
-                   f"boots at "
-                   f"most {max_attempts} times unless it is confirmed")
+        echo(f"bundle {result['applied']} is snapshot {result['snapshot']}, on trial: it "
+             f"boots at "
+             f"most {max_attempts} times unless it is confirmed")
     if result["applied"] and not no_reboot:
-        log("rebooting into the bundle's trial")
-        watching.reboot()
+        reboot_into(obj["device"], "the bundle's trial", log)

@@ -10,7 +10,7 @@ from snapshot import config, operations
 from snapshot import squash as squashing
 from snapshot.chain import Chain
 from snapshot.cli.common import (JSON, SOURCE, TRIAL, compression_of, compression_option,
-                                 human, main, max_attempts_of, on_trial, reading, state_of,
+                                 echo, human, main, max_attempts_of, on_trial, reading, state_of,
                                  stored, when, writing)
 from snapshot.errors import ChainDamaged, SnapshotError
 from snapshot.operations import format_device, opened
@@ -30,7 +30,7 @@ def format_cmd(obj, force):
     """
     with opened(obj["device"], writable=True) as dev:
         format_device(dev, force)
-    click.echo(f"formatted {dev.name}: empty chain")
+    echo(f"formatted {dev.name}: empty chain")
 
 
 @main.command()
@@ -108,7 +108,7 @@ def _keep(chain, keep, source, progress, compression) -> dict | None:
     try:
         return squashing.after_push(chain, keep, source, progress, compression)
     except SnapshotError as e:
-        click.echo(f"warning: pushed, but not squashed: {e}", err=True)
+        echo(f"warning: pushed, but not squashed: {e}", err=True)
         return {"error": str(e)}
 
 
@@ -135,7 +135,10 @@ def squash(obj, upto, as_json):
     """
     with writing(obj, "squash") as (chain, progress):
         report = squashing.squash(chain, upto, progress, compression_of(None))
-    click.echo(json.dumps(report, indent=2) if as_json else _squashed(report))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        echo(_squashed(report))
 
 
 def _squashed(report: dict) -> str:
@@ -164,8 +167,10 @@ def rollback(obj, to, as_json):
     """
     with writing(obj, "rollback") as (chain, _):
         dropped = operations.rollback(chain, to)
-    click.echo(json.dumps({"dropped": dropped}, indent=2) if as_json
-               else "dropped " + ", ".join(dropped))
+    if as_json:
+        click.echo(json.dumps({"dropped": dropped}, indent=2))
+    else:
+        echo("dropped " + ", ".join(dropped))
 
 
 @main.command("list")
@@ -184,21 +189,21 @@ def list_cmd(obj, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'flash':>10}  {'blocks':>6}  "
-               f"{'created':<19}  {'state':<10}  message")
+    echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'flash':>10}  {'blocks':>6}  "
+         f"{'created':<19}  {'state':<10}  message")
     for s in info["snapshots"]:
-        click.echo(f"{s['index']:>3}  {s['seq']:>4}  {human(s['size']):>10}  "
-                   f"{human(s['flash_bytes']):>10}  {s['blocks']:>6}  {when(s['created'])}  "
-                   f"{_state(s):<10}  {s['message']}")
+        echo(f"{s['index']:>3}  {s['seq']:>4}  {human(s['size']):>10}  "
+             f"{human(s['flash_bytes']):>10}  {s['blocks']:>6}  {when(s['created'])}  "
+             f"{_state(s):<10}  {s['message']}")
     for v in info["volatiles"] or [None]:
-        click.echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks "
-                   f"({human(v['flash_bytes'])} of flash), {_state(v)}"
-                   + (", kept in case the trial fails" if v["kept_for_rollback"] else "")
-                   if v else "volatile: none")
+        echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks "
+             f"({human(v['flash_bytes'])} of flash), {_state(v)}"
+             + (", kept in case the trial fails" if v["kept_for_rollback"] else "")
+             if v else "volatile: none")
     note = info["last_rollback"]
     if note:
-        click.echo(f"last rollback: {when(note['time'])}: {note['reason']}")
-    click.echo(f"flash: {human(info['used_bytes'])} used, {human(info['free_bytes'])} free")
+        echo(f"last rollback: {when(note['time'])}: {note['reason']}")
+    echo(f"flash: {human(info['used_bytes'])} used, {human(info['free_bytes'])} free")
 
 
 def _state(record: dict) -> str:
@@ -232,7 +237,7 @@ def unpack_cmd(obj, dest, upto, volatile_to, rom):
     """
     with reading(obj) as dev:
         count = operations.unpack(Chain(dev), dest, upto, volatile_to, rom)
-    click.echo(f"unpacked {count} snapshots into {dest}")
+    echo(f"unpacked {count} snapshots into {dest}")
 
 
 @main.command()
@@ -260,11 +265,11 @@ def check(obj, repair, as_json):
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         for line in report.problems:
-            click.echo(f"problem: {line}")
+            echo(f"problem: {line}")
         for line in report.repairs:
-            click.echo(f"repaired: {line}")
-        click.echo("clean" if report.clean else
-                   "repaired" if report.repairs else "not clean: run check --repair")
+            echo(f"repaired: {line}")
+        echo("clean" if report.clean else
+             "repaired" if report.repairs else "not clean: run check --repair")
     if not report.clean and not report.repairs:
         raise SystemExit(ChainDamaged.exit_code)
 
@@ -287,10 +292,10 @@ def show(obj, index, rom, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"snapshot {index} ({when(info['created'])}) {info['message']}".rstrip())
+    echo(f"snapshot {index} ({when(info['created'])}) {info['message']}".rstrip())
     for kind in ("added", "modified", "deleted", "opaque"):
         for name in info[kind]:
-            click.echo(f"  {kind:<9} {name}")
+            echo(f"  {kind:<9} {name}")
 
 
 @main.command()
@@ -307,7 +312,7 @@ def export(obj, index, output):
     """
     with reading(obj) as dev:
         size = operations.export(Chain(dev), index, output)
-    click.echo(f"exported snapshot {index} ({human(size)}) to {output}")
+    echo(f"exported snapshot {index} ({human(size)}) to {output}")
 
 
 @main.command()

@@ -24,6 +24,7 @@ from snapshot.errors import SnapshotError
 from snapshot.format import MAX_ATTEMPTS, STATE_NAMES
 from snapshot.format import TRIAL as TRIAL_STATE
 from snapshot.operations import DEFAULT_UPPER, opened
+from snapshot.text import printable
 
 # Exit status of a save, push or convert whose directory changed while it was read.
 INEXACT = 5
@@ -66,21 +67,33 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
+def echo(message: str = "", err: bool = False) -> None:
+    """Print a line of a command's output (stderr with `err`), its control characters
+    escaped (snapshot.text): the commands print through here only, so that no message, name
+    or file name from flash, a bundle or the network reaches the terminal raw. JSON passes
+    unchanged: json.dumps escapes what it holds."""
+    click.echo(printable(message), err=err)
+
+
 class Group(click.Group):
     """Turns the library's errors, and the filesystem refusing a path the user gave, into
-    one `Error: ...` line and the error's exit status (1 unless it has its own)."""
+    one `Error: ...` line and the error's exit status (1 unless it has its own); its control
+    characters escaped, as echo() does."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (FlashOpenError, MtdError, SnapshotError) as e:
-            error = click.ClickException(str(e))
+            error = click.ClickException(printable(str(e)))
             error.exit_code = getattr(e, "exit_code", 1)
             raise error from None
+        except click.ClickException as e:
+            e.message = printable(e.message)
+            raise
         except BrokenPipeError:
             raise   # the reader went away: nothing to tell it (snapshot.__main__)
         except OSError as e:
-            raise click.ClickException(path_error(e)) from None
+            raise click.ClickException(printable(path_error(e))) from None
 
 
 def path_error(error: OSError) -> str:
@@ -193,15 +206,15 @@ def stored(capture, as_json: bool, info: dict, line: str) -> None:
     """Report a record just stored: `line`, or `info` as JSON, saying whether the capture
     was exact; each warning goes to stderr. Exit status 5 when it was not exact."""
     for warning in capture.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps({**info, "exact": capture.exact, "warnings": capture.warnings},
                               indent=2))
     elif capture.exact:
-        click.echo(line)
+        echo(line)
     else:
-        click.echo(f"{line}, not exactly: {len(capture.warnings)} entries changed or could "
-                   f"not be read while they were stored")
+        echo(f"{line}, not exactly: {len(capture.warnings)} entries changed or could "
+             f"not be read while they were stored")
     if not capture.exact:
         raise SystemExit(INEXACT)
 

@@ -6,7 +6,7 @@ import click
 
 from mtd import FlashType, Geometry, SimFlash, open_flash
 from mtd.sim import validate_geometry
-from snapshot.cli.common import JSON, BlockList, Size, human, main
+from snapshot.cli.common import JSON, BlockList, Size, echo, human, main
 
 @main.group()
 def flash():
@@ -54,8 +54,8 @@ def flash_create(image, flash_type, size, erase_size, page_size, oob_size, bad_b
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"{image}: {e.strerror}") from None
-    click.echo(f"created {image}: {flash_type}, {human(size)} in {geometry.blocks} blocks "
-               f"of {human(erase_size)}")
+    echo(f"created {image}: {flash_type}, {human(size)} in {geometry.blocks} blocks "
+         f"of {human(erase_size)}")
 
 
 @flash.command("info")
@@ -94,7 +94,7 @@ def flash_info(obj, as_json):
         ("ECC", f"{s['ecc_corrected']} corrected, {s['ecc_failed']} uncorrectable"),
     ]
     for key, value in lines:
-        click.echo(f"{key:<11} {value}")
+        echo(f"{key:<11} {value}")
 
 
 def _unknown(figure, text) -> str:

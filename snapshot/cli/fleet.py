@@ -8,8 +8,9 @@ import click
 
 from snapshot import config
 from snapshot.chain import Chain
-from snapshot.cli.common import JSON, main, max_attempts_of, writing
+from snapshot.cli.common import JSON, echo, main, max_attempts_of, writing
 from snapshot.operations import opened
+from snapshot.reboot import reboot_into
 
 CHANNEL = click.option("--channel", type=click.Path(file_okay=False, path_type=Path),
                        required=True, help="The channel directory a web server serves.")
@@ -78,12 +79,11 @@ def poll(obj, now, no_reboot, as_json):
     if as_json:
         click.echo(json.dumps(done, indent=2))
     else:
-        click.echo(f"applied bundle {done['bundle']} as snapshot {done['snapshot']}, on trial"
-                   if done["action"] == "applied" else f"nothing to do: "
-                   f"{done.get('reason') or done.get('already')}")
+        echo(f"applied bundle {done['bundle']} as snapshot {done['snapshot']}, on trial"
+             if done["action"] == "applied" else f"nothing to do: "
+             f"{done.get('reason') or done.get('already')}")
     if done["action"] == "applied" and not no_reboot:
-        log("rebooting into the bundle's trial")
-        watching.reboot()
+        reboot_into(obj["device"], "the bundle's trial", log)
 
 
 @fleet.command()
@@ -110,9 +110,11 @@ def confirm(obj, bundle_id, force, as_json):
     if done["action"] == "confirmed":
         watching.SysLog()(f"fleet: confirmed bundle {bundle_id} ({done['what']}) for the "
                           f"operator")
-    click.echo(json.dumps(done, indent=2) if as_json else
-               f"confirmed bundle {bundle_id} ({done['what']})"
-               if done["action"] == "confirmed" else f"nothing to do: {done['reason']}")
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+    else:
+        echo(f"confirmed bundle {bundle_id} ({done['what']})"
+             if done["action"] == "confirmed" else f"nothing to do: {done['reason']}")
 
 
 @fleet.command()
@@ -136,16 +138,17 @@ def rollback(obj, bundle_id, no_reboot, as_json):
     from snapshot import fleet as fleets, watch as watching
     done = _decide(obj, "rollback",
                    lambda chain: fleets.rollback(chain, bundle_id, int(time.time())))
-    click.echo(json.dumps(done, indent=2) if as_json else
-               f"rolled back bundle {bundle_id} ({done['what']})"
-               if done["action"] == "rolled back" else f"nothing to do: {done['reason']}")
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+    else:
+        echo(f"rolled back bundle {bundle_id} ({done['what']})"
+             if done["action"] == "rolled back" else f"nothing to do: {done['reason']}")
     if done["action"] == "rolled back":
         log = watching.SysLog()
         log(f"fleet: rolled back bundle {bundle_id} ({done['what']}) for the operator",
             loud=True)
         if not no_reboot:
-            log("rebooting into the state before the trial")
-            watching.reboot()
+            reboot_into(obj["device"], "the state before the trial", log)
 
 
 @fleet.command()
@@ -169,8 +172,8 @@ def publish(bundle_file, channel, waves, max_failed, key, as_json):
     if as_json:
         click.echo(json.dumps(rollout, indent=2))
     else:
-        click.echo(f"published bundle {rollout['id']} to {channel}: wave "
-                   f"{rollout['waves'][0]} may apply it")
+        echo(f"published bundle {rollout['id']} to {channel}: wave "
+             f"{rollout['waves'][0]} may apply it")
 
 
 @fleet.command()
@@ -194,7 +197,7 @@ def promote(channel, report_file, bundle_id, key, as_json):
     if as_json:
         click.echo(json.dumps(done, indent=2))
     else:
-        click.echo(f"bundle {done['id']}: waves {', '.join(done['promoted'])} may apply it")
+        echo(f"bundle {done['id']}: waves {', '.join(done['promoted'])} may apply it")
 
 
 @fleet.command()
@@ -212,8 +215,10 @@ def withdraw(channel, bundle_id, key, as_json):
     """
     from snapshot import fleet as fleets
     done = fleets.withdraw(channel, key, bundle_id)
-    click.echo(json.dumps(done, indent=2) if as_json else
-               f"withdrew bundle {bundle_id} from {channel}")
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+    else:
+        echo(f"withdrew bundle {bundle_id} from {channel}")
 
 
 @fleet.command()
@@ -245,8 +250,8 @@ def report(statuses, output, bundle_id, as_json):
     if as_json:
         click.echo(json.dumps(done, indent=2))
         return
-    click.echo(f"bundle {done['bundle']}")
+    echo(f"bundle {done['bundle']}")
     for name, unit in done["units"].items():
         note = unit["last_rollback"] or {}
-        click.echo(f"{name:20} {unit['group'] or '-':10} {unit['outcome']:12} "
-                   f"{note.get('reason', '') if unit['outcome'] == 'failed' else ''}")
+        echo(f"{name:20} {unit['group'] or '-':10} {unit['outcome']:12} "
+             f"{note.get('reason', '') if unit['outcome'] == 'failed' else ''}")

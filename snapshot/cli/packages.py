@@ -1,6 +1,5 @@
 """Package changes: upgrade, and the hook the package managers run (package-hook)."""
 import json
-import subprocess
 import syslog
 from pathlib import Path
 
@@ -8,9 +7,10 @@ import click
 
 from snapshot import config, packages
 from snapshot import upgrade as upgrades
-from snapshot.cli.common import (JSON, Progress, compression_of, compression_option, human,
-                                 main, max_attempts_of)
+from snapshot.cli.common import (JSON, Progress, compression_of, compression_option, echo,
+                                 human, main, max_attempts_of)
 from snapshot.operations import DEFAULT_UPPER
+from snapshot.reboot import booted, reboot_into
 
 UPPER = Path(DEFAULT_UPPER)
 
@@ -59,9 +59,9 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
             click.echo(json.dumps({"changes": [str(c) for c in changes], "dry_run": dry_run,
                                    "snapshot": None}, indent=2))
         elif not changes:
-            click.echo("nothing to upgrade")
+            echo("nothing to upgrade")
         else:
-            click.echo("would upgrade: " + ", ".join(map(str, changes)))
+            echo("would upgrade: " + ", ".join(map(str, changes)))
         return
     upgrades.check_room(obj["device"], pm, changes, UPPER)
     progress = Progress("upgrade")
@@ -72,17 +72,18 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
         progress.done()
     syslog.syslog(syslog.LOG_NOTICE, f"snapshot: upgrade stored as snapshot "
                                      f"{outcome.snapshot} on trial: {outcome.message}")
+    reboots = not no_reboot and booted(obj["device"])[1]
     if as_json:
         click.echo(json.dumps({"changes": [str(c) for c in outcome.changes], "dry_run": False,
                                "snapshot": outcome.snapshot, "size": outcome.size,
-                               "message": outcome.message, "reboot": not no_reboot},
+                               "message": outcome.message, "reboot": reboots},
                               indent=2))
     else:
-        click.echo(f"upgraded {', '.join(map(str, outcome.changes))}; stored as snapshot "
-                   f"{outcome.snapshot} ({human(outcome.size)}), on trial"
-                   + ("" if no_reboot else "; rebooting"))
+        echo(f"upgraded {', '.join(map(str, outcome.changes))}; stored as snapshot "
+             f"{outcome.snapshot} ({human(outcome.size)}), on trial")
     if not no_reboot:
-        subprocess.run(["reboot"])
+        from snapshot.watch import SysLog
+        reboot_into(obj["device"], "the upgrade's trial", SysLog())
 
 
 @main.command("package-hook", hidden=True)
@@ -112,7 +113,7 @@ def package_hook(obj, stage, manager):
             compression_of(None), lambda line: syslog.syslog(syslog.LOG_NOTICE,
                                                               f"snapshot: {line}"))
         if said:
-            click.echo(f"snapshot: {said}")
+            echo(f"snapshot: {said}")
     except Exception as e:   # the user's transaction must never fail for the hook's sake
         syslog.syslog(syslog.LOG_ERR, f"snapshot: package hook {stage} failed: {e}")
-        click.echo(f"snapshot: the automatic snapshot failed: {e}")
+        echo(f"snapshot: the automatic snapshot failed: {e}")

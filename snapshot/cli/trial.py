@@ -6,7 +6,7 @@ import click
 
 from snapshot import operations
 from snapshot.chain import Chain
-from snapshot.cli.common import JSON, UNHEALTHY, human, main, reading, when, writing
+from snapshot.cli.common import JSON, UNHEALTHY, echo, human, main, reading, when, writing
 from snapshot.operations import opened
 
 @main.command()
@@ -27,7 +27,7 @@ def confirm(obj, as_json):
     if as_json:
         click.echo(json.dumps({"confirmed": confirmed}, indent=2))
     else:
-        click.echo(f"confirmed {confirmed}" if confirmed else "nothing is on trial")
+        echo(f"confirmed {confirmed}" if confirmed else "nothing is on trial")
 
 
 @main.command()
@@ -52,10 +52,10 @@ def health(obj, as_json):
                                "results": [r.as_dict() for r in results]}, indent=2))
     else:
         for r in results:
-            click.echo(f"{'pass' if r.ok else 'FAIL'}  {r.name}"
-                       f"{'' if r.required else ' (wanted)'}: {r.detail}")
+            echo(f"{'pass' if r.ok else 'FAIL'}  {r.name}"
+                 f"{'' if r.required else ' (wanted)'}: {r.detail}")
         if not results:
-            click.echo("no health checks are configured")
+            echo("no health checks are configured")
     if not checks.healthy(results):
         raise SystemExit(UNHEALTHY)
 
@@ -80,6 +80,7 @@ def watch(obj, no_reboot):
       snapshot watch --no-reboot
     """
     from snapshot import health as checks, watch as watching
+    from snapshot.reboot import reboot_into
     settings = watching.Settings.load()
     log = watching.SysLog()
 
@@ -88,13 +89,12 @@ def watch(obj, no_reboot):
         with opened(obj["device"], writable=True) as dev:
             yield Chain(dev)
     decision = watching.watch(open_chain, checks.configured(), settings, log)
-    click.echo(f"{decision.verdict} {decision.what}: {decision.reason}"
-               if decision.what else decision.reason)
+    echo(f"{decision.verdict} {decision.what}: {decision.reason}"
+         if decision.what else decision.reason)
     if decision.verdict == "rolled back":
         watching.run_hooks(settings.rollback_dir, decision, log)
         if not no_reboot:
-            log("rebooting into the state before the trial")
-            watching.reboot()
+            reboot_into(obj["device"], "the state before the trial", log)
         raise SystemExit(UNHEALTHY)
 
 
@@ -122,33 +122,33 @@ def status(obj, as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"chain: {info['snapshots']} snapshots, "
-               + ("a volatile record" if info["volatile"] else "no volatile record")
-               + f", {human(info['free_bytes'])} free")
+    echo(f"chain: {info['snapshots']} snapshots, "
+         + ("a volatile record" if info["volatile"] else "no volatile record")
+         + f", {human(info['free_bytes'])} free")
     trial = info["trial"]
-    click.echo(f"on trial: {trial['what']}, boot {trial['attempts']} of "
-               f"{trial['max_attempts']}" if trial else "on trial: nothing")
+    echo(f"on trial: {trial['what']}, boot {trial['attempts']} of "
+         f"{trial['max_attempts']}" if trial else "on trial: nothing")
     applied = info["bundle"]
     if applied:
-        click.echo(f"bundle: {applied['id']} (snapshot {applied['snapshot']}, "
-                   f"{applied['state']}): {applied['message']}")
+        echo(f"bundle: {applied['id']} (snapshot {applied['snapshot']}, "
+             f"{applied['state']}): {applied['message']}")
     note = info["last_rollback"]
-    click.echo(f"last rollback: {when(note['time'])}: {note['reason']}" if note
-               else "last rollback: none")
+    echo(f"last rollback: {when(note['time'])}: {note['reason']}" if note
+         else "last rollback: none")
     results = info["health"]
     if results:
         failing = [r["name"] for r in results["results"] if not r["ok"]]
-        click.echo(f"health at {when(results['time'])}: "
-                   + (f"failing: {', '.join(failing)}" if failing else "every check passed"))
+        echo(f"health at {when(results['time'])}: "
+             + (f"failing: {', '.join(failing)}" if failing else "every check passed"))
     job = info["job"]
     if job:
         result = job["result"] or {}
-        click.echo(f"background job {job['id']} ({job['method']}): {job['state']}"
-                   + (f": {result['error']}" if "error" in result else ""))
+        echo(f"background job {job['id']} ({job['method']}): {job['state']}"
+             + (f": {result['error']}" if "error" in result else ""))
     change = info["unsaved_change"]
     if change:
-        click.echo(f"unsaved package change: {change['what']} is installed in RAM but not "
-                   f"stored ({change['error']}); a reboot discards it")
+        echo(f"unsaved package change: {change['what']} is installed in RAM but not "
+             f"stored ({change['error']}); a reboot discards it")
     for layer, used in info["ram"].items():
         if used is not None:
-            click.echo(f"RAM in {layer}: {human(used)}")
+            echo(f"RAM in {layer}: {human(used)}")
