@@ -22,7 +22,8 @@ import pytest
 from clirun import ok, run
 from mtd import SimFlash
 from snapshot import marks, operations
-from snapshot.chain import DEADC0DE, Chain, commit, read_mark, scan_anchors
+from snapshot.chain import (DEADC0DE, MARK_ENTRY, Chain, commit, read_mark,
+                            scan_anchors)
 from snapshot.errors import NoChain, StockMark
 from snapshot.format import ANCHOR_BLOCKS, ANCHOR_MAGIC, Anchor
 from sweep import BOOT, GEOMETRIES, make_tree, run_cli, visible
@@ -164,6 +165,50 @@ def test_a_reset_mark_gives_an_empty_chain_never_the_old_one(tool, newest, geome
     # And the empty chain is a chain like any other.
     ok(image, "push", "--from", str(make_tree(tmp_path / "new", 5, 2)), "-m", "after reset")
     assert visible(str(image))[3] == ((1, "after reset"),)
+
+
+def reset_cut_after_its_anchor_entry(image: Path) -> None:
+    """What the boot's reset leaves when a cut comes right after it programmed its anchor
+    entry (DESIGN.md §11, "Reset, step by step", step k): 0xdeadc0de still in the mark
+    block, every other anchor block erased, then, in the first of them, an entry listing no
+    record, with a mark entry, its generation above every entry and record seen. The sweep
+    never leaves exactly this: its cut tears an operation, here the mark block's erase."""
+    with SimFlash(image, writable=True) as flash:
+        g = flash.geometry
+        scan = scan_anchors(flash)
+        gen = max([scan.max_gen] + [e.gen for e in scan.newest.newest.records])
+        others = [b.block for b in scan.blocks if not b.bad and b.block != 0]
+        for block in others:
+            flash.erase(g.block_offset(block), g.erasesize)
+        data = Anchor(gen + 1, (MARK_ENTRY,)).pack()
+        flash.write(g.block_offset(others[0]), data + b"\xff" * (-len(data) % g.writesize))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_a_reset_mark_over_the_resets_own_pending_entry_still_gives_an_empty_chain(geometry,
+                                                                                  tmp_path):
+    """The mark entry there is the reset's own, and the mark has not been rewritten yet: the
+    mark still wins (nothing opens a chain), and the boot finishes the reset into an empty
+    chain; it never leaves the partition to the stock mount_root, whose jffs2 would take it
+    over for good."""
+    image = tmp_path / "flash.img"
+    chain_with_newest_in(image, geometry, 2, tmp_path)
+    factoryreset(image)
+    reset_cut_after_its_anchor_entry(image)
+    with SimFlash(image) as flash:
+        scan = scan_anchors(flash)
+        assert read_mark(flash, scan).kind == "deadc0de"
+        assert scan.newest.block == 1 and scan.newest.newest.records == (MARK_ENTRY,)
+        with pytest.raises(StockMark):
+            Chain(flash)
+        assert marks.decide(flash) == (marks.CHAIN, "reset")
+    result = run(image, "list")
+    assert result.exit_code == 1 and "0xdeadc0de" in result.output
+    assert run(image, "probe").exit_code == 0
+    assert visible(str(image)) == ((), (), None, (), {}, None)
+    assert ok(image, "check").strip() == "clean"
+    with SimFlash(image) as flash:
+        assert read_mark(flash, scan_anchors(flash)).kind == "anchor"
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
