@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import FlashOpenError, MtdError
-from snapshot import legacy, live, marks, operations
+from snapshot import legacy, live, marks, operations, reboot
 from snapshot import trial as trials
 from snapshot.chain import Chain, commit
 from snapshot.errors import NoChain, SnapshotError
@@ -54,6 +54,7 @@ class BootReport:
     tried: bool = True          # the pending trial, if any, is applied
     rolled_back: str | None = None
     old: bool = False           # the old fstools chain, booted read-only
+    device: str | None = None   # the flash's name, once opened
 
 
 class Log:
@@ -135,6 +136,8 @@ def _recover(flash, log: Log, boot: BootReport) -> Chain:
         if damage:
             boot.problems.append(line)
         log(f"{'chain damaged' if damage else 'recovering'}: {line}", loud=damage)
+    for line in report.lost:
+        log(f"lost: {line}", loud=True)
     for line in report.repairs:
         log(f"repaired: {line}", loud=bool(report.damage))
     return chain
@@ -303,6 +306,7 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
     mounts = Mounts()
     try:
         with operations.opened(device, writable=True) as flash:
+            boot.device = flash.name
             chain = prepare(flash, log, boot)
             fill = _OldLayers(flash, log, boot) if chain is None else \
                 _ChainLayers(chain, log, boot)
@@ -326,7 +330,20 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
         + (" of the old fstools chain (read-only)" if old else "")
         + (" (fallback: nothing saved is applied)" if boot.fallback else "")
         + f" in {boot.seconds:.2f}s")
+    if not sandbox and boot.device is not None:
+        _record_booted(boot.device, log)
     return boot
+
+
+def _record_booted(name: str, log: Log) -> None:
+    """Note the device for the commands that reboot into a change (snapshot/reboot.py): the
+    running system boots its overlay from it, fallback or not. A sandbox mount is not this
+    system's boot. Never stops the boot: without the note, those commands do not reboot."""
+    try:
+        reboot.record(name)
+    except OSError as e:
+        log(f"cannot note {name} as the booted device ({e.strerror or e}); commands that "
+            f"store a change will not reboot into it", loud=True)
 
 
 def pivot(target: Path) -> None:

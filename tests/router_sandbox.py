@@ -28,7 +28,8 @@ What it is, mapped onto a router:
                                           records the request (Booted.reboot_requested); the
                                           test then calls Router.reboot()
     /tmp (/var -> /tmp)                   a fresh tmpfs per boot with the directories
-                                          OpenWrt's /etc/init.d/boot makes
+                                          OpenWrt's /etc/init.d/boot makes, and the note of
+                                          the booted device preinit's mount leaves there
     /dev /proc /sys                       a small tmpfs /dev (null, zero, full, random,
                                           urandom, tty, pts, and a /dev/log the harness reads:
                                           Booted.syslog()), the namespace's own proc, sysfs
@@ -105,6 +106,7 @@ from typing import Mapping, Sequence
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
+from snapshot import reboot
 from openwrt_tools import tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -749,6 +751,10 @@ def _namespace_main(spec: dict) -> None:
         _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", str(target / "tmp"))
         for name in BOOT_DIRS:
             (target / "tmp" / name).mkdir(exist_ok=True)
+        # What preinit's `snapshot mount` notes in /tmp, so that a command storing a change
+        # reboots into it (snapshot/reboot.py); the sandbox form notes nothing, and the
+        # router's /tmp is made after it.
+        reboot.record(spec["image"], target / reboot.BOOTED.relative_to("/"))
         for name in spec["tmp_links"]:
             (target / "tmp" / name).symlink_to(f"{HOST}/tmp/{name}")
         if spec["ram"]:

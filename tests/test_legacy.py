@@ -15,7 +15,7 @@ from clirun import invoke
 from mtd import FlashType, Geometry, SimFlash
 from old_chain import (CONF, DATA, FIRST_SEQ, MAX_LENGTH, RAND0, OldTool, archive, chain_view,
                        old_view, stock_boot)
-from snapshot import archive as records, convert, legacy, marks, operations
+from snapshot import archive as records, convert, legacy, marks, operations, reboot
 from snapshot.chain import Chain
 from snapshot.format import ANCHOR_MAGIC
 from sweep import CHECKED, GEOMETRIES, run_cli, visible
@@ -432,6 +432,9 @@ def test_the_router_form_checks_the_old_chain_and_hands_over_to_the_ram_stage(
     monkeypatch.setattr(convert, "STAGE", str(stage))
     handed = []
     monkeypatch.setattr(convert, "hand_over", lambda device, args: handed.append((device, args)))
+    # The router booted the old chain read-only from it (snapshot/reboot.py).
+    monkeypatch.setattr(reboot, "BOOTED", tmp_path / "booted.json")
+    reboot.record(str(image))
     before = image.read_bytes()
     result = invoke("--device", str(image), "convert")
     assert result.exit_code == 0, result.output
@@ -439,6 +442,20 @@ def test_the_router_form_checks_the_old_chain_and_hands_over_to_the_ram_stage(
                              f"(1 snapshot (old seq {FIRST_SEQ}) and the volatile) and "
                              f"reboots\n")
     assert handed == [(str(image), ["--legacy"])] and image.read_bytes() == before
+
+
+def test_the_router_form_refuses_an_image_this_system_did_not_boot_from(tmp_path,
+                                                                         monkeypatch):
+    image, tool, archives, where = old_image(tmp_path, "nor", [SNAPSHOT_1])
+    stage = tmp_path / "convert-stage"
+    stage.write_text("")
+    monkeypatch.setattr(convert, "STAGE", str(stage))
+    monkeypatch.setattr(convert, "hand_over", lambda *a: pytest.fail("handed over"))
+    monkeypatch.setattr(reboot, "BOOTED", tmp_path / "booted.json")
+    result = invoke("--device", str(image), "convert")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {image} is not the overlay this system booted from, "
+                             f"which the RAM stage converts before it reboots; use --legacy\n")
 
 
 def test_the_router_form_refuses_the_window_before_the_ram_stage(tmp_path, monkeypatch):

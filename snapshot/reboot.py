@@ -1,0 +1,75 @@
+"""The reboot into a change just stored, made only on the device the running system booted
+its overlay from (DESIGN.md §10).
+
+At boot, `snapshot mount` (the preinit hook) records that device in RAM: BOOTED names it and
+holds its identity (a character device's st_rdev; a file's st_dev and st_ino), replaced
+whole, so a reader never sees half of it and the next boot starts without it. A command that
+stores a change for the next boot (bundle apply, fleet poll and rollback, the watch's
+rollback, upgrade) reboots only when its device has that identity. On a simulated image,
+or on any device this system did not boot from (a PC trying the tool, as root on a
+workstation), a reboot would restart this machine for nothing: the command says in one line
+when the change takes effect instead. Without a record (a sandbox mount, or a system booted
+the stock way) nothing is the booted device.
+"""
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+from mtd import FlashOpenError, open_flash
+from snapshot.errors import SnapshotError
+
+BOOTED = Path("/tmp/snapshot/booted.json")
+
+
+def identity(name: str) -> list:
+    """What stays the same for a device under any of its names (a link, a bind mount)."""
+    st = os.stat(name)
+    if stat.S_ISCHR(st.st_mode):
+        return ["char", st.st_rdev]
+    return ["file", st.st_dev, st.st_ino]
+
+
+def record(name: str, where: Path | None = None) -> None:
+    """Note `name` (a Flash's name, as open_flash gave it) as the device the running system
+    booted its overlay from."""
+    where = where or BOOTED
+    where.parent.mkdir(parents=True, exist_ok=True)
+    partial = where.with_name(f"{where.name}.partial")
+    partial.write_text(json.dumps({"device": name, "identity": identity(name)}))
+    os.replace(partial, where)
+
+
+def booted(device: str | None) -> tuple[str, bool]:
+    """`device` (as --device gives it, None for the default) by its name, and whether the
+    running system booted its overlay from it."""
+    try:
+        with open_flash(device) as flash:
+            name = flash.name
+        mine = identity(name)
+    except (FlashOpenError, OSError):
+        return device or "the overlay partition", False
+    try:
+        recorded = json.loads(BOOTED.read_text())
+    except (OSError, ValueError):
+        return name, False
+    return name, isinstance(recorded, dict) and recorded.get("identity") == mine
+
+
+def reboot_into(device: str | None, what: str, log: Callable) -> bool:
+    """Reboot into `what` (the way OpenWrt does: procd handles the `reboot` command) when
+    `device` is the one the running system booted from; otherwise log one line saying when
+    it takes effect. Returns whether it rebooted."""
+    name, mine = booted(device)
+    if not mine:
+        log(f"{what} takes effect when a router boots {name}; not rebooting this machine, "
+            f"which did not boot its overlay from it")
+        return False
+    log(f"rebooting into {what}")
+    try:
+        subprocess.run(["reboot"], check=False)
+    except OSError as e:
+        raise SnapshotError(f"cannot reboot: {e.strerror}") from None
+    return True
