@@ -13,7 +13,8 @@ rolled back (DESIGN.md §10).
   the window still roll it back (an operator who never comes back gets the old state).
 
 The decision is one commit (trial.confirm, or trial.fail with a note of the reason); the
-rollback then runs the hooks in `rollback_dir`, logs to syslog and reboots.
+rollback then runs the hooks in `rollback_dir`, logs to syslog and reboots (snapshot/reboot.py:
+only into the device this system booted from).
 """
 import os
 import subprocess
@@ -149,11 +150,3 @@ class SysLog:
         if self._syslog:
             self._syslog.syslog(self._syslog.LOG_ERR if loud else self._syslog.LOG_NOTICE,
                                 line)
-
-
-def reboot() -> None:
-    """Reboot the router the way OpenWrt does (procd handles the `reboot` command)."""
-    try:
-        subprocess.run(["reboot"], check=False)
-    except OSError as e:
-        raise SnapshotError(f"cannot reboot: {e.strerror}") from None

@@ -153,4 +153,5 @@ def apply(obj, source, no_reboot, as_json):
              f"boots at "
              f"most {max_attempts} times unless it is confirmed")
     if result["applied"] and not no_reboot:
-        reboot_into(obj["device"], "the bundle's trial", log)
+        # Said on stderr too: whether this machine reboots is the user's to know.
+        reboot_into(obj["device"], "the bundle's trial", watching.SysLog())

@@ -83,7 +83,8 @@ def poll(obj, now, no_reboot, as_json):
              if done["action"] == "applied" else f"nothing to do: "
              f"{done.get('reason') or done.get('already')}")
     if done["action"] == "applied" and not no_reboot:
-        reboot_into(obj["device"], "the bundle's trial", log)
+        # Said on stderr too: whether this machine reboots is the user's to know.
+        reboot_into(obj["device"], "the bundle's trial", watching.SysLog())
 
 
 @fleet.command()

@@ -1,0 +1,106 @@
+"""A command that stores a change for the next boot reboots only a system that booted its
+overlay from the device (snapshot/reboot.py). On a simulated image, a `reboot` first on PATH
+that notes each call is never called, and the command says in one line when the change takes
+effect; on an image noted as the booted device, the same command calls it. The commands run
+in this process, where the note (reboot.BOOTED) is the test's own."""
+import os
+import subprocess
+
+import pytest
+
+from clirun import invoke
+from snapshot import reboot
+from sweep import health_config
+from test_fleet import applied, on, world  # noqa: F401  (world: the fixture)
+
+WHAT = {"bundle apply": "the bundle's trial", "fleet poll": "the bundle's trial",
+        "fleet rollback": "the state before the trial", "watch": "the state before the trial"}
+
+
+@pytest.fixture
+def reboots(tmp_path, monkeypatch):
+    """The file a fake `reboot`, first on PATH, appends each of its calls to; no device is
+    noted as booted yet."""
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    calls = tmp_path / "reboot-calls"
+    (fake / "reboot").write_text(f"#!/bin/sh\necho \"reboot $*\" >> '{calls}'\n")
+    (fake / "reboot").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setattr(reboot, "BOOTED", tmp_path / "booted.json")
+    return calls
+
+
+def stored_then_reboot(world, command: str):
+    """Store a change on u1's image with `command` (run here, rebooting as it sees fit)."""
+    lab, channel, units, tmp_path = world
+    unit = image, own = units["u1"]
+    conf = own
+    if command == "bundle apply":
+        args = ["bundle", "apply", lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")]
+    elif command == "fleet poll":
+        fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+        on(lab, unit, "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
+           "--key", lab.secret)
+        args = ["fleet", "poll", "--now"]
+    elif command == "fleet rollback":
+        args = ["fleet", "rollback", applied(lab, channel, units, tmp_path)]
+    else:
+        applied(lab, channel, units, tmp_path)
+        conf = health_config(tmp_path / "sick", healthy=False)["SNAPSHOT_CONFIG"]
+        with open(conf, "a") as f:
+            f.write(lab.config.read_text().split("\n", 1)[1])
+        args = ["watch"]
+    result = invoke("--device", image, *args, env={**lab.env, "SNAPSHOT_CONFIG": str(conf)})
+    assert result.exit_code == (5 if command == "watch" else 0), result.output
+    return image, result
+
+
+@pytest.mark.parametrize("command", list(WHAT))
+def test_a_change_stored_on_an_image_never_reboots_this_machine(world, reboots,  # noqa: F811
+                                                                command):
+    image, result = stored_then_reboot(world, command)
+    assert not reboots.exists()
+    line = (f"snapshot: {WHAT[command]} takes effect when a router boots {image}; not "
+            f"rebooting this machine, which did not boot its overlay from it")
+    assert result.stderr.splitlines().count(line) == 1, result.stderr
+    assert "rebooting into" not in result.stderr
+
+
+@pytest.mark.parametrize("command", list(WHAT))
+def test_a_change_stored_on_the_booted_device_reboots_into_it(world, reboots,  # noqa: F811
+                                                              command):
+    lab, channel, units, tmp_path = world
+    reboot.record(str(units["u1"][0]))
+    image, result = stored_then_reboot(world, command)
+    assert reboots.read_text() == "reboot \n"
+    assert f"snapshot: rebooting into {WHAT[command]}" in result.stderr.splitlines()
+
+
+def test_no_reboot_reboots_not_even_the_booted_device(world, reboots):  # noqa: F811
+    lab, channel, units, tmp_path = world
+    image = units["u1"][0]
+    reboot.record(str(image))
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    result = invoke("--device", image, "bundle", "apply", fix, "--no-reboot",
+                    env={**lab.env, "SNAPSHOT_CONFIG": str(units["u1"][1])})
+    assert result.exit_code == 0, result.output
+    assert not reboots.exists() and "reboot" not in result.stderr
+
+
+def test_the_booted_device_is_known_by_its_identity_not_its_name(tmp_path, monkeypatch):
+    """A link to the noted image is the booted device; a copy of it is not."""
+    from mtd import FlashType, Geometry, SimFlash
+    monkeypatch.setattr(reboot, "BOOTED", tmp_path / "booted.json")
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, Geometry(FlashType.NOR, 256 * 1024, 64 * 1024, 1, 0))
+    reboot.record(str(image))
+    link = tmp_path / "link.img"
+    link.symlink_to(image)
+    (tmp_path / "link.img.sim.json").symlink_to(f"{image}.sim.json")
+    copy = tmp_path / "copy.img"
+    subprocess.run(["cp", image, copy], check=True)
+    subprocess.run(["cp", f"{image}.sim.json", f"{copy}.sim.json"], check=True)
+    assert reboot.booted(str(link)) == (str(link), True)
+    assert reboot.booted(str(copy)) == (str(copy), False)
+    assert reboot.booted(str(tmp_path / "missing.img"))[1] is False
