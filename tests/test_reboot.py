@@ -11,6 +11,7 @@ import pytest
 from clirun import invoke
 from snapshot import reboot
 from sweep import health_config
+from router_sandbox import sandbox_feeds  # noqa: F401  (the fixture)
 from test_fleet import applied, on, world  # noqa: F401  (world: the fixture)
 
 WHAT = {"bundle apply": "the bundle's trial", "fleet poll": "the bundle's trial",
@@ -104,3 +105,33 @@ def test_the_booted_device_is_known_by_its_identity_not_its_name(tmp_path, monke
     assert reboot.booted(str(link)) == (str(link), True)
     assert reboot.booted(str(copy)) == (str(copy), False)
     assert reboot.booted(str(tmp_path / "missing.img"))[1] is False
+
+
+# -- upgrade, in a booted sandbox router (tier 2: tests/router_sandbox.py, the real opkg) --------
+
+@pytest.fixture
+def opkg_router(tmp_path, sandbox_feeds):  # noqa: F811
+    from router_sandbox import Router, build_rootfs
+    from test_upgrade import HOOKS
+    rootfs = build_rootfs(tmp_path / "rootfs", "opkg", sandbox_feeds, files=HOOKS)
+    with Router(tmp_path / "router", rootfs, sandbox_feeds) as router:
+        yield router
+
+
+@pytest.mark.parametrize("noted", [False, True], ids=["not-booted", "booted"])
+def test_an_upgrade_reboots_only_the_system_that_booted_from_the_device(opkg_router, noted):
+    """The sandbox's preinit notes the image as the booted device, as a router's does; with
+    the note gone, the router stands for a PC that did not boot from the image."""
+    from test_upgrade import with_v1
+    booted = with_v1(opkg_router, "mesh-tool")
+    opkg_router.use_feeds("v2")
+    if not noted:
+        assert booted.run("rm /tmp/snapshot/booted.json").rc == 0
+    done = booted.snapshot("upgrade")
+    assert done.rc == 0, done.output
+    assert "stored as snapshot" in done.out
+    assert booted.reboot_requested == noted
+    line = ("snapshot: rebooting into the upgrade's trial" if noted else
+            "snapshot: the upgrade's trial takes effect when a router boots /.sandbox/flash.img; "
+            "not rebooting this machine, which did not boot its overlay from it")
+    assert done.err.splitlines().count(line) == 1, done.err
