@@ -337,3 +337,41 @@ def test_output_into_a_closed_pipe_ends_quietly(image, tmp_path):
                            "--json"], stdout=writer, stderr=subprocess.PIPE, text=True)
     os.close(writer)
     assert done.returncode == 1 and done.stderr == ""
+
+
+# -- the edges a new user trips on ---------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["--device", "IMAGE", "list", "--json"],
+    ["list", "--device", "IMAGE", "--json"],
+    ["list", "--json", "--device", "IMAGE"],
+    # After the command, it wins over the one before it.
+    ["--device", "/nonexistent.img", "list", "--device", "IMAGE", "--json"],
+], ids=["before", "after", "last", "after-wins"])
+def test_device_goes_before_or_after_the_command(image, args):
+    result = invoke(*[str(image) if a == "IMAGE" else a for a in args])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["device"] == str(image)
+
+
+def test_every_command_that_opens_a_device_takes_device_after_it():
+    opens = {"format", "save", "push", "squash", "rollback", "list", "unpack", "check", "show",
+             "export", "probe", "convert", "mount", "confirm", "watch", "status", "upgrade",
+             "package-hook", "bundle create", "bundle apply", "flash info", "fleet poll",
+             "fleet confirm", "fleet rollback"}
+    takes = set()
+    for name, command in main.commands.items():
+        for sub, leaf in getattr(command, "commands", {name: command}).items():
+            if any(p.name == "device" for p in leaf.params):
+                takes.add(sub if leaf is command else f"{name} {sub}")
+    assert takes == opens
+
+
+def test_device_after_a_nested_command(tmp_path):
+    path = tmp_path / "flash.img"
+    created = invoke("flash", "create", path, "--type", "nor", "--size", "1M",
+                     "--erase-size", "64K")
+    assert created.exit_code == 0, created.output
+    result = invoke("flash", "info", "--json", "--device", path)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["device"] == str(path)

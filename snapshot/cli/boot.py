@@ -3,8 +3,8 @@
 import click
 from pathlib import Path
 
-from snapshot.cli.common import (INEXACT, Progress, compression_of, compression_option, echo,
-                                 human, main, stored)
+from snapshot.cli.common import (DEVICE, INEXACT, Progress, compression_of,
+                                 compression_option, echo, human, main, stored)
 from snapshot.errors import SnapshotError
 from snapshot.operations import opened
 from snapshot.reboot import booted
@@ -26,6 +26,7 @@ from snapshot.reboot import booted
 @click.option("--pending", is_flag=True, hidden=True,
               help="Preinit: convert the ubifs overlay a convert staged on a UBI volume.")
 @compression_option
+@DEVICE
 @click.pass_obj
 def convert(obj, source, archive, legacy, accept_window, message, compression, pending):
     """Replace the jffs2 overlay on --device (ubifs, on a UBI volume) by a chain holding it
@@ -138,6 +139,7 @@ def _report(device: str, imported) -> None:
               help="Sandbox form: a mounted squashfs standing for /.")
 @click.option("--target", type=click.Path(file_okay=False, path_type=Path),
               help="Sandbox form: where to mount the merged root.")
+@DEVICE
 @click.pass_obj
 def mount_cmd(obj, root, target):
     """Boot: mount the saved state over the squashfs (run from preinit).

@@ -6,7 +6,8 @@ import click
 
 from snapshot import bundle as bundles, config
 from snapshot.chain import Chain
-from snapshot.cli.common import JSON, echo, human, main, max_attempts_of, reading, writing
+from snapshot.cli.common import (DEVICE, JSON, echo, human, main, max_attempts_of, reading,
+                                 writing)
 
 KEY = click.option("--key", type=click.Path(dir_okay=False, path_type=Path),
                    help="usign (or signify) secret key to sign with.")
@@ -44,6 +45,7 @@ def _range(spec: str) -> tuple[int, int]:
 @click.option("-m", "--message", help="[default: the newest snapshot's message]")
 @KEY
 @JSON
+@DEVICE
 @click.pass_obj
 def create(obj, snapshots, output, boards, rom, message, key, as_json):
     """Turn snapshot N (or N..M, merged into one) into a bundle.
@@ -122,6 +124,7 @@ def show(source, as_json):
 @click.argument("source", metavar="FILE|URL")
 @click.option("--no-reboot", is_flag=True, help="Do not reboot into the trial.")
 @JSON
+@DEVICE
 @click.pass_obj
 def apply(obj, source, no_reboot, as_json):
     """Apply a signed bundle as a snapshot on trial, then reboot into it.

@@ -9,14 +9,15 @@ from mtd import FlashOpenError, MtdError
 from snapshot import config, operations
 from snapshot import squash as squashing
 from snapshot.chain import Chain
-from snapshot.cli.common import (JSON, SOURCE, TRIAL, compression_of, compression_option,
-                                 echo, human, main, max_attempts_of, on_trial, reading, state_of,
-                                 stored, when, writing)
+from snapshot.cli.common import (DEVICE, JSON, SOURCE, TRIAL, compression_of,
+                                 compression_option, echo, human, main, max_attempts_of,
+                                 on_trial, reading, state_of, stored, when, writing)
 from snapshot.errors import ChainDamaged, SnapshotError
 from snapshot.operations import format_device, opened
 
 @main.command("format")
 @click.option("--force", is_flag=True, help="Replace a chain, jffs2 or old-format data.")
+@DEVICE
 @click.pass_obj
 def format_cmd(obj, force):
     """Create an empty snapshot chain on --device.
@@ -38,6 +39,7 @@ def format_cmd(obj, force):
 @compression_option
 @TRIAL
 @JSON
+@DEVICE
 @click.pass_obj
 def save(obj, source, compression, trial, as_json):
     """Store a directory as the volatile record, replacing the previous one.
@@ -66,6 +68,7 @@ def save(obj, source, compression, trial, as_json):
 @compression_option
 @TRIAL
 @JSON
+@DEVICE
 @click.pass_obj
 def push(obj, source, message, compression, trial, as_json):
     """Append a directory as a new snapshot; the volatile record is consumed into it.
@@ -116,6 +119,7 @@ def _keep(chain, keep, source, progress, compression) -> dict | None:
 @click.option("--upto", type=int,
               help="Merge snapshots 1..N [default: all but a snapshot on trial].")
 @JSON
+@DEVICE
 @click.pass_obj
 def squash(obj, upto, as_json):
     """Merge snapshots 1..N into one, so that what later ones deleted or overwrote stops
@@ -152,6 +156,7 @@ def _squashed(report: dict) -> str:
 @main.command()
 @click.option("--to", "to", type=int, help="Keep snapshots 1..N [default: all but the newest].")
 @JSON
+@DEVICE
 @click.pass_obj
 def rollback(obj, to, as_json):
     """Drop every snapshot after N, and the volatile record.
@@ -175,6 +180,7 @@ def rollback(obj, to, as_json):
 
 @main.command("list")
 @JSON
+@DEVICE
 @click.pass_obj
 def list_cmd(obj, as_json):
     """List the snapshots and the volatile record (reads record headers only), with the
@@ -224,6 +230,7 @@ def _state(record: dict) -> str:
 @click.option("--rom", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="The squashfs the directory will go over: whiteouts with nothing to "
                    "hide there are left out, as boot does.")
+@DEVICE
 @click.pass_obj
 def unpack_cmd(obj, dest, upto, volatile_to, rom):
     """Apply snapshots 1..N in order into a directory, as boot does.
@@ -243,6 +250,7 @@ def unpack_cmd(obj, dest, upto, volatile_to, rom):
 @main.command()
 @click.option("--repair", is_flag=True, help="Make the recovered state persistent.")
 @JSON
+@DEVICE
 @click.pass_obj
 def check(obj, repair, as_json):
     """Verify every record (read-only); with --repair, fix what was found.
@@ -279,6 +287,7 @@ def check(obj, repair, as_json):
 @click.option("--rom", type=click.Path(file_okay=False, path_type=Path), default="/rom",
               show_default=True, help="The read-only root, to tell added from modified.")
 @JSON
+@DEVICE
 @click.pass_obj
 def show(obj, index, rom, as_json):
     """List what snapshot N changed: added, modified, deleted, made opaque.
@@ -302,6 +311,7 @@ def show(obj, index, rom, as_json):
 @click.argument("index", type=int)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="File to write the archive to.")
+@DEVICE
 @click.pass_obj
 def export(obj, index, output):
     """Write snapshot N's archive to a file, as a compressed tar GNU tar reads.
@@ -316,6 +326,7 @@ def export(obj, index, output):
 
 
 @main.command()
+@DEVICE
 @click.pass_obj
 def probe(obj):
     """Exit 0 if --device holds a snapshot chain to boot, or the old fstools chain (which

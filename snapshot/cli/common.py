@@ -125,6 +125,18 @@ def main(ctx, device):
     ctx.obj = {"device": device or config.load()["device"] or None}
 
 
+def _device_here(ctx, param, value) -> None:
+    if value is not None:
+        ctx.obj["device"] = value
+
+
+#: `--device` after the command too (`snapshot list --device X`), for every command that opens
+#: a device: it wins over the one before the command.
+DEVICE = click.option("--device", metavar="DEV", expose_value=False, callback=_device_here,
+                      help="The device, as `snapshot --device DEV` takes it before the "
+                           "command.")
+
+
 class Progress:
     """Blocks written so far, on one refreshed stderr line, when stderr is a terminal."""
 

@@ -6,7 +6,8 @@ import click
 
 from mtd import FlashType, Geometry, SimFlash, open_flash
 from mtd.sim import validate_geometry
-from snapshot.cli.common import JSON, BlockList, Size, echo, human, main
+from snapshot.cli.common import DEVICE, JSON, BlockList, Size, echo, human, main
+
 
 @main.group()
 def flash():
@@ -60,6 +61,7 @@ def flash_create(image, flash_type, size, erase_size, page_size, oob_size, bad_b
 
 @flash.command("info")
 @JSON
+@DEVICE
 @click.pass_obj
 def flash_info(obj, as_json):
     """Show geometry, bad blocks and wear statistics of --device.

@@ -8,7 +8,7 @@ import click
 
 from snapshot import config
 from snapshot.chain import Chain
-from snapshot.cli.common import JSON, echo, main, max_attempts_of, writing
+from snapshot.cli.common import DEVICE, JSON, echo, main, max_attempts_of, writing
 from snapshot.operations import opened
 from snapshot.reboot import reboot_into
 
@@ -55,6 +55,7 @@ def _decide(obj, what: str, decide) -> dict:
 @click.option("--now", is_flag=True, help="Apply without the random delay.")
 @click.option("--no-reboot", is_flag=True, help="Do not reboot into the trial.")
 @JSON
+@DEVICE
 @click.pass_obj
 def poll(obj, now, no_reboot, as_json):
     """Fetch the channel and apply the bundle it names for this unit's base and group.
@@ -91,6 +92,7 @@ def poll(obj, now, no_reboot, as_json):
 @BUNDLE_ID
 @click.option("--force", is_flag=True, help="Confirm even though the last health check failed.")
 @JSON
+@DEVICE
 @click.pass_obj
 def confirm(obj, bundle_id, force, as_json):
     """Confirm this unit's trial of a bundle: the operator's decision, for a fleet whose units
@@ -122,6 +124,7 @@ def confirm(obj, bundle_id, force, as_json):
 @BUNDLE_ID
 @click.option("--no-reboot", is_flag=True, help="Do not reboot into the state before it.")
 @JSON
+@DEVICE
 @click.pass_obj
 def rollback(obj, bundle_id, no_reboot, as_json):
     """Roll back this unit's trial of a bundle, for the operator: the next boot (now, unless

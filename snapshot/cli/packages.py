@@ -7,8 +7,8 @@ import click
 
 from snapshot import config, packages
 from snapshot import upgrade as upgrades
-from snapshot.cli.common import (JSON, Progress, compression_of, compression_option, echo,
-                                 human, main, max_attempts_of)
+from snapshot.cli.common import (DEVICE, JSON, Progress, compression_of, compression_option,
+                                 echo, human, main, max_attempts_of)
 from snapshot.operations import DEFAULT_UPPER
 from snapshot.reboot import booted, reboot_into
 
@@ -31,6 +31,7 @@ def _manager(name: str | None) -> packages.PackageManager:
               help="The package manager [default: apk where its database is, else opkg].")
 @compression_option
 @JSON
+@DEVICE
 @click.pass_obj
 def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
     """Upgrade the installed packages into a new snapshot on trial, then reboot into it.
@@ -89,6 +90,7 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
 @main.command("package-hook", hidden=True)
 @click.argument("stage")
 @click.option("--manager", type=click.Choice(["apk", "opkg"]))
+@DEVICE
 @click.pass_obj
 def package_hook(obj, stage, manager):
     """Run by the package managers around a transaction (apk's commit hook, the opkg

@@ -6,11 +6,13 @@ import click
 
 from snapshot import operations
 from snapshot.chain import Chain
-from snapshot.cli.common import JSON, UNHEALTHY, echo, human, main, reading, when, writing
+from snapshot.cli.common import (DEVICE, JSON, UNHEALTHY, echo, human, main, reading, when,
+                                 writing)
 from snapshot.operations import opened
 
 @main.command()
 @JSON
+@DEVICE
 @click.pass_obj
 def confirm(obj, as_json):
     """Confirm the change on trial: it becomes a normal snapshot or volatile record.
@@ -62,6 +64,7 @@ def health(obj, as_json):
 
 @main.command()
 @click.option("--no-reboot", is_flag=True, help="Do everything but the reboot after a rollback.")
+@DEVICE
 @click.pass_obj
 def watch(obj, no_reboot):
     """Watch a change on trial and confirm it or roll it back (the procd service runs it).
@@ -100,6 +103,7 @@ def watch(obj, no_reboot):
 
 @main.command()
 @JSON
+@DEVICE
 @click.pass_obj
 def status(obj, as_json):
     """Show the chain, any change on trial, the last rollback, the last health checks and the
