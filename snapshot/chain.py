@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from mtd import Flash, MtdError
 from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged, StockMark
 from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED,
-                             FAILED, MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
+                             FAILED, FLEET, MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
                              Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
                              anchor_length, crc32, round_up, unpack_anchor)
+from snapshot.verified import record_key
 
 READ_CHUNK = 256 * 1024
 FIRST_READ = 16 * 1024
@@ -235,6 +236,9 @@ class Chain:
         self.reserved: frozenset[int] = frozenset()
         self.handed_out: set[int] = set()
         self.atomic_only: frozenset[int] = frozenset()
+        # What this process read of each record's payload (snapshot/verified.py keys):
+        # None when its every CRC passed, else why it is damaged.
+        self.read_results: dict[str, str | None] = {}
 
     @classmethod
     def replacing(cls, flash: Flash, reserved: set[int]) -> "Chain":
@@ -250,6 +254,7 @@ class Chain:
         chain._gen = chain.scan.max_gen
         chain.reserved = frozenset(reserved)
         chain.handed_out = set()
+        chain.read_results = {}
         # Anchor blocks holding data being replaced that a commit may take only by an atomic
         # LEB change (ubifs's, on UBI: convert.py), so the data stays until the commit.
         chain.atomic_only = frozenset()
@@ -272,6 +277,8 @@ class Chain:
         self.records = [self._locate(e) for e in anchor.records if e.type not in NOT_RECORDS]
         # The last automatic rollback, kept until the next one (FORMAT.md §3).
         self.note = next((e for e in anchor.records if e.type == NOTE), None)
+        # The fleet channel's memory (FORMAT.md §3, type 5), carried by every commit.
+        self.fleet = next((e for e in anchor.records if e.type == FLEET), None)
         self._listed = {b for r in self.records for b in r.blocks}
         self._check_directory()
 
@@ -425,6 +432,7 @@ class Chain:
     def _damaged(self, record: Record, stream_offset: int, reason: str) -> RecordDamaged:
         index = stream_offset // self.flash.geometry.erasesize
         block = record.blocks[index] if index < len(record.blocks) else None
+        self.read_results[record_key(record.entry)] = reason
         return RecordDamaged(self.flash.name, describe(record, self.records.index(record)),
                              block, reason)
 
@@ -492,9 +500,11 @@ class PayloadReader:
         self._fetched += n
         self._crc = crc32(data, self._crc)
         self.corrected = sum(self._flips)
-        if self._fetched == length and self._crc != self.record.entry.payload_crc:
-            raise self.chain._damaged(self.record, self.record.layout.payload_offset,
-                                      "payload CRC mismatch")
+        if self._fetched == length:
+            if self._crc != self.record.entry.payload_crc:
+                raise self.chain._damaged(self.record, self.record.layout.payload_offset,
+                                          "payload CRC mismatch")
+            self.chain.read_results[record_key(self.record.entry)] = None
         self._buffer = memoryview(data)
 
 
@@ -641,9 +651,10 @@ def _erased(flash: Flash, offset: int, length: int) -> bool:
 KEEP = object()
 
 
-def commit(chain: Chain, entries: list[DirEntry], note=KEEP) -> None:
-    """Append an anchor entry listing `entries` (and `note`, the last rollback: by default
-    the one the chain has): the single step that makes a write visible.
+def commit(chain: Chain, entries: list[DirEntry], note=KEEP, fleet=KEEP) -> None:
+    """Append an anchor entry listing `entries` (and `note`, the last rollback, and `fleet`,
+    the fleet channel's memory: by default the ones the chain has): the single step that
+    makes a write visible.
 
     The entry goes after the newest one when the bytes there read erased, otherwise into the
     anchor block holding the oldest entry, which is erased first; the newest entry is never
@@ -652,7 +663,8 @@ def commit(chain: Chain, entries: list[DirEntry], note=KEEP) -> None:
     the next one is tried."""
     flash, g = chain.flash, chain.flash.geometry
     note = chain.note if note is KEEP else note
-    extra = ((note,) if note else ()) + ((MARK_ENTRY,) if chain.mark_pending else ())
+    fleet = chain.fleet if fleet is KEEP else fleet
+    extra = tuple(e for e in (note, fleet) if e) + ((MARK_ENTRY,) if chain.mark_pending else ())
     data = _padded(flash, Anchor(chain.next_gen(), tuple(entries) + extra))
     if len(data) > g.erasesize:
         raise FlashFull(f"{flash.name}: too many records for one anchor entry; nothing was "

@@ -3,6 +3,7 @@
 Every constant and field below is specified in FORMAT.md; the section is cited beside it.
 The format version is independent of the package version.
 """
+import re
 import struct
 from typing import NamedTuple
 
@@ -10,7 +11,7 @@ import crcmod.predefined
 
 from snapshot.errors import FormatLimit
 
-FORMAT_VERSION = 3          # FORMAT.md: the format as a whole
+FORMAT_VERSION = 4          # FORMAT.md: the format as a whole
 RECORD_VERSION = 1          # FORMAT.md §4: record headers (unchanged since version 1)
 ANCHOR_VERSION = 2          # FORMAT.md §3: anchor entries as written
 ANCHOR_VERSIONS = (1, 2)    # FORMAT.md §3: as read (version 1 had no flags and no note)
@@ -27,7 +28,8 @@ VOLATILE = 2
 TYPE_NAMES = {SNAPSHOT: "snapshot", VOLATILE: "volatile"}
 NOTE = 3                   # FORMAT.md §3: a directory entry that is no record (the last rollback)
 MARK = 4                   # FORMAT.md §3: no record either: the mark block is still to be written
-NOT_RECORDS = (NOTE, MARK)
+FLEET = 5                  # FORMAT.md §3: no record: the fleet channel's memory on this unit
+NOT_RECORDS = (NOTE, MARK, FLEET)
 
 # FORMAT.md §3: a directory entry's flags. Bits 0-1 the record's state, bit 2 a volatile kept
 # to come back if the trial fails, bits 8-11 the boots the trial has had, bits 12-15 the boots
@@ -229,8 +231,8 @@ class DirEntry(NamedTuple):
         if self.type in NOT_RECORDS:
             if (self.compression, self.payload_length, self.payload_crc, self.header_crc,
                     self.extents, self.flags) != (0, 0, 0, 0, (), 0):
-                raise FormatLimit("a note or mark entry has no payload, no extents and no "
-                                  "flags")
+                raise FormatLimit("a note, mark or fleet entry has no payload, no extents "
+                                  "and no flags")
             _fits("sequence number", self.seq, 32)
             _fits("generation", self.gen, 64)
             _fits("creation time", self.created, 64)
@@ -284,6 +286,52 @@ class DirEntry(NamedTuple):
         limit = self.max_attempts if max_attempts is None else max_attempts
         return self._replace(flags=state | (FALLBACK if fallback else 0)
                              | attempts << ATTEMPTS_SHIFT | limit << LIMIT_SHIFT)
+
+
+# FORMAT.md §3: the fleet entry. Its message: the expiry of the channel version it accepted
+# (decimal), then the ids of the bundles whose trial failed here, oldest first, each after
+# one space: at most MAX_FAILED of them, so that it always fits MAX_MESSAGE.
+MAX_FAILED = 8
+BUNDLE_ID = re.compile(r"[0-9a-f]{16}")
+MAX_CHANNEL_VERSION = (1 << 32) - 1
+MAX_TIME = (1 << 63) - 1
+
+
+class Fleet(NamedTuple):
+    """What a unit remembers of its fleet channel, on flash (FORMAT.md §3, type 5): the highest
+    channel version it accepted, that channel's signed `published` and `expires` times, and
+    the bundles whose trial failed here."""
+    version: int = 0
+    published: int = 0
+    expires: int = 0
+    failed: tuple[str, ...] = ()
+
+    def entry(self) -> DirEntry:
+        """The directory entry; FormatLimit if a field does not fit."""
+        _fits("channel version", self.version, 32)
+        _fits("channel time", self.published, 63)
+        _fits("channel expiry", self.expires, 63)
+        if len(self.failed) > MAX_FAILED or not all(BUNDLE_ID.fullmatch(i) for i in self.failed):
+            raise FormatLimit(f"the fleet entry holds at most {MAX_FAILED} bundle ids")
+        message = " ".join([str(self.expires), *self.failed])
+        return DirEntry(FLEET, 0, self.version, 0, self.published, 0, 0, 0, (), message)
+
+    @classmethod
+    def of(cls, entry: DirEntry | None) -> "Fleet":
+        """The memory a fleet entry holds (None: nothing yet). Whatever of the message does
+        not parse is left out, so that a bad entry never stops a reader."""
+        if entry is None:
+            return cls()
+        words = entry.message.split(" ")
+        expires = int(words[0]) if words[0].isdigit() and len(words[0]) < 20 else 0
+        failed = tuple(w for w in words[1:] if BUNDLE_ID.fullmatch(w))[-MAX_FAILED:]
+        return cls(entry.seq, entry.created, expires, failed)
+
+    def failing(self, bundle_id: str) -> "Fleet":
+        """The same memory with `bundle_id` among the failed, the oldest forgotten past
+        MAX_FAILED."""
+        kept = tuple(i for i in self.failed if i != bundle_id) + (bundle_id,)
+        return self._replace(failed=kept[-MAX_FAILED:])
 
 
 class Anchor(NamedTuple):

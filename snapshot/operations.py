@@ -6,20 +6,21 @@ the step tables.
 """
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import Flash, open_flash
-from snapshot import archive, live, marks, restore
+from snapshot import archive, live, marks, restore, verified
 from snapshot import trial as trials
 from snapshot.capture import Capture
-from snapshot.chain import (LEGACY_MAGIC, Chain, DeviceLock, Record, RecordWriter, commit,
+from snapshot.chain import (KEEP, LEGACY_MAGIC, Chain, DeviceLock, Record, RecordWriter, commit,
                             describe, finish_mark, read_mark, scan_anchors,
                             write_fresh_anchor_block)
-from snapshot.errors import ChainDamaged, NoChain, RecordDamaged, SnapshotError
-from snapshot.format import (COMPRESSION_GZIP, FAILED, SNAPSHOT, STATE_NAMES, TRIAL, VOLATILE,
-                             Anchor, DirEntry, round_up)
+from snapshot.errors import ChainDamaged, FlashFull, NoChain, RecordDamaged, SnapshotError
+from snapshot.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE,
+                             SNAPSHOT, STATE_NAMES, TRIAL, VOLATILE, Anchor, DirEntry, round_up)
 
 DEFAULT_UPPER = "/volatile/upper"
 
@@ -95,20 +96,34 @@ def format_device(flash: Flash, force: bool = False) -> None:
 # -- save, push, rollback --------------------------------------------------------------------
 
 def _current_snapshots(chain: Chain, snapshots: list[Record], progress) -> list[DirEntry]:
-    """The entries of `snapshots`, which a write builds on, after checking each one's header
-    and commit marker: a page or two each, not the payloads (DESIGN.md §4 says why that is
-    enough). A damaged one refuses the write (later ones would be invisible on top of it);
-    one read with corrected bit flips is rewritten now, in the same commit."""
+    """The entries of `snapshots`, which a write builds on, after checking each one: its
+    header and commit marker (a page or two each), and its payload only where this boot has
+    not verified it already (snapshot/verified.py; DESIGN.md §4 says why that is enough). A
+    record known to be damaged refuses the write, before anything is written: the next
+    boot's repair would empty it under the new record. One read with corrected bit flips is
+    rewritten now, in the same commit."""
     if chain.problems:
         raise ChainDamaged(f"{chain.problems[0]}; run `snapshot check --repair` first")
+    known = verified.load(chain.flash)
     entries = []
-    for record in snapshots:
-        flips: list[int] = []
-        try:
-            chain.read_header(record, flips)
-        except RecordDamaged as e:
-            raise ChainDamaged(f"{e}; run `snapshot check --repair` first") from None
-        entries.append(_rewrite(chain, record, progress) if flips else record.entry)
+    try:
+        for record in snapshots:
+            flips: list[int] = []
+            key = verified.record_key(record.entry)
+            if key not in known:
+                flips.append(chain.verify(record))
+            elif known[key] is not None:
+                raise RecordDamaged(chain.flash.name, describe(record, chain.records.index(
+                    record)), None, f"{known[key]}, found by an earlier read")
+            else:
+                chain.read_header(record, flips)
+            entries.append(_rewrite(chain, record, progress) if any(flips) else record.entry)
+    except RecordDamaged as e:
+        raise ChainDamaged(f"{e}; nothing was written. `snapshot check --repair` empties "
+                           f"{e.what} (its changes are lost, the records above it are kept); "
+                           f"then write again") from None
+    finally:
+        verified.remember(chain.flash, chain.read_results)
     return entries
 
 
@@ -226,13 +241,16 @@ def rollback(chain: Chain, to: int | None) -> list[str]:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def record_info(chain: Chain, record: Record, index: int) -> dict:
+def record_info(chain: Chain, record: Record, index: int, known: dict) -> dict:
     """What list shows of a record: from the anchor plus its header and commit marker.
-    `state` is where it stands in a trial; `integrity` what its header and commit marker
-    say."""
+    `state` is where it stands in a trial; `integrity` says what was checked: "verified"
+    (its payload's CRC passed when this boot, or an earlier command, read it:
+    snapshot/verified.py `known`), "header ok" (its payload was not read), or "damaged: why"."""
     try:
         chain.read_header(record)
-        integrity = "ok"
+        found = known.get(verified.record_key(record.entry), "")
+        integrity = "verified" if found is None else f"damaged: {found}" if found else \
+            "header ok"
     except RecordDamaged as e:
         integrity = f"damaged: {e.reason}"
     e = record.entry
@@ -252,12 +270,13 @@ def listing(chain: Chain) -> dict:
     kept in case a trial fails and a failed one included."""
     volatile = chain.volatile
     note = chain.note
+    known = verified.load(chain.flash)
     return {
         "device": chain.flash.name,
         "geometry": chain.flash.geometry.as_dict(),
-        "snapshots": [record_info(chain, r, i) for i, r in enumerate(chain.snapshots)],
-        "volatile": record_info(chain, volatile, 0) if volatile else None,
-        "volatiles": [record_info(chain, r, 0) for r in chain.volatiles],
+        "snapshots": [record_info(chain, r, i, known) for i, r in enumerate(chain.snapshots)],
+        "volatile": record_info(chain, volatile, 0, known) if volatile else None,
+        "volatiles": [record_info(chain, r, 0, known) for r in chain.volatiles],
         "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message}
         if note else None,
         "used_bytes": chain.used_bytes(),
@@ -497,6 +516,11 @@ def export(chain: Chain, index: int, target: Path) -> int:
 
 # -- check and repair --------------------------------------------------------------------------
 
+#: An archive with no members (tar's end: two zero blocks): what stands in for a snapshot
+#: whose content a repair lost (DESIGN.md §4), gzip-compressed as every record may be.
+EMPTY_ARCHIVE = bytes(1024)
+
+
 @dataclass
 class Report:
     device: str
@@ -504,6 +528,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     damage: list[str] = field(default_factory=list)   # the problems that lose data
+    lost: list[str] = field(default_factory=list)     # what a repair loses (check: would)
     snapshots: int = 0
     volatile: bool = False
 
@@ -514,15 +539,23 @@ class Report:
     def as_dict(self) -> dict:
         return {"device": self.device, "clean": self.clean, "snapshots": self.snapshots,
                 "volatile": self.volatile, "problems": self.problems, "notes": self.notes,
-                "repairs": self.repairs}
+                "repairs": self.repairs, "lost": self.lost, "nothing_lost": not self.lost}
 
 
 @dataclass
 class Findings:
-    keep: list[int]                # indexes (in anchor order) of the records kept
-    scrub: list[int]               # indexes of kept records read with corrected bit flips
+    """What a repair does with each record (indexes in anchor order): a record not named in
+    `empty` or `drop` is kept, rewritten if it is in `scrub`."""
+    scrub: list[int]
+    empty: dict[int, str]          # confirmed snapshots whose content is lost, and why
+    drop: dict[int, str]           # records left out of the directory, and why
+    damaged_trial: str | None      # why the trial failed: it is damaged itself
     torn_anchor: bool
     mark: bool = False             # the mark block is still to be written
+
+    @property
+    def rewrites_directory(self) -> bool:
+        return bool(self.scrub or self.empty or self.drop or self.torn_anchor)
 
 
 def _builds_on(chain: Chain, index: int) -> list[int]:
@@ -536,30 +569,58 @@ def _builds_on(chain: Chain, index: int) -> list[int]:
     return snapshots[:record.entry.seq]
 
 
+def _plan(chain: Chain, damaged: dict[int, str]) -> tuple[dict, dict, str | None]:
+    """What a repair does about `damaged` records (DESIGN.md §4): a confirmed snapshot is
+    emptied, so the records above it stay, applied over what remains; a trial that is
+    damaged has failed, and goes with what was saved on it (DESIGN.md §10's failure); any
+    other damaged record (a volatile record, a failed trial) is dropped. Records past a
+    directory problem are dropped, as the directory cannot say what they are."""
+    empty, drop = {}, {}
+    for index in range(chain.valid_prefix, len(chain.records)):
+        drop[index] = chain.problems[0]
+    trial = chain.trial
+    trial_index = chain.records.index(trial) if trial is not None else None
+    damaged_trial = damaged.get(trial_index)
+    for index, reason in damaged.items():
+        record = chain.records[index]
+        if record.entry.type == SNAPSHOT and record.entry.state == CONFIRMED:
+            empty[index] = reason
+        else:
+            drop[index] = reason
+    if damaged_trial is not None and trial.entry.type == SNAPSHOT:
+        for index, record in enumerate(chain.records):
+            if record.entry.type == VOLATILE and not record.entry.fallback:
+                drop.setdefault(index, f"saved on {describe(trial, trial_index)}, which is "
+                                       f"damaged")
+    return empty, drop, damaged_trial
+
+
 def examine(chain: Chain, report: Report) -> Findings:
-    """Read everything and say what is wrong. Reads only. A damaged record is dropped, and
-    so is every record built on it: the snapshots after it, and the volatile records on top
-    of them (the one kept for a trial builds on the snapshots before the trial)."""
+    """Read everything and say what is wrong, and what a repair would lose (_plan). Reads
+    the flash only; what it read of each payload goes to the ledger (snapshot/verified.py)."""
     report.snapshots = len(chain.snapshots)
     report.volatile = chain.volatile is not None
     report.problems.extend(chain.problems)
     report.damage.extend(chain.problems)
-    keep, scrub = [], []
-    for index, record in enumerate(chain.records[:chain.valid_prefix]):
-        if not set(_builds_on(chain, index)) <= set(keep):
-            continue   # built on a record that is dropped: not worth reading
-        name = describe(record, index)
-        try:
-            corrected = chain.verify(record)
-        except RecordDamaged as e:
-            report.problems.append(str(e))
-            report.damage.append(str(e))
-            continue
-        keep.append(index)
-        if corrected:
-            report.problems.append(f"{name}: {corrected} corrected bit flips; "
-                                   f"it should be rewritten")
-            scrub.append(index)
+    damaged, scrub = {}, []
+    try:
+        for index, record in enumerate(chain.records[:chain.valid_prefix]):
+            name = describe(record, index)
+            try:
+                corrected = chain.verify(record)
+            except RecordDamaged as e:
+                report.problems.append(str(e))
+                report.damage.append(str(e))
+                damaged[index] = e.reason
+                continue
+            if corrected:
+                report.problems.append(f"{name}: {corrected} corrected bit flips; "
+                                       f"it should be rewritten")
+                scrub.append(index)
+    finally:
+        verified.remember(chain.flash, chain.read_results)
+    empty, drop, damaged_trial = _plan(chain, damaged)
+    report.lost.extend(_losses(chain, empty, drop))
     newest = chain.scan.newest
     torn = newest.torn if newest else False
     if torn:
@@ -569,7 +630,23 @@ def examine(chain: Chain, report: Report) -> Findings:
     if chain.mark_pending:
         report.problems.append(f"block {chain.mark.block}, the mark block, is still to be "
                                f"written (an interrupted format, reset or convert)")
-    return Findings(keep, scrub, torn or bool(newest and newest.corrected), chain.mark_pending)
+    return Findings([i for i in scrub if i not in empty and i not in drop], empty, drop,
+                    damaged_trial, torn or bool(newest and newest.corrected),
+                    chain.mark_pending)
+
+
+def _losses(chain: Chain, empty: dict[int, str], drop: dict[int, str]) -> list[str]:
+    """What a repair loses, record by record, in words a user can act on."""
+    lines = []
+    for index, record in enumerate(chain.records):
+        e = record.entry
+        what = describe(record, index) + (f" ({e.message!r})" if e.message else "")
+        if index in empty:
+            lines.append(f"the changes of {what}, damaged ({empty[index]}): it becomes an "
+                         f"empty record, and every record above it is kept")
+        elif index in drop:
+            lines.append(f"{what}: {drop[index]}")
+    return lines
 
 
 def check(chain: Chain) -> Report:
@@ -579,32 +656,62 @@ def check(chain: Chain) -> Report:
 
 
 def repair(chain: Chain, progress=None) -> Report:
-    """Make the state the next open sees explicit and clean: drop damaged records (and the
-    snapshots after a damaged one), rewrite records with corrected bit flips, and rewrite a
-    torn anchor. One commit; running it again finds nothing to do."""
+    """Make the state the next open sees explicit and clean, losing as little as it can
+    (_plan): empty each damaged confirmed snapshot, fail a damaged trial, drop other damaged
+    records, rewrite records with corrected bit flips, and rewrite a torn anchor. One
+    commit; running it again finds nothing to do. Where the flash has no block left for an
+    empty record, that snapshot is dropped with everything built on it, as the report says."""
     report = Report(chain.flash.name)
     found = examine(chain, report)
     if report.clean:
         return report
+    entries, note, lost_from = [], KEEP, None
+    if found.damaged_trial is not None:
+        note = trials.fail(chain, f"{trials.name(chain, chain.trial)} is damaged "
+                                  f"({found.damaged_trial}): rolled back", int(time.time()))[1]
     for index, record in enumerate(chain.records):
-        if index not in found.keep:
-            report.repairs.append(f"dropped {describe(record, index)}")
-    entries = []
-    for index in found.keep:
-        record = chain.records[index]
-        if index in found.scrub:
+        name = describe(record, index)
+        if index in found.drop:
+            report.repairs.append(f"dropped {name}")
+            continue
+        if lost_from is not None and lost_from in _builds_on(chain, index):
+            report.repairs.append(f"dropped {name}: it builds on snapshot "
+                                  f"{lost_from + 1}")
+            continue
+        if index in found.empty:
+            try:
+                entries.append(_emptied(chain, record, found.empty[index], progress))
+            except FlashFull:
+                lost_from = index
+                report.repairs.append(f"dropped {name}: no free block for an empty record "
+                                      f"in its place")
+                continue
+            report.repairs.append(f"emptied {name}: its changes are lost")
+        elif index in found.scrub:
             entries.append(_rewrite(chain, record, progress))
-            report.repairs.append(f"rewrote {describe(record, index)}")
+            report.repairs.append(f"rewrote {name}")
         else:
             entries.append(record.entry)
-    if len(found.keep) < len(chain.records) or found.scrub or found.torn_anchor or \
-            not found.mark:
-        commit(chain, trials.settled(entries))
+    if found.rewrites_directory or not found.mark:
+        commit(chain, trials.settled(entries), note)
     if found.torn_anchor:
         report.repairs.append("rewrote the anchor")
     if finish_mark(chain):
         report.repairs.append(f"wrote the mark block (block {chain.mark.block})")
     return report
+
+
+def _emptied(chain: Chain, record: Record, reason: str, progress) -> DirEntry:
+    """An empty snapshot in place of `record`, whose content is lost: same number, state and
+    time, so the records above it stay what they were; its message says what happened."""
+    e = record.entry
+    message = f"emptied by a repair ({reason})" + (f": {e.message}" if e.message else "")
+    message = message.encode()[:MAX_MESSAGE].decode(errors="ignore")
+    import gzip   # here: only a repair that loses a record needs it
+    writer = RecordWriter(chain, SNAPSHOT, e.seq, message, COMPRESSION_GZIP, progress,
+                          e.created)
+    writer.write(gzip.compress(EMPTY_ARCHIVE, mtime=0))
+    return writer.finish()._replace(flags=e.flags)
 
 
 def _rewrite(chain: Chain, record: Record, progress, seq: int | None = None) -> DirEntry:

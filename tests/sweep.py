@@ -151,18 +151,29 @@ def base_two_snapshots_and_volatile(device: str, work: Path) -> None:
     _write(device, operations.save, make_tree(work / "v2", 4, 10))
 
 
-def base_damaged_volatile(device: str, work: Path) -> None:
-    base_two_snapshots_and_volatile(device, work)
+def damage_payload(device: str, pick) -> None:
+    """Damage one payload byte of the record `pick(chain)` behind the flash layer's back, as
+    a failing cell would."""
     with open_flash(device) as flash:
-        chain = Chain(flash)
-        record = chain.volatile
+        record = pick(Chain(flash))
         offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
-    # Damage one payload byte behind the flash layer's back, as a failing cell would.
     with open(device, "r+b") as f:
         f.seek(offset + 40)
         byte = f.read(1)
         f.seek(offset + 40)
         f.write(bytes([byte[0] ^ 0x5A]))
+
+
+def base_damaged_volatile(device: str, work: Path) -> None:
+    base_two_snapshots_and_volatile(device, work)
+    damage_payload(device, lambda chain: chain.volatile)
+
+
+def base_damaged_middle_snapshot(device: str, work: Path) -> None:
+    """Two snapshots and a volatile record, the first snapshot's payload damaged: a repair
+    writes an empty record in its place and keeps the rest (DESIGN.md §4)."""
+    base_two_snapshots_and_volatile(device, work)
+    damage_payload(device, lambda chain: chain.snapshots[0])
 
 
 def flip_a_bit_in_every_record(device: str) -> None:
@@ -282,6 +293,8 @@ SCENARIOS = {
                      lambda w: ["push", "--from", str(make_tree(w / "s9", 8, 150)), "-m", "new"]),
     "rollback": Scenario("rollback", base_two_snapshots_and_volatile, lambda w: ["rollback"]),
     "repair": Scenario("repair", base_damaged_volatile, lambda w: ["check", "--repair"]),
+    "repairempty": Scenario("repairempty", base_damaged_middle_snapshot,
+                            lambda w: ["check", "--repair"]),
     # Operations that write several records: scrubs of every flipped record, and the new one.
     "scrub": Scenario("scrub", base_flipped_records, lambda w: ["check", "--repair"],
                       changes=False),

@@ -210,6 +210,11 @@ def list_cmd(obj, as_json):
     if note:
         echo(f"last rollback: {when(note['time'])}: {note['reason']}")
     echo(f"flash: {human(info['used_bytes'])} used, {human(info['free_bytes'])} free")
+    records = info["snapshots"] + info["volatiles"]
+    unread = sum(r["integrity"] == "header ok" for r in records)
+    if unread:
+        echo(f"payloads: {unread} of {len(records)} not read since boot (list reads headers "
+             f"only; `snapshot check` reads them all)")
 
 
 def _state(record: dict) -> str:
@@ -217,7 +222,8 @@ def _state(record: dict) -> str:
     state = record["state"]
     if state == "trial":
         state += f" {record['attempts']}/{record['max_attempts']}"
-    return state if record["integrity"] == "ok" else f"{state}, {record['integrity']}"
+    damaged = record["integrity"].startswith("damaged")
+    return f"{state}, {record['integrity']}" if damaged else state
 
 
 
@@ -230,18 +236,27 @@ def _state(record: dict) -> str:
 @click.option("--rom", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="The squashfs the directory will go over: whiteouts with nothing to "
                    "hide there are left out, as boot does.")
+@click.option("--force", is_flag=True,
+              help="Unpack into a directory that is not empty.")
 @DEVICE
 @click.pass_obj
-def unpack_cmd(obj, dest, upto, volatile_to, rom):
+def unpack_cmd(obj, dest, upto, volatile_to, rom, force):
     """Apply snapshots 1..N in order into a directory, as boot does.
 
     Without --rom every whiteout is kept; overlayfs then lists those in directories the
-    squashfs lacks (it hides whiteouts only in directories it merges).
+    squashfs lacks (it hides whiteouts only in directories it merges). A directory that is
+    not empty is refused, with nothing written, unless --force: the snapshots' files and
+    whiteouts would replace what it holds.
 
     \b
     Example:
       snapshot unpack --to /tmp/upper --volatile-to /tmp/volatile --rom /rom
     """
+    for where in (dest, volatile_to):
+        if not force and where is not None and where.is_dir() and any(where.iterdir()):
+            raise SnapshotError(f"{where} is not empty: the snapshots' files and whiteouts "
+                                f"would replace what it holds; add --force to unpack into "
+                                f"it anyway")
     with reading(obj) as dev:
         count = operations.unpack(Chain(dev), dest, upto, volatile_to, rom)
     echo(f"unpacked {count} snapshots into {dest}")
@@ -255,11 +270,15 @@ def unpack_cmd(obj, dest, upto, volatile_to, rom):
 def check(obj, repair, as_json):
     """Verify every record (read-only); with --repair, fix what was found.
 
-    --repair drops damaged records (and the snapshots after one), rewrites records with
-    corrected bit flips and rewrites a torn anchor entry; it says what it dropped.
+    A damaged snapshot costs only its own changes: --repair empties it and keeps every
+    record above it, applied over what remains. A damaged trial fails (the state before it
+    comes back), and a damaged volatile record is dropped. It also rewrites records with
+    corrected bit flips and a torn anchor entry. Without --repair, check says what a
+    repair would lose; with it, what was lost.
 
     \b
-    Exit status: 0 clean (or repaired), 4 problems found, 1 error.
+    Exit status: 0 clean, repaired, or only what a routine power cut leaves (nothing is
+    lost); 4 damage found, which a repair loses data to; 1 error.
     Example:
       snapshot check --json
     """
@@ -274,11 +293,21 @@ def check(obj, repair, as_json):
     else:
         for line in report.problems:
             echo(f"problem: {line}")
+        for line in report.lost:
+            echo(f"{'lost' if repair else 'a repair would lose'}: {line}")
         for line in report.repairs:
             echo(f"repaired: {line}")
-        echo("clean" if report.clean else
-             "repaired" if report.repairs else "not clean: run check --repair")
-    if not report.clean and not report.repairs:
+        if report.clean:
+            echo("clean")
+        elif repair:
+            echo("repaired" + ("" if report.damage else "; nothing is lost"))
+        elif report.damage:
+            echo("damaged: `snapshot check --repair` (every boot runs it) loses what is "
+                 "named above")
+        else:
+            echo("not clean, but nothing is lost: what a routine power cut or ageing flash "
+                 "leaves; `snapshot check --repair` (every boot runs it) tidies it")
+    if not repair and report.damage:
         raise SystemExit(ChainDamaged.exit_code)
 
 
