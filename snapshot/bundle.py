@@ -33,6 +33,11 @@ VERSION = 1                              # FORMAT.md §7: the bundle format
 HEADER = struct.Struct("<4sHHII")       # magic, version, 0, manifest length, signature length
 MAX_MANIFEST = 64 * 1024
 MAX_SIGNATURE = 4096
+#: A payload's length and a creation time fit a record's 64-bit fields (FORMAT.md §3, §5).
+LIMIT_64 = 1 << 64
+KEYS = {"format", "boards", "rootfs", "base", "message", "created", "payload"}
+PAYLOAD_KEYS = {"compression", "length", "sha256"}
+SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 64 * 1024
 COMPRESSION_NAMES = {v: k for k, v in COMPRESSIONS.items()}
 TAG = trials.BUNDLE_TAG
@@ -333,19 +338,48 @@ def read_head(stream, name: str) -> Bundle:
     signature = _exactly(stream, slen, "signature", name)
     try:
         manifest = json.loads(data)
-        payload = manifest["payload"]
-        ok = (manifest["format"] == VERSION and isinstance(manifest["boards"], list)
-              and isinstance(manifest["base"], list) and isinstance(manifest["rootfs"], str)
-              and isinstance(manifest["message"], str) and isinstance(manifest["created"], int)
-              and payload["compression"] in COMPRESSIONS
-              and isinstance(payload["length"], int) and payload["length"] >= 0
-              and re.fullmatch(r"[0-9a-f]{64}", payload["sha256"]))
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok or manifest_bytes(manifest) != data:
+    except (ValueError, RecursionError):    # RecursionError: nested too deeply
+        manifest = None
+    if not _well_formed(manifest) or manifest_bytes(manifest) != data:
         raise BundleRefused(f"{name}: corrupted: the manifest does not parse; nothing was "
                             f"written")
     return Bundle(manifest, data, signature)
+
+
+def _well_formed(manifest) -> bool:
+    """Whether a parsed manifest has exactly the keys of FORMAT.md §7, each of its type and
+    within its field's limits, so that nothing downstream meets a value it cannot hold."""
+    if not (isinstance(manifest, dict) and manifest.keys() == KEYS):
+        return False
+    payload = manifest["payload"]
+    return (_number(manifest["format"]) and manifest["format"] == VERSION
+            and isinstance(manifest["boards"], list) and all(map(_text, manifest["boards"]))
+            and isinstance(manifest["base"], list) and all(map(_hash, manifest["base"]))
+            and _hash(manifest["rootfs"]) and _text(manifest["message"])
+            and _number(manifest["created"])
+            and isinstance(payload, dict) and payload.keys() == PAYLOAD_KEYS
+            and isinstance(payload["compression"], str)
+            and payload["compression"] in COMPRESSIONS
+            and _number(payload["length"]) and _hash(payload["sha256"]))
+
+
+def _number(value) -> bool:
+    return type(value) is int and 0 <= value < LIMIT_64
+
+
+def _text(value) -> bool:
+    """A string that UTF-8 can hold (JSON's \\ud800 escapes give lone surrogates)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _hash(value) -> bool:
+    return isinstance(value, str) and SHA256.fullmatch(value) is not None
 
 
 def describe(bundle: Bundle) -> dict:

@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 from snapshot import config, health
 from snapshot import trial as trials
 from snapshot.chain import commit
-from snapshot.errors import SnapshotError
+from snapshot.text import printable
 
 
 class Settings(NamedTuple):
@@ -136,7 +136,8 @@ class SysLog:
     """Lines an operator can grep (`logread | grep snapshot`): syslog, tagged snapshot, and
     stderr."""
 
-    def __init__(self):
+    def __init__(self, echo: bool = True):
+        self.echo = echo
         try:
             import syslog
             syslog.openlog("snapshot", 0, syslog.LOG_DAEMON)
@@ -146,7 +147,9 @@ class SysLog:
 
     def __call__(self, line: str, loud: bool = False) -> None:
         import sys
-        print(f"snapshot: {line}", file=sys.stderr, flush=True)
+        line = printable(line)
+        if self.echo:
+            print(f"snapshot: {line}", file=sys.stderr, flush=True)
         if self._syslog:
             self._syslog.syslog(self._syslog.LOG_ERR if loud else self._syslog.LOG_NOTICE,
                                 line)

@@ -143,7 +143,9 @@ def apply(obj, source, no_reboot, as_json):
     """
     from snapshot import watch as watching
     from snapshot.reboot import reboot_into
-    log = watching.SysLog()
+    # The outcome is this command's own line (or its one `Error:` line): the log goes to
+    # syslog only.
+    log = watching.SysLog(echo=False)
     max_attempts = max_attempts_of(True)
     with writing(obj, "bundle") as (chain, progress):
         result = bundles.apply_from(source, chain, config.load(), max_attempts, log, progress)

@@ -69,7 +69,9 @@ def poll(obj, now, no_reboot, as_json):
       snapshot fleet poll --json
     """
     from snapshot import fleet as fleets, watch as watching
-    log = watching.SysLog()
+    # The outcome is this command's own line (or its one `Error:` line): the log goes to
+    # syslog only.
+    log = watching.SysLog(echo=False)
 
     @contextmanager
     def chain_opener():
@@ -242,20 +244,30 @@ def report(statuses, output, bundle_id, as_json):
       snapshot fleet report status/*.json -o report.json
     """
     from snapshot import fleet as fleets
-    merged = {}
-    for path in statuses:
-        try:
-            merged[path.stem] = json.loads(path.read_text())
-        except ValueError:
-            merged[path.stem] = {"error": f"{path}: not JSON"}
-    done = fleets.report(merged, bundle_id)
+    done = fleets.report({path.stem: fleets.read_status(path) for path in statuses},
+                         bundle_id)
     if output:
         output.write_text(json.dumps(done, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps(done, indent=2))
-        return
+    else:
+        _report_lines(done)
+    unreadable = [unit["error"] for unit in done["units"].values() if "error" in unit]
+    if unreadable:
+        raise click.ClickException(f"{len(unreadable)} of {len(done['units'])} status files "
+                                   f"could not be read: {'; '.join(unreadable)}")
+
+
+def _report_lines(done: dict) -> None:
     echo(f"bundle {done['bundle']}")
     for name, unit in done["units"].items():
         note = unit["last_rollback"] or {}
         echo(f"{name:20} {unit['group'] or '-':10} {unit['outcome']:12} "
              f"{note.get('reason', '') if unit['outcome'] == 'failed' else ''}")
+    A file that cannot be read, or is not a unit's status, is that unit's `{"error": ...}`
+    (naming the file); the others are reported all the same, and the command then exits 1
+    with one `Error:` line that names it.
+
+        if "error" in unit:
+            echo(f"{name:20} unreadable: {unit['error']}")
+            continue

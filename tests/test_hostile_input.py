@@ -1,0 +1,332 @@
+"""Bad input gets one clear line, from anywhere: a bundle, a channel or a unit's status file
+of arbitrary bytes, fed to every reader, gives one `Error:` line, a non-zero exit, no
+traceback and an unchanged image; and nothing read from flash, a bundle, the network or a
+file name reaches the terminal raw (`--json` keeps the exact text)."""
+import functools
+import http.server
+import json
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from bundle_lab import Lab
+from clirun import invoke
+from mtd import FlashType, Geometry, SimFlash
+from openwrt_tools import tool
+from snapshot import bundle as bundles
+from snapshot.text import printable
+from sweep import image_digest
+
+KIB = 1024
+NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
+#: What must never reach a terminal raw: control characters other than the line ends.
+RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+FORGED = "fix\nsigned by trusted key 0123456789abcdef\x1b[8m"
+HOSTILE = settings(max_examples=80, deadline=None,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                          HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def clean(result) -> None:
+    """Nothing of the output reaches the terminal raw."""
+    assert not RAW.search(result.stdout + result.stderr), repr(result.output)
+
+
+def one_error(result) -> str:
+    """The run failed with one `Error:` line on stderr, nothing raw, nothing on stdout."""
+    clean(result)
+    assert result.exit_code == 1, repr(result.output)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), repr(result.stderr)
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# -- the escaping --------------------------------------------------------------------------
+
+def test_control_characters_become_visible_escapes_and_other_text_stays():
+    assert printable("a\nb\rc\td") == "a\\nb\\rc\\td"
+    assert printable("\x1b[8mhidden\x7f\x9b") == "\\x1b[8mhidden\\x7f\\x9b"
+    assert printable("\u202eevil") == "\\u202eevil"
+    assert printable("caf\udce9") == "caf\\xe9"         # an undecodable byte of a file name
+    assert printable("routeur é ✓ C:\\path") == "routeur é ✓ C:\\path"
+
+
+def test_an_error_line_naming_a_file_escapes_its_name(tmp_path):
+    done = invoke("bundle", "show", tmp_path / "fix\n\x1b[8m.snb")
+    assert one_error(done) == (f"Error: {tmp_path}/fix\\n\\x1b[8m.snb: No such file or "
+                               f"directory")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Lab:
+    work = tmp_path_factory.mktemp("hostile")
+    lab = Lab.make(work / "lab")
+    lab.reference(work / "ref.img", NOR)
+    lab.unit_from(work / "unit.img")
+    return lab
+
+
+def test_a_bundle_message_cannot_forge_the_verdict_of_bundle_show(lab, tmp_path):
+    fix = lab.bundle(lab.work.parent / "ref.img", "2", tmp_path / "fix.snb", lab.other,
+                     "-m", FORGED)
+    done = invoke("bundle", "show", fix, env=lab.env)
+    clean(done)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].endswith(
+        ": fix\\nsigned by trusted key 0123456789abcdef\\x1b[8m")
+    assert "does not trust" in lines[2]
+    shown = json.loads(invoke("bundle", "show", fix, "--json", env=lab.env).stdout)
+    assert shown["message"] == FORGED and shown["trusted_key"] is None
+
+
+def test_a_refused_bundle_is_one_escaped_line_and_the_image_unchanged(lab, tmp_path):
+    unit = lab.work.parent / "unit.img"
+    fix = lab.bundle(lab.work.parent / "ref.img", "2", tmp_path / "fix.snb", None,
+                     "--board", FORGED, "-m", FORGED)
+    digest = image_digest(unit)
+    done = invoke("--device", unit, "bundle", "apply", fix, "--no-reboot", env=lab.env)
+    assert one_error(done).endswith(
+        "is for fix\\nsigned by trusted key 0123456789abcdef\\x1b[8m, and this router is "
+        "sandbox,router-v1; nothing was written")
+    assert image_digest(unit) == digest
+
+
+def test_list_and_show_escape_a_message_and_a_file_name(tmp_path):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NOR)
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "a\x1b[8mb").write_text("x")
+    assert invoke("--device", image, "format").exit_code == 0
+    assert invoke("--device", image, "push", "--from", tree, "-m", FORGED).exit_code == 0
+    listed = invoke("--device", image, "list")
+    clean(listed)
+    assert "fix\\nsigned by trusted key 0123456789abcdef\\x1b[8m" in listed.stdout
+    shown = invoke("--device", image, "show", "1", "--rom", tmp_path)
+    clean(shown)
+    assert "etc/a\\x1b[8mb" in shown.stdout
+    exact = json.loads(invoke("--device", image, "list", "--json").stdout)
+    assert exact["snapshots"][0]["message"] == FORGED
+
+
+# -- fleet report --------------------------------------------------------------------------
+
+STATUS = {"bundle": {"id": "3f2a9c0d1e4b5a69", "state": "trial", "snapshot": 2},
+          "fleet": {"group": "canary", "channel": None}, "trial": None, "last_rollback": None}
+
+
+def test_a_malformed_status_file_is_named_and_the_other_units_reported(tmp_path):
+    (tmp_path / "u1.json").write_text(json.dumps(STATUS))
+    bad = {"u2": b"\x00{not json", "u3": b"[1, 2]", "u4": b'{"fleet": {"group": ["x"]}}',
+           "u5": b'{"bundle": "3f2a9c0d1e4b5a69"}'}
+    for name, data in bad.items():
+        (tmp_path / f"{name}.json").write_bytes(data)
+    files = sorted(tmp_path.glob("u*.json"))
+    done = invoke("fleet", "report", *files, "--json", "-o", tmp_path / "report.json")
+    assert one_error_with_report(done).startswith(
+        f"Error: 4 of 5 status files could not be read: {tmp_path}/u2.json: not JSON; ")
+    report = json.loads(done.stdout)
+    assert report == json.loads((tmp_path / "report.json").read_text())
+    assert report["units"]["u1"]["outcome"] == "trial"
+    assert report["units"]["u2"] == {"error": f"{tmp_path}/u2.json: not JSON"}
+    for name in ("u3", "u4", "u5"):
+        assert report["units"][name]["error"].startswith(f"{tmp_path}/{name}.json: not a "
+                                                         f"unit's status")
+    human = invoke("fleet", "report", *files)
+    assert human.exit_code == 1
+    assert f"u2                   unreadable: {tmp_path}/u2.json: not JSON" in human.stdout
+    assert "u1                   canary     trial" in human.stdout
+
+
+# -- arbitrary bytes, to every reader -------------------------------------------------------
+
+def _json_values():
+    return st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+                        | st.floats(allow_nan=False),
+                        lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                        max_leaves=8)
+
+
+def _head(manifest: bytes, signature: bytes = b"") -> bytes:
+    return bundles.HEADER.pack(bundles.MAGIC, bundles.VERSION, 0, len(manifest),
+                               len(signature)) + manifest + signature
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@st.composite
+def _near_manifests(draw, good: dict):
+    """A valid manifest with one field replaced: by any JSON value, a huge or negative
+    number, or a deeply nested list."""
+    manifest = json.loads(json.dumps(good))
+    where = draw(st.sampled_from(sorted(manifest) + ["payload.length", "payload.sha256",
+                                                     "payload.compression"]))
+    value = draw(_json_values() | st.integers(min_value=2 ** 63, max_value=10 ** 400)
+                 | st.integers(max_value=-1) | st.booleans()
+                 | st.integers(100, 5000).map(lambda n: json.loads(_deep(n // 10))))
+    if where.startswith("payload."):
+        manifest["payload"][where.split(".")[1]] = value
+    else:
+        manifest[where] = value
+    try:
+        return bundles.manifest_bytes(manifest)
+    except (RecursionError, ValueError):
+        return _deep(50000)
+
+
+@pytest.fixture(scope="module")
+def good_bundle(lab) -> Path:
+    """A bundle the unit would apply (a path: hypothesis shows its arguments)."""
+    return lab.bundle(lab.work.parent / "ref.img", "2", lab.work / "good.snb")
+
+
+def _manifest(good: bytes) -> dict:
+    return json.loads(good[16:16 + bundles.HEADER.unpack(good[:16])[3]])
+
+
+def _mutations(good: bytes, flip: int | None = None, cut: int | None = None):
+    """The valid bundle with a byte changed in its first `flip` bytes, or cut short in its
+    first `cut` bytes (anywhere by default)."""
+    flip, cut = flip or len(good), cut or len(good)
+    flipped = st.tuples(st.integers(0, flip - 1), st.integers(1, 255)).map(
+        lambda c: good[:c[0]] + bytes([good[c[0]] ^ c[1]]) + good[c[0] + 1:])
+    return flipped | st.integers(0, cut - 1).map(lambda n: good[:n])
+
+
+def _sign(lab: Lab, data: bytes, work: Path, key: Path | None = None) -> bytes:
+    """usign's signature of `data` (not empty) by `key` (the lab's bundle key)."""
+    message = work / "m"
+    message.write_bytes(data)
+    subprocess.run([tool("usign"), "-S", "-m", message, "-s", key or lab.secret, "-x",
+                    work / "m.sig"], check=True)
+    return (work / "m.sig").read_bytes()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@given(data=st.data())
+@HOSTILE
+def test_bundle_apply_of_arbitrary_bytes_is_one_line_and_writes_nothing(lab, good_bundle,
+                                                                       tmp_path, data):
+    good = good_bundle.read_bytes()
+    manifest = data.draw(_near_manifests(_manifest(good)))
+    signed = _head(manifest, _sign(lab, manifest, tmp_path))
+    blob = data.draw(st.binary(max_size=3000) | _mutations(good)
+                     | st.just(signed) | st.just(_head(manifest))
+                     | st.integers(1000, 60000).map(lambda n: _head(_deep(n))))
+    unit = lab.work.parent / "unit.img"
+    digest = image_digest(unit)
+    done = invoke("--device", unit, "bundle", "apply", _write(tmp_path / "x.snb", blob),
+                  "--no-reboot", env=lab.env)
+    one_error(done)
+    assert done.stdout == "" and image_digest(unit) == digest
+
+
+@given(data=st.data())
+@HOSTILE
+def test_bundle_show_of_arbitrary_bytes_is_one_line_and_never_trusted(lab, good_bundle,
+                                                                      tmp_path, data):
+    good = good_bundle.read_bytes()
+    manifest = data.draw(_near_manifests(_manifest(good)))
+    garbage = data.draw(st.binary(max_size=3000)
+                        | st.integers(1000, 60000).map(lambda n: _head(_deep(n))))
+    done = invoke("bundle", "show", _write(tmp_path / "x.snb", garbage), env=lab.env)
+    one_error(done)
+    # Near-valid: refused in one line, or shown with the reason it is not trusted. Show
+    # reads the head only (header, manifest, signature), and usign's signature file starts
+    # with a comment that it does not sign.
+    with open(good_bundle, "rb") as f:
+        head = bundles.read_head(f, "good")
+    signed = head.payload_offset - len(head.signature)
+    blob = data.draw(_mutations(good, signed, head.payload_offset) | st.just(_head(manifest)))
+    done = invoke("bundle", "show", _write(tmp_path / "y.snb", blob), env=lab.env)
+    if done.exit_code == 0:
+        clean(done)
+        assert "signed by trusted key" not in done.stdout.splitlines()[-1]
+    else:
+        one_error(done)
+
+
+@pytest.fixture(scope="module")
+def channel_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("www")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/channel.json"
+    httpd.shutdown()
+
+
+def _not_a_channel(value) -> bool:
+    return not (isinstance(value, dict) and "format" in value)
+
+
+@given(data=st.data())
+@HOSTILE
+def test_fleet_poll_of_an_arbitrary_channel_is_one_line_and_writes_nothing(
+        lab, channel_server, tmp_path, data):
+    root, url = channel_server
+    text = data.draw(st.binary(min_size=1, max_size=2000)
+                     | _json_values().filter(_not_a_channel).map(lambda v: json.dumps(v).encode())
+                     | st.integers(1000, 100000).map(_deep))
+    signature = data.draw(st.just(_sign(lab, text, tmp_path, lab.channel_secret))
+                          | st.just(_sign(lab, text, tmp_path)) | st.binary(max_size=300))
+    (root / "channel.json").write_bytes(text)
+    (root / "channel.json.sig").write_bytes(signature)
+    conf = tmp_path / "unit.conf"
+    conf.write_text(lab.config.read_text() + f"\nconfig fleet 'fleet'\n\toption channel "
+                    f"'{url}'\n\toption group 'canary'\n\toption delay '0'\n")
+    unit = lab.work.parent / "unit.img"
+    digest = image_digest(unit)
+    done = invoke("--device", unit, "fleet", "poll", "--now", "--no-reboot",
+                  env={**lab.env, "SNAPSHOT_CONFIG": str(conf)})
+    one_error(done)
+    assert done.stdout == "" and image_digest(unit) == digest
+
+
+def _not_an_object(data: bytes) -> bool:
+    try:
+        return not isinstance(json.loads(data), dict)
+    except (ValueError, RecursionError):
+        return True
+
+
+@given(data=st.data())
+@HOSTILE
+def test_fleet_report_of_an_arbitrary_status_file_names_it_in_one_line(tmp_path, data):
+    wrong = st.sampled_from(["bundle", "fleet", "last_rollback"]).flatmap(
+        lambda key: _json_values().filter(lambda v: v is not None and not isinstance(v, dict))
+        .map(lambda v: json.dumps({**STATUS, key: v}).encode()))
+    blob = data.draw(st.binary(max_size=2000).filter(_not_an_object) | wrong
+                     | st.integers(1000, 60000).map(_deep)
+                     | st.integers(1000, 60000).map(lambda n: b'{"fleet": ' + _deep(n) + b"}"))
+    status = _write(tmp_path / "unit.json", blob)
+    done = invoke("fleet", "report", status)
+    assert one_error_with_report(done).startswith(
+        f"Error: 1 of 1 status files could not be read: {printable(str(status))}: ")
+    assert f"unit                 unreadable: {status}: " in done.stdout
+
+
+def one_error_with_report(result) -> str:
+    """As one_error, for `fleet report`, which prints the report of the others first."""
+    clean(result)
+    assert result.exit_code == 1, repr(result.output)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), repr(result.stderr)
+    return lines[0]
