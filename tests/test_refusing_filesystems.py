@@ -22,7 +22,7 @@ subprocess.run(["mount", "-t", "tmpfs", "-o", f"nr_inodes={inodes}", "tmpfs", ta
 with open(os.path.join(target, "already-there"), "w") as f:
     f.write("the user's file\n")
 done = subprocess.run([sys.executable, "-m", "snapshot", "--device", image, "unpack", "--to",
-                       target], capture_output=True, text=True)
+                       target, "--force"], capture_output=True, text=True)
 listing = sorted(os.path.relpath(os.path.join(d, n), target)
                  for d, dirs, files in os.walk(target) for n in dirs + files)
 print(json.dumps({"rc": done.returncode, "stderr": done.stderr, "listing": listing}))
