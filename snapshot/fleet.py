@@ -165,11 +165,46 @@ def report(statuses: dict[str, dict], bundle_id: str | None = None) -> dict:
         bundle_id = max(set(ids), key=ids.count) if ids else None
     units = {}
     for name, s in sorted(statuses.items()):
+        if "error" in s:
+            units[name] = {"error": s["error"]}
+            continue
         fleet = s.get("fleet") or {}
         units[name] = {"group": fleet.get("group"), "bundle": s.get("bundle"),
                        "trial": s.get("trial"), "last_rollback": s.get("last_rollback"),
                        "outcome": outcome(s, bundle_id) if bundle_id else "not applied"}
     return {"bundle": bundle_id, "units": units}
+
+
+#: A unit's `status --json` is a few KiB.
+MAX_STATUS = 1 << 20
+
+
+def read_status(path: Path) -> dict:
+    """A unit's `snapshot status --json` file, or `{"error": "PATH: why"}` for one that cannot
+    be read or is not one, so that report() reports the other units and names this file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_STATUS + 1)
+    except OSError as e:
+        return {"error": f"{path}: {e.strerror}"}
+    if len(data) > MAX_STATUS:
+        return {"error": f"{path}: larger than {MAX_STATUS} bytes: not a unit's status"}
+    try:
+        status = json.loads(data)
+    except (ValueError, RecursionError):     # RecursionError: nested too deeply
+        return {"error": f"{path}: not JSON"}
+    # "error" is what report() keeps of an unreadable unit: no status has it.
+    if not isinstance(status, dict) or "error" in status:
+        return {"error": f"{path}: not a unit's status (not a JSON object of one)"}
+    # The parts report() and promote() read, with the types `status --json` gives them.
+    for key, fields in (("bundle", ("id", "state")), ("fleet", ("group",)),
+                        ("last_rollback", ("reason", "bundle"))):
+        part = status.get(key)
+        if part is not None and not (isinstance(part, dict) and all(
+                isinstance(part.get(f), (str, type(None))) for f in fields)):
+            return {"error": f"{path}: not a unit's status ({key} is not what "
+                             f"`snapshot status --json` gives)"}
+    return status
 
 
 # -- the unit's side --------------------------------------------------------------------------
@@ -213,9 +248,6 @@ def withdraw(channel: Path, key: Path, bundle_id: str) -> dict:
 
 def choose(data: dict, base: str, group: str) -> dict | None:
     """The rollout for this base whose promoted waves include this group."""
-        if "error" in s:
-            units[name] = {"error": s["error"]}
-            continue
     for rollout in data["rollouts"]:
         if rollout["base"] == base and group in rollout["waves"][:rollout["promoted"]]:
             return rollout
@@ -225,38 +257,6 @@ def choose(data: dict, base: str, group: str) -> dict | None:
 def poll(chain_opener, options: dict, fleet: dict, max_attempts: int, log,
          now: bool = False, sleep=time.sleep) -> dict:
     """One poll: what it did, as `fleet poll --json` prints it. `chain_opener()` opens the
-#: A unit's `status --json` is a few KiB.
-MAX_STATUS = 1 << 20
-
-
-def read_status(path: Path) -> dict:
-    """A unit's `snapshot status --json` file, or `{"error": "PATH: why"}` for one that cannot
-    be read or is not one, so that report() reports the other units and names this file."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_STATUS + 1)
-    except OSError as e:
-        return {"error": f"{path}: {e.strerror}"}
-    if len(data) > MAX_STATUS:
-        return {"error": f"{path}: larger than {MAX_STATUS} bytes: not a unit's status"}
-    try:
-        status = json.loads(data)
-    except (ValueError, RecursionError):     # RecursionError: nested too deeply
-        return {"error": f"{path}: not JSON"}
-    # "error" is what report() keeps of an unreadable unit: no status has it.
-    if not isinstance(status, dict) or "error" in status:
-        return {"error": f"{path}: not a unit's status (not a JSON object of one)"}
-    # The parts report() and promote() read, with the types `status --json` gives them.
-    for key, fields in (("bundle", ("id", "state")), ("fleet", ("group",)),
-                        ("last_rollback", ("reason", "bundle"))):
-        part = status.get(key)
-        if part is not None and not (isinstance(part, dict) and all(
-                isinstance(part.get(f), (str, type(None))) for f in fields)):
-            return {"error": f"{path}: not a unit's status ({key} is not what "
-                             f"`snapshot status --json` gives)"}
-    return status
-
-
     writable chain (a context manager)."""
     if not fleet["channel"]:
         raise FleetError("no channel is configured (option channel in `config fleet`)")

@@ -134,7 +134,8 @@ def run_hooks(directory: Path, decision: Decision, log: Callable) -> None:
 
 class SysLog:
     """Lines an operator can grep (`logread | grep snapshot`): syslog, tagged snapshot, and
-    stderr."""
+    stderr unless `echo` is off (a command that reports its own outcome, so that a refusal is
+    its one `Error:` line). Control characters are escaped (snapshot.text)."""
 
     def __init__(self, echo: bool = True):
         self.echo = echo

@@ -239,6 +239,10 @@ def report(statuses, output, bundle_id, as_json):
     """Merge units' `snapshot status --json` (one file per unit, named after it) into one
     report: each unit's group, bundle, trial and last rollback.
 
+    A file that cannot be read, or is not a unit's status, is that unit's `{"error": ...}`
+    (naming the file); the others are reported all the same, and the command then exits 1
+    with one `Error:` line that names it.
+
     \b
     Example:
       snapshot fleet report status/*.json -o report.json
@@ -261,13 +265,9 @@ def report(statuses, output, bundle_id, as_json):
 def _report_lines(done: dict) -> None:
     echo(f"bundle {done['bundle']}")
     for name, unit in done["units"].items():
-        note = unit["last_rollback"] or {}
-        echo(f"{name:20} {unit['group'] or '-':10} {unit['outcome']:12} "
-             f"{note.get('reason', '') if unit['outcome'] == 'failed' else ''}")
-    A file that cannot be read, or is not a unit's status, is that unit's `{"error": ...}`
-    (naming the file); the others are reported all the same, and the command then exits 1
-    with one `Error:` line that names it.
-
         if "error" in unit:
             echo(f"{name:20} unreadable: {unit['error']}")
             continue
+        note = unit["last_rollback"] or {}
+        echo(f"{name:20} {unit['group'] or '-':10} {unit['outcome']:12} "
+             f"{note.get('reason', '') if unit['outcome'] == 'failed' else ''}")
