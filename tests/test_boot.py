@@ -147,10 +147,14 @@ def test_push_survives_a_reboot_as_a_snapshot(namespaces, rootfs, image, tmp_pat
     assert "mounted 1 snapshots" in second["log"]
 
 
-def test_a_corrupted_newest_record_boots_the_valid_prefix_and_says_so(namespaces, rootfs,
-                                                                      image, tmp_path):
+def test_a_damaged_snapshot_costs_only_its_changes_and_the_boot_says_what_was_lost(
+        namespaces, rootfs, image, tmp_path):
+    """Snapshot 2 of 3 is damaged: the boot's repair empties it and keeps snapshot 3 and the
+    volatile record, applied over what remains, and logs loudly what was lost."""
     write(image, tmp_path, "push", {"etc/one": "1\n"})
     write(image, tmp_path, "push", {"etc/two": "2\n"})
+    write(image, tmp_path, "push", {"etc/three": "3\n"})
+    write(image, tmp_path, "save", {"etc/unsaved": "v\n"})
     with SimFlash(image) as flash:
         record = Chain(flash).snapshots[1]
         offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
@@ -159,12 +163,14 @@ def test_a_corrupted_newest_record_boots_the_valid_prefix_and_says_so(namespaces
         f.write(b"\x00\x00\x00\x00")
     result = boot(rootfs, image, tmp_path)
     assert result["rc"] == 0
-    assert "etc/one" in result["files"] and "etc/two" not in result["files"]
-    assert "chain damaged:" in result["log"] and "snapshot 2 (block 6) is damaged" in result["log"]
-    assert "repaired: dropped snapshot 2" in result["log"]
+    assert {"etc/one", "etc/three", "etc/unsaved"} <= set(result["files"])
+    assert "etc/two" not in result["files"]
+    assert "chain damaged:" in result["log"] and "snapshot 2 (block" in result["log"]
+    assert "lost: the changes of snapshot 2" in result["log"]
+    assert "repaired: emptied snapshot 2: its changes are lost" in result["log"]
     # Boot is a write point: the repair is on flash now.
     with SimFlash(image) as flash:
-        assert len(Chain(flash).snapshots) == 1
+        assert len(Chain(flash).snapshots) == 3
         assert operations.check(Chain(flash)).clean
 
 
