@@ -24,7 +24,7 @@ from pathlib import Path
 from mtd import Flash
 from snapshot.format import DirEntry
 
-LEDGER = Path(os.environ.get("SNAPSHOT_RUN_DIR", "/tmp/snapshot")) / "verified.json"
+LEDGER = Path("/tmp/snapshot/verified.json")
 #: Records kept per device: far more than a chain lists; older keys go first.
 MAX_RECORDS = 256
 
