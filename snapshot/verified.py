@@ -9,7 +9,7 @@ find is added here. A record found damaged refuses the write (DESIGN.md §4).
 
 The ledger is one JSON file in RAM (/tmp is a tmpfs on a router, so a reboot forgets it,
 and the next boot verifies everything again), replaced whole (a temporary file renamed into
-place), keyed by the device (its path and what stat says of it) and each record's identity
+place), keyed by the device (what stat says of it) and each record's identity
 in the anchor: generation, header CRC, payload CRC and length, which no other record on the
 device shares. It is a cache of reads, never a reason to trust bytes on its own: a payload
 that rots after it was verified is found by the next boot, whose repair costs that record's
@@ -19,6 +19,7 @@ content only.
 """
 import json
 import os
+import stat
 from pathlib import Path
 
 from mtd import Flash
@@ -30,13 +31,15 @@ MAX_RECORDS = 256
 
 
 def device_key(flash: Flash) -> str:
-    """The device as this boot knows it: a path can be reused by another image, an inode or
-    a device number cannot while the system runs."""
+    """The device under any of its names: a character device's number, an image's inode
+    (a path can be reused by another image; neither of these while the system runs)."""
     try:
         st = os.stat(flash.name)
     except OSError:
         return flash.name
-    return f"{os.path.realpath(flash.name)}:{st.st_dev}:{st.st_ino}:{st.st_rdev}"
+    if stat.S_ISCHR(st.st_mode):
+        return f"char:{st.st_rdev}"
+    return f"file:{st.st_dev}:{st.st_ino}"
 
 
 def record_key(entry: DirEntry) -> str:
