@@ -101,11 +101,15 @@ def chain_state() -> dict | None:
             info = operations.listing(Chain(flash))
     except NoChain:
         return None
+    def shown(record: dict, keys) -> dict:
+        # Whether the payload was read since boot is not part of the state: damage is.
+        damaged = record["integrity"].startswith("damaged")
+        return {**{k: record[k] for k in keys},
+                "integrity": record["integrity"] if damaged else "ok"}
     return {
-        "snapshots": [{k: s[k] for k in ("seq", "size", "message", "state", "integrity")}
-                      for s in info["snapshots"]],
+        "snapshots": [shown(s, ("seq", "size", "message", "state")) for s in info["snapshots"]],
         "volatile": (None if info["volatile"] is None else
-                     {k: info["volatile"][k] for k in ("size", "state", "integrity")}),
+                     shown(info["volatile"], ("size", "state"))),
     }
 
 
