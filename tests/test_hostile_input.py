@@ -46,6 +46,20 @@ def one_error(result) -> str:
     return lines[0]
 
 
+def _head(manifest: bytes, signature: bytes = b"") -> bytes:
+    return bundles.HEADER.pack(bundles.MAGIC, bundles.VERSION, 0, len(manifest),
+                               len(signature)) + manifest + signature
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 # -- the escaping --------------------------------------------------------------------------
 
 def test_control_characters_become_visible_escapes_and_other_text_stays():
@@ -114,6 +128,28 @@ def test_list_and_show_escape_a_message_and_a_file_name(tmp_path):
     assert exact["snapshots"][0]["message"] == FORGED
 
 
+def test_a_deeply_nested_manifest_is_one_line_for_show_and_apply(lab, tmp_path):
+    nested = _write(tmp_path / "nested.snb", _head(_deep(30000)))
+    unit = lab.work.parent / "unit.img"
+    digest = image_digest(unit)
+    for args in (("bundle", "show", nested),
+                 ("--device", unit, "bundle", "apply", nested, "--no-reboot")):
+        assert one_error(invoke(*args, env=lab.env)) == (
+            f"Error: {nested}: corrupted: the manifest does not parse; nothing was written")
+    assert image_digest(unit) == digest
+
+
+@pytest.mark.parametrize("length", [2 ** 64, 10 ** 400, -1], ids=["2^64", "10^400", "-1"])
+def test_a_payload_length_no_record_can_hold_is_one_line_for_show(lab, tmp_path, length):
+    manifest = bundles.manifest_bytes(
+        {"format": 1, "boards": ["sandbox,router-v1"], "rootfs": "0" * 64, "base": [],
+         "message": "fix", "created": 0,
+         "payload": {"compression": "gzip", "length": length, "sha256": "0" * 64}})
+    huge = _write(tmp_path / "huge.snb", _head(manifest))
+    assert "the manifest does not parse" in one_error(invoke("bundle", "show", huge,
+                                                             env=lab.env))
+
+
 # -- fleet report --------------------------------------------------------------------------
 
 STATUS = {"bundle": {"id": "3f2a9c0d1e4b5a69", "state": "trial", "snapshot": 2},
@@ -151,17 +187,6 @@ def _json_values():
                         lambda inner: st.lists(inner, max_size=3)
                         | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                         max_leaves=8)
-
-
-def _head(manifest: bytes, signature: bytes = b"") -> bytes:
-    return bundles.HEADER.pack(bundles.MAGIC, bundles.VERSION, 0, len(manifest),
-                               len(signature)) + manifest + signature
-
-
-def _deep(depth: int) -> bytes:
-    return b"[" * depth + b"]" * depth
-
-
 @st.composite
 def _near_manifests(draw, good: dict):
     """A valid manifest with one field replaced: by any JSON value, a huge or negative
@@ -208,12 +233,6 @@ def _sign(lab: Lab, data: bytes, work: Path, key: Path | None = None) -> bytes:
     subprocess.run([tool("usign"), "-S", "-m", message, "-s", key or lab.secret, "-x",
                     work / "m.sig"], check=True)
     return (work / "m.sig").read_bytes()
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
 
 @given(data=st.data())
 @HOSTILE
