@@ -79,6 +79,9 @@ class PackageManager:
         self.env = env
 
     def _run(self, *args: str) -> subprocess.CompletedProcess:
+        """The package manager run with `args`. A package name comes from a feed: it goes
+        after `--` (opkg and apk both take it), so that one named `--force-depends` can never
+        be an option."""
         try:
             return subprocess.run([*self.command, *args], capture_output=True, text=True,
                                   env=self.env, errors="replace")
@@ -234,7 +237,7 @@ class Opkg(PackageManager):
     def sizes(self, changes: list[Change]) -> dict[str, Size]:
         found = {}
         for change in changes:
-            result = self._run("info", change.name)
+            result = self._run("info", "--", change.name)
             stanza, version = {}, None
             for line in result.stdout.splitlines() + [""]:
                 if not line.strip():
@@ -252,7 +255,7 @@ class Opkg(PackageManager):
 
     def upgrade(self, changes: list[Change]) -> None:
         before = self.installed()
-        result = self._run("upgrade", *[c.name for c in changes])
+        result = self._run("upgrade", "--", *[c.name for c in changes])
         output = result.stdout + result.stderr
         after = self.installed()
         if result.returncode == 0:

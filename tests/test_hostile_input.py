@@ -3,6 +3,7 @@ of arbitrary bytes, fed to every reader, gives one `Error:` line, a non-zero exi
 traceback and an unchanged image; and nothing read from flash, a bundle, the network or a
 file name reaches the terminal raw (`--json` keeps the exact text)."""
 import functools
+import gzip
 import http.server
 import json
 import re
@@ -17,7 +18,7 @@ from bundle_lab import Lab
 from clirun import invoke
 from mtd import FlashType, Geometry, SimFlash
 from openwrt_tools import tool
-from snapshot import bundle as bundles
+from snapshot import bundle as bundles, packages
 from snapshot.text import printable
 from sweep import image_digest
 
@@ -349,3 +350,39 @@ def one_error_with_report(result) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), repr(result.stderr)
     return lines[0]
+
+
+# -- package names from a feed ---------------------------------------------------------------
+
+def _opkg_root(root: Path, names: dict[str, int]) -> packages.Opkg:
+    """The real opkg on an offline root where each package of `names` (-> its size in the
+    feed) is installed at 1.0 and the feed's list offers 2.0; the feed has no packages, so
+    an upgrade fails at the download, naming what it took as a package."""
+    (root / "etc/opkg").mkdir(parents=True)
+    for where in ("usr/lib/opkg/info", "var/opkg-lists", "var/lock"):
+        (root / where).mkdir(parents=True)
+    (root / "etc/opkg.conf").write_text(f"dest root /\nlists_dir ext /var/opkg-lists\n"
+                                        f"arch all 1\nsrc/gz feed file://{root}/feed\n")
+    status = listing = ""
+    for name, size in names.items():
+        status += f"Package: {name}\nVersion: 1.0\nStatus: install user installed\n" \
+                  f"Architecture: all\n\n"
+        listing += f"Package: {name}\nVersion: 2.0\nArchitecture: all\nFilename: {size}.ipk\n" \
+                   f"Size: {size}\n\n"
+        (root / f"usr/lib/opkg/info/{name}.list").write_text("")
+    (root / "usr/lib/opkg/status").write_text(status)
+    (root / "var/opkg-lists/feed").write_bytes(gzip.compress(listing.encode()))
+    return packages.Opkg(root, [str(tool("opkg")), "-o", str(root), "-f",
+                                str(root / "etc/opkg.conf")])
+
+
+def test_a_feed_package_named_like_an_option_is_a_package_to_opkg(tmp_path):
+    pm = _opkg_root(tmp_path / "root", {"--force-depends": 123, "-x": 456})
+    changes = pm.pending()
+    assert [(c.name, c.old, c.new) for c in changes] == [("-x", "1.0", "2.0"),
+                                                        ("--force-depends", "1.0", "2.0")]
+    assert pm.sizes(changes) == {"-x": packages.Size(456, 1368),
+                                 "--force-depends": packages.Size(123, 369)}
+    with pytest.raises(packages.InstallFailed, match="Failed to download --force-depends"):
+        pm.upgrade(changes)
+    assert pm.installed() == {"--force-depends": "1.0", "-x": "1.0"}
