@@ -25,7 +25,7 @@ from pathlib import Path
 from snapshot import archive
 from snapshot.archive import (OPAQUE_XATTRS, OVERLAY_PRIVATE, OVERLAY_UNSUPPORTED, XATTR_PREFIX,
                               ArchiveError, refusal)
-from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ
+from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, round_up
 
 # The level `tar czf` uses; 9 costs about twice the time for a few percent.
 GZIP_LEVEL = 6
@@ -47,6 +47,54 @@ def compressor(out, compression: int):
                              preset=XZ_PRESET)
     return gzip.GzipFile(filename="", fileobj=out, mode="wb", compresslevel=GZIP_LEVEL,
                          mtime=0)
+
+
+def compressed_bound(tar_bytes: int) -> int:
+    """At most what gzip or xz make of `tar_bytes` bytes: incompressible data costs deflate
+    5 bytes per stored block of 16 KiB and LZMA2 3 per chunk of 64 KiB, plus headers."""
+    return tar_bytes + tar_bytes // 64 + 4096
+
+
+#: tar's block; what ends a stream: two zero blocks, at most one record of padding.
+_BLOCK = 512
+_END = 2 * _BLOCK + tarfile.RECORDSIZE
+#: At most a pax record's length, keyword and separators, besides its value.
+_PAX_RECORD = 64
+
+
+def tar_bound(root: Path) -> int:
+    """More than pack() writes of the tree at `root` as it stands: per entry, its header, a
+    pax header with its name, link target and extended attributes, and its data in whole
+    blocks (a hardlink's too). An entry that cannot be looked at counts for nothing: the
+    capture leaves it out. The tree is walked once, with no file opened."""
+    size = _END
+    stack = [(str(root), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for base in names:
+            path, name = f"{directory}/{base}", prefix + base
+            try:
+                st = os.lstat(path)
+                link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+            except OSError:
+                continue
+            records = len(os.fsencode(name)) + len(os.fsencode(link)) + 4 * _PAX_RECORD
+            try:
+                for key in os.listxattr(path, follow_symlinks=False):
+                    records += len(key) + _PAX_RECORD + len(
+                        os.getxattr(path, key, follow_symlinks=False))
+            except OSError:
+                pass
+            size += 2 * _BLOCK + round_up(records, _BLOCK)
+            if stat.S_ISREG(st.st_mode):
+                size += round_up(st.st_size, _BLOCK)
+            elif stat.S_ISDIR(st.st_mode):
+                stack.append((path, name + "/"))
+    return size
 
 
 def require_directory(root: Path) -> None:

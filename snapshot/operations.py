@@ -14,13 +14,14 @@ from pathlib import Path
 from mtd import Flash, open_flash
 from snapshot import archive, live, marks, restore, verified
 from snapshot import trial as trials
-from snapshot.capture import Capture
+from snapshot.capture import Capture, compressed_bound, tar_bound
 from snapshot.chain import (KEEP, LEGACY_MAGIC, Chain, DeviceLock, Record, RecordWriter, commit,
                             describe, finish_mark, read_mark, scan_anchors,
                             write_fresh_anchor_block)
 from snapshot.errors import ChainDamaged, FlashFull, NoChain, RecordDamaged, SnapshotError
 from snapshot.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE,
-                             SNAPSHOT, STATE_NAMES, TRIAL, VOLATILE, Anchor, DirEntry, round_up)
+                             SNAPSHOT, STATE_NAMES, TRIAL, VOLATILE, Anchor, DirEntry, Layout,
+                             round_up)
 
 DEFAULT_UPPER = "/volatile/upper"
 
@@ -134,16 +135,53 @@ def _store(chain: Chain, rtype: int, source: Path, message: str, progress,
     (records read with corrected bit flips rewritten), the new record's entry, how the
     capture went, and whether `source` is a booted layer (snapshot/live.py). Everything that
     can refuse the write does so before anything is written: the record's header is packed
-    (a message too long), the source looked at, and a booted layer checked against the
-    chain."""
+    (a message too long), the source looked at, a booted layer checked against the chain,
+    and the record's size against the free blocks (_room)."""
     snapshots = chain.view()[0]
     seq = len(snapshots) + 1 if rtype == SNAPSHOT else len(snapshots)
     writer = RecordWriter(chain, rtype, seq, message, compression, progress)
     capture = Capture(source)
     booted = live.check_base(source, [r.entry for r in snapshots])
     entries = _current_snapshots(chain, snapshots, progress)
+    _room(chain, writer, source, compression)
     capture.pack(writer, compression)
     return entries, writer.finish(), capture, booted
+
+
+class _Counted:
+    """A payload's bytes counted, not kept."""
+
+    def __init__(self):
+        self.length = 0
+
+    def write(self, data: bytes) -> int:
+        self.length += len(data)
+        return len(data)
+
+
+def _room(chain: Chain, writer: RecordWriter, source: Path, compression: int) -> None:
+    """FlashFull, before anything is written, when the record cannot fit in the free blocks.
+    A tree whose tar stream would fit even if nothing of it compressed (capture.tar_bound)
+    goes ahead at once; a bigger one is compressed once without being written, to learn the
+    payload's size, so that nothing that fits is refused. Should the tree grow between the
+    two, the allocator's FlashFull leaves the old state all the same."""
+    g = chain.flash.geometry
+    free = len(chain.free_blocks())
+
+    def blocks(payload: int) -> int:
+        return -(-Layout(writer.header.size, payload, g.writesize).end // g.erasesize)
+
+    if blocks(compressed_bound(tar_bound(source))) <= free:
+        return
+    counted = _Counted()
+    Capture(source).pack(counted, compression)
+    needed = blocks(counted.length)
+    if needed > free:
+        what = "snapshot" if writer.header.type == SNAPSHOT else "volatile record"
+        raise FlashFull(f"{chain.flash.name}: flash full: the {what} needs {needed} blocks "
+                        f"({needed * g.erasesize // 1024} KiB) and {free} are free "
+                        f"({free * g.erasesize // 1024} KiB); nothing was changed "
+                        f"(`snapshot squash` merges snapshots into one and may make room)")
 
 
 def save(chain: Chain, source: Path, progress=None, compression: int = COMPRESSION_GZIP,

@@ -31,7 +31,7 @@ from pathlib import Path
 from snapshot import archive, live
 from snapshot.archive import (DIRECTORY, FILE, HARDLINK, OPAQUE_XATTRS, XATTR_PREFIX,
                               ArchiveError, Entry)
-from snapshot.capture import EntryData, compressor, header
+from snapshot.capture import EntryData, compressed_bound, compressor, header
 from snapshot.chain import Chain, Record, RecordWriter, commit
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
 from snapshot.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE, SNAPSHOT,
@@ -194,12 +194,6 @@ def _pax_bound(path: str, entry: Entry) -> int:
 
 def _damaged(error: RecordDamaged) -> ChainDamaged:
     return ChainDamaged(f"{error}; run `snapshot check --repair` first; nothing was written")
-
-
-def compressed_bound(tar_bytes: int) -> int:
-    """At most what gzip or xz make of `tar_bytes` bytes: incompressible data costs deflate
-    5 bytes per stored block of 16 KiB and LZMA2 3 per chunk of 64 KiB, plus headers."""
-    return tar_bytes + tar_bytes // 64 + 4096
 
 
 def write(chain: Chain, records: list[Record], merge: Plan, message: str, compression: int,

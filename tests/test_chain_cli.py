@@ -1,6 +1,8 @@
 """The chain commands as users run them: format, save, push, rollback, list, unpack, check."""
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from clirun import error_of, invoke, ok, run
 from sweep import make_tree, tree
 
 KIB = 1024
+MIB = 1024 * KIB
 NAND = Geometry(FlashType.NAND, 4096 * KIB, 128 * KIB, 2048, 64)
 NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
 
@@ -399,3 +402,71 @@ def test_unpack_into_a_directory_that_is_not_empty_is_refused_without_force(imag
     assert (out / "config").read_text() == "the user's own\n"
     ok(image, "unpack", *args, "--force")
     assert len(os.listdir(out)) > 1
+
+
+def incompressible(where, size: int, seed: int = 1):
+    where.mkdir(parents=True)
+    rng = random.Random(seed)
+    for n in range(size // (64 * KIB)):
+        (where / f"noise{n}").write_bytes(rng.randbytes(64 * KIB))
+    return where
+
+
+@pytest.mark.parametrize("command, what", [("push", "snapshot"), ("save", "volatile record")])
+def test_a_record_bigger_than_the_free_flash_is_refused_before_anything_is_written(
+        tmp_path, command, what):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, NOR)   # 16 blocks of 64 KiB, 12 for data
+    ok(path, "format")
+    before, listed = path.read_bytes(), listing(path)
+    message = error_of(run(path, command, "--from", str(incompressible(tmp_path / "a", MIB))))
+    needed = re.fullmatch(
+        rf"Error: {re.escape(str(path))}: flash full: the {what} needs (\d+) blocks \((\d+) "
+        rf"KiB\) and 12 are free \(768 KiB\); nothing was changed \(`snapshot squash` merges "
+        rf"snapshots into one and may make room\)", message)
+    assert needed and int(needed[1]) > 12 and int(needed[2]) == int(needed[1]) * 64, message
+    assert path.read_bytes() == before and listing(path) == listed
+
+
+def test_a_tree_bigger_than_the_free_flash_that_compresses_into_it_is_stored(tmp_path):
+    path = tmp_path / "flash.img"
+    SimFlash.create(path, NOR)
+    ok(path, "format")
+    source = tmp_path / "zeros"
+    source.mkdir()
+    (source / "zeros").write_bytes(bytes(2 * MIB))
+    ok(path, "push", "--from", str(source))
+    assert [s["index"] for s in listing(path)["snapshots"]] == [1]
+
+
+def test_the_progress_line_says_how_much_flash_is_free(capsys):
+    from snapshot.cli.common import Progress
+    progress = Progress("push", 768 * KIB)
+    progress.shown = True
+    progress(64 * KIB)
+    progress(64 * KIB)
+    progress.done()
+    assert capsys.readouterr().err == ("\rpush: 64 KiB written (of 768 KiB free)"
+                                       "\rpush: 128 KiB written (of 768 KiB free)\n")
+
+
+def test_the_size_a_store_expects_is_more_than_the_tar_stream_it_writes(tmp_path):
+    """capture.tar_bound: long names, symlinks, hardlinks, extended attributes, empty and
+    odd-sized files."""
+    import gzip
+    from snapshot.capture import Capture, tar_bound
+    root = make_tree(tmp_path / "t", 3, 40)
+    (root / ("n" * 200)).write_bytes(b"x" * 513)
+    (root / "empty").touch()
+    (root / "link").symlink_to("l" * 300)
+    os.link(root / "empty", root / "hard")
+    os.setxattr(root / "empty", "user.note", b"v" * 3000)
+
+    class Kept(bytearray):
+        def write(self, data):
+            self.extend(data)
+            return len(data)
+
+    out = Kept()
+    Capture(root).pack(out)
+    assert len(gzip.decompress(bytes(out))) <= tar_bound(root)

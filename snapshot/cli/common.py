@@ -138,17 +138,22 @@ DEVICE = click.option("--device", metavar="DEV", expose_value=False, callback=_d
 
 
 class Progress:
-    """Blocks written so far, on one refreshed stderr line, when stderr is a terminal."""
+    """Blocks written so far, on one refreshed stderr line, when stderr is a terminal; with
+    `free`, out of the free flash the write may take (a record bigger than that is refused
+    before anything is written)."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, free: int | None = None):
         self.what = what
+        self.free = free
         self.bytes = 0
         self.shown = sys.stderr.isatty()
 
     def __call__(self, amount: int) -> None:
         self.bytes += amount
         if self.shown:
-            click.echo(f"\r{self.what}: {human(self.bytes)} written", nl=False, err=True)
+            total = "" if self.free is None else f" (of {human(self.free)} free)"
+            click.echo(f"\r{self.what}: {human(self.bytes)} written{total}", nl=False,
+                       err=True)
 
     def done(self) -> None:
         if self.shown and self.bytes:
@@ -159,9 +164,10 @@ class Progress:
 def writing(obj, what: str):
     """A locked, writable chain and a progress line for `what`."""
     with opened(obj["device"], writable=True) as dev:
-        progress = Progress(what)
+        chain = Chain(dev)
+        progress = Progress(what, chain.free_bytes())
         try:
-            yield Chain(dev), progress
+            yield chain, progress
         finally:
             progress.done()
 
