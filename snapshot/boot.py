@@ -35,6 +35,7 @@ from snapshot import legacy, live, marks, operations, reboot
 from snapshot import trial as trials
 from snapshot.chain import Chain, commit
 from snapshot.errors import NoChain, SnapshotError
+from snapshot.text import printable
 
 MOUNTPOINTS = ("rom", "overlay", "volatile")
 
@@ -59,13 +60,14 @@ class BootReport:
 
 class Log:
     """Boot messages: stderr always; the kernel log too on a router, where preinit has no
-    syslog yet and the kernel log is what survives to be read later."""
+    syslog yet and the kernel log is what survives to be read later. Control characters
+    are escaped (snapshot.text): a message read from flash forges no line of its own."""
 
     def __init__(self, kmsg: bool):
         self.kmsg = kmsg
 
     def __call__(self, message: str, loud: bool = False) -> None:
-        line = f"snapshot: {message}"
+        line = f"snapshot: {printable(message)}"
         print(line, file=sys.stderr, flush=True)
         if self.kmsg:
             try:

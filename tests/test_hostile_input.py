@@ -386,3 +386,34 @@ def test_a_feed_package_named_like_an_option_is_a_package_to_opkg(tmp_path):
     with pytest.raises(packages.InstallFailed, match="Failed to download --force-depends"):
         pm.upgrade(changes)
     assert pm.installed() == {"--force-depends": "1.0", "-x": "1.0"}
+
+
+# -- the log lines ---------------------------------------------------------------------------
+
+def test_boot_and_syslog_lines_escape_a_message_read_from_flash(capsys):
+    from snapshot import boot, watch
+    boot.Log(kmsg=False)(f"rolled back: {FORGED}")
+    watch.SysLog()(f"rolled back: {FORGED}")
+    escaped = "rolled back: fix\\nsigned by trusted key 0123456789abcdef\\x1b[8m"
+    assert capsys.readouterr().err == f"snapshot: {escaped}\n" * 2
+
+
+def test_every_line_the_cli_prints_goes_through_its_escaping_echo():
+    """click.echo only in common.echo, the progress line, and for JSON (json.dumps escapes
+    what it holds): a new command cannot print data raw by accident."""
+    import ast
+    cli = Path(__file__).resolve().parent.parent / "snapshot" / "cli"
+    raw = []
+    for module in sorted(cli.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        allowed = {id(node) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef,
+                                                                     ast.ClassDef))
+                   and f.name in ("echo", "Progress") and module.name == "common.py"
+                   for node in ast.walk(f)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and ast.unparse(node.func) in ("click.echo",
+                                                                          "click.secho", "print")
+                    and id(node) not in allowed
+                    and not (node.args and ast.unparse(node.args[0]).startswith("json.dumps("))):
+                raw.append(f"{module.name}:{node.lineno}")
+    assert raw == []
