@@ -15,6 +15,7 @@ import os
 import struct
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mtd import Flash, MtdError
@@ -650,6 +651,19 @@ def _erased(flash: Flash, offset: int, length: int) -> bool:
 # commit()'s default note: the chain's own (the last rollback stays listed).
 KEEP = object()
 
+#: The devices on which this process began a step that readers see (an anchor entry
+#: programmed, an anchor block rewritten or erased), each True once the step completed: the
+#: steps before them write only free blocks, which no reader looks at. An interrupted
+#: command says from it whether its device changed (snapshot/cli/common.py).
+VISIBLE_STEPS: dict[str, bool] = {}
+
+
+@contextmanager
+def visible_step(flash: Flash):
+    VISIBLE_STEPS[flash.name] = False
+    yield
+    VISIBLE_STEPS[flash.name] = True
+
 
 def commit(chain: Chain, entries: list[DirEntry], note=KEEP, fleet=KEEP) -> None:
     """Append an anchor entry listing `entries` (and `note`, the last rollback, and `fleet`,
@@ -674,7 +688,8 @@ def commit(chain: Chain, entries: list[DirEntry], note=KEEP, fleet=KEEP) -> None
             current.end + len(data) <= g.erasesize and \
             _erased(flash, g.block_offset(current.block) + current.end, len(data)):
         try:
-            flash.write(g.block_offset(current.block) + current.end, data)
+            with visible_step(flash):
+                flash.write(g.block_offset(current.block) + current.end, data)
             chain._committed(current, current.end, data)
             return
         except MtdError as e:
@@ -712,7 +727,8 @@ def finish_mark(chain: Chain) -> bool:
                                      tuple(e for e in chain.anchor.records if e.type != MARK)))
         try:
             # Erased also when it reads erased: a torn NAND page can read all 0xFF.
-            rewrite_block(flash, block.block, data)
+            with visible_step(flash):
+                rewrite_block(flash, block.block, data)
         except MtdError as e:
             if e.errno != errno.EIO:
                 raise
@@ -754,7 +770,8 @@ def write_fresh_anchor_block(flash: Flash, candidates: list[AnchorBlock], data: 
     candidate is tried."""
     for target in candidates:
         try:
-            rewrite_block(flash, target.block, data, target.block in atomic_only)
+            with visible_step(flash):
+                rewrite_block(flash, target.block, data, target.block in atomic_only)
         except MtdError as e:
             if e.errno != errno.EIO:
                 raise

@@ -21,7 +21,8 @@ import errno
 
 from mtd import Flash, MtdError
 from snapshot.chain import (FOREIGN, MARK_ENTRY, AnchorScan, Chain, Mark, _padded, finish_mark,
-                            pending_mark, read_mark, scan_anchors, write_fresh_anchor_block)
+                            pending_mark, read_mark, scan_anchors, visible_step,
+                            write_fresh_anchor_block)
 from snapshot.format import ANCHOR_MAGIC, Anchor
 
 CHAIN, STOCK, OLD = "chain", "stock", "old"
@@ -121,7 +122,8 @@ def erase(flash: Flash, block) -> None:
     """Erase an anchor block; one whose erase fails is marked bad."""
     g = flash.geometry
     try:
-        flash.erase(g.block_offset(block.block), g.erasesize)
+        with visible_step(flash):
+            flash.erase(g.block_offset(block.block), g.erasesize)
     except MtdError as e:
         if e.errno != errno.EIO:
             raise

@@ -4,7 +4,8 @@ one `Error: ...` line; option types and shared options; the progress line; openi
 Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usage, 3 busy
 (another command is writing), 4 the chain is damaged (see `check --repair`), 5 stored, but
 not exactly: entries changed or could not be read while they were stored (`warning:` lines
-say which); for `health`, a required check failed; for `watch`, the trial was rolled back.
+say which); for `health`, a required check failed; for `watch`, the trial was rolled back;
+130 interrupted (Ctrl-C), with one line saying whether the device changed.
 """
 import json
 import os
@@ -19,7 +20,7 @@ import click
 from mtd import FlashOpenError, MtdError
 from snapshot import config
 from snapshot.archive import COMPRESSIONS
-from snapshot.chain import Chain
+from snapshot.chain import VISIBLE_STEPS, Chain
 from snapshot.errors import SnapshotError
 from snapshot.format import MAX_ATTEMPTS, STATE_NAMES
 from snapshot.format import TRIAL as TRIAL_STATE
@@ -30,6 +31,8 @@ from snapshot.text import printable
 INEXACT = 5
 # Exit status of `health` when a required check fails, and of `watch` when it rolled back.
 UNHEALTHY = 5
+# Exit status of a command interrupted (SIGINT: Ctrl-C), as shells report it.
+INTERRUPTED = 130
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -94,6 +97,24 @@ class Group(click.Group):
             raise   # the reader went away: nothing to tell it (snapshot.__main__)
         except OSError as e:
             raise click.ClickException(printable(path_error(e))) from None
+        except KeyboardInterrupt:
+            echo(interrupted(ctx.obj or {}), err=True)
+            raise SystemExit(INTERRUPTED) from None
+
+
+def interrupted(obj: dict) -> str:
+    """What an interrupted command leaves on its device, in one line. Every write changes
+    what readers see in one step at its end (the commit: DESIGN.md §1), so before that step
+    nothing changed; chain.VISIBLE_STEPS says whether one began."""
+    names = ", ".join(VISIBLE_STEPS)
+    if not all(VISIBLE_STEPS.values()):
+        return (f"Interrupted while committing on {names}: it holds the state before the "
+                f"command or the state after it; `snapshot list` says which")
+    if VISIBLE_STEPS:
+        return f"Interrupted after its change to {names} was committed; `snapshot list` shows it"
+    if obj.get("opens"):
+        return f"Interrupted: nothing was changed on {obj['device'] or 'the overlay partition'}"
+    return "Interrupted"
 
 
 def path_error(error: OSError) -> str:
@@ -120,12 +141,15 @@ def main(ctx, device):
 
     Exit status: 0 success, 1 error (a one-line message on stderr), 2 bad usage,
     3 busy (another command is writing), 4 the chain is damaged (run check --repair),
-    5 stored, but not exactly (entries changed while they were read; see the warnings).
+    5 stored, but not exactly (entries changed while they were read; see the warnings),
+    130 interrupted (one line says whether the device changed).
     """
     ctx.obj = {"device": device or config.load()["device"] or None}
 
 
 def _device_here(ctx, param, value) -> None:
+    # Called for every command that opens a device, given the option or not.
+    ctx.obj["opens"] = True
     if value is not None:
         ctx.obj["device"] = value
 

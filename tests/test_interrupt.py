@@ -1,0 +1,107 @@
+"""Ctrl-C: an interrupted command says in one line what state its device is in, and exits 130.
+Before its commit nothing changed, which is where Ctrl-C nearly always lands; after it, the
+change was made."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clirun import invoke, ok
+from mtd import FlashType, Geometry, SimFlash
+from snapshot import chain as chains
+from sweep import make_tree
+from test_chain_cli import holds_a_lock
+
+MIB = 1 << 20
+NAND = Geometry(FlashType.NAND, 64 * MIB, 128 * 1024, 2048, 64)
+
+
+def state(image) -> dict:
+    """What `list` says the device holds (without how much of it this boot has read)."""
+    listed = json.loads(ok(image, "list", "--json"))
+    for record in listed["snapshots"] + listed["volatiles"]:
+        record.pop("integrity")
+    return listed
+
+
+@pytest.fixture(autouse=True)
+def no_steps_yet(monkeypatch):
+    """Each in-process command starts as a process does: no visible step taken."""
+    monkeypatch.setattr(chains, "VISIBLE_STEPS", {})
+    import snapshot.cli.common as common
+    monkeypatch.setattr(common, "VISIBLE_STEPS", chains.VISIBLE_STEPS)
+
+
+def test_ctrl_c_during_a_push_says_nothing_was_changed(tmp_path):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NAND)
+    ok(image, "format")
+    ok(image, "push", "--from", make_tree(tmp_path / "a", 1, 10), "-m", "first")
+    before = state(image)
+    source = tmp_path / "big"
+    source.mkdir()
+    (source / "noise").write_bytes(os.urandom(40 * MIB))
+    push = subprocess.Popen([sys.executable, "-m", "snapshot", "--device", str(image), "push",
+                             "--from", str(source)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not holds_a_lock(push.pid, image):
+        assert push.poll() is None and time.monotonic() < deadline, push.stderr.read()
+        time.sleep(0.001)
+    # Well into the write of a 40 MiB record, which takes about two seconds.
+    time.sleep(0.3)
+    push.send_signal(signal.SIGINT)
+    out, err = push.communicate(timeout=60)
+    assert (push.returncode, out, err) == \
+        (130, "", f"Interrupted: nothing was changed on {image}\n")
+    assert state(image) == before
+
+
+def test_ctrl_c_after_the_commit_says_the_change_was_made(tmp_path, monkeypatch):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NAND)
+    ok(image, "format")
+    from snapshot.cli import chain as chain_cli
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+    # Interrupted while it reports the push it just committed.
+    monkeypatch.setattr(chain_cli, "stored", interrupt)
+    result = invoke("--device", image, "push", "--from", make_tree(tmp_path / "a", 1, 10))
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        130, "", f"Interrupted after its change to {image} was committed; `snapshot list` "
+                 f"shows it\n")
+    assert len(json.loads(ok(image, "list", "--json"))["snapshots"]) == 1
+
+
+def test_ctrl_c_in_the_middle_of_the_commit_says_it_is_one_state_or_the_other(tmp_path,
+                                                                              monkeypatch):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NAND)
+    ok(image, "format")
+    real = SimFlash.write
+
+    def write(self, offset, data):
+        if offset < 4 * NAND.erasesize:   # the anchor area: the commit
+            raise KeyboardInterrupt
+        return real(self, offset, data)
+    monkeypatch.setattr(SimFlash, "write", write)
+    result = invoke("--device", image, "push", "--from", make_tree(tmp_path / "a", 1, 10))
+    assert (result.exit_code, result.stderr) == (
+        130, f"Interrupted while committing on {image}: it holds the state before the command "
+             f"or the state after it; `snapshot list` says which\n")
+
+
+def test_ctrl_c_in_a_command_that_opens_no_device_says_only_that(tmp_path, monkeypatch):
+    from snapshot.cli import flash as flash_cli
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(flash_cli.SimFlash, "create", interrupt)
+    result = invoke("flash", "create", tmp_path / "x.img", "--type", "nor", "--size", "1M",
+                    "--erase-size", "64K")
+    assert (result.exit_code, result.stderr) == (130, "Interrupted\n")
