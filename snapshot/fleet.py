@@ -207,6 +207,26 @@ def read_status(path: Path) -> dict:
     return status
 
 
+def read_report(path: Path) -> dict:
+    """The report `fleet report -o` wrote, for promote; FleetError, naming the file, unless
+    it is one: a JSON object whose units are each an object, with the parts promote reads of
+    the types report() gives them."""
+    try:
+        report = json.loads(path.read_bytes())
+    except OSError as e:
+        raise FleetError(f"{path}: {e.strerror}") from None
+    except (ValueError, RecursionError):     # RecursionError: nested too deeply
+        report = None
+    units = report.get("units") if isinstance(report, dict) else None
+    if not isinstance(units, dict) or not all(
+            isinstance(u, dict) and isinstance(u.get("group"), (str, type(None)))
+            and all(isinstance(u.get(k), (dict, type(None)))
+                    for k in ("bundle", "last_rollback", "fleet"))
+            for u in units.values()):
+        raise FleetError(f"{path}: not a report of `snapshot fleet report`")
+    return report
+
+
 # -- the unit's side --------------------------------------------------------------------------
 
 def fetch_channel(url: str, keys_dir: Path) -> dict:

@@ -180,6 +180,19 @@ def test_a_malformed_status_file_is_named_and_the_other_units_reported(tmp_path)
     assert "u1                   canary     trial" in human.stdout
 
 
+@pytest.mark.parametrize("report", [b"\x00not json", b"[]", b'{"units": [1]}',
+                                    b'{"units": {"u1": {"group": "canary", "bundle": "x"}}}',
+                                    b'{"units": {"u1": {"fleet": "x"}}}', _deep(30000)],
+                         ids=["binary", "list", "units-list", "bundle-string", "fleet-string",
+                              "deep"])
+def test_promote_with_a_report_that_is_not_one_is_one_line(tmp_path, report):
+    key = _write(tmp_path / "k.sec", b"")
+    bad = _write(tmp_path / "report.json", report)
+    done = invoke("fleet", "promote", "--channel", tmp_path / "www", "--report", bad,
+                  "--key", key)
+    assert one_error(done) == f"Error: {bad}: not a report of `snapshot fleet report`"
+
+
 # -- arbitrary bytes, to every reader -------------------------------------------------------
 
 def _json_values():
@@ -417,3 +430,4 @@ def test_every_line_the_cli_prints_goes_through_its_escaping_echo():
                     and not (node.args and ast.unparse(node.args[0]).startswith("json.dumps("))):
                 raw.append(f"{module.name}:{node.lineno}")
     assert raw == []
+

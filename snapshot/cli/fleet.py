@@ -199,7 +199,7 @@ def promote(channel, report_file, bundle_id, key, as_json):
       snapshot fleet promote --channel /srv/www/fleet --report report.json --key k.sec
     """
     from snapshot import fleet as fleets
-    done = fleets.promote(channel, json.loads(report_file.read_text()), key, bundle_id)
+    done = fleets.promote(channel, fleets.read_report(report_file), key, bundle_id)
     if as_json:
         click.echo(json.dumps(done, indent=2))
     else:
