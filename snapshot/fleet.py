@@ -231,17 +231,8 @@ def read_report(path: Path) -> dict:
 
 def fetch_channel(url: str, keys_dir: Path) -> dict:
     """The channel at `url`, verified against the trusted keys."""
-    import urllib.request
-    parts = []
-    for name in (url, f"{url}.sig"):
-        try:
-            with urllib.request.urlopen(name, timeout=30) as response:
-                parts.append(response.read(MAX_CHANNEL + 1))
-        except OSError as e:
-            raise FleetError(f"{name}: {getattr(e, 'reason', None) or e}") from None
-    text, signature = parts
-    if len(text) > MAX_CHANNEL:
-        raise FleetError(f"{url}: larger than {MAX_CHANNEL} bytes: not a channel")
+    from snapshot import fetch
+    text, signature = (fetch.read_whole(name, MAX_CHANNEL) for name in (url, f"{url}.sig"))
     if not bundles.verify_bytes(text, signature, keys_dir):
         raise FleetError(f"{url}: the channel's signature does not verify against "
                          f"{keys_dir}")
