@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from snapshot import trial as trials
 from snapshot.archive import COMPRESSIONS
-from snapshot.chain import Chain, Record, RecordWriter, commit
+from snapshot.chain import KEEP, Chain, Record, RecordWriter, commit
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
 from snapshot.format import CONFIRMED, MAX_MESSAGE, SNAPSHOT, TRIAL, Layout, RecordHeader
 
@@ -444,13 +444,13 @@ def already(chain: Chain, bundle: Bundle) -> str | None:
 
 
 def apply(chain: Chain, stream, bundle: Bundle, max_attempts: int, name: str,
-          progress=None) -> dict:
+          progress=None, fleet=KEEP) -> dict:
     """Stream the bundle's payload (read from `stream`, just after its head) into free blocks
     and commit it as a snapshot on trial on top of the base it names; the volatile record
     stays on top of it (a copy, in the same commit) and the one there was is kept for a
     failure, as a save during a trial leaves them. Everything that can refuse it does so
     before the first write; a payload whose length or hash is wrong refuses it before the
-    commit."""
+    commit. `fleet`: the fleet entry that commit lists (a poll's newly accepted channel)."""
     trials.refuse_while_pending(chain, "applying a bundle")
     if chain.problems:
         raise ChainDamaged(f"{chain.problems[0]}; run `snapshot check --repair` first")
@@ -489,7 +489,7 @@ def apply(chain: Chain, stream, bundle: Bundle, max_attempts: int, name: str,
                            ([volatile.entry] if volatile else []), entry, max_attempts)
     if volatile is not None:
         entries.append(_rewrite(chain, volatile, progress))
-    commit(chain, entries)
+    commit(chain, entries, fleet=fleet)
     return {"applied": bundle.id, "snapshot": len(snapshots) + 1, "message": m["message"],
             "max_attempts": max_attempts, "volatile_kept": volatile is not None}
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from mtd import Flash, MtdError
 from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged, StockMark
-from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED,
-                             FAILED, FLEET, MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
+from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED, FLEET,
+                             FAILED, MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
                              Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
                              anchor_length, crc32, round_up, unpack_anchor)
 from snapshot.verified import record_key

@@ -15,34 +15,77 @@ or anonymous, are the settings; `check` sections are the health checks. An optio
 empty value is left out, as uci does; lists are not settings and are left out too.
 SNAPSHOT_CONFIG names another file (tests, images being prepared on a PC). A missing file
 means built-in defaults.
+
+A section of a type snapshot does not read, and an option its reader does not know (the keys
+of its defaults: DEFAULTS here, fleet.DEFAULTS, health.OPTIONS), get a warning on stderr
+naming the file, the section and the option, once per process: a misspelt option would
+otherwise be silently ignored.
 """
 import os
 import re
 import shutil
+import sys
 
 from snapshot.errors import SnapshotError
+from snapshot.text import printable
 
 DEFAULT_PATH = "/etc/config/snapshot"
 DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_attempts": "3",
             "health_dir": "/etc/snapshot/health.d", "rollback_dir": "/etc/snapshot/rollback.d",
             "interval": "30", "grace": "300", "pass_rounds": "3", "fail_rounds": "3",
             "window": "1800", "auto_snapshot": "1", "keep": "0",
-            "keys_dir": "/etc/snapshot/keys", "board_file": "/tmp/sysinfo/board_name",
+            "keys_dir": "/etc/snapshot/keys", "channel_keys_dir": "/etc/snapshot/channel-keys",
+            "board_file": "/tmp/sysinfo/board_name",
             "rom": "/rom"}
 # Where `uci set` keeps the changes not yet committed: uci's own default, as on the router
 # (given another with -t, uci applies the changes in both).
 SAVE_DIR = "/tmp/.uci"
 # The names uci accepts for a configuration file.
 UCI_NAME = re.compile(r"[A-Za-z0-9_-]+")
+#: The section types snapshot reads: its settings (here), `check` (health.py), `fleet`
+#: (fleet.py). Each reader warns about the options it does not know (unknown()).
+SECTION_TYPES = ("snapshot", "check", "fleet")
+_warned: set[str] = set()
 
 
 def load(path: str | None = None) -> dict[str, str]:
     """The settings: the defaults, overridden by the main section's options."""
     options = dict(DEFAULTS)
-    main = next((opts for kind, name, opts in sections(path) if kind == "snapshot"
-                 and name in ("main", None)), {})
+    found = sections(path)
+    for kind, name, _ in found:
+        if kind not in SECTION_TYPES:
+            _warn(path, f"section type {kind!r}{_named(name)} is unknown (snapshot reads "
+                        f"{', '.join(SECTION_TYPES)}); it is ignored")
+    name, main = next(((name, opts) for kind, name, opts in found if kind == "snapshot"
+                       and name in ("main", None)), (None, {}))
+    unknown(path, "snapshot", name, main, DEFAULTS)
     options.update(main)
     return options
+
+
+def unknown(path: str | None, kind: str, name: str | None, options: dict[str, str],
+            known) -> None:
+    """Warn about each option of a section (`kind`, `name`) that is not in `known`."""
+    for key in options:
+        if key not in known:
+            _warn(path, f"option {key!r} in section {kind}{_named(name)} is unknown; it is "
+                        f"ignored")
+
+
+def _named(name: str | None) -> str:
+    return f" {name!r}" if name else ""
+
+
+def _warn(path: str | None, what: str) -> None:
+    """One line on stderr, once per process however often the file is read."""
+    line = printable(f"warning: {_path(path)}: {what}")
+    if line not in _warned:
+        _warned.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def _path(path: str | None) -> str:
+    return path or os.environ.get("SNAPSHOT_CONFIG", DEFAULT_PATH)
 
 
 def checks(path: str | None = None) -> list[tuple[str, dict[str, str]]]:
@@ -52,7 +95,7 @@ def checks(path: str | None = None) -> list[tuple[str, dict[str, str]]]:
 
 def sections(path: str | None = None) -> list[tuple[str, str | None, dict[str, str]]]:
     """Every section of the file: (type, name or None for an anonymous one, options)."""
-    path = path or os.environ.get("SNAPSHOT_CONFIG", DEFAULT_PATH)
+    path = _path(path)
     text = _from_uci(path)
     if text is None:
         try:

@@ -1,19 +1,26 @@
 """Rolling a bundle out to a fleet: a signed channel file on any static web server, units that
 pull it, and waves that the publisher promotes one at a time (DESIGN.md §16).
 
-    channel.json        {"format": 1, "published": T, "rollouts": [ROLLOUT, ...]}
+    channel.json        {"format": 1, "version": N, "published": T, "expires": E,
+                         "rollouts": [ROLLOUT, ...]}
     channel.json.sig    its usign signature (as an opkg feed's Packages.sig)
     bundles/ID.snb      the bundles
 
-A ROLLOUT is {"id", "bundle" (a URL relative to the channel's), "base" (base_id of the
-bundle's base), "message", "waves" (group names, in order), "promoted" (how many of them may
-apply it), "max_failed" (failed trials a wave may have before the next is refused)}. One
-rollout per base: publishing a bundle for a base replaces the one there was.
+A ROLLOUT is {"id", "bundle" (a URL relative to the channel's), "sha256" and "length" (of
+the bundle file), "base" (base_id of the bundle's base), "message", "waves" (group names, in
+order), "promoted" (how many of them may apply it), "max_failed" (failed trials a wave may
+have before the next is refused)}. One rollout per base: publishing a bundle for a base
+replaces the one there was. Every save bumps `version` and signs a new `expires`; `fleet
+resign` does only that, before the channel expires.
 
 A unit (`config fleet` in /etc/config/snapshot: channel, group, delay, confirm) polls: it
-fetches and verifies the channel, finds the rollout for its base whose promoted waves include
-its group, and applies its bundle after a random delay of up to `delay` seconds, unless it
-holds it already or the bundle's trial failed here (the rollback's note names it). With
+fetches the channel and verifies it with the channel keys (never a bundle key), refuses a
+version lower than the highest it accepted or an expired one (by a clock known to be set),
+finds the rollout for its base whose promoted waves include its group, and after a random
+delay of up to `delay` seconds downloads the bundle (at most its length, checked against its
+hash and id) before it takes the device, then applies it: unless it holds it already or the
+bundle's trial failed here. What it accepted and what failed here stay on flash, in the
+anchor's fleet entry (FORMAT.md §3), across reboots and rollbacks. With
 `confirm operator` its health watch never confirms a bundle's trial: the operator does
 (`fleet confirm`), or rolls it back (`fleet rollback`); a failed check or the watch's window
 still rolls it back.
@@ -22,7 +29,9 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -32,10 +41,19 @@ from snapshot import config, operations
 from snapshot import trial as trials
 from snapshot.chain import Chain, commit
 from snapshot.errors import SnapshotError
+from snapshot.format import BUNDLE_ID, MAX_CHANNEL_VERSION, MAX_TIME, Fleet
 
 FORMAT = 1
 CHANNEL = "channel.json"
 MAX_CHANNEL = 1 << 20
+#: How long a saved channel stays valid unless the publisher says otherwise: `fleet resign`
+#: renews it (from cron on the publisher's machine).
+EXPIRES_IN = 7 * 24 * 3600
+#: A unit's clock this far behind a time it knows passed (the channel's signed `published`,
+#: the firmware's build) is not set, and expiries are not checked against it (DESIGN.md §16).
+CLOCK_SLACK = 3600
+#: The last poll's outcome, for `status` (RAM: a poll's result is not worth a flash write).
+LAST_POLL = Path("/tmp/snapshot/fleet.json")
 DEFAULTS = {"channel": "", "group": "", "delay": "600", "confirm": "watch"}
 CONFIRMERS = ("watch", "operator")
 
@@ -51,7 +69,9 @@ def base_id(hashes: list[str]) -> str:
 
 def settings(path: str | None = None) -> dict[str, str]:
     """The `config fleet` section's options over DEFAULTS."""
-    found = next((opts for kind, _, opts in config.sections(path) if kind == "fleet"), {})
+    name, found = next(((name, opts) for kind, name, opts in config.sections(path)
+                        if kind == "fleet"), (None, {}))
+    config.unknown(path, "fleet", name, found, DEFAULTS)
     options = {**DEFAULTS, **found}
     if options["confirm"] not in CONFIRMERS:
         raise FleetError(f"option confirm in `config fleet` is {options['confirm']!r}: it is "
@@ -64,7 +84,7 @@ def settings(path: str | None = None) -> dict[str, str]:
 def _load(channel: Path) -> dict:
     path = channel / CHANNEL
     if not path.exists():
-        return {"format": FORMAT, "published": 0, "rollouts": []}
+        return {"format": FORMAT, "version": 0, "published": 0, "rollouts": []}
     try:
         data = json.loads(path.read_text())
     except ValueError as e:
@@ -74,10 +94,23 @@ def _load(channel: Path) -> dict:
     return data
 
 
-def _save(channel: Path, data: dict, key: Path) -> None:
-    """Write the channel and its signature; each replaced whole (rename), the signature
-    last, so a unit polling meanwhile sees the old pair or a mismatch it refuses."""
+def _save(channel: Path, data: dict, key: Path, expires_in: int = EXPIRES_IN) -> None:
+    """Write the channel and its signature, one version higher than it was and valid for
+    `expires_in` seconds; each replaced whole (rename), the signature last, so a unit
+    polling meanwhile sees the old pair or a mismatch it refuses. A rollout without its
+    file's hash and length (a channel an older snapshot wrote) gets them here."""
+    if expires_in <= 0:
+        raise FleetError("the channel must expire some time after now (--expires-in)")
+    version = data.get("version", 0) + 1
+    if not isinstance(version, int) or version > MAX_CHANNEL_VERSION:
+        raise FleetError(f"the channel's version {version!r} is not a number up to "
+                         f"{MAX_CHANNEL_VERSION}")
+    for rollout in data["rollouts"]:
+        if "sha256" not in rollout or "length" not in rollout:
+            rollout.update(_file_digest(channel / rollout["bundle"]))
+    data["version"] = version
     data["published"] = int(time.time())
+    data["expires"] = data["published"] + int(expires_in)
     text = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
     signature = bundles.sign_bytes(text, key)
     for name, content in ((CHANNEL, text), (f"{CHANNEL}.sig", signature)):
@@ -86,8 +119,21 @@ def _save(channel: Path, data: dict, key: Path) -> None:
         os.replace(tmp, channel / name)
 
 
+def _file_digest(path: Path) -> dict:
+    """{"sha256", "length"} of a bundle file, as a rollout names it."""
+    digest, length = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(bundles.CHUNK):
+                digest.update(chunk)
+                length += len(chunk)
+    except OSError as e:
+        raise FleetError(f"{path}: {e.strerror}") from None
+    return {"sha256": digest.hexdigest(), "length": length}
+
+
 def publish(channel: Path, bundle_file: Path, waves: list[str], key: Path,
-            max_failed: int = 0) -> dict:
+            max_failed: int = 0, expires_in: int = EXPIRES_IN) -> dict:
     """Put the bundle in the channel and start its rollout with the first wave."""
     if not waves or any(not w or "," in w for w in waves):
         raise FleetError("name the waves in order, e.g. --waves canary,rest")
@@ -101,11 +147,11 @@ def publish(channel: Path, bundle_file: Path, waves: list[str], key: Path,
     target = channel / "bundles" / f"{made.id}.snb"
     shutil.copyfile(bundle_file, target.with_name(f".{target.name}.new"))
     os.replace(target.with_name(f".{target.name}.new"), target)
-    rollout = {"id": made.id, "bundle": f"bundles/{made.id}.snb",
+    rollout = {"id": made.id, "bundle": f"bundles/{made.id}.snb", **_file_digest(target),
                "base": base_id(made.manifest["base"]), "message": made.manifest["message"],
                "waves": waves, "promoted": 1, "max_failed": max_failed}
     data["rollouts"] = [r for r in data["rollouts"] if r["base"] != rollout["base"]] + [rollout]
-    _save(channel, data, key)
+    _save(channel, data, key, expires_in)
     return rollout
 
 
@@ -114,14 +160,18 @@ def outcome(unit: dict, bundle_id: str) -> str:
     or not applied."""
     applied = unit.get("bundle") or {}
     note = unit.get("last_rollback") or {}
+    failed = (unit.get("fleet") or {}).get("failed_here")
+    failed = failed if isinstance(failed, list) else ()
     if applied.get("id") == bundle_id and applied.get("state") in ("confirmed", "trial"):
         return applied["state"]
-    if note.get("bundle") == bundle_id or applied.get("id") == bundle_id:
+    if note.get("bundle") == bundle_id or applied.get("id") == bundle_id or \
+            bundle_id in failed:
         return "failed"
     return "not applied"
 
 
-def promote(channel: Path, report: dict, key: Path, bundle_id: str | None = None) -> dict:
+def promote(channel: Path, report: dict, key: Path, bundle_id: str | None = None,
+            expires_in: int = EXPIRES_IN) -> dict:
     """Let the next wave apply the rollout, unless a wave already promoted has more failed
     trials than `max_failed`, or trials still pending, or units that have not applied it
     (by the report: `report` below). Refused with the numbers, nothing changed."""
@@ -149,7 +199,7 @@ def promote(channel: Path, report: dict, key: Path, bundle_id: str | None = None
     if not units:
         raise FleetError(f"not promoting {nxt}: the report has no unit of {', '.join(done)}")
     rollout["promoted"] += 1
-    _save(channel, data, key)
+    _save(channel, data, key, expires_in)
     return {"id": rollout["id"], "promoted": rollout["waves"][:rollout["promoted"]],
             "confirmed": len(units) - len(failed), "failed": failed}
 
@@ -171,6 +221,8 @@ def report(statuses: dict[str, dict], bundle_id: str | None = None) -> dict:
         fleet = s.get("fleet") or {}
         units[name] = {"group": fleet.get("group"), "bundle": s.get("bundle"),
                        "trial": s.get("trial"), "last_rollback": s.get("last_rollback"),
+                       "fleet": {k: fleet.get(k) for k in ("channel_version", "channel_expires",
+                                                           "failed_here", "last_poll")},
                        "outcome": outcome(s, bundle_id) if bundle_id else "not applied"}
     return {"bundle": bundle_id, "units": units}
 
@@ -229,22 +281,67 @@ def read_report(path: Path) -> dict:
 
 # -- the unit's side --------------------------------------------------------------------------
 
-def fetch_channel(url: str, keys_dir: Path) -> dict:
-    """The channel at `url`, verified against the trusted keys."""
+def fetch_channel(url: str, channel_keys: Path, bundle_keys: Path) -> dict:
+    """The channel at `url`, signed by a key of the channel role (`channel_keys`) that is not
+    also trusted for bundles (`bundle_keys`), with every field a unit reads well formed."""
     from snapshot import fetch
     text, signature = (fetch.read_whole(name, MAX_CHANNEL) for name in (url, f"{url}.sig"))
-    if not bundles.verify_bytes(text, signature, keys_dir):
+    try:
+        key = bundles.fingerprint(signature)
+    except bundles.BundleRefused:
+        raise FleetError(f"{url}: the channel's signature is not a usign signature") from None
+    if (bundle_keys / key).is_file():
+        raise FleetError(f"{url}: the channel is signed by key {key}, a bundle key "
+                         f"({bundle_keys}): a bundle key never signs a channel")
+    if not (channel_keys / key).is_file():
+        raise FleetError(f"{url}: the channel is signed by key {key}, which {channel_keys} "
+                         f"(option channel_keys_dir) does not trust")
+    if not bundles.verify_bytes(text, signature, channel_keys):
         raise FleetError(f"{url}: the channel's signature does not verify against "
-                         f"{keys_dir}")
+                         f"{channel_keys}")
     try:
         data = json.loads(text)
-        assert data["format"] == FORMAT and isinstance(data["rollouts"], list)
-    except (ValueError, KeyError, AssertionError, TypeError):
-        raise FleetError(f"{url}: not a channel file") from None
+    except (ValueError, RecursionError):     # RecursionError: nested too deeply
+        data = None
+    why = _malformed(data)
+    if why:
+        raise FleetError(f"{url}: not a channel this unit takes: {why}")
     return data
 
 
-def withdraw(channel: Path, key: Path, bundle_id: str) -> dict:
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _number(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _malformed(data) -> str | None:
+    """Why parsed JSON is not a channel whose fields a unit may use, or None."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return f"its format is not {FORMAT}"
+    if "version" not in data or "expires" not in data:
+        return "it has no version or expiry (an older snapshot wrote it: `snapshot fleet " \
+               "resign` signs it anew)"
+    if not (_number(data["version"], 1, MAX_CHANNEL_VERSION)
+            and _number(data.get("published"), 0, MAX_TIME)
+            and _number(data["expires"], 0, MAX_TIME)):
+        return "its version, published or expires is not a number in range"
+    if not isinstance(data.get("rollouts"), list):
+        return "its rollouts are not a list"
+    for r in data["rollouts"]:
+        if not (isinstance(r, dict) and isinstance(r.get("id"), str)
+                and BUNDLE_ID.fullmatch(r["id"]) and isinstance(r.get("bundle"), str)
+                and isinstance(r.get("sha256"), str) and SHA256.fullmatch(r["sha256"])
+                and _number(r.get("length"), 0, MAX_TIME) and isinstance(r.get("base"), str)
+                and isinstance(r.get("waves"), list)
+                and all(isinstance(w, str) for w in r["waves"])
+                and _number(r.get("promoted"), 0, len(r["waves"]))):
+            return "a rollout lacks a field, or has one of the wrong type"
+    return None
+
+
+def withdraw(channel: Path, key: Path, bundle_id: str, expires_in: int = EXPIRES_IN) -> dict:
     """Take the bundle's rollout out of the channel, so that no unit applies it any more (the
     bundle file stays, for a unit in the middle of its download). Nothing changes when the
     channel does not have it."""
@@ -253,8 +350,18 @@ def withdraw(channel: Path, key: Path, bundle_id: str) -> dict:
     if len(kept) == len(data["rollouts"]):
         raise FleetError(f"bundle {bundle_id} is not in the channel {channel}")
     data["rollouts"] = kept
-    _save(channel, data, key)
+    _save(channel, data, key, expires_in)
     return {"id": bundle_id, "withdrawn": True}
+
+
+def resign(channel: Path, key: Path, expires_in: int = EXPIRES_IN) -> dict:
+    """Sign the channel again as it is, one version higher with a new expiry: what keeps
+    units taking it (run it well before `expires`, e.g. daily from cron)."""
+    if not (channel / CHANNEL).exists():
+        raise FleetError(f"{channel / CHANNEL}: no channel to sign (fleet publish makes one)")
+    data = _load(channel)
+    _save(channel, data, key, expires_in)
+    return {"version": data["version"], "expires": data["expires"]}
 
 
 def choose(data: dict, base: str, group: str) -> dict | None:
@@ -265,40 +372,206 @@ def choose(data: dict, base: str, group: str) -> dict | None:
     return None
 
 
+def _utc(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def _built(rom: str) -> int:
+    """The firmware's build time: the mtime of its root (an OpenWrt squashfs gives every file
+    the build's SOURCE_DATE_EPOCH); 0 when it cannot be read."""
+    try:
+        return int(os.stat(rom).st_mtime)
+    except OSError:
+        return 0
+
+
+def check_fresh(data: dict, memory: Fleet, now: float, built: int) -> bool:
+    """Refuse (FleetError) a channel older than the newest this unit accepted, and one that
+    expired by a clock known to be set. Returns whether the clock is: it is not when it
+    reads earlier, by more than CLOCK_SLACK, than a time known to have passed (the firmware's
+    build, the signed `published` of this channel or of the newest accepted one); expiries
+    are then not checked (DESIGN.md §16)."""
+    if data["version"] < memory.version:
+        raise FleetError(f"channel version {data['version']} is older than version "
+                         f"{memory.version}, which this unit accepted: a replayed channel; "
+                         f"nothing was written")
+    if now < max(built, memory.published, data["published"]) - CLOCK_SLACK:
+        return False
+    if now >= data["expires"]:
+        raise FleetError(f"channel version {data['version']} expired at "
+                         f"{_utc(data['expires'])}: the publisher has not signed it anew "
+                         f"(`snapshot fleet resign`), or the server serves an old one; "
+                         f"nothing was written")
+    return True
+
+
+def accepted(memory: Fleet, data: dict) -> Fleet:
+    """The memory once this channel is accepted: its version, if it is higher."""
+    if data["version"] <= memory.version:
+        return memory
+    return memory._replace(version=data["version"], published=data["published"],
+                           expires=data["expires"])
+
+
+def failed_here(chain: Chain) -> set[str]:
+    """The bundles whose trial failed on this unit: the fleet entry's, and the last note's
+    (a rollback an older snapshot wrote names its bundle there only)."""
+    failed = set(Fleet.of(chain.fleet).failed)
+    if chain.note is not None and bundles.tag_of(chain.note.message):
+        failed.add(bundles.tag_of(chain.note.message))
+    return failed
+
+
+def _wanted(chain: Chain, data: dict, group: str) -> tuple[dict | None, str]:
+    """The rollout this unit should apply now, or None and why not."""
+    if chain.trial is not None:
+        return None, "a trial is pending"
+    mine = base_id(bundles.base(chain))
+    rollout = choose(data, mine, group)
+    if rollout is None:
+        return None, f"nothing for base {mine} in group {group}"
+    if rollout["id"] in failed_here(chain):
+        return None, f"bundle {rollout['id']} failed here"
+    return rollout, ""
+
+
+def download(url: str, rollout: dict):
+    """The bundle file the rollout names, in an unnamed temporary file (in /tmp, RAM on a
+    router; gone with the process however it ends): at most the length the channel gives,
+    and refused (FleetError) unless it has exactly that length and SHA-256. Flash is not
+    touched, nor the device locked, while it waits on the network."""
+    from snapshot import fetch
+    length, where = rollout["length"], tempfile.gettempdir()
+    st = os.statvfs(where)
+    if length > st.f_bavail * st.f_frsize:
+        raise FleetError(f"{url}: the bundle is {length} bytes and {where} has "
+                         f"{st.f_bavail * st.f_frsize} free; nothing was written")
+    f = tempfile.TemporaryFile(prefix="snapshot-bundle-")
+    try:
+        digest, left = hashlib.sha256(), length
+        with fetch.open_source(url) as stream:
+            while left:
+                chunk = stream.read(min(bundles.CHUNK, left))
+                if not chunk:
+                    raise FleetError(f"{url}: {length - left} bytes, and the channel gives "
+                                     f"{length}; nothing was written")
+                digest.update(chunk)
+                f.write(chunk)
+                left -= len(chunk)
+            if stream.read(1):
+                raise FleetError(f"{url}: longer than the {length} bytes the channel gives: "
+                                 f"not the bundle it names; nothing was written")
+        if digest.hexdigest() != rollout["sha256"]:
+            raise FleetError(f"{url}: its SHA-256 is not the one the channel gives: not the "
+                             f"bundle it names; nothing was written")
+        f.seek(0)
+        return f
+    except OSError as e:
+        f.close()
+        raise FleetError(f"{url}: cannot keep the download in {where}: "
+                         f"{e.strerror or e}; nothing was written") from None
+    except BaseException:
+        f.close()
+        raise
+
+
 def poll(chain_opener, options: dict, fleet: dict, max_attempts: int, log,
-         now: bool = False, sleep=time.sleep) -> dict:
-    """One poll: what it did, as `fleet poll --json` prints it. `chain_opener()` opens the
-    writable chain (a context manager)."""
+         now: bool = False, sleep=time.sleep, clock=time.time) -> dict:
+    """One poll: what it did, as `fleet poll --json` prints it, kept in LAST_POLL for
+    `status`; a refusal (SnapshotError) is logged and kept there too, with nothing written.
+    `chain_opener()` opens the writable chain (a context manager, which locks the device):
+    only to read the chain and to commit, never while the poll waits on the network."""
     if not fleet["channel"]:
         raise FleetError("no channel is configured (option channel in `config fleet`)")
     if not fleet["group"]:
         raise FleetError("no group is configured (option group in `config fleet`)")
     delay = config.number(fleet, "delay", 0)
-    data = fetch_channel(fleet["channel"], Path(options["keys_dir"]))
+    try:
+        done = _poll(chain_opener, options, fleet, max_attempts, log, delay, now, sleep,
+                     clock)
+    except SnapshotError as e:
+        log(f"fleet: poll refused: {e}", loud=True)
+        _keep({"action": "refused", "reason": str(e)}, clock())
+        raise
+    _keep(done, clock())
+    return done
+
+
+def _poll(chain_opener, options, fleet, max_attempts, log, delay, now, sleep, clock) -> dict:
+    data = fetch_channel(fleet["channel"], Path(options["channel_keys_dir"]),
+                         Path(options["keys_dir"]))
+    built = _built(options["rom"])
     with chain_opener() as chain:
-        if chain.trial is not None:
-            return {"action": "none", "reason": "a trial is pending"}
-        mine = base_id(bundles.base(chain))
-        rollout = choose(data, mine, fleet["group"])
+        memory = Fleet.of(chain.fleet)
+        clock_set = check_fresh(data, memory, clock(), built)
+        said = {"channel": {"version": data["version"], "expires": data["expires"],
+                            "clock": "set" if clock_set else "not set"}}
+        rollout, reason = _wanted(chain, data, fleet["group"])
         if rollout is None:
-            return {"action": "none", "reason": f"nothing for base {mine} in group "
-                                                f"{fleet['group']}"}
-        note = chain.note
-        if note is not None and bundles.tag_of(note.message) == rollout["id"]:
-            log(f"fleet: bundle {rollout['id']} was rolled back here ({note.message}); not "
-                f"applying it again")
-            return {"action": "none", "reason": f"bundle {rollout['id']} failed here",
-                    "bundle": rollout["id"]}
+            if accepted(memory, data) != memory:
+                commit(chain, [r.entry for r in chain.records],
+                       fleet=accepted(memory, data).entry())
+            return {"action": "none", "reason": reason, **said}
     wait = random.uniform(0, delay) if delay and not now else 0
     if wait:
         log(f"fleet: bundle {rollout['id']} for group {fleet['group']}: applying in "
             f"{wait:.0f} s")
         sleep(wait)
     url = urllib.parse.urljoin(fleet["channel"], rollout["bundle"])
-    with chain_opener() as chain:
-        result = bundles.apply_from(url, chain, options, max_attempts, log)
-    return {"action": "applied" if result["applied"] else "none", "bundle": rollout["id"],
-            **result}
+    with download(url, rollout) as f:
+        try:
+            made = bundles.read_head(f, url)
+            if made.id != rollout["id"]:
+                raise FleetError(f"{url} is bundle {made.id}, and the channel names "
+                                 f"{rollout['id']}; nothing was written")
+            bundles.check(made, bundles.Router(
+                Path(options["keys_dir"]), bundles.board(Path(options["board_file"])),
+                bundles.rootfs_id(Path(options["rom"]))))
+            bundles.check_file(f, made, url)
+        except bundles.BundleRefused as e:
+            raise FleetError(str(e)) from None
+        with chain_opener() as chain:
+            # Another poll, or a decision, may have come meanwhile: everything again.
+            memory = Fleet.of(chain.fleet)
+            check_fresh(data, memory, clock(), built)
+            again, reason = _wanted(chain, data, fleet["group"])
+            if again is None or again["id"] != made.id:
+                return {"action": "none", "reason": reason or "the channel changed", **said}
+            result = bundles.apply(chain, f, made, max_attempts, url,
+                                   fleet=accepted(memory, data).entry())
+    log(f"fleet: bundle {made.id} applied as snapshot {result['snapshot']} on trial: "
+        f"{made.manifest['message']}")
+    return {"action": "applied", "bundle": made.id, **result, **said}
+
+
+def _keep(done: dict, when: float) -> None:
+    """The poll's outcome in LAST_POLL (a temporary file renamed into place)."""
+    try:
+        LAST_POLL.parent.mkdir(parents=True, exist_ok=True)
+        partial = LAST_POLL.with_suffix(".partial")
+        partial.write_text(json.dumps({"time": int(when), **done}))
+        os.replace(partial, LAST_POLL)
+    except OSError:
+        pass   # status then shows no poll: the poll itself did what it says
+
+
+def last_poll() -> dict | None:
+    try:
+        found = json.loads(LAST_POLL.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def status(chain: Chain, fleet: dict) -> dict:
+    """The `fleet` part of `status --json`: the unit's group and channel, what it keeps on
+    flash (the highest channel version it accepted, that channel's expiry, the bundles that
+    failed here) and the last poll's outcome this boot."""
+    memory = Fleet.of(chain.fleet)
+    return {"group": fleet["group"] or None, "channel": fleet["channel"] or None,
+            "channel_version": memory.version or None,
+            "channel_expires": memory.expires or None,
+            "failed_here": sorted(failed_here(chain)), "last_poll": last_poll()}
 
 
 # -- the operator's decision, on the unit -------------------------------------------------------

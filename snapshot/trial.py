@@ -13,7 +13,7 @@ import re
 from snapshot.chain import Chain, Record, describe
 from snapshot.errors import SnapshotError
 from snapshot.format import (CONFIRMED, FAILED, MAX_ATTEMPTS, MAX_MESSAGE, NOTE, SNAPSHOT,
-                             TRIAL, VOLATILE, DirEntry)
+                             TRIAL, VOLATILE, DirEntry, Fleet)
 
 
 #: How a snapshot that came from a bundle names it, at the start of its message.
@@ -61,11 +61,14 @@ def confirm(chain: Chain) -> list[DirEntry]:
             for e in (r.entry for r in chain.records) if not e.fallback]
 
 
-def fail(chain: Chain, reason: str, when: int) -> tuple[list[DirEntry], DirEntry]:
-    """The directory after the trial failed, and the note that says why (FORMAT.md §3). The
-    trial is marked failed (kept, so `list` shows it, until it is rolled back or a write
-    replaces it); the state before it comes back: what was kept for a failure is normal
-    again, and a volatile record saved on top of a snapshot trial goes with it."""
+def fail(chain: Chain, reason: str, when: int) -> tuple[list[DirEntry], DirEntry,
+                                                       DirEntry | None]:
+    """The directory after the trial failed, the note that says why, and the fleet entry
+    (FORMAT.md §3): a bundle's trial joins the bundles that failed here, in the same commit,
+    so that no poll applies it again. The trial is marked failed (kept, so `list` shows it,
+    until it is rolled back or a write replaces it); the state before it comes back: what
+    was kept for a failure is normal again, and a volatile record saved on top of a snapshot
+    trial goes with it."""
     trial = chain.trial
     entries = []
     for record in chain.records:
@@ -79,10 +82,13 @@ def fail(chain: Chain, reason: str, when: int) -> tuple[list[DirEntry], DirEntry
     # A bundle's trial names the bundle, so that a fleet tool reading the note knows which
     # one failed here (snapshot/bundle.py).
     bundle = BUNDLE_TAG.match(trial.entry.message)
-    if bundle and not reason.startswith(bundle.group(0)):
-        reason = bundle.group(0) + reason
+    fleet = chain.fleet
+    if bundle:
+        fleet = Fleet.of(chain.fleet).failing(bundle.group(1)).entry()
+        if not reason.startswith(bundle.group(0)):
+            reason = bundle.group(0) + reason
     reason = reason.encode()[:MAX_MESSAGE].decode(errors="ignore")
-    return entries, DirEntry(NOTE, 0, trial.entry.seq, 0, when, 0, 0, 0, (), reason)
+    return entries, DirEntry(NOTE, 0, trial.entry.seq, 0, when, 0, 0, 0, (), reason), fleet
 
 
 def drop(chain: Chain) -> list[DirEntry]:

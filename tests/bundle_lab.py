@@ -3,6 +3,7 @@ power-cut sweep: real usign keys (the tool built from the pinned source), a firm
 board file and a configuration that points snapshot at them.
 
     lab = Lab.make(work)                   # keys, rom, board, config, PATH with usign
+                                           # (a bundle key, a channel key, one untrusted)
     lab.reference(image)                   # snapshot 1 (the base) and 2 (the fix)
     lab.unit_from(image, unit)             # a unit: the reference's base, its own volatile
     lab.bundle(image, "2", out)            # `snapshot bundle create 2 -o out --key ...`
@@ -31,6 +32,7 @@ class Lab:
     keys_dir: Path
     rom: Path
     config: Path
+    channel_secret: Path = Path()   # the fleet's channel key, trusted for channels only
 
     @classmethod
     def make(cls, work: Path) -> "Lab":
@@ -38,14 +40,15 @@ class Lab:
         usign = tool("usign")
         keys = work / "keys"
         keys.mkdir()
-        for name in ("fleet", "other"):
+        for name in ("fleet", "other", "channel"):
             subprocess.run([usign, "-G", "-s", keys / f"{name}.sec", "-p", keys / f"{name}.pub",
                             "-c", f"{name} key"], check=True)
-        trusted = work / "trusted"
-        trusted.mkdir()
-        fingerprint = subprocess.run([usign, "-F", "-p", keys / "fleet.pub"], check=True,
-                                     capture_output=True, text=True).stdout.strip()
-        shutil.copy(keys / "fleet.pub", trusted / fingerprint)
+        trusted, channels = work / "trusted", work / "channel-keys"
+        for public, where in ((keys / "fleet.pub", trusted), (keys / "channel.pub", channels)):
+            where.mkdir()
+            fingerprint = subprocess.run([usign, "-F", "-p", public], check=True,
+                                         capture_output=True, text=True).stdout.strip()
+            shutil.copy(public, where / fingerprint)
         rom = work / "rom"
         (rom / "etc").mkdir(parents=True)
         (rom / "etc/openwrt_release").write_text("DISTRIB_RELEASE='24.10.0'\n")
@@ -54,9 +57,11 @@ class Lab:
         (work / "board_name").write_text(BOARD + "\n")
         config = work / "snapshot.conf"
         config.write_text(f"config snapshot 'main'\n\toption keys_dir '{trusted}'\n"
+                          f"\toption channel_keys_dir '{channels}'\n"
                           f"\toption board_file '{work}/board_name'\n"
                           f"\toption rom '{rom}'\n\toption max_attempts '3'\n")
-        return cls(work, keys / "fleet.sec", keys / "other.sec", trusted, rom, config)
+        return cls(work, keys / "fleet.sec", keys / "other.sec", trusted, rom, config,
+                   keys / "channel.sec")
 
     @property
     def env(self) -> dict:

@@ -82,6 +82,7 @@ def visible(device: str):
         trial = tuple((r.entry.type, r.entry.seq, r.entry.state, r.entry.fallback,
                        r.entry.attempts, r.entry.max_attempts) for r in chain.records)
         note = chain.note.message if chain.note else None
+        fleet = chain.fleet[2:5] + (chain.fleet.message,) if chain.fleet else None
         with tempfile.TemporaryDirectory() as work:
             upper, snaps = Path(work) / "upper", []
             upper.mkdir()
@@ -100,7 +101,8 @@ def visible(device: str):
                     volatile = tree(Path(work) / "volatile")
                 except RecordDamaged:
                     volatile = "damaged"
-            return tuple(chain.problems), trial, note, tuple(snaps), tree(upper), volatile
+            return (tuple(chain.problems), trial, note, fleet, tuple(snaps), tree(upper),
+                    volatile)
 
 
 def image_digest(image: Path) -> str:
@@ -279,6 +281,22 @@ def base_unit_and_bundle(device: str, work: Path) -> None:
     lab.bundle(reference, "2", work / "fix.snb")
 
 
+def base_unit_on_a_bundle_trial(device: str, work: Path) -> None:
+    """The unit of base_unit_and_bundle with the bundle applied on trial, and another bundle
+    that failed here before in its fleet entry (FORMAT.md §3); the bundle's id in
+    work/bundle_id."""
+    from snapshot.format import Fleet
+    base_unit_and_bundle(device, work)
+    done = run_cli(device, ["bundle", "apply", str(work / "fix.snb"), "--no-reboot", "--json"],
+                   env=bundle_env(work))
+    assert done.returncode == 0, done.stderr
+    (work / "bundle_id").write_text(json.loads(done.stdout)["applied"])
+    with open_flash(device, writable=True) as flash:
+        chain = Chain(flash)
+        commit(chain, [r.entry for r in chain.records],
+               fleet=Fleet(4, 1700000000, 1800000000, ("0123456789abcdef",)).entry())
+
+
 def bundle_env(work: Path) -> dict:
     from bundle_lab import Lab
     lab = Lab(work / "lab", Path(), Path(), Path(), Path(), work / "lab/snapshot.conf")
@@ -330,6 +348,11 @@ SCENARIOS = {
     "bundleapply": Scenario("bundleapply", base_unit_and_bundle,
                             lambda w: ["bundle", "apply", str(w / "fix.snb"), "--no-reboot"],
                             env=bundle_env),
+    # The operator's rollback of a bundle's trial: the note and the fleet entry's failed
+    # bundles, in one commit.
+    "fleetrollback": Scenario("fleetrollback", base_unit_on_a_bundle_trial,
+                              lambda w: ["fleet", "rollback", (w / "bundle_id").read_text(),
+                                         "--no-reboot"], env=bundle_env),
 }
 
 

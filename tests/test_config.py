@@ -113,7 +113,7 @@ def test_the_defaults_file_reads_as_the_documented_defaults(through_uci, monkeyp
          "interval": "30", "grace": "300", "pass_rounds": "3", "fail_rounds": "3",
          "window": "1800", "auto_snapshot": "1", "keep": "0",
          "keys_dir": "/etc/snapshot/keys", "board_file": "/tmp/sysinfo/board_name",
-         "rom": "/rom"}
+         "rom": "/rom", "channel_keys_dir": "/etc/snapshot/channel-keys"}
     assert config.checks(str(DEFAULTS_FILE)) == []
 
 

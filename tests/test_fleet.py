@@ -89,7 +89,7 @@ def test_a_failed_canary_stops_the_next_wave_unless_the_threshold_allows_it(worl
     lab, channel, units, tmp_path = world
     fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
     on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves",
-       "canary,rest", "--max-failed", max_failed, "--key", lab.secret)
+       "canary,rest", "--max-failed", max_failed, "--key", lab.channel_secret)
     results = {name: poll(lab, unit) for name, unit in units.items()}
     assert [results[n]["action"] for n in GROUPS] == ["applied", "applied", "none", "none"]
     bundle_id = results["u1"]["bundle"]
@@ -104,7 +104,7 @@ def test_a_failed_canary_stops_the_next_wave_unless_the_threshold_allows_it(worl
     assert {n: u["outcome"] for n, u in merged["units"].items()} == \
         {"u1": "confirmed", "u2": "failed", "u3": "not applied", "u4": "not applied"}
     promoted = on(lab, units["u1"], "fleet", "promote", "--channel", channel, "--report",
-                  report, "--key", lab.secret, check=False)
+                  report, "--key", lab.channel_secret, check=False)
     if max_failed == 0:
         assert promoted.returncode == 1
         assert "not promoting rest: 1 failed trial in canary (u2), more than the 0 allowed" \
@@ -120,12 +120,13 @@ def test_pending_canaries_block_the_promotion(world):
     lab, channel, units, tmp_path = world
     fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
     on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves",
-       "canary,rest", "--key", lab.secret)
+       "canary,rest", "--key", lab.channel_secret)
     poll(lab, units["u1"])
-    assert poll(lab, units["u1"]) == {"action": "none", "reason": "a trial is pending"}
+    again = poll(lab, units["u1"])
+    assert (again["action"], again["reason"]) == ("none", "a trial is pending")
     report = collect(lab, units, tmp_path / "status")
     done = on(lab, units["u1"], "fleet", "promote", "--channel", channel, "--report", report,
-              "--key", lab.secret, check=False)
+              "--key", lab.channel_secret, check=False)
     assert done.returncode == 1 and "have not decided yet (u1, u2)" in done.stderr
 
 
@@ -133,7 +134,7 @@ def test_a_tampered_channel_is_refused_with_nothing_written(world):
     lab, channel, units, tmp_path = world
     fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
     on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
-       "--key", lab.secret)
+       "--key", lab.channel_secret)
     text = (channel / "channel.json").read_text()
     (channel / "channel.json").write_text(text.replace('"max_failed": 0', '"max_failed": 9'))
     digest = image_digest(units["u1"][0])
@@ -151,7 +152,7 @@ def poll_here(world, monkeypatch, sleep=None, **fleet_options) -> dict:
     lab, channel, units, tmp_path = world
     fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
     on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
-       "--key", lab.secret)
+       "--key", lab.channel_secret)
     for key, value in lab.env.items():
         monkeypatch.setenv(key, value)
     image, conf = units["u1"]
@@ -226,10 +227,22 @@ def test_a_poll_cut_off_in_the_download_leaves_the_old_state_and_the_next_poll_c
                            f"channel '{url}'\n\toption group 'canary'\n\toption delay '0'\n")
         fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
         on(lab, unit, "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
-           "--key", lab.secret)
+           "--key", lab.channel_secret)
         argv = [sys.executable, "-m", "snapshot", "--device", str(unit[0]), "fleet", "poll",
                 "--no-reboot"]
-        cut_off(argv, {**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(unit[1])}, how, unit[0])
+        env = {**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(unit[1])}
+        if how == "kill":
+            # Killed while it downloads: the poll writes nothing before it has the whole
+            # bundle, so nothing of it is on flash.
+            digest = image_digest(unit[0])
+            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+            time.sleep(1.5)
+            assert proc.poll() is None, "the download ended before it could be killed"
+            proc.kill()
+            proc.wait()
+            assert image_digest(unit[0]) == digest
+        else:
+            cut_off(argv, env, how, unit[0])
         Trickle.slow = False
         assert poll(lab, unit)["action"] == "applied"
     finally:
@@ -254,7 +267,7 @@ def operator_conf(lab, unit, work: Path, healthy: bool = True, window: int = 60,
 def applied(lab, channel, units, tmp_path, names=("u1",)) -> str:
     fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
     on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves",
-       "canary,rest", "--key", lab.secret)
+       "canary,rest", "--key", lab.channel_secret)
     ids = {poll(lab, units[name])["bundle"] for name in names}
     assert len(ids) == 1
     return ids.pop()
@@ -374,10 +387,10 @@ def test_a_withdrawn_bundle_is_applied_by_no_unit(world):
     lab, channel, units, tmp_path = world
     bundle_id = applied(lab, channel, units, tmp_path)
     on(lab, units["u1"], "fleet", "withdraw", "--channel", channel, "--bundle", bundle_id,
-       "--key", lab.secret)
+       "--key", lab.channel_secret)
     assert poll(lab, units["u2"])["reason"].startswith("nothing for base ")
     done = on(lab, units["u1"], "fleet", "withdraw", "--channel", channel, "--bundle",
-              bundle_id, "--key", lab.secret, check=False)
+              bundle_id, "--key", lab.channel_secret, check=False)
     assert done.returncode == 1 and f"bundle {bundle_id} is not in the channel" in done.stderr
 
 

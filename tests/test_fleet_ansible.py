@@ -131,7 +131,9 @@ def fleet(request, tmp_path, sandbox_feeds):  # noqa: F811
     usign = tool("usign")
     keys = tmp_path / "keys"
     keys.mkdir()
+    # The bundle key, and the channel key (one role each).
     sh(usign, "-G", "-s", keys / "fleet.sec", "-p", keys / "fleet.pub", "-c", "fleet key")
+    sh(usign, "-G", "-s", keys / "channel.sec", "-p", keys / "channel.pub", "-c", "channel key")
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys / "operator")
     # No unit trusts the fleet's key until it is enrolled.
     rootfs = build_rootfs(tmp_path / "rootfs", "opkg", sandbox_feeds, files={
@@ -198,7 +200,7 @@ class Operator:
               f"ansible_python_interpreter={sys.executable}\n"
               f"ansible_ssh_private_key_file={keys}/operator\n")
         self.report_dir = work / "reports"
-        self.vars = {"channel_dir": str(lab.www / "fleet"), "key": str(keys / "fleet.sec"),
+        self.vars = {"channel_dir": str(lab.www / "fleet"), "key": str(keys / "channel.sec"),
                      "waves": ["canary", "rest"], "report_dir": str(self.report_dir),
                      "max_failed": 0, "snapshot_cli": f"{sys.executable} -m snapshot",
                      "boot_id_command": BOOT_ID}
@@ -221,6 +223,7 @@ class Operator:
 
     def enroll(self, **extra) -> None:
         done = self.play("enroll.yml", key_pub=str(self.keys / "fleet.pub"), delay=0,
+                         channel_key_pub=str(self.keys / "channel.pub"),
                          channel_url=f"http://{LAB_NET}.1:8080/fleet/channel.json", **extra)
         assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
 
@@ -283,17 +286,31 @@ def test_the_operator_confirms_one_wave_and_rolls_the_next_back(fleet, tmp_path)
     for unit in units.values():
         quick_watch(unit, sick=False)
     operator = Operator(lab, units, keys, tmp_path)
+    # u04 was enrolled before keys had roles: its one key, the channel's, is a bundle key.
+    channel_key = (keys / "channel.pub").read_text()
+    fingerprint = sh(tool("usign"), "-F", "-p", keys / "channel.pub").stdout.strip()
+    with units["u04"].lock:
+        done = units["u04"].booted.run(f"mkdir -p /etc/snapshot/keys && printf '%s' "
+                                       f"'{channel_key}' > /etc/snapshot/keys/{fingerprint}")
+    assert done.rc == 0, done.output
     operator.enroll(confirm="operator")
-    # The enrolment: the unit polls from cron, hourly at a minute of its own, and the line
-    # cron runs works (nothing is published yet for the rest wave).
+    # The enrolment moved it to the channel keys.
+    with units["u04"].lock:
+        moved = units["u04"].booted.run("ls /etc/snapshot/channel-keys /etc/snapshot/keys")
+    assert moved.out.split() == ["/etc/snapshot/channel-keys:", fingerprint,
+                                 "/etc/snapshot/keys:",
+                                 sh(tool("usign"), "-F", "-p", keys / "fleet.pub").stdout.strip()]
+    # The enrolment: the unit polls from cron, hourly at a minute of its own, one poll at a
+    # time, and the line cron runs works (nothing is published yet for the rest wave).
     with units["u03"].lock:
         line = units["u03"].booted.run("cat /etc/crontabs/root").out.strip()
     minute, *when, command = line.split(maxsplit=5)
     assert 0 <= int(minute) <= 59 and when == ["*"] * 4
-    assert command == "/sbin/snapshot fleet poll >/dev/null 2>&1"
+    assert command == "flock -n /var/lock/snapshot-fleet.lock /sbin/snapshot fleet poll " \
+                      ">/dev/null 2>&1"
     # Enrolling again changes nothing.
     again = operator.play("enroll.yml", key_pub=str(keys / "fleet.pub"), delay=0,
-                          confirm="operator",
+                          channel_key_pub=str(keys / "channel.pub"), confirm="operator",
                           channel_url=f"http://{LAB_NET}.1:8080/fleet/channel.json")
     assert "changed=0" in ok(again).stdout and "changed=1" not in again.stdout
     first = ok(operator.play("publish.yml", "wave.yml", bundle=str(bundle), wave="canary",

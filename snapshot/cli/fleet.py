@@ -1,5 +1,5 @@
 """The fleet commands: fleet poll, confirm and rollback (on a unit); publish, promote,
-withdraw and report (the operator's)."""
+withdraw, resign and report (the operator's)."""
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +15,28 @@ from snapshot.reboot import reboot_into
 CHANNEL = click.option("--channel", type=click.Path(file_okay=False, path_type=Path),
                        required=True, help="The channel directory a web server serves.")
 KEY = click.option("--key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                   required=True, help="usign secret key that signs the channel.")
+                   required=True, help="usign secret key that signs the channel (a channel "
+                                       "key: units refuse a channel a bundle key signed).")
+
+
+class Duration(click.ParamType):
+    """Seconds, from N followed by d, h, m or s."""
+    name = "duration"
+    UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if len(text) > 1 and text[:-1].isdigit() and text[-1] in self.UNITS \
+                and int(text[:-1]) > 0:
+            return int(text[:-1]) * self.UNITS[text[-1]]
+        self.fail(f"{value!r} is not a duration (examples: 7d, 12h, 30m)", param, ctx)
+
+
+EXPIRES = click.option("--expires-in", type=Duration(), default="7d", show_default=True,
+                       help="How long units take the channel as signed now: `fleet resign` "
+                            "renews it before then.")
 
 
 @main.group()
@@ -60,9 +81,13 @@ def _decide(obj, what: str, decide) -> dict:
 def poll(obj, now, no_reboot, as_json):
     """Fetch the channel and apply the bundle it names for this unit's base and group.
 
-    Waits a random time of up to `option delay` seconds (`config fleet`) first, so that a
-    wave does not hit the server at once. Does nothing while a trial is pending, when the
-    unit holds the bundle, or when the bundle's trial failed here before.
+    The channel must be signed by a key in `option channel_keys_dir` (never a bundle key),
+    not be older than the newest this unit accepted, and not have expired (checked when the
+    clock is known to be set). Waits a random time of up to `option delay` seconds (`config
+    fleet`) first, so that a wave does not hit the server at once; downloads the bundle
+    before it takes the device, and refuses one whose length, SHA-256 or id is not the
+    channel's. Does nothing while a trial is pending, when the unit holds the bundle, or when
+    the bundle's trial failed here before. `status` shows the last poll's outcome.
 
     \b
     Example:
@@ -165,8 +190,9 @@ def rollback(obj, bundle_id, no_reboot, as_json):
 @click.option("--max-failed", type=click.IntRange(0), default=0, show_default=True,
               help="Failed trials a wave may have before the next wave is refused.")
 @KEY
+@EXPIRES
 @JSON
-def publish(bundle_file, channel, waves, max_failed, key, as_json):
+def publish(bundle_file, channel, waves, max_failed, key, expires_in, as_json):
     """Put a signed bundle in the channel, promoted to its first wave.
 
     \b
@@ -174,7 +200,8 @@ def publish(bundle_file, channel, waves, max_failed, key, as_json):
       snapshot fleet publish fix.snb --channel /srv/www/fleet --waves canary,rest --key k.sec
     """
     from snapshot import fleet as fleets
-    rollout = fleets.publish(channel, bundle_file, waves.split(","), key, max_failed)
+    rollout = fleets.publish(channel, bundle_file, waves.split(","), key, max_failed,
+                             expires_in)
     if as_json:
         click.echo(json.dumps(rollout, indent=2))
     else:
@@ -189,8 +216,9 @@ def publish(bundle_file, channel, waves, max_failed, key, as_json):
               help="The report `fleet report` wrote.")
 @click.option("--bundle", "bundle_id", help="The rollout's bundle id, if the channel has several.")
 @KEY
+@EXPIRES
 @JSON
-def promote(channel, report_file, bundle_id, key, as_json):
+def promote(channel, report_file, bundle_id, key, expires_in, as_json):
     """Let the next wave apply the rollout: refused while a wave before it has more failed
     trials than --max-failed allowed, or units that have not decided.
 
@@ -199,7 +227,8 @@ def promote(channel, report_file, bundle_id, key, as_json):
       snapshot fleet promote --channel /srv/www/fleet --report report.json --key k.sec
     """
     from snapshot import fleet as fleets
-    done = fleets.promote(channel, fleets.read_report(report_file), key, bundle_id)
+    done = fleets.promote(channel, fleets.read_report(report_file), key, bundle_id,
+                          expires_in)
     if as_json:
         click.echo(json.dumps(done, indent=2))
     else:
@@ -210,8 +239,9 @@ def promote(channel, report_file, bundle_id, key, as_json):
 @CHANNEL
 @click.option("--bundle", "bundle_id", required=True, help="The rollout's bundle id.")
 @KEY
+@EXPIRES
 @JSON
-def withdraw(channel, bundle_id, key, as_json):
+def withdraw(channel, bundle_id, key, expires_in, as_json):
     """Take a bundle's rollout out of the channel: no unit applies it any more (units that
     hold it keep it; `fleet rollback` on them rolls a trial back).
 
@@ -220,11 +250,35 @@ def withdraw(channel, bundle_id, key, as_json):
       snapshot fleet withdraw --channel /srv/www/fleet --bundle 3f2a9c0d1e4b5a69 --key k.sec
     """
     from snapshot import fleet as fleets
-    done = fleets.withdraw(channel, key, bundle_id)
+    done = fleets.withdraw(channel, key, bundle_id, expires_in)
     if as_json:
         click.echo(json.dumps(done, indent=2))
     else:
         echo(f"withdrew bundle {bundle_id} from {channel}")
+
+
+@fleet.command()
+@CHANNEL
+@KEY
+@EXPIRES
+@JSON
+def resign(channel, key, expires_in, as_json):
+    """Sign the channel again, unchanged but one version higher and with a new expiry, so
+    that units go on taking it: units refuse an expired channel, since a server that serves
+    the same old channel forever would otherwise go unseen. Run it well before the expiry,
+    e.g. daily from cron on the publishing machine.
+
+    \b
+    Example:
+      snapshot fleet resign --channel /srv/www/fleet --key channel.sec --expires-in 7d
+    """
+    from snapshot import fleet as fleets
+    done = fleets.resign(channel, key, expires_in)
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+    else:
+        echo(f"signed channel version {done['version']} of {channel}, valid until "
+             f"{fleets._utc(done['expires'])}")
 
 
 @fleet.command()
@@ -269,5 +323,10 @@ def _report_lines(done: dict) -> None:
             echo(f"{name:20} unreadable: {unit['error']}")
             continue
         note = unit["last_rollback"] or {}
+        polled = unit["fleet"]["last_poll"] or {}
+        # A unit whose polls are refused (an expired or replayed channel, a bundle that is
+        # not the one named) is stuck: the operator sees why.
         echo(f"{name:20} {unit['group'] or '-':10} {unit['outcome']:12} "
-             f"{note.get('reason', '') if unit['outcome'] == 'failed' else ''}")
+             f"{note.get('reason', '') if unit['outcome'] == 'failed' else ''}"
+             + (f" poll refused: {polled.get('reason')}"
+                if polled.get("action") == "refused" else ""))

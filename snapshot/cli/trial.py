@@ -113,16 +113,14 @@ def status(obj, as_json):
     Example:
       snapshot status --json
     """
-    from snapshot import health as checks, jobs, upgrade as upgrades
+    from snapshot import fleet, health as checks, jobs, upgrade as upgrades
     with reading(obj) as dev:
-        info = operations.status(Chain(dev))
+        chain = Chain(dev)
+        info = operations.status(chain)
+        info["fleet"] = fleet.status(chain, fleet.settings())
     info["health"] = checks.last()
     info["job"] = jobs.last()
     info["unsaved_change"] = upgrades.unsaved()
-    from snapshot import fleet
-    fleet_settings = fleet.settings()
-    info["fleet"] = {"group": fleet_settings["group"] or None,
-                     "channel": fleet_settings["channel"] or None}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -156,3 +154,10 @@ def status(obj, as_json):
     for layer, used in info["ram"].items():
         if used is not None:
             echo(f"RAM in {layer}: {human(used)}")
+    channel, polled = info["fleet"], info["fleet"]["last_poll"]
+    if channel["channel_version"]:
+        echo(f"fleet channel: version {channel['channel_version']} accepted, valid until "
+             f"{when(channel['channel_expires'])}")
+    if polled:
+        echo(f"fleet poll at {when(polled['time'])}: {polled['action']}"
+             + (f": {polled['reason']}" if polled.get("reason") else ""))
