@@ -44,11 +44,21 @@ class CheckFailed(Exception):
     """A check that found the router unhealthy, or could not look: the message says which."""
 
 
+#: The options of a `config check` section: COMMON, and those of its type (the defaults
+#: file documents them). A check of an unknown type fails when it runs, saying so.
+COMMON = ("type", "required", "timeout")
+OPTIONS = {"batman": ("meshif", "min_neighbours", "fresh", "originator", "gateway"),
+           "babel": ("min_neighbours", "socket"), "ping": ("host", "count"),
+           "service": ("name",)}
+
+
 def configured(path: str | None = None) -> list[Check]:
     """The checks of the configuration file, then those of health_dir."""
     found = []
     for name, options in config.checks(path):
         kind = options.get("type", "")
+        if kind in OPTIONS:
+            config.unknown(path, "check", name, options, COMMON + OPTIONS[kind])
         found.append(Check(name or kind, kind, options.get("required", "1") != "0",
                            float(options.get("timeout", DEFAULT_TIMEOUT)), options))
     directory = Path(config.load(path)["health_dir"])
