@@ -70,9 +70,9 @@ def tree(root: Path) -> dict:
 
 def visible(device: str):
     """The state list and unpack show, read in-process without writing: what is wrong with
-    the directory (two records sharing a block, say), every record's place in a trial and
-    the note of the last rollback, the snapshot list, the merged tree of the snapshots a
-    boot applies, and the volatile tree."""
+    the directory (two records sharing a block, say), every record's place in a trial (and
+    the fleet entry) and the note of the last rollback, the snapshot list, the merged tree
+    of the snapshots a boot applies, and the volatile tree."""
     with open_flash(device) as flash:
         try:
             chain = Chain(flash)
@@ -81,8 +81,10 @@ def visible(device: str):
         snapshots, volatile_record = chain.view()
         trial = tuple((r.entry.type, r.entry.seq, r.entry.state, r.entry.fallback,
                        r.entry.attempts, r.entry.max_attempts) for r in chain.records)
+        # The fleet entry (FORMAT.md §3) after the records, when there is one.
+        if chain.fleet is not None:
+            trial += (("fleet", chain.fleet.seq, chain.fleet.created, chain.fleet.message),)
         note = chain.note.message if chain.note else None
-        fleet = chain.fleet[2:5] + (chain.fleet.message,) if chain.fleet else None
         with tempfile.TemporaryDirectory() as work:
             upper, snaps = Path(work) / "upper", []
             upper.mkdir()
@@ -101,8 +103,7 @@ def visible(device: str):
                     volatile = tree(Path(work) / "volatile")
                 except RecordDamaged:
                     volatile = "damaged"
-            return (tuple(chain.problems), trial, note, fleet, tuple(snaps), tree(upper),
-                    volatile)
+            return tuple(chain.problems), trial, note, tuple(snaps), tree(upper), volatile
 
 
 def image_digest(image: Path) -> str:
