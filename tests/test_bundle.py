@@ -18,6 +18,7 @@ import pytest
 from bundle_lab import Lab, cut_off
 from mtd import FlashType, Geometry, SimFlash
 from sweep import health_config, image_digest, visible
+from web import self_signed, served
 
 KIB = 1024
 NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
@@ -268,25 +269,14 @@ def test_a_broken_download_resumes_with_range(lab, tmp_path, server):
 
 @pytest.fixture
 def tls_server(tmp_path):
-    """The server of `server` over TLS, with a self-signed certificate for 127.0.0.1 (made
-    with openssl), and the environment in which the unit trusts it."""
-    import ssl
+    """The server of `server` over TLS, with a self-signed certificate for 127.0.0.1, and the
+    environment in which the unit trusts it."""
     root = tmp_path / "www"
     root.mkdir()
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key,
-                    "-out", cert], check=True, capture_output=True)
+    certificate = self_signed(tmp_path)
     Flaky.served = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(Flaky, directory=str(root)))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"https://127.0.0.1:{httpd.server_address[1]}", {"SSL_CERT_FILE": str(cert)}
-    httpd.shutdown()
+    with served(functools.partial(Flaky, directory=str(root)), certificate) as url:
+        yield root, url, {"SSL_CERT_FILE": str(certificate[0])}
 
 
 def test_a_broken_https_download_resumes_with_range(lab, tmp_path, tls_server):
