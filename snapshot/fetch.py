@@ -35,7 +35,7 @@ READ = 65536
 
 @dataclass(frozen=True)
 class Limits:
-    """How long a download may take (DESIGN.md §15, Download)."""
+    """How long a download may take (DESIGN.md §15, Limits)."""
     timeout: float = 30         # seconds, each connect and each read of the socket
     deadline: float = 300       # seconds, plus 1 per `min_rate` bytes the server announces
     min_rate: float = 1024      # bytes per second, the average since the start...

@@ -144,6 +144,11 @@ def test_a_malformed_answer_to_a_small_fetch_is_one_line(case):
     assert message.startswith(f"{url}: {reason}")
 
 
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/channel.json"])
+def test_a_small_fetch_takes_only_http_and_https_urls(url):
+    assert failure(lambda: read_whole(url, 1000)) == f"{url}: not an http or https URL"
+
+
 def test_a_small_fetch_larger_than_its_limit_is_refused():
     with served(Plain) as url:
         assert failure(lambda: read_whole(f"{url}/c", 4)) == f"{url}/c: larger than 4 bytes"
