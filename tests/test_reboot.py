@@ -3,8 +3,11 @@ overlay from the device (snapshot/reboot.py). On a simulated image, a `reboot` f
 that notes each call is never called, and the command says in one line when the change takes
 effect; on an image noted as the booted device, the same command calls it. The commands run
 in this process, where the note (reboot.BOOTED) is the test's own."""
+import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,7 @@ from snapshot import reboot
 from sweep import health_config
 from router_sandbox import sandbox_feeds  # noqa: F401  (the fixture)
 from test_fleet import applied, on, world  # noqa: F401  (world: the fixture)
+from test_overlayfs import namespaces  # noqa: F401  (the tier-2 availability fixture)
 
 WHAT = {"bundle apply": "the bundle's trial", "fleet poll": "the bundle's trial",
         "fleet rollback": "the state before the trial", "watch": "the state before the trial"}
@@ -135,3 +139,42 @@ def test_an_upgrade_reboots_only_the_system_that_booted_from_the_device(opkg_rou
             "snapshot: the upgrade's trial takes effect when a router boots /.sandbox/flash.img; "
             "not rebooting this machine, which did not boot its overlay from it")
     assert done.err.splitlines().count(line) == 1, done.err
+
+
+# -- the note, made by `snapshot mount` at preinit (tier 2: real mounts in a namespace) ------------
+
+# Runs inside a private mount namespace: the boot's mount over a squashfs, the preinit form
+# (no pivot here) or the sandbox form; then whether the device is noted as booted.
+MOUNT = r"""
+import json, subprocess, sys
+from pathlib import Path
+from snapshot import boot, reboot
+sqfs, image, work, sandbox = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
+reboot.BOOTED = work / "booted.json"
+root, target = work / "squashfs", work / "root"
+root.mkdir()
+subprocess.run(["mount", "-o", "loop,ro", sqfs, str(root)], check=True)
+report = boot.mount(image, root, target, work / ".scratch", boot.Log(kmsg=False), sandbox)
+print(json.dumps({"fallback": report.fallback, "booted": reboot.booted(image)[1],
+                  "noted": reboot.BOOTED.exists()}))
+"""
+
+
+@pytest.mark.parametrize("sandbox", [False, True], ids=["preinit", "sandbox"])
+def test_the_boots_mount_notes_its_device_and_the_sandbox_form_does_not(
+        namespaces, tmp_path, sandbox):  # noqa: F811
+    from mtd import FlashType, Geometry, SimFlash
+    from test_boot import make_rootfs
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, Geometry(FlashType.NOR, 1 << 20, 64 << 10, 1, 0))
+    invoke("--device", image, "format")
+    sqfs = make_rootfs(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                           MOUNT, str(sqfs), str(image), str(work), "1" if sandbox else "0"],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == \
+        {"fallback": False, "booted": not sandbox, "noted": not sandbox}
