@@ -46,7 +46,7 @@ def stored_then_reboot(world, command: str):
     elif command == "fleet poll":
         fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
         on(lab, unit, "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
-           "--key", lab.secret)
+           "--key", lab.channel_secret)
         args = ["fleet", "poll", "--now"]
     elif command == "fleet rollback":
         args = ["fleet", "rollback", applied(lab, channel, units, tmp_path)]
