@@ -298,6 +298,40 @@ def base_unit_on_a_bundle_trial(device: str, work: Path) -> None:
                fleet=Fleet(4, 1700000000, 1800000000, ("0123456789abcdef",)).entry())
 
 
+def _serve(root: Path) -> str:
+    """An HTTP server for `root`, running in this process for the rest of the session (the
+    sweep's cut commands poll it); its URL."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def base_unit_polling(device: str, work: Path, group: str) -> None:
+    """The unit of base_unit_and_bundle in wave `group` of a channel, served over HTTP, that
+    promotes the bundle to the wave "canary" (work/unit.conf is the unit's configuration)."""
+    base_unit_and_bundle(device, work)
+    url = _serve(work / "www") + "/fleet/channel.json"
+    done = run_cli(device, ["fleet", "publish", str(work / "fix.snb"), "--channel",
+                            str(work / "www/fleet"), "--waves", "canary,rest", "--key",
+                            str(work / "lab/keys/channel.sec")], env=bundle_env(work))
+    assert done.returncode == 0, done.stderr
+    (work / "unit.conf").write_text((work / "lab/snapshot.conf").read_text()
+                                    + f"config fleet 'fleet'\n\toption channel '{url}'\n"
+                                      f"\toption group '{group}'\n\toption delay '0'\n")
+
+
+def polling_env(work: Path) -> dict:
+    return {**bundle_env(work), "SNAPSHOT_CONFIG": str(work / "unit.conf")}
+
+
 def bundle_env(work: Path) -> dict:
     from bundle_lab import Lab
     lab = Lab(work / "lab", Path(), Path(), Path(), Path(), work / "lab/snapshot.conf")
@@ -349,6 +383,13 @@ SCENARIOS = {
     "bundleapply": Scenario("bundleapply", base_unit_and_bundle,
                             lambda w: ["bundle", "apply", str(w / "fix.snb"), "--no-reboot"],
                             env=bundle_env),
+    # A fleet poll: the bundle applied with the channel's version in the same commit; and a
+    # poll with nothing to apply that records the newer version alone.
+    "fleetpoll": Scenario("fleetpoll", lambda d, w: base_unit_polling(d, w, "canary"),
+                          lambda w: ["fleet", "poll", "--now", "--no-reboot"], env=polling_env),
+    "fleetaccept": Scenario("fleetaccept", lambda d, w: base_unit_polling(d, w, "rest"),
+                            lambda w: ["fleet", "poll", "--now", "--no-reboot"],
+                            env=polling_env),
     # The operator's rollback of a bundle's trial: the note and the fleet entry's failed
     # bundles, in one commit.
     "fleetrollback": Scenario("fleetrollback", base_unit_on_a_bundle_trial,

@@ -187,7 +187,7 @@ def test_a_poll_reads_each_base_snapshot_once(world, monkeypatch):
 def test_help_has_an_example_for_each_fleet_command(world):
     lab, _, units, _ = world
     for command in ("poll", "confirm", "rollback", "publish", "promote", "withdraw",
-                    "report"):
+                    "resign", "report"):
         assert "Example:" in on(lab, units["u1"], "fleet", command, "--help").stdout
 
 
