@@ -309,8 +309,8 @@ class Fleet(NamedTuple):
     def entry(self) -> DirEntry:
         """The directory entry; FormatLimit if a field does not fit."""
         _fits("channel version", self.version, 32)
-        _fits("channel time", self.published, 63)
-        _fits("channel expiry", self.expires, 63)
+        _fits("channel time", self.published, 64)
+        _fits("channel expiry", self.expires, 64)
         if len(self.failed) > MAX_FAILED or not all(BUNDLE_ID.fullmatch(i) for i in self.failed):
             raise FormatLimit(f"the fleet entry holds at most {MAX_FAILED} bundle ids")
         message = " ".join([str(self.expires), *self.failed])
@@ -323,7 +323,8 @@ class Fleet(NamedTuple):
         if entry is None:
             return cls()
         words = entry.message.split(" ")
-        expires = int(words[0]) if words[0].isdigit() and len(words[0]) < 20 else 0
+        expires = int(words[0]) if words[0].isascii() and words[0].isdigit() else 0
+        expires = expires if expires < 1 << 64 else 0
         failed = tuple(w for w in words[1:] if BUNDLE_ID.fullmatch(w))[-MAX_FAILED:]
         return cls(entry.seq, entry.created, expires, failed)
 
