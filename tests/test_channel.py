@@ -255,3 +255,15 @@ def test_the_cron_line_never_runs_two_polls_at_once():
     line = next(ln for ln in enroll.splitlines() if "line:" in ln and "fleet poll" in ln)
     command = line.split("* * * * ", 1)[1]
     assert command.startswith("flock -n /var/lock/snapshot-fleet.lock ")
+
+
+def test_a_fleet_entry_whose_message_does_not_parse_still_reads_and_packs_again():
+    """Only a bug or a crafted image writes one; reading it never stops a poll or a boot's
+    rollback, which writes it again."""
+    from snapshot.format import FLEET, DirEntry
+    crafted = DirEntry(FLEET, 0, 3, 0, (1 << 64) - 1, 0, 0, 0, (),
+                       "99999999999999999999999 not-an-id \u00e9 0123456789abcdef")
+    memory = Fleet.of(crafted)
+    assert memory == Fleet(3, (1 << 64) - 1, 0, ("0123456789abcdef",))
+    assert Fleet.of(memory.failing("1111111111111111").entry()).failed == \
+        ("0123456789abcdef", "1111111111111111")
