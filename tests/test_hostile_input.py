@@ -5,8 +5,10 @@ file name reaches the terminal raw (`--json` keeps the exact text)."""
 import functools
 import gzip
 import http.server
+import io
 import json
 import re
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -231,13 +233,27 @@ def _manifest(good: bytes) -> dict:
     return json.loads(good[16:16 + bundles.HEADER.unpack(good[:16])[3]])
 
 
-def _mutations(good: bytes, flip: int | None = None, cut: int | None = None):
-    """The valid bundle with a byte changed in its first `flip` bytes, or cut short in its
-    first `cut` bytes (anywhere by default)."""
-    flip, cut = flip or len(good), cut or len(good)
-    flipped = st.tuples(st.integers(0, flip - 1), st.integers(1, 255)).map(
+def _mutations(good: bytes, head_only: bool = False):
+    """The valid bundle with a byte changed, or cut short, anywhere but in the first line of
+    its signature: usign's comment, which it does not sign (a bundle with another comment
+    is the same bundle). With `head_only`, in its header, manifest and signature only."""
+    with io.BytesIO(good) as stream:
+        head = bundles.read_head(stream, "good")
+    signature = head.payload_offset - len(head.signature)
+    comment = signature + head.signature.index(b"\n") + 1
+    end = head.payload_offset if head_only else len(good)
+    at = st.integers(0, signature - 1) | st.integers(comment, end - 1)
+    flipped = st.tuples(at, st.integers(1, 255)).map(
         lambda c: good[:c[0]] + bytes([good[c[0]] ^ c[1]]) + good[c[0] + 1:])
-    return flipped | st.integers(0, cut - 1).map(lambda n: good[:n])
+    return flipped | st.integers(0, end - 1).map(lambda n: good[:n])
+
+
+def _unit(lab: Lab, work: Path) -> Path:
+    """A fresh copy of the lab's unit: an example that wrote to it fails, and leaves the next
+    one a unit as it was."""
+    for suffix in ("", ".sim.json"):
+        shutil.copyfile(f"{lab.work.parent / 'unit.img'}{suffix}", f"{work / 'unit.img'}{suffix}")
+    return work / "unit.img"
 
 
 def _sign(lab: Lab, data: bytes, work: Path, key: Path | None = None) -> bytes:
@@ -258,7 +274,7 @@ def test_bundle_apply_of_arbitrary_bytes_is_one_line_and_writes_nothing(lab, goo
     blob = data.draw(st.binary(max_size=3000) | _mutations(good)
                      | st.just(signed) | st.just(_head(manifest))
                      | st.integers(1000, 60000).map(lambda n: _head(_deep(n))))
-    unit = lab.work.parent / "unit.img"
+    unit = _unit(lab, tmp_path)
     digest = image_digest(unit)
     done = invoke("--device", unit, "bundle", "apply", _write(tmp_path / "x.snb", blob),
                   "--no-reboot", env=lab.env)
@@ -276,13 +292,9 @@ def test_bundle_show_of_arbitrary_bytes_is_one_line_and_never_trusted(lab, good_
                         | st.integers(1000, 60000).map(lambda n: _head(_deep(n))))
     done = invoke("bundle", "show", _write(tmp_path / "x.snb", garbage), env=lab.env)
     one_error(done)
-    # Near-valid: refused in one line, or shown with the reason it is not trusted. Show
-    # reads the head only (header, manifest, signature), and usign's signature file starts
-    # with a comment that it does not sign.
-    with open(good_bundle, "rb") as f:
-        head = bundles.read_head(f, "good")
-    signed = head.payload_offset - len(head.signature)
-    blob = data.draw(_mutations(good, signed, head.payload_offset) | st.just(_head(manifest)))
+    # Near-valid: refused in one line, or shown with the reason it is not trusted (show
+    # reads the head only).
+    blob = data.draw(_mutations(good, head_only=True) | st.just(_head(manifest)))
     done = invoke("bundle", "show", _write(tmp_path / "y.snb", blob), env=lab.env)
     if done.exit_code == 0:
         clean(done)
@@ -325,7 +337,7 @@ def test_fleet_poll_of_an_arbitrary_channel_is_one_line_and_writes_nothing(
     conf = tmp_path / "unit.conf"
     conf.write_text(lab.config.read_text() + f"\nconfig fleet 'fleet'\n\toption channel "
                     f"'{url}'\n\toption group 'canary'\n\toption delay '0'\n")
-    unit = lab.work.parent / "unit.img"
+    unit = _unit(lab, tmp_path)
     digest = image_digest(unit)
     done = invoke("--device", unit, "fleet", "poll", "--now", "--no-reboot",
                   env={**lab.env, "SNAPSHOT_CONFIG": str(conf)})
