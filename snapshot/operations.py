@@ -703,10 +703,12 @@ def repair(chain: Chain, progress=None) -> Report:
     found = examine(chain, report)
     if report.clean:
         return report
-    entries, note, lost_from = [], KEEP, None
+    entries, note, fleet, lost_from = [], KEEP, KEEP, None
     if found.damaged_trial is not None:
-        note = trials.fail(chain, f"{trials.name(chain, chain.trial)} is damaged "
-                                  f"({found.damaged_trial}): rolled back", int(time.time()))[1]
+        # The trial failed: its note, and a bundle's joins those that failed here.
+        _, note, fleet = trials.fail(chain, f"{trials.name(chain, chain.trial)} is damaged "
+                                            f"({found.damaged_trial}): rolled back",
+                                     int(time.time()))
     for index, record in enumerate(chain.records):
         name = describe(record, index)
         if index in found.drop:
@@ -731,7 +733,7 @@ def repair(chain: Chain, progress=None) -> Report:
         else:
             entries.append(record.entry)
     if found.rewrites_directory or not found.mark:
-        commit(chain, trials.settled(entries), note)
+        commit(chain, trials.settled(entries), note, fleet)
     if found.torn_anchor:
         report.repairs.append("rewrote the anchor")
     if finish_mark(chain):

@@ -205,6 +205,30 @@ def test_a_failed_bundle_trial_names_the_bundle_in_the_rollback(lab, tmp_path):
     assert visible(str(dev))[3:] == before[3:]
 
 
+def test_a_damaged_bundle_trial_is_rolled_back_by_the_repair_and_stays_failed_here(lab,
+                                                                                  tmp_path):
+    """A trial whose own record is damaged has failed (DESIGN.md §4): the boot's repair
+    rolls it back, and the bundle joins those no poll applies again."""
+    from snapshot.chain import Chain
+    from snapshot.format import Fleet
+    ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
+    fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
+    lab.cli(dev, "bundle", "apply", fix, "--no-reboot")
+    bundle_id = status(lab, dev)["bundle"]["id"]
+    with SimFlash(dev) as flash:
+        record = Chain(flash).trial
+        offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
+    with open(dev, "r+b") as f:
+        f.seek(offset + 20)
+        f.write(b"\x00\x00\x00\x00")
+    lab.cli(dev, "check", "--repair")
+    info = status(lab, dev)
+    assert info["trial"] is None and info["last_rollback"]["bundle"] == bundle_id
+    assert "is damaged (payload CRC mismatch): rolled back" in info["last_rollback"]["reason"]
+    with SimFlash(dev) as flash:
+        assert bundle_id in Fleet.of(Chain(flash).fleet).failed
+
+
 # -- over HTTP ------------------------------------------------------------------------------
 
 class Served(http.server.SimpleHTTPRequestHandler):
