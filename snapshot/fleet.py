@@ -518,6 +518,10 @@ def _poll(chain_opener, options, fleet, max_attempts, log, delay, now, sleep, cl
             f"{wait:.0f} s")
         sleep(wait)
     url = urllib.parse.urljoin(fleet["channel"], rollout["bundle"])
+    # Only a URL: a channel never makes a unit read one of its own files.
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise FleetError(f"the channel's bundle {rollout['id']} is not at an http or https "
+                         f"URL; nothing was written")
     with download(url, rollout) as f:
         try:
             made = bundles.read_head(f, url)
