@@ -17,7 +17,7 @@ import pytest
 
 from bundle_lab import Lab, cut_off
 from mtd import FlashType, Geometry, SimFlash
-from sweep import health_config, image_digest, visible
+from sweep import damage_payload, health_config, image_digest, visible
 from web import self_signed, served
 
 KIB = 1024
@@ -215,12 +215,7 @@ def test_a_damaged_bundle_trial_is_rolled_back_by_the_repair_and_stays_failed_he
     fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
     lab.cli(dev, "bundle", "apply", fix, "--no-reboot")
     bundle_id = status(lab, dev)["bundle"]["id"]
-    with SimFlash(dev) as flash:
-        record = Chain(flash).trial
-        offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
-    with open(dev, "r+b") as f:
-        f.seek(offset + 20)
-        f.write(b"\x00\x00\x00\x00")
+    damage_payload(str(dev), lambda chain: chain.trial)
     lab.cli(dev, "check", "--repair")
     info = status(lab, dev)
     assert info["trial"] is None and info["last_rollback"]["bundle"] == bundle_id

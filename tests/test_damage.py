@@ -4,8 +4,9 @@ says what a repair would lose, and list reports only what it checked."""
 import json
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot.chain import Chain, scan_anchors
+from snapshot.chain import scan_anchors
 from clirun import ok, run
+import sweep
 from sweep import tree
 
 KIB = 1024
@@ -37,14 +38,7 @@ def three_snapshots(tmp_path):
 
 
 def damage_payload(image, index):
-    with SimFlash(image) as flash:
-        record = Chain(flash).records[index]
-        offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
-    with open(image, "r+b") as f:
-        f.seek(offset + 20)
-        byte = f.read(1)
-        f.seek(offset + 20)
-        f.write(bytes([byte[0] ^ 0x5A]))
+    sweep.damage_payload(str(image), lambda chain: chain.records[index])
 
 
 def unpacked(image, tmp_path):

@@ -11,7 +11,7 @@ from snapshot import boot
 from snapshot.chain import Chain
 from snapshot.format import ANCHOR_HEADER, TRIAL
 from clirun import error_of, invoke, ok, run
-from sweep import make_tree, tree
+from sweep import damage_payload, make_tree, tree
 
 KIB = 1024
 GEOMETRIES = {
@@ -167,12 +167,7 @@ def test_a_repair_keeps_the_trial_on_trial_even_when_it_rewrites_it(image, tmp_p
 
 def test_a_damaged_trial_dropped_by_a_repair_gives_back_the_kept_volatile(image, tmp_path):
     push_trial(image, tmp_path)
-    with SimFlash(image) as flash:
-        record = Chain(flash).trial
-        offset = flash.geometry.block_offset(record.blocks[0]) + record.layout.payload_offset
-    with open(image, "r+b") as f:
-        f.seek(offset + 20)
-        f.write(b"\x00\x00\x00\x00")
+    damage_payload(str(image), lambda chain: chain.trial)
     assert "dropped snapshot 2" in ok(image, "check", "--repair")
     assert states(image) == ([(1, "confirmed")], [("confirmed", False)])
 
