@@ -55,7 +55,6 @@ class BootReport:
     tried: bool = True          # the pending trial, if any, is applied
     rolled_back: str | None = None
     old: bool = False           # the old fstools chain, booted read-only
-    device: str | None = None   # the flash's name, once opened
 
 
 class Log:
@@ -308,7 +307,8 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
     mounts = Mounts()
     try:
         with operations.opened(device, writable=True) as flash:
-            boot.device = flash.name
+            if not sandbox:
+                _record_booted(flash, log)
             chain = prepare(flash, log, boot)
             fill = _OldLayers(flash, log, boot) if chain is None else \
                 _ChainLayers(chain, log, boot)
@@ -332,20 +332,19 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
         + (" of the old fstools chain (read-only)" if old else "")
         + (" (fallback: nothing saved is applied)" if boot.fallback else "")
         + f" in {boot.seconds:.2f}s")
-    if not sandbox and boot.device is not None:
-        _record_booted(boot.device, log)
     return boot
 
 
-def _record_booted(name: str, log: Log) -> None:
+def _record_booted(flash, log: Log) -> None:
     """Note the device for the commands that reboot into a change (snapshot/reboot.py): the
-    running system boots its overlay from it, fallback or not. A sandbox mount is not this
-    system's boot. Never stops the boot: without the note, those commands do not reboot."""
+    running system boots its overlay from it, whatever the mount then makes of it. A sandbox
+    mount is not this system's boot. Never stops the boot: without the note, those commands
+    do not reboot."""
     try:
-        reboot.record(name)
+        reboot.record(flash)
     except OSError as e:
-        log(f"cannot note {name} as the booted device ({e.strerror or e}); commands that "
-            f"store a change will not reboot into it", loud=True)
+        log(f"cannot note {flash.name} as the booted device ({e.strerror or e}); commands "
+            f"that store a change will not reboot into it", loud=True)
 
 
 def pivot(target: Path) -> None:

@@ -2,8 +2,9 @@
 its overlay from (DESIGN.md §10).
 
 At boot, `snapshot mount` (the preinit hook) records that device in RAM: BOOTED names it and
-holds its identity (a character device's st_rdev; a file's st_dev and st_ino), replaced
-whole, so a reader never sees half of it and the next boot starts without it. A command that
+holds its identity under any name (verified.device_key: a character device's number, an
+image's inode), replaced whole, so a reader never sees half of it and the next boot starts
+without it. A command that
 stores a change for the next boot (bundle apply, fleet poll and rollback, the watch's
 rollback, upgrade) reboots only when its device has that identity. On a simulated image,
 or on any device this system did not boot from (a PC trying the tool, as root on a
@@ -13,32 +14,23 @@ the stock way) nothing is the booted device.
 """
 import json
 import os
-import stat
 import subprocess
 from pathlib import Path
 from typing import Callable
 
-from mtd import FlashOpenError, open_flash
+from mtd import Flash, FlashOpenError, open_flash
 from snapshot.errors import SnapshotError
+from snapshot.verified import device_key
 
 BOOTED = Path("/tmp/snapshot/booted.json")
 
 
-def identity(name: str) -> list:
-    """What stays the same for a device under any of its names (a link, a bind mount)."""
-    st = os.stat(name)
-    if stat.S_ISCHR(st.st_mode):
-        return ["char", st.st_rdev]
-    return ["file", st.st_dev, st.st_ino]
-
-
-def record(name: str, where: Path | None = None) -> None:
-    """Note `name` (a Flash's name, as open_flash gave it) as the device the running system
-    booted its overlay from."""
+def record(flash: Flash, where: Path | None = None) -> None:
+    """Note `flash` as the device the running system booted its overlay from."""
     where = where or BOOTED
     where.parent.mkdir(parents=True, exist_ok=True)
     partial = where.with_name(f"{where.name}.partial")
-    partial.write_text(json.dumps({"device": name, "identity": identity(name)}))
+    partial.write_text(json.dumps({"device": flash.name, "key": device_key(flash)}))
     os.replace(partial, where)
 
 
@@ -47,15 +39,14 @@ def booted(device: str | None) -> tuple[str, bool]:
     running system booted its overlay from it."""
     try:
         with open_flash(device) as flash:
-            name = flash.name
-        mine = identity(name)
+            name, mine = flash.name, device_key(flash)
     except (FlashOpenError, OSError):
         return device or "the overlay partition", False
     try:
         recorded = json.loads(BOOTED.read_text())
     except (OSError, ValueError):
         return name, False
-    return name, isinstance(recorded, dict) and recorded.get("identity") == mine
+    return name, isinstance(recorded, dict) and recorded.get("key") == mine
 
 
 def reboot_into(device: str | None, what: str, log: Callable) -> bool:

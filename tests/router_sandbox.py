@@ -754,7 +754,8 @@ def _namespace_main(spec: dict) -> None:
         # What preinit's `snapshot mount` notes in /tmp, so that a command storing a change
         # reboots into it (snapshot/reboot.py); the sandbox form notes nothing, and the
         # router's /tmp is made after it.
-        reboot.record(spec["image"], target / reboot.BOOTED.relative_to("/"))
+        with SimFlash(spec["image"]) as flash:
+            reboot.record(flash, target / reboot.BOOTED.relative_to("/"))
         for name in spec["tmp_links"]:
             (target / "tmp" / name).symlink_to(f"{HOST}/tmp/{name}")
         if spec["ram"]:

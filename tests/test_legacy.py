@@ -434,7 +434,8 @@ def test_the_router_form_checks_the_old_chain_and_hands_over_to_the_ram_stage(
     monkeypatch.setattr(convert, "hand_over", lambda device, args: handed.append((device, args)))
     # The router booted the old chain read-only from it (snapshot/reboot.py).
     monkeypatch.setattr(reboot, "BOOTED", tmp_path / "booted.json")
-    reboot.record(str(image))
+    with SimFlash(image) as flash:
+        reboot.record(flash)
     before = image.read_bytes()
     result = invoke("--device", str(image), "convert")
     assert result.exit_code == 0, result.output

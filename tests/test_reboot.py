@@ -36,6 +36,13 @@ def reboots(tmp_path, monkeypatch):
     return calls
 
 
+def note_booted(image) -> None:
+    """What the router's preinit notes: the system booted its overlay from `image`."""
+    from mtd import SimFlash
+    with SimFlash(image) as flash:
+        reboot.record(flash)
+
+
 def stored_then_reboot(world, command: str):
     """Store a change on u1's image with `command` (run here, rebooting as it sees fit)."""
     lab, channel, units, tmp_path = world
@@ -76,7 +83,7 @@ def test_a_change_stored_on_an_image_never_reboots_this_machine(world, reboots, 
 def test_a_change_stored_on_the_booted_device_reboots_into_it(world, reboots,  # noqa: F811
                                                               command):
     lab, channel, units, tmp_path = world
-    reboot.record(str(units["u1"][0]))
+    note_booted(units["u1"][0])
     image, result = stored_then_reboot(world, command)
     assert reboots.read_text() == "reboot \n"
     assert f"snapshot: rebooting into {WHAT[command]}" in result.stderr.splitlines()
@@ -85,7 +92,7 @@ def test_a_change_stored_on_the_booted_device_reboots_into_it(world, reboots,  #
 def test_no_reboot_reboots_not_even_the_booted_device(world, reboots):  # noqa: F811
     lab, channel, units, tmp_path = world
     image = units["u1"][0]
-    reboot.record(str(image))
+    note_booted(image)
     fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
     result = invoke("--device", image, "bundle", "apply", fix, "--no-reboot",
                     env={**lab.env, "SNAPSHOT_CONFIG": str(units["u1"][1])})
@@ -99,7 +106,7 @@ def test_the_booted_device_is_known_by_its_identity_not_its_name(tmp_path, monke
     monkeypatch.setattr(reboot, "BOOTED", tmp_path / "booted.json")
     image = tmp_path / "flash.img"
     SimFlash.create(image, Geometry(FlashType.NOR, 256 * 1024, 64 * 1024, 1, 0))
-    reboot.record(str(image))
+    note_booted(image)
     link = tmp_path / "link.img"
     link.symlink_to(image)
     (tmp_path / "link.img.sim.json").symlink_to(f"{image}.sim.json")
