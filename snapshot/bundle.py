@@ -443,6 +443,21 @@ def already(chain: Chain, bundle: Bundle) -> str | None:
     return None
 
 
+def copy_counted(stream, write, length: int) -> tuple[str, int, bool]:
+    """Copy at most `length` bytes of `stream` to `write`, in CHUNK pieces: the SHA-256 of
+    what was copied, how many bytes that was (fewer: the stream ended early), and whether
+    more bytes followed them. Never reads more than one byte past `length`."""
+    digest, left = hashlib.sha256(), length
+    while left:
+        chunk = stream.read(min(CHUNK, left))
+        if not chunk:
+            break
+        digest.update(chunk)
+        write(chunk)
+        left -= len(chunk)
+    return digest.hexdigest(), length - left, not left and bool(stream.read(1))
+
+
 def apply(chain: Chain, stream, bundle: Bundle, max_attempts: int, name: str,
           progress=None, fleet=KEEP) -> dict:
     """Stream the bundle's payload (read from `stream`, just after its head) into free blocks
@@ -467,19 +482,14 @@ def apply(chain: Chain, stream, bundle: Bundle, max_attempts: int, name: str,
     _room(chain, payload["length"], m["message"])
     writer = RecordWriter(chain, SNAPSHOT, len(snapshots) + 1, tagged(bundle.id, m["message"]),
                           COMPRESSIONS[payload["compression"]], progress, m["created"])
-    digest, left = hashlib.sha256(), payload["length"]
-    while left:
-        chunk = stream.read(min(CHUNK, left))
-        if not chunk:
-            raise BundleRefused(f"{name}: truncated: the payload ends {left} bytes short; "
-                                f"nothing was committed")
-        digest.update(chunk)
-        writer.write(chunk)
-        left -= len(chunk)
-    if stream.read(1):
+    digest, copied, more = copy_counted(stream, writer.write, payload["length"])
+    if copied < payload["length"]:
+        raise BundleRefused(f"{name}: truncated: the payload ends "
+                            f"{payload['length'] - copied} bytes short; nothing was committed")
+    if more:
         raise BundleRefused(f"{name}: corrupted: bytes follow the payload; nothing was "
                             f"committed")
-    if digest.hexdigest() != payload["sha256"]:
+    if digest != payload["sha256"]:
         raise BundleRefused(f"{name}: corrupted: the payload's SHA-256 is not the one the "
                             f"signed manifest gives; nothing was committed")
     entry = writer.finish()

@@ -448,20 +448,15 @@ def download(url: str, rollout: dict):
                          f"{st.f_bavail * st.f_frsize} free; nothing was written")
     f = tempfile.TemporaryFile(prefix="snapshot-bundle-")
     try:
-        digest, left = hashlib.sha256(), length
         with fetch.open_source(url) as stream:
-            while left:
-                chunk = stream.read(min(bundles.CHUNK, left))
-                if not chunk:
-                    raise FleetError(f"{url}: {length - left} bytes, and the channel gives "
-                                     f"{length}; nothing was written")
-                digest.update(chunk)
-                f.write(chunk)
-                left -= len(chunk)
-            if stream.read(1):
-                raise FleetError(f"{url}: longer than the {length} bytes the channel gives: "
-                                 f"not the bundle it names; nothing was written")
-        if digest.hexdigest() != rollout["sha256"]:
+            digest, copied, more = bundles.copy_counted(stream, f.write, length)
+        if copied < length:
+            raise FleetError(f"{url}: {copied} bytes, and the channel gives {length}; nothing "
+                             f"was written")
+        if more:
+            raise FleetError(f"{url}: longer than the {length} bytes the channel gives: not "
+                             f"the bundle it names; nothing was written")
+        if digest != rollout["sha256"]:
             raise FleetError(f"{url}: its SHA-256 is not the one the channel gives: not the "
                              f"bundle it names; nothing was written")
         f.seek(0)
