@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtd import FlashType, Geometry, SimFlash  # noqa: E402
 from snapshot import operations  # noqa: E402
-from snapshot.chain import Chain  # noqa: E402
+from snapshot.store.chain import Chain  # noqa: E402
 
 MIB = 1 << 20
 NAND = Geometry(FlashType.NAND, 64 * MIB, 128 * 1024, 2048, 64)

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import FlashOpenError, MtdError
-from snapshot import legacy, live, marks, operations, reboot
-from snapshot import trial as trials
-from snapshot.chain import Chain, commit
+from snapshot import legacy_archive, live, operations, reboot
 from snapshot.errors import NoChain, SnapshotError
+from snapshot.store import legacy, marks
+from snapshot.store import trial as trials
+from snapshot.store.chain import Chain, commit
 from snapshot.text import printable
 
 MOUNTPOINTS = ("rom", "overlay", "volatile")
@@ -229,7 +230,7 @@ class _OldLayers:
             f"read-only (nothing is written to it; changes stay in RAM, and save and push "
             f"are refused); `snapshot convert` moves it to the new format")
         self.old = legacy.read(flash)
-        self.layers = legacy.Layers()
+        self.layers = legacy_archive.Layers()
         for problem in self.old.problems:
             boot.problems.append(problem)
             self.log(f"old chain: {problem}", loud=True)

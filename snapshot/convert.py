@@ -38,14 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtd import Flash, MtdError, open_flash
-from snapshot import archive, legacy
-from snapshot.capture import Capture
-from snapshot.chain import (Chain, RecordWriter, anchor_blocks, commit, finish_mark, read_mark,
-                            scan_anchors)
-from snapshot.errors import SnapshotError
-from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, VOLATILE, message_bytes
+from snapshot import legacy_archive
 from snapshot.boot import run_mount
+from snapshot.errors import SnapshotError
 from snapshot.operations import opened, recognise
+from snapshot.store import legacy
+from snapshot.store.chain import (Chain, RecordWriter, anchor_blocks, commit, finish_mark,
+                                  read_mark, scan_anchors)
+from snapshot.store.format import (COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, VOLATILE,
+                                   message_bytes)
+from snapshot.tree import archive
+from snapshot.tree.capture import Capture
 
 STAGE = "/lib/snapshot/convert-stage"
 STAGED = Path("/tmp/snapshot-convert/overlay.tar.gz")
@@ -251,14 +254,14 @@ class Imported:
 def from_legacy(flash: Flash, compression: int, accept_window: bool = False,
                 progress=None) -> Imported:
     """Import the old fstools chain, in place: each snapshot, in seq order, and its volatile
-    become the chain's records, their archives rewritten entry by entry, streamed (legacy.
-    rewrite). Before the one commit the old chain is exactly as the stock mount_root reads
-    it (the records take blocks no old entry covers; the commit's anchor block is one
-    plan_legacy chose); from the commit on, the chain (DESIGN.md §9). An archive that cannot
+    become the chain's records, their archives rewritten entry by entry, streamed
+    (legacy_archive.rewrite). Before the one commit the old chain is exactly as the stock
+    mount_root reads it (the records take blocks no old entry covers; the commit's anchor
+    block is one plan_legacy chose); from the commit on, the chain (DESIGN.md §9). An archive that cannot
     be read ends the import at the entry before it, as damage found by the walk does."""
     plan = plan_legacy(flash, accept_window)
     old, chain = plan.old, plan.chain
-    layers, warnings, entries = legacy.Layers(), list(old.problems), []
+    layers, warnings, entries = legacy_archive.Layers(), list(old.problems), []
     records = [(SNAPSHOT, e, f"imported: old snapshot seq {e.seq}") for e in old.snapshots]
     if old.volatile is not None:
         records.append((VOLATILE, old.volatile, f"imported: old volatile seq "
@@ -269,8 +272,8 @@ def from_legacy(flash: Flash, compression: int, accept_window: bool = False,
         writer = RecordWriter(chain, rtype, snapshots + (rtype == SNAPSHOT), message,
                               compression, progress)
         try:
-            warnings += legacy.rewrite(legacy.Payload(flash, entry), writer, compression,
-                                       layers)
+            warnings += legacy_archive.rewrite(legacy.Payload(flash, entry), writer,
+                                               compression, layers)
         except legacy.LegacyDamaged as e:
             if rtype == VOLATILE:
                 warnings.append(f"{e}: the volatile is left out")

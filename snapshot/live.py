@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from snapshot.errors import SnapshotError
-from snapshot.format import DirEntry
+from snapshot.store.format import DirEntry
 
 BASE = "base.json"
 

@@ -12,16 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import Flash, open_flash
-from snapshot import archive, live, marks, restore, verified
-from snapshot import trial as trials
-from snapshot.capture import Capture, compressed_bound, tar_bound
-from snapshot.chain import (KEEP, LEGACY_MAGIC, Chain, DeviceLock, Record, RecordWriter, commit,
-                            describe, finish_mark, read_mark, scan_anchors,
-                            write_fresh_anchor_block)
+from snapshot import live
 from snapshot.errors import ChainDamaged, FlashFull, NoChain, RecordDamaged, SnapshotError
-from snapshot.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE,
-                             SNAPSHOT, STATE_NAMES, TRIAL, VOLATILE, Anchor, DirEntry, Layout,
-                             round_up)
+from snapshot.store import marks, verified
+from snapshot.store import trial as trials
+from snapshot.store.chain import (KEEP, LEGACY_MAGIC, Chain, DeviceLock, Record, RecordWriter,
+                                  commit, describe, finish_mark, read_mark, rewrite,
+                                  scan_anchors, write_fresh_anchor_block)
+from snapshot.store.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE, SNAPSHOT,
+                                   STATE_NAMES, TRIAL, VOLATILE, Anchor, DirEntry, Layout, round_up)
+from snapshot.tree import archive, restore
+from snapshot.tree.capture import Capture, compressed_bound, tar_bound
 
 DEFAULT_UPPER = "/volatile/upper"
 
@@ -118,7 +119,7 @@ def _current_snapshots(chain: Chain, snapshots: list[Record], progress) -> list[
                     record)), None, f"{known[key]}, found by an earlier read")
             else:
                 chain.read_header(record, flips)
-            entries.append(_rewrite(chain, record, progress) if any(flips) else record.entry)
+            entries.append(rewrite(chain, record, progress) if any(flips) else record.entry)
     except RecordDamaged as e:
         raise ChainDamaged(f"{e}; nothing was written. `snapshot check --repair` empties "
                            f"{e.what} (its changes are lost, the records above it are kept); "
@@ -337,21 +338,11 @@ def status(chain: Chain, layers=("/overlay", "/volatile")) -> dict:
                   "seq": trial.entry.seq, "attempts": trial.entry.attempts,
                   "max_attempts": trial.entry.max_attempts} if trial else None,
         "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message,
-                          "bundle": _bundle_of(note.message)} if note else None,
-        "bundle": _bundle(chain),
+                          "bundle": trials.bundle_of(note.message)} if note else None,
+        "bundle": trials.bundle_applied(chain),
         "free_bytes": chain.free_bytes(),
         "ram": {layer: _used(layer) for layer in layers},
     }
-
-
-def _bundle(chain: Chain) -> dict | None:
-    from snapshot import bundle
-    return bundle.applied(chain)
-
-
-def _bundle_of(message: str) -> str | None:
-    m = trials.BUNDLE_TAG.match(message)
-    return m.group(1) if m else None
 
 
 def _used(mountpoint: str) -> int | None:
@@ -428,18 +419,20 @@ def apply_legacy(flash: Flash, entries: list, dest: Path, lower: Path | None,
     """Apply entries of the old fstools chain (legacy.read's, in order) into dest, which
     starts empty (boot's tmpfs layers), over `lower` (see restore.apply): exactly what
     `convert` would import of them and the converted chain's boot would apply, streamed
-    from the flash (legacy.converted; the entries restore would refuse are left out, with a
+    from the flash (legacy_archive.converted; the entries restore would refuse are left out, with a
     warning each). `layers` holds what the entries before them put at each path (the
     volatile's checks see the snapshots') and takes theirs. Reads only. Stops at the first
     entry that cannot be applied (an archive that cannot be read, an MD5 that no longer
     matches, a write that fails): dest and `layers` then hold exactly the entries before
     it. Returns how many were applied, the warnings, and the error that stopped them."""
-    from snapshot import legacy   # here: only this boot reads the old format
+    # here: only this boot reads the old format
+    from snapshot import legacy_archive
+    from snapshot.store import legacy
     before = dict(layers.kinds)
     warnings: list[str] = []
     placed: set[str] = set()   # what the entries put into dest so far (restore.apply)
     for index, entry in enumerate(entries):
-        stream = legacy.converted(legacy.Payload(flash, entry), layers, warnings)
+        stream = legacy_archive.converted(legacy.Payload(flash, entry), layers, warnings)
         try:
             restore.apply_entries(stream, dest, lower, in_place=True, placed=placed)
         except SnapshotError as error:
@@ -728,7 +721,7 @@ def repair(chain: Chain, progress=None) -> Report:
                 continue
             report.repairs.append(f"emptied {name}: its changes are lost")
         elif index in found.scrub:
-            entries.append(_rewrite(chain, record, progress))
+            entries.append(rewrite(chain, record, progress))
             report.repairs.append(f"rewrote {name}")
         else:
             entries.append(record.entry)
@@ -751,17 +744,4 @@ def _emptied(chain: Chain, record: Record, reason: str, progress) -> DirEntry:
     writer = RecordWriter(chain, SNAPSHOT, e.seq, message, COMPRESSION_GZIP, progress,
                           e.created)
     writer.write(gzip.compress(EMPTY_ARCHIVE, mtime=0))
-    return writer.finish()._replace(flags=e.flags)
-
-
-def _rewrite(chain: Chain, record: Record, progress, seq: int | None = None) -> DirEntry:
-    """`record` copied into free blocks (its payload as it is); `seq`: a new number for it
-    (squash renumbers what lies above the snapshots it merges)."""
-    e = record.entry
-    writer = RecordWriter(chain, e.type, e.seq if seq is None else seq, e.message,
-                          e.compression, progress, e.created)
-    source = chain.payload(record)
-    while chunk := source.read(64 * 1024):
-        writer.write(chunk)
-    # The same record in new blocks: where it stands in a trial does not change.
     return writer.finish()._replace(flags=e.flags)

@@ -20,7 +20,7 @@ from typing import Callable
 
 from mtd import Flash, FlashOpenError, open_flash
 from snapshot.errors import SnapshotError
-from snapshot.verified import device_key
+from snapshot.store.verified import device_key
 
 BOOTED = Path("/tmp/snapshot/booted.json")
 

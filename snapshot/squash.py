@@ -28,16 +28,17 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from snapshot import archive, live
-from snapshot.archive import (DIRECTORY, FILE, HARDLINK, OPAQUE_XATTRS, XATTR_PREFIX,
-                              ArchiveError, Entry)
-from snapshot.capture import EntryData, compressed_bound, compressor, header
-from snapshot.chain import Chain, Record, RecordWriter, commit
+from snapshot import live
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
-from snapshot.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE, SNAPSHOT,
-                             TRIAL, DirEntry, Layout, RecordHeader, round_up)
-from snapshot.operations import DEFAULT_UPPER, _rewrite
-from snapshot.restore import OPAQUE, Checks, clean_name
+from snapshot.operations import DEFAULT_UPPER
+from snapshot.store.chain import Chain, Record, RecordWriter, commit, rewrite
+from snapshot.store.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE, SNAPSHOT,
+                                   TRIAL, DirEntry, Layout, RecordHeader, round_up)
+from snapshot.tree import archive
+from snapshot.tree.archive import (DIRECTORY, FILE, HARDLINK, OPAQUE_XATTRS, XATTR_PREFIX,
+                                   ArchiveError, Entry)
+from snapshot.tree.capture import EntryData, compressed_bound, compressor, header
+from snapshot.tree.restore import OPAQUE, Checks, clean_name
 
 _BLOCK = 512
 # What a tar entry can cost beyond its data: its header, and a pax header with its records
@@ -260,7 +261,7 @@ def squash(chain: Chain, upto: int | None = None, progress=None,
     message = _message(records)
     _room(chain, records, above, merge, message, compression)
     entries = [write(chain, records, merge, message, compression, progress)]
-    entries += [_rewrite(chain, r, progress, r.entry.seq - n + 1) for r in above]
+    entries += [rewrite(chain, r, progress, r.entry.seq - n + 1) for r in above]
     commit(chain, entries)
     live.rebase(layer, base, [r.entry for r in chain.view()[0]])
     return _report(chain, n, before)

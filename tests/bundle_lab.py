@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mtd import SimFlash, open_flash
 from snapshot import operations
-from snapshot.chain import Chain
+from snapshot.store.chain import Chain
 from openwrt_tools import tool
 from sweep import make_tree
 

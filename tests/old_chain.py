@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mtd import SimFlash
 from snapshot import operations
-from snapshot.chain import Chain
+from snapshot.store.chain import Chain
 
 HEADER = struct.Struct(">4sIII16s")
 DATA, CONF = 0x44415441, 0x434F4E46

@@ -10,8 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from snapshot import operations, transaction  # noqa: E402
-from snapshot.chain import Chain  # noqa: E402
+from snapshot import operations  # noqa: E402
+from snapshot.packages import transaction
+from snapshot.store.chain import Chain  # noqa: E402
 
 
 def main(device: str, work: Path) -> None:

@@ -18,10 +18,12 @@ from typing import Callable
 
 from mtd import FlashType, Geometry, SimFlash, open_flash
 from mtd.sim import CORRECTED
-from snapshot import operations, restore, transaction
-from snapshot.chain import Chain, commit
+from snapshot import operations
 from snapshot.errors import NoChain, RecordDamaged
-from snapshot.format import COMPRESSION_GZIP, TRIAL
+from snapshot.packages import transaction
+from snapshot.store.chain import Chain, commit
+from snapshot.store.format import COMPRESSION_GZIP, TRIAL
+from snapshot.tree import restore
 
 KIB = 1024
 GEOMETRIES = {
@@ -286,7 +288,7 @@ def base_unit_on_a_bundle_trial(device: str, work: Path) -> None:
     """The unit of base_unit_and_bundle with the bundle applied on trial, and another bundle
     that failed here before in its fleet entry (FORMAT.md §3); the bundle's id in
     work/bundle_id."""
-    from snapshot.format import Fleet
+    from snapshot.store.format import Fleet
     base_unit_and_bundle(device, work)
     done = run_cli(device, ["bundle", "apply", str(work / "fix.snb"), "--no-reboot", "--json"],
                    env=bundle_env(work))

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot import archive, capture, restore
-from snapshot.archive import ArchiveError
-from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ
-from snapshot.restore import UnsafeEntry
+from snapshot.store.format import COMPRESSION_GZIP, COMPRESSION_XZ
+from snapshot.tree import archive, capture, restore
+from snapshot.tree.archive import ArchiveError
+from snapshot.tree.restore import UnsafeEntry
 from clirun import invoke, ok, run
 from sweep import tree
 
@@ -505,7 +505,7 @@ def image(tmp_path):
 def test_compression_is_recorded_and_listed(image, upper, tmp_path):
     ok(image, "push", "--from", upper, "--compression", "xz")
     ok(image, "push", "--from", upper)
-    from snapshot.chain import Chain
+    from snapshot.store.chain import Chain
     with SimFlash(image) as flash:
         assert [r.entry.compression for r in Chain(flash).snapshots] == \
             [COMPRESSION_XZ, COMPRESSION_GZIP]
@@ -518,7 +518,7 @@ def test_compression_default_comes_from_the_config_file(image, upper, tmp_path, 
     config.write_text("config snapshot 'main'\n\toption compression 'xz'\n")
     monkeypatch.setenv("SNAPSHOT_CONFIG", str(config))
     ok(image, "push", "--from", upper)
-    from snapshot.chain import Chain
+    from snapshot.store.chain import Chain
     with SimFlash(image) as flash:
         assert Chain(flash).snapshots[0].entry.compression == COMPRESSION_XZ
 
@@ -577,8 +577,8 @@ def test_archive_commands_have_help_with_an_example():
 
 
 def test_unpack_of_a_crafted_record_fails_with_one_clear_line(image, tmp_path):
-    from snapshot.chain import Chain, RecordWriter, commit
-    from snapshot.format import SNAPSHOT
+    from snapshot.store.chain import Chain, RecordWriter, commit
+    from snapshot.store.format import SNAPSHOT
     with SimFlash(image, writable=True) as flash:
         chain = Chain(flash)
         writer = RecordWriter(chain, SNAPSHOT, 1, "crafted", COMPRESSION_GZIP)

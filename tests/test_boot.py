@@ -12,7 +12,7 @@ import pytest
 
 from mtd import FlashType, Geometry, SimFlash
 from snapshot import operations
-from snapshot.chain import Chain
+from snapshot.store.chain import Chain
 from test_overlayfs import namespaces  # noqa: F401  (the tier-2 availability fixture)
 
 MIB = 1 << 20

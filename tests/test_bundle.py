@@ -162,8 +162,8 @@ def test_a_base_of_the_same_count_but_other_content_is_refused_with_the_image_un
     """The base is checked by its snapshots' content: a unit with one confirmed snapshot, as
     the bundle's base has, but another one, refuses it."""
     from mtd import open_flash
-    from snapshot import bundle as bundles
-    from snapshot.chain import Chain
+    from snapshot.fleet import bundle as bundles
+    from snapshot.store.chain import Chain
     from sweep import make_tree
     ref, dev = tmp_path / "ref.img", tmp_path / "other.img"
     SimFlash.create(dev, NOR)
@@ -209,8 +209,8 @@ def test_a_damaged_bundle_trial_is_rolled_back_by_the_repair_and_stays_failed_he
                                                                                   tmp_path):
     """A trial whose own record is damaged has failed (DESIGN.md §4): the boot's repair
     rolls it back, and the bundle joins those no poll applies again."""
-    from snapshot.chain import Chain
-    from snapshot.format import Fleet
+    from snapshot.store.chain import Chain
+    from snapshot.store.format import Fleet
     ref, dev = tmp_path / "ref.img", unit(lab, tmp_path)
     fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
     lab.cli(dev, "bundle", "apply", fix, "--no-reboot")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot import archive, capture, restore
-from snapshot.format import COMPRESSION_GZIP
+from snapshot.store.format import COMPRESSION_GZIP
+from snapshot.tree import archive, capture, restore
 from clirun import ok, run
 from sweep import tree
 

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot.chain import Chain
 from snapshot.cli import main
-from snapshot.format import ANCHOR_BLOCKS
+from snapshot.store.chain import Chain
+from snapshot.store.format import ANCHOR_BLOCKS
 from clirun import error_of, invoke, ok, run
 from sweep import make_tree, tree
 
@@ -454,7 +454,7 @@ def test_the_size_a_store_expects_is_more_than_the_tar_stream_it_writes(tmp_path
     """capture.tar_bound: long names, symlinks, hardlinks, extended attributes, empty and
     odd-sized files."""
     import gzip
-    from snapshot.capture import Capture, tar_bound
+    from snapshot.tree.capture import Capture, tar_bound
     root = make_tree(tmp_path / "t", 3, 40)
     (root / ("n" * 200)).write_bytes(b"x" * 513)
     (root / "empty").touch()

@@ -10,8 +10,8 @@ import pytest
 
 from mtd import FlashType, Geometry, SimFlash
 from mtd.sim import CORRECTED, UNCORRECTABLE
-from snapshot.chain import Chain
-from snapshot.format import ANCHOR_BLOCKS
+from snapshot.store.chain import Chain
+from snapshot.store.format import ANCHOR_BLOCKS
 from clirun import ok, run
 from sweep import make_tree, tree
 
@@ -288,7 +288,7 @@ def test_record_claiming_a_huge_length_is_reported(tmp_path):
     image = with_two_snapshots(tmp_path)
     # Rewrite the newest anchor entry so snapshot 2 claims 2**40 payload bytes, with a
     # correct CRC: only a crafted image can do this.
-    from snapshot.format import Anchor
+    from snapshot.store.format import Anchor
     with SimFlash(image) as flash:
         chain = Chain(flash)
         block = chain.scan.newest

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot import capture
-from snapshot.chain import Chain, commit
-from snapshot.format import ANCHOR_BLOCKS, COMPRESSION_GZIP, COMPRESSION_XZ, RecordHeader
+from snapshot.store.chain import Chain, commit
+from snapshot.store.format import ANCHOR_BLOCKS, COMPRESSION_GZIP, COMPRESSION_XZ, RecordHeader
+from snapshot.tree import capture
 from clirun import ok, run
 from sweep import make_tree
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from snapshot import fleet
-from snapshot.format import MAX_FAILED, MAX_MESSAGE, Fleet
+from snapshot.fleet import channel as fleet
+from snapshot.store.format import MAX_FAILED, MAX_MESSAGE, Fleet
 from sweep import image_digest
 from test_fleet import Trickle, collect, on, poll, world  # noqa: F401  (world: the fixture)
 
@@ -112,7 +112,7 @@ def poll_in_process(world, monkeypatch, clock) -> dict:
     from contextlib import contextmanager
     from mtd import open_flash
     from snapshot import config
-    from snapshot.chain import Chain
+    from snapshot.store.chain import Chain
     lab, channel, units, tmp_path = world
     for key, value in lab.env.items():
         monkeypatch.setenv(key, value)
@@ -260,7 +260,7 @@ def test_the_cron_line_never_runs_two_polls_at_once():
 def test_a_fleet_entry_whose_message_does_not_parse_still_reads_and_packs_again():
     """Only a bug or a crafted image writes one; reading it never stops a poll or a boot's
     rollback, which writes it again."""
-    from snapshot.format import FLEET, DirEntry
+    from snapshot.store.format import FLEET, DirEntry
     crafted = DirEntry(FLEET, 0, 3, 0, (1 << 64) - 1, 0, 0, 0, (),
                        "99999999999999999999999 not-an-id \u00e9 0123456789abcdef")
     memory = Fleet.of(crafted)

@@ -8,7 +8,9 @@ import pytest
 
 from clirun import ok
 from mtd import FlashType, Geometry, SimFlash
-from snapshot import config, fleet, health
+from snapshot import config
+from snapshot.fleet import channel as fleet
+from snapshot.health import checks as health
 from test_config import DEFAULTS_FILE, FILES, config_file
 
 

@@ -17,8 +17,8 @@ import pytest
 from clirun import invoke
 from mtd import SimFlash
 from snapshot import convert, operations
-from snapshot.chain import Chain
-from snapshot.format import ANCHOR_MAGIC
+from snapshot.store.chain import Chain
+from snapshot.store.format import ANCHOR_MAGIC
 from sweep import CHECKED, GEOMETRIES, make_tree, run_cli, tree, visible
 
 NODE = struct.Struct("<HHII")

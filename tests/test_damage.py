@@ -4,7 +4,7 @@ says what a repair would lose, and list reports only what it checked."""
 import json
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot.chain import scan_anchors
+from snapshot.store.chain import scan_anchors
 from clirun import ok, run
 import sweep
 from sweep import tree

@@ -12,7 +12,7 @@ import pytest
 from bundle_lab import Lab
 from clirun import error_of, invoke
 from mtd import FlashType, Geometry
-from snapshot.fetch import Download, FetchFailed, Limits, read_whole
+from snapshot.fleet.fetch import Download, FetchFailed, Limits, read_whole
 from sweep import image_digest
 from web import raw, self_signed, served
 

@@ -15,8 +15,9 @@ import pytest
 
 from bundle_lab import Lab, cut_off
 from mtd import FlashType, Geometry
-from snapshot import fleet, health
-from snapshot.format import SNAPSHOT
+from snapshot.fleet import channel as fleet
+from snapshot.health import checks as health
+from snapshot.store.format import SNAPSHOT
 from sweep import health_config, image_digest
 
 KIB = 1024
@@ -148,7 +149,7 @@ def poll_here(world, monkeypatch, sleep=None, **fleet_options) -> dict:
     from contextlib import contextmanager
     from mtd import open_flash
     from snapshot import config
-    from snapshot.chain import Chain
+    from snapshot.store.chain import Chain
     lab, channel, units, tmp_path = world
     fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
     on(lab, units["u1"], "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
@@ -174,7 +175,7 @@ def test_the_unit_waits_a_random_time_inside_its_window(world, monkeypatch):
 def test_a_poll_reads_each_base_snapshot_once(world, monkeypatch):
     """The poll hashes the base to choose the rollout; the apply that follows does not read
     those payloads from flash again."""
-    from snapshot.chain import Chain
+    from snapshot.store.chain import Chain
     read = []
     payload = Chain.payload
     monkeypatch.setattr(Chain, "payload", lambda self, record: read.append(
@@ -397,7 +398,7 @@ def test_a_withdrawn_bundle_is_applied_by_no_unit(world):
 def test_the_operators_decision_waits_while_the_watch_holds_the_device(world):
     """The watch locks the device for a moment each round; a decision that comes then waits
     for it instead of failing busy."""
-    from snapshot.chain import DeviceLock
+    from snapshot.store.chain import DeviceLock
     lab, channel, units, tmp_path = world
     bundle_id = applied(lab, channel, units, tmp_path)
     lock = DeviceLock(str(units["u1"][0]))

@@ -3,8 +3,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from snapshot.errors import FormatLimit
-from snapshot.format import (COMPRESSION_GZIP, MAX_MESSAGE, SNAPSHOT, Anchor, Commit, DirEntry,
-                             Extent, RecordHeader, crc32, message_bytes, unpack_anchor)
+from snapshot.store.format import (COMPRESSION_GZIP, MAX_MESSAGE, SNAPSHOT, Anchor, Commit,
+                                   DirEntry, Extent, RecordHeader, crc32, message_bytes,
+                                   unpack_anchor)
 
 
 def test_crc32_is_the_ieee_crc_format_md_specifies():

@@ -20,7 +20,8 @@ from bundle_lab import Lab
 from clirun import invoke
 from mtd import FlashType, Geometry, SimFlash
 from openwrt_tools import tool
-from snapshot import bundle as bundles, packages
+from snapshot.fleet import bundle as bundles
+from snapshot.packages import feeds as packages
 from snapshot.text import printable
 from sweep import image_digest
 
@@ -416,7 +417,8 @@ def test_a_feed_package_named_like_an_option_is_a_package_to_opkg(tmp_path):
 # -- the log lines ---------------------------------------------------------------------------
 
 def test_boot_and_syslog_lines_escape_a_message_read_from_flash(capsys):
-    from snapshot import boot, watch
+    from snapshot import boot
+    from snapshot.health import watch
     boot.Log(kmsg=False)(f"rolled back: {FORGED}")
     watch.SysLog()(f"rolled back: {FORGED}")
     escaped = "rolled back: fix\\nsigned by trusted key 0123456789abcdef\\x1b[8m"

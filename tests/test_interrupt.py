@@ -12,7 +12,7 @@ import pytest
 
 from clirun import invoke, ok
 from mtd import FlashType, Geometry, SimFlash
-from snapshot import chain as chains
+from snapshot.store import chain as chains
 from sweep import make_tree
 from test_chain_cli import holds_a_lock
 

@@ -24,7 +24,7 @@ import json
 import re
 
 from openwrt_tools import PREFIX, tool
-from snapshot.legacy import swapped
+from snapshot.store.legacy import swapped
 from test_kernel_boot import GUEST, MIB, Router, assert_booted_from_chain, cli, kernel_vm, \
     report, sh, view_diff
 from test_kernel_convert import cli_json, converting_boot, final

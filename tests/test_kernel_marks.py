@@ -32,8 +32,8 @@ import pytest
 
 from kernel_vm import FLASH_ERASE_SIZE
 from openwrt_tools import PREFIX, tool
-from snapshot.chain import DEADC0DE
-from snapshot.format import ANCHOR_BLOCKS, ANCHOR_MAGIC
+from snapshot.store.chain import DEADC0DE
+from snapshot.store.format import ANCHOR_BLOCKS, ANCHOR_MAGIC
 from test_kernel_boot import GUEST, MIB, Boot, Router, assert_booted_from_chain, cli, \
     kernel_vm, life, report, sh, view_diff, write
 from test_kernel_convert import cli_json

@@ -15,9 +15,11 @@ from clirun import invoke
 from mtd import FlashType, Geometry, SimFlash
 from old_chain import (CONF, DATA, FIRST_SEQ, MAX_LENGTH, RAND0, OldTool, archive, chain_view,
                        old_view, stock_boot)
-from snapshot import archive as records, convert, legacy, marks, operations, reboot
-from snapshot.chain import Chain
-from snapshot.format import ANCHOR_MAGIC
+from snapshot import convert, operations, reboot
+from snapshot.store import legacy, marks
+from snapshot.store.chain import Chain
+from snapshot.store.format import ANCHOR_MAGIC
+from snapshot.tree import archive as records
 from sweep import CHECKED, GEOMETRIES, run_cli, visible
 
 MIB = 1 << 20

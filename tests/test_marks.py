@@ -21,11 +21,11 @@ import pytest
 
 from clirun import ok, run
 from mtd import SimFlash
-from snapshot import marks, operations
-from snapshot.chain import (DEADC0DE, MARK_ENTRY, Chain, commit, read_mark,
-                            scan_anchors)
+from snapshot import operations
 from snapshot.errors import NoChain, StockMark
-from snapshot.format import ANCHOR_BLOCKS, ANCHOR_MAGIC, Anchor
+from snapshot.store import marks
+from snapshot.store.chain import DEADC0DE, MARK_ENTRY, Chain, commit, read_mark, scan_anchors
+from snapshot.store.format import ANCHOR_BLOCKS, ANCHOR_MAGIC, Anchor
 from sweep import BOOT, GEOMETRIES, make_tree, run_cli, visible
 from test_boot import boot, make_rootfs
 from test_overlayfs import namespaces  # noqa: F401  (the tier-2 availability fixture)

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from clirun import error_of, ok, run
 from mtd import FlashType, Geometry, SimFlash
 from snapshot import live, operations, squash
-from snapshot import trial as trials
-from snapshot.capture import compressor
-from snapshot.chain import Chain, RecordWriter, commit
-from snapshot.format import COMPRESSION_GZIP, CONFIRMED, SNAPSHOT, TRIAL, VOLATILE
+from snapshot.store import trial as trials
+from snapshot.store.chain import Chain, RecordWriter, commit
+from snapshot.store.format import COMPRESSION_GZIP, CONFIRMED, SNAPSHOT, TRIAL, VOLATILE
+from snapshot.tree.capture import compressor
 from sweep import (GEOMETRIES, SCENARIOS, SimCase, base_overwritten_snapshots, make_tree,
                    run_cli, visible)
 from test_boot import boot, make_rootfs

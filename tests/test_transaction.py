@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from mtd import SimFlash
-from snapshot import operations, restore, transaction
-from snapshot.chain import Chain
+from snapshot import operations
 from snapshot.errors import SnapshotError
-from snapshot.format import CONFIRMED, TRIAL
+from snapshot.packages import transaction
+from snapshot.store.chain import Chain
+from snapshot.store.format import CONFIRMED, TRIAL
+from snapshot.tree import restore
 from sweep import GEOMETRIES, tree
 
 

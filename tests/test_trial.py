@@ -8,8 +8,8 @@ import pytest
 from mtd import FlashType, Geometry, SimFlash
 from mtd.sim import CORRECTED
 from snapshot import boot
-from snapshot.chain import Chain
-from snapshot.format import ANCHOR_HEADER, TRIAL
+from snapshot.store.chain import Chain
+from snapshot.store.format import ANCHOR_HEADER, TRIAL
 from clirun import error_of, invoke, ok, run
 from sweep import damage_payload, make_tree, tree
 
@@ -176,7 +176,7 @@ def test_a_damaged_trial_dropped_by_a_repair_gives_back_the_kept_volatile(image,
 
 def _set_attempts(image, attempts):
     """Make the pending trial look as if it had had `attempts` boots."""
-    from snapshot.chain import commit
+    from snapshot.store.chain import commit
     with SimFlash(image, writable=True) as flash:
         chain = Chain(flash)
         commit(chain, [r.entry.marked(attempts=attempts) if r.entry.state == TRIAL

@@ -350,7 +350,7 @@ def test_with_a_reader_open_a_rewrite_falls_back_unless_it_must_be_atomic(nandsi
     """UBI refuses the atomic LEB change while another process (here a second handle) has
     the volume open; an anchor block is then erased and programmed as on raw flash, and a
     rewrite that must be atomic (convert's, over ubifs) fails with nothing written."""
-    from snapshot.chain import rewrite_block
+    from snapshot.store.chain import rewrite_block
     run("ubiupdatevol", "-t", nandsim_ubi)
     with open_flash(nandsim_ubi, writable=True) as flash, open_flash(nandsim_ubi):
         g = flash.geometry
@@ -491,7 +491,7 @@ def chain_with_newest_entry_in(image: Path, block: int, work: Path) -> None:
     """A chain on a simulated volume whose newest anchor entry lies in anchor block
     `block` (saves until it does)."""
     from snapshot import operations
-    from snapshot.chain import Chain, scan_anchors
+    from snapshot.store.chain import Chain, scan_anchors
     SimFlash.create(image, SIM_UBI)
     with open_flash(str(image), writable=True) as flash:
         operations.format_device(flash)
@@ -507,8 +507,8 @@ def chain_with_newest_entry_in(image: Path, block: int, work: Path) -> None:
 def test_an_emptied_volume_gives_an_empty_chain_never_the_old_one(tmp_path, block):
     """factoryreset's UBI_IOCVOLUP 0 (and a sysupgrade's new volume) leave every LEB
     erased: the boot starts an empty chain, whichever anchor block held the newest entry."""
-    from snapshot import marks
-    from snapshot.chain import Chain
+    from snapshot.store import marks
+    from snapshot.store.chain import Chain
     image = tmp_path / "ubi.img"
     chain_with_newest_entry_in(image, block, tmp_path)
     with SimFlash(image, writable=True) as flash:
@@ -524,7 +524,7 @@ def test_an_emptied_volume_gives_an_empty_chain_never_the_old_one(tmp_path, bloc
 
 def test_a_volume_holding_ubifs_boots_the_stock_way_and_is_left_alone(tmp_path):
     """A sysupgrade that kept settings: a new volume with ubifs (holding sysupgrade.tgz)."""
-    from snapshot import marks
+    from snapshot.store import marks
     image = tmp_path / "ubi.img"
     used = ubifs_volume(image, mkfs_ubifs(tmp_path))
     with SimFlash(image, writable=True) as flash:

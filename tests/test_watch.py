@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot import health, watch as watching
-from snapshot.chain import Chain
+from snapshot.health import checks as health, watch as watching
+from snapshot.store.chain import Chain
 from clirun import ok
 from sweep import make_tree
 

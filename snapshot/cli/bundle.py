@@ -4,10 +4,11 @@ from pathlib import Path
 
 import click
 
-from snapshot import bundle as bundles, config
-from snapshot.chain import Chain
+from snapshot import config
 from snapshot.cli.common import (DEVICE, JSON, echo, human, main, max_attempts_of, reading,
                                  writing)
+from snapshot.fleet import bundle as bundles
+from snapshot.store.chain import Chain
 
 KEY = click.option("--key", type=click.Path(dir_okay=False, path_type=Path),
                    help="usign (or signify) secret key to sign with.")
@@ -102,7 +103,7 @@ def show(source, as_json):
     Example:
       snapshot bundle show fix.snb --json
     """
-    from snapshot import fetch
+    from snapshot.fleet import fetch
     with fetch.open_source(source) as stream:
         made = bundles.read_head(stream, source)
     info = bundles.describe(made)
@@ -141,7 +142,7 @@ def apply(obj, source, no_reboot, as_json):
     Example:
       snapshot bundle apply http://fleet.example/bundles/fix.snb
     """
-    from snapshot import watch as watching
+    from snapshot.health import watch as watching
     from snapshot.reboot import reboot_into
     # The outcome is this command's own line (or its one `Error:` line): the log goes to
     # syslog only.

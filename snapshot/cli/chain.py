@@ -8,12 +8,12 @@ import click
 from mtd import FlashOpenError, MtdError
 from snapshot import config, operations
 from snapshot import squash as squashing
-from snapshot.chain import Chain
 from snapshot.cli.common import (DEVICE, JSON, SOURCE, TRIAL, compression_of,
                                  compression_option, echo, human, main, max_attempts_of,
                                  on_trial, reading, state_of, stored, when, writing)
 from snapshot.errors import ChainDamaged, SnapshotError
 from snapshot.operations import format_device, opened
+from snapshot.store.chain import Chain
 
 @main.command("format")
 @click.option("--force", is_flag=True, help="Replace a chain, jffs2 or old-format data.")
@@ -371,7 +371,8 @@ def probe(obj):
     Example:
       snapshot --device mtd:rootfs_data probe && echo "snapshot chain"
     """
-    from snapshot import boot, marks
+    from snapshot import boot
+    from snapshot.store import marks
     try:
         with opened(obj["device"]) as dev:
             answer, action = marks.decide(dev)

@@ -19,13 +19,13 @@ import click
 
 from mtd import FlashOpenError, MtdError
 from snapshot import config
-from snapshot.archive import COMPRESSIONS
-from snapshot.chain import VISIBLE_STEPS, Chain
 from snapshot.errors import SnapshotError
-from snapshot.format import MAX_ATTEMPTS, STATE_NAMES
-from snapshot.format import TRIAL as TRIAL_STATE
 from snapshot.operations import DEFAULT_UPPER, opened
+from snapshot.store.chain import VISIBLE_STEPS, Chain
+from snapshot.store.format import MAX_ATTEMPTS, STATE_NAMES
+from snapshot.store.format import TRIAL as TRIAL_STATE
 from snapshot.text import printable
+from snapshot.tree.archive import COMPRESSIONS
 
 # Exit status of a save, push or convert whose directory changed while it was read.
 INEXACT = 5

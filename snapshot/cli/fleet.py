@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from snapshot import config
-from snapshot.chain import Chain
 from snapshot.cli.common import DEVICE, JSON, echo, main, max_attempts_of, writing
 from snapshot.operations import opened
 from snapshot.reboot import reboot_into
+from snapshot.store.chain import Chain
 
 CHANNEL = click.option("--channel", type=click.Path(file_okay=False, path_type=Path),
                        required=True, help="The channel directory a web server serves.")
@@ -93,7 +93,8 @@ def poll(obj, now, no_reboot, as_json):
     Example:
       snapshot fleet poll --json
     """
-    from snapshot import fleet as fleets, watch as watching
+    from snapshot.fleet import channel as fleets
+    from snapshot.health import watch as watching
     # The outcome is this command's own line (or its one `Error:` line): the log goes to
     # syslog only.
     log = watching.SysLog(echo=False)
@@ -134,7 +135,8 @@ def confirm(obj, bundle_id, force, as_json):
     Example:
       snapshot fleet confirm 3f2a9c0d1e4b5a69 --json
     """
-    from snapshot import fleet as fleets, health, watch as watching
+    from snapshot.fleet import channel as fleets
+    from snapshot.health import checks as health, watch as watching
     done = _decide(obj, "confirm",
                    lambda chain: fleets.confirm(chain, bundle_id, health.last(), force))
     if done["action"] == "confirmed":
@@ -166,7 +168,8 @@ def rollback(obj, bundle_id, no_reboot, as_json):
       snapshot fleet rollback 3f2a9c0d1e4b5a69
     """
     import time
-    from snapshot import fleet as fleets, watch as watching
+    from snapshot.fleet import channel as fleets
+    from snapshot.health import watch as watching
     done = _decide(obj, "rollback",
                    lambda chain: fleets.rollback(chain, bundle_id, int(time.time())))
     if as_json:
@@ -199,7 +202,7 @@ def publish(bundle_file, channel, waves, max_failed, key, expires_in, as_json):
     Example:
       snapshot fleet publish fix.snb --channel /srv/www/fleet --waves canary,rest --key k.sec
     """
-    from snapshot import fleet as fleets
+    from snapshot.fleet import channel as fleets
     rollout = fleets.publish(channel, bundle_file, waves.split(","), key, max_failed,
                              expires_in)
     if as_json:
@@ -226,7 +229,7 @@ def promote(channel, report_file, bundle_id, key, expires_in, as_json):
     Example:
       snapshot fleet promote --channel /srv/www/fleet --report report.json --key k.sec
     """
-    from snapshot import fleet as fleets
+    from snapshot.fleet import channel as fleets
     done = fleets.promote(channel, fleets.read_report(report_file), key, bundle_id,
                           expires_in)
     if as_json:
@@ -249,7 +252,7 @@ def withdraw(channel, bundle_id, key, expires_in, as_json):
     Example:
       snapshot fleet withdraw --channel /srv/www/fleet --bundle 3f2a9c0d1e4b5a69 --key k.sec
     """
-    from snapshot import fleet as fleets
+    from snapshot.fleet import channel as fleets
     done = fleets.withdraw(channel, key, bundle_id, expires_in)
     if as_json:
         click.echo(json.dumps(done, indent=2))
@@ -272,7 +275,7 @@ def resign(channel, key, expires_in, as_json):
     Example:
       snapshot fleet resign --channel /srv/www/fleet --key channel.sec --expires-in 7d
     """
-    from snapshot import fleet as fleets
+    from snapshot.fleet import channel as fleets
     done = fleets.resign(channel, key, expires_in)
     if as_json:
         click.echo(json.dumps(done, indent=2))
@@ -301,7 +304,7 @@ def report(statuses, output, bundle_id, as_json):
     Example:
       snapshot fleet report status/*.json -o report.json
     """
-    from snapshot import fleet as fleets
+    from snapshot.fleet import channel as fleets
     done = fleets.report({path.stem: fleets.read_status(path) for path in statuses},
                          bundle_id)
     if output:

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import click
 
-from snapshot import config, packages
-from snapshot import upgrade as upgrades
+from snapshot import config
 from snapshot.cli.common import (DEVICE, JSON, Progress, compression_of, compression_option,
                                  echo, human, main, max_attempts_of)
 from snapshot.operations import DEFAULT_UPPER
+from snapshot.packages import feeds as packages
+from snapshot.packages import upgrade as upgrades
 from snapshot.reboot import booted, reboot_into
 
 UPPER = Path(DEFAULT_UPPER)
@@ -83,7 +84,7 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
         echo(f"upgraded {', '.join(map(str, outcome.changes))}; stored as snapshot "
              f"{outcome.snapshot} ({human(outcome.size)}), on trial")
     if not no_reboot:
-        from snapshot.watch import SysLog
+        from snapshot.health.watch import SysLog
         reboot_into(obj["device"], "the upgrade's trial", SysLog())
 
 

@@ -5,10 +5,10 @@ from contextlib import contextmanager
 import click
 
 from snapshot import operations
-from snapshot.chain import Chain
 from snapshot.cli.common import (DEVICE, JSON, UNHEALTHY, echo, human, main, reading, when,
                                  writing)
 from snapshot.operations import opened
+from snapshot.store.chain import Chain
 
 @main.command()
 @JSON
@@ -46,7 +46,7 @@ def health(obj, as_json):
     Example:
       snapshot health --json
     """
-    from snapshot import health as checks
+    from snapshot.health import checks
     results = checks.run(checks.configured())
     checks.keep(results)
     if as_json:
@@ -82,7 +82,7 @@ def watch(obj, no_reboot):
     Example:
       snapshot watch --no-reboot
     """
-    from snapshot import health as checks, watch as watching
+    from snapshot.health import checks, watch as watching
     from snapshot.reboot import reboot_into
     settings = watching.Settings.load()
     log = watching.SysLog()
@@ -113,7 +113,10 @@ def status(obj, as_json):
     Example:
       snapshot status --json
     """
-    from snapshot import fleet, health as checks, jobs, upgrade as upgrades
+    from snapshot import jobs
+    from snapshot.fleet import channel as fleet
+    from snapshot.health import checks
+    from snapshot.packages import upgrade as upgrades
     with reading(obj) as dev:
         chain = Chain(dev)
         info = operations.status(chain)

@@ -10,8 +10,8 @@ entry anywhere); headers: the good anchor blocks that start with an anchor entry
 import json
 
 from snapshot import operations
-from snapshot.chain import read_mark, scan_anchors
-from snapshot.format import ANCHOR_MAGIC
+from snapshot.store.chain import read_mark, scan_anchors
+from snapshot.store.format import ANCHOR_MAGIC
 
 with operations.opened("mtd:rootfs_data") as flash:
     g = flash.geometry

@@ -41,8 +41,8 @@ import sys
 from pathlib import Path
 
 from snapshot import operations
-from snapshot.chain import Chain
 from snapshot.errors import NoChain
+from snapshot.store.chain import Chain
 
 #: guest.sh says which: the MTD partition, or the UBI volume.
 DEVICE = os.environ.get("KBOOT_DEVICE", "mtd:rootfs_data")

@@ -9,7 +9,8 @@ sentinel one; first_copy: where the volatile's first copy is (null: there is non
 """
 import json
 
-from snapshot import legacy, operations
+from snapshot import operations
+from snapshot.store import legacy
 
 with operations.opened("mtd:rootfs_data") as flash:
     old = legacy.read(flash)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 import mtd.locate  # noqa: E402
 from snapshot import operations  # noqa: E402
 from snapshot.cli import main  # noqa: E402
-from snapshot.format import ANCHOR_BLOCKS  # noqa: E402
+from snapshot.store.format import ANCHOR_BLOCKS  # noqa: E402
 
 HOLD_ANCHOR_ERASE = float(os.environ.get("KBOOT_HOLD_ANCHOR_ERASE", "0"))
 

@@ -22,11 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from snapshot import trial as trials
-from snapshot.archive import COMPRESSIONS
-from snapshot.chain import KEEP, Chain, Record, RecordWriter, commit
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
-from snapshot.format import CONFIRMED, MAX_MESSAGE, SNAPSHOT, TRIAL, Layout, RecordHeader
+from snapshot.store import trial as trials
+from snapshot.store.chain import KEEP, Chain, Record, RecordWriter, commit, rewrite
+from snapshot.store.format import CONFIRMED, MAX_MESSAGE, SNAPSHOT, Layout, RecordHeader
+from snapshot.tree.archive import COMPRESSIONS
 
 MAGIC = b"SnpB"
 VERSION = 1                              # FORMAT.md §7: the bundle format
@@ -40,7 +40,6 @@ PAYLOAD_KEYS = {"compression", "length", "sha256"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 64 * 1024
 COMPRESSION_NAMES = {v: k for k, v in COMPRESSIONS.items()}
-TAG = trials.BUNDLE_TAG
 
 
 class BundleRefused(SnapshotError):
@@ -132,23 +131,6 @@ def board(board_file: Path) -> str:
 
 def tagged(bundle_id: str, message: str) -> str:
     return f"bundle {bundle_id}: {message}".encode()[:MAX_MESSAGE].decode(errors="ignore")
-
-
-def tag_of(message: str) -> str | None:
-    m = TAG.match(message)
-    return m.group(1) if m else None
-
-
-def applied(chain: Chain) -> dict | None:
-    """The newest snapshot that came from a bundle: its bundle and where it stands."""
-    for index in range(len(chain.snapshots) - 1, -1, -1):
-        e = chain.snapshots[index].entry
-        found = tag_of(e.message)
-        if found:
-            return {"id": found, "snapshot": index + 1,
-                    "state": {CONFIRMED: "confirmed", TRIAL: "trial"}.get(e.state, "failed"),
-                    "message": e.message[TAG.match(e.message).end():]}
-    return None
 
 
 # -- making one ---------------------------------------------------------------------------------
@@ -437,7 +419,7 @@ def check_file(stream, bundle: Bundle, name: str) -> None:
 
 def already(chain: Chain, bundle: Bundle) -> str | None:
     """How the chain already holds the bundle (pending or confirmed), or None."""
-    found = applied(chain)
+    found = trials.bundle_applied(chain)
     if found and found["id"] == bundle.id and found["state"] != "failed":
         return f"bundle {bundle.id} is snapshot {found['snapshot']} ({found['state']})"
     return None
@@ -493,12 +475,11 @@ def apply(chain: Chain, stream, bundle: Bundle, max_attempts: int, name: str,
         raise BundleRefused(f"{name}: corrupted: the payload's SHA-256 is not the one the "
                             f"signed manifest gives; nothing was committed")
     entry = writer.finish()
-    from snapshot.operations import _rewrite
     volatile = chain.volatile
     entries = trials.start([r.entry for r in snapshots] +
                            ([volatile.entry] if volatile else []), entry, max_attempts)
     if volatile is not None:
-        entries.append(_rewrite(chain, volatile, progress))
+        entries.append(rewrite(chain, volatile, progress))
     commit(chain, entries, fleet=fleet)
     return {"applied": bundle.id, "snapshot": len(snapshots) + 1, "message": m["message"],
             "max_attempts": max_attempts, "volatile_kept": volatile is not None}
@@ -509,7 +490,7 @@ def apply_from(source: str, chain: Chain, settings: dict, max_attempts: int, log
     """`snapshot bundle apply SOURCE`: read the head, check it against this router (the
     trusted keys, board and firmware root of `settings`), and apply it, logging the outcome
     (`log`: watch.SysLog). `{"applied": None, "already": ...}` for a bundle the chain holds."""
-    from snapshot import fetch
+    from snapshot.fleet import fetch
     with fetch.open_source(source) as stream:
         try:
             made = read_head(stream, source)

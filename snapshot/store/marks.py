@@ -20,10 +20,10 @@ firmware:
 import errno
 
 from mtd import Flash, MtdError
-from snapshot.chain import (FOREIGN, MARK_ENTRY, AnchorScan, Chain, Mark, _padded, finish_mark,
-                            pending_mark, read_mark, scan_anchors, visible_step,
-                            write_fresh_anchor_block)
-from snapshot.format import ANCHOR_MAGIC, Anchor
+from snapshot.store.chain import (FOREIGN, MARK_ENTRY, AnchorScan, Chain, Mark, _padded,
+                                  finish_mark, pending_mark, read_mark, scan_anchors, visible_step,
+                                  write_fresh_anchor_block)
+from snapshot.store.format import ANCHOR_MAGIC, Anchor
 
 CHAIN, STOCK, OLD = "chain", "stock", "old"
 

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from snapshot import config, health
-from snapshot import trial as trials
-from snapshot.chain import commit
+from snapshot import config
+from snapshot.health import checks as health
+from snapshot.store import trial as trials
+from snapshot.store.chain import commit
 from snapshot.text import printable
 
 
@@ -39,7 +40,7 @@ class Settings(NamedTuple):
 
     @classmethod
     def load(cls, path: str | None = None) -> "Settings":
-        from snapshot import fleet
+        from snapshot.fleet import channel as fleet
         options = config.load(path)
         return cls(config.number(options, "interval", 0), config.number(options, "grace", 0),
                    config.number(options, "pass_rounds", 1),

@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 
 from mtd import Flash
-from snapshot.format import DirEntry
+from snapshot.store.format import DirEntry
 
 LEDGER = Path("/tmp/snapshot/verified.json")
 #: Records kept per device: far more than a chain lists; older keys go first.

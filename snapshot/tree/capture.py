@@ -22,10 +22,10 @@ import stat
 import tarfile
 from pathlib import Path
 
-from snapshot import archive
-from snapshot.archive import (OPAQUE_XATTRS, OVERLAY_PRIVATE, OVERLAY_UNSUPPORTED, XATTR_PREFIX,
-                              ArchiveError, refusal)
-from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ, round_up
+from snapshot.store.format import COMPRESSION_GZIP, COMPRESSION_XZ, round_up
+from snapshot.tree import archive
+from snapshot.tree.archive import (OPAQUE_XATTRS, OVERLAY_PRIVATE, OVERLAY_UNSUPPORTED,
+                                   XATTR_PREFIX, ArchiveError, refusal)
 
 # The level `tar czf` uses; 9 costs about twice the time for a few percent.
 GZIP_LEVEL = 6

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 from mtd import Flash, MtdError
 from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged, StockMark
-from snapshot.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED, FLEET,
-                             FAILED, MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
-                             Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
-                             anchor_length, crc32, round_up, unpack_anchor)
-from snapshot.verified import record_key
+from snapshot.store.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED, FLEET, FAILED,
+                                   MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
+                                   Commit, DirEntry, Extent, FormatError, Layout, RecordHeader,
+                                   anchor_length, crc32, round_up, unpack_anchor)
+from snapshot.store.verified import record_key
 
 READ_CHUNK = 256 * 1024
 FIRST_READ = 16 * 1024
@@ -642,6 +642,19 @@ class RecordWriter:
                 continue
             self._block, self._block_data = block, bytearray()
             return
+
+
+def rewrite(chain: Chain, record: Record, progress, seq: int | None = None) -> DirEntry:
+    """`record` copied into free blocks (its payload as it is); `seq`: a new number for it
+    (squash renumbers what lies above the snapshots it merges)."""
+    e = record.entry
+    writer = RecordWriter(chain, e.type, e.seq if seq is None else seq, e.message,
+                          e.compression, progress, e.created)
+    source = chain.payload(record)
+    while chunk := source.read(64 * 1024):
+        writer.write(chunk)
+    # The same record in new blocks: where it stands in a trial does not change.
+    return writer.finish()._replace(flags=e.flags)
 
 
 def _erased(flash: Flash, offset: int, length: int) -> bool:

@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 
 from snapshot.errors import SnapshotError
-from snapshot.format import COMPRESSION_GZIP, COMPRESSION_XZ
+from snapshot.store.format import COMPRESSION_GZIP, COMPRESSION_XZ
 
 COMPRESSIONS = {"gzip": COMPRESSION_GZIP, "xz": COMPRESSION_XZ}
 READ_CHUNK = 256 * 1024

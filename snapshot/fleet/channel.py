@@ -36,12 +36,12 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from snapshot import bundle as bundles
 from snapshot import config, operations
-from snapshot import trial as trials
-from snapshot.chain import Chain, commit
 from snapshot.errors import SnapshotError
-from snapshot.format import BUNDLE_ID, MAX_CHANNEL_VERSION, MAX_TIME, Fleet
+from snapshot.fleet import bundle as bundles
+from snapshot.store import trial as trials
+from snapshot.store.chain import Chain, commit
+from snapshot.store.format import BUNDLE_ID, MAX_CHANNEL_VERSION, MAX_TIME, Fleet
 
 FORMAT = 1
 CHANNEL = "channel.json"
@@ -284,7 +284,7 @@ def read_report(path: Path) -> dict:
 def fetch_channel(url: str, channel_keys: Path, bundle_keys: Path) -> dict:
     """The channel at `url`, signed by a key of the channel role (`channel_keys`) that is not
     also trusted for bundles (`bundle_keys`), with every field a unit reads well formed."""
-    from snapshot import fetch
+    from snapshot.fleet import fetch
     text, signature = (fetch.read_whole(name, MAX_CHANNEL) for name in (url, f"{url}.sig"))
     try:
         key = bundles.fingerprint(signature)
@@ -417,8 +417,8 @@ def failed_here(chain: Chain) -> set[str]:
     """The bundles whose trial failed on this unit: the fleet entry's, and the last note's
     (a rollback an older snapshot wrote names its bundle there only)."""
     failed = set(Fleet.of(chain.fleet).failed)
-    if chain.note is not None and bundles.tag_of(chain.note.message):
-        failed.add(bundles.tag_of(chain.note.message))
+    if chain.note is not None and trials.bundle_of(chain.note.message):
+        failed.add(trials.bundle_of(chain.note.message))
     return failed
 
 
@@ -440,7 +440,7 @@ def download(url: str, rollout: dict):
     router; gone with the process however it ends): at most the length the channel gives,
     and refused (FleetError) unless it has exactly that length and SHA-256. Flash is not
     touched, nor the device locked, while it waits on the network."""
-    from snapshot import fetch
+    from snapshot.fleet import fetch
     length, where = rollout["length"], tempfile.gettempdir()
     st = os.statvfs(where)
     if length > st.f_bavail * st.f_frsize:
@@ -577,15 +577,15 @@ def status(chain: Chain, fleet: dict) -> dict:
 
 def _bundle_trial(chain: Chain, bundle_id: str):
     trial = chain.trial
-    return trial if trial is not None and bundles.tag_of(trial.entry.message) == bundle_id \
+    return trial if trial is not None and trials.bundle_of(trial.entry.message) == bundle_id \
         else None
 
 
 def _not_on_trial(chain: Chain, bundle_id: str) -> str:
     """Why `bundle_id` is not on trial here, for a refusal or a no-op."""
-    applied = bundles.applied(chain)
+    applied = trials.bundle_applied(chain)
     note = chain.note
-    if note is not None and bundles.tag_of(note.message) == bundle_id:
+    if note is not None and trials.bundle_of(note.message) == bundle_id:
         return f"bundle {bundle_id} was rolled back here ({note.message})"
     if applied and applied["id"] == bundle_id:
         return f"bundle {bundle_id} is {applied['state']} here (snapshot {applied['snapshot']})"
@@ -600,7 +600,7 @@ def confirm(chain: Chain, bundle_id: str, health: dict | None, force: bool = Fal
     round of checks this boot failed (unless `force`). Confirming it twice is a no-op."""
     trial = _bundle_trial(chain, bundle_id)
     if trial is None:
-        applied = bundles.applied(chain)
+        applied = trials.bundle_applied(chain)
         if applied and applied["id"] == bundle_id and applied["state"] == "confirmed":
             return {"bundle": bundle_id, "action": "none", "reason": "confirmed already"}
         raise FleetError(f"not confirming: {_not_on_trial(chain, bundle_id)}")
@@ -620,7 +620,7 @@ def rollback(chain: Chain, bundle_id: str, when: int) -> dict:
     rolled back already, is a no-op."""
     trial = _bundle_trial(chain, bundle_id)
     if trial is None:
-        applied = bundles.applied(chain)
+        applied = trials.bundle_applied(chain)
         if applied and applied["id"] == bundle_id and applied["state"] == "confirmed":
             raise FleetError(f"not rolling back: bundle {bundle_id} is confirmed here "
                              f"(snapshot {applied['snapshot']}); `snapshot rollback --to "

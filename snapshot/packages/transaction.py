@@ -23,13 +23,14 @@ import tarfile
 import time
 from pathlib import Path
 
-from snapshot import archive, live
-from snapshot import trial as trials
-from snapshot.capture import Capture, EntryData, compressor, header
-from snapshot.chain import Chain, Record, RecordWriter, commit
+from snapshot import live
 from snapshot.errors import SnapshotError
-from snapshot.format import COMPRESSION_GZIP, MAX_MESSAGE, SNAPSHOT, VOLATILE, DirEntry
 from snapshot.operations import _current_snapshots
+from snapshot.store import trial as trials
+from snapshot.store.chain import Chain, Record, RecordWriter, commit
+from snapshot.store.format import COMPRESSION_GZIP, MAX_MESSAGE, SNAPSHOT, VOLATILE, DirEntry
+from snapshot.tree import archive
+from snapshot.tree.capture import Capture, EntryData, compressor, header
 
 #: What identifies an entry of the upper dir (os.stat_result fields).
 FIELDS = ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_ctime_ns", "st_ino",

@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snapshot import transaction
-from snapshot.chain import Chain, commit
 from snapshot.errors import ChainDamaged, SnapshotError
 from snapshot.operations import opened
-from snapshot.packages import Change, PackageError, PackageManager
-from snapshot import trial as trials
+from snapshot.packages import transaction
+from snapshot.packages.feeds import Change, PackageError, PackageManager
+from snapshot.store import trial as trials
+from snapshot.store.chain import Chain, commit
 
 STATE_DIR = Path("/tmp/snapshot")
 #: While it exists (and its process lives), an upgrade is running: the hooks stay silent.

@@ -12,8 +12,8 @@ import stat
 from contextlib import closing
 from pathlib import Path
 
-from snapshot.archive import (BLOCK, CHAR, DIRECTORY, FIFO, FILE, HARDLINK, OPAQUE_XATTRS,
-                              STAGING, SYMLINK, ArchiveError, Entry, entries, refusal)
+from snapshot.tree.archive import (BLOCK, CHAR, DIRECTORY, FIFO, FILE, HARDLINK, OPAQUE_XATTRS,
+                                   STAGING, SYMLINK, ArchiveError, Entry, entries, refusal)
 
 OPAQUE = "trusted.overlay.opaque"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -130,7 +130,7 @@ def apply(source, compression: int, dest: Path, lower: Path | None = None,
 def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool = False,
                   placed: set[str] | None = None) -> None:
     """Apply an archive's (reader, entry) pairs, as archive.entries reads them from a
-    record (legacy.converted from the old fstools chain), onto dest with overlayfs
+    record (legacy_archive.converted from the old fstools chain), onto dest with overlayfs
     semantics.
 
     Staged (the default), all or nothing: after an error dest is as it was (see _Staged).

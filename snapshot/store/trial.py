@@ -10,14 +10,32 @@ of it (DESIGN.md §10).
 """
 import re
 
-from snapshot.chain import Chain, Record, describe
 from snapshot.errors import SnapshotError
-from snapshot.format import (CONFIRMED, FAILED, MAX_ATTEMPTS, MAX_MESSAGE, NOTE, SNAPSHOT,
-                             TRIAL, VOLATILE, DirEntry, Fleet)
+from snapshot.store.chain import Chain, Record, describe
+from snapshot.store.format import (CONFIRMED, FAILED, MAX_ATTEMPTS, MAX_MESSAGE, NOTE, SNAPSHOT,
+                                   TRIAL, VOLATILE, DirEntry, Fleet)
 
 
 #: How a snapshot that came from a bundle names it, at the start of its message.
 BUNDLE_TAG = re.compile(r"^bundle ([0-9a-f]{16}): ")
+
+
+def bundle_of(message: str) -> str | None:
+    """The bundle a snapshot's (or a note's) message names, or None."""
+    m = BUNDLE_TAG.match(message)
+    return m.group(1) if m else None
+
+
+def bundle_applied(chain: Chain) -> dict | None:
+    """The newest snapshot that came from a bundle: its bundle and where it stands."""
+    for index in range(len(chain.snapshots) - 1, -1, -1):
+        e = chain.snapshots[index].entry
+        found = bundle_of(e.message)
+        if found:
+            return {"id": found, "snapshot": index + 1,
+                    "state": {CONFIRMED: "confirmed", TRIAL: "trial"}.get(e.state, "failed"),
+                    "message": e.message[BUNDLE_TAG.match(e.message).end():]}
+    return None
 
 
 class TrialPending(SnapshotError):
