@@ -1,5 +1,5 @@
-"""The `snapshot` command line: thin click commands over the library, one module per command
-family (the exit statuses are in common.py).
+"""The `snapshot` command line, a face: thin click commands over the library, one module per
+command family (the exit statuses are in common.py). Imports every layer below it.
 
     common.py   the command group, shared options, errors, the progress line
     chain.py    format, save, push, rollback, list, unpack, check, show, export, probe
