@@ -42,8 +42,9 @@ DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_a
 SAVE_DIR = "/tmp/.uci"
 # The names uci accepts for a configuration file.
 UCI_NAME = re.compile(r"[A-Za-z0-9_-]+")
-#: The section types snapshot reads: its settings (here), `check` (health.py), `fleet`
-#: (fleet.py). Each reader warns about the options it does not know (unknown()).
+#: The section types snapshot reads: its settings (here), `check` (health/checks.py),
+#: `fleet` (fleet/channel.py). Each reader warns about the options it does not know
+#: (unknown()).
 SECTION_TYPES = ("snapshot", "check", "fleet")
 _warned: set[str] = set()
 

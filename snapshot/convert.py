@@ -24,7 +24,7 @@ the commit leaves it nothing to trip over. ubifs fills the anchor area (superblo
 nodes, log), so the commit takes one of those LEBs by an atomic LEB change, and the switch
 rewrites the superblock's LEB by another.
 
-The old fstools chain (`OWRT` in block 0, snapshot/legacy.py) is converted the same way, each
+The old fstools chain (`OWRT` in block 0, snapshot/store/legacy.py) is converted the same way, each
 of its entries becoming a record (DESIGN.md §9, "From the old fstools chain"). There the
 commit itself is the switch: `OWRT` in the mark block is foreign, so the chain counts as soon
 as its newest entry, with its mark entry, is whole; until then the stock mount_root reads the

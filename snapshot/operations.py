@@ -100,7 +100,7 @@ def format_device(flash: Flash, force: bool = False) -> None:
 def _current_snapshots(chain: Chain, snapshots: list[Record], progress) -> list[DirEntry]:
     """The entries of `snapshots`, which a write builds on, after checking each one: its
     header and commit marker (a page or two each), and its payload only where this boot has
-    not verified it already (snapshot/verified.py; DESIGN.md §4 says why that is enough). A
+    not verified it already (snapshot/store/verified.py; DESIGN.md §4 says why that is enough). A
     record known to be damaged refuses the write, before anything is written: the next
     boot's repair would empty it under the new record. One read with corrected bit flips is
     rewritten now, in the same commit."""
@@ -193,7 +193,7 @@ def save(chain: Chain, source: Path, progress=None, compression: int = COMPRESSI
     capture, which says whether `source` changed while it was read.
 
     With `trial` (its max_attempts), the new record is on trial and the old one stays on
-    flash until the trial is decided (snapshot/trial.py). While a trial is pending, a plain
+    flash until the trial is decided (snapshot/store/trial.py). While a trial is pending, a plain
     save stores the running state's changes with it: on top of a snapshot on trial (gone if
     the trial fails), or as the volatile on trial itself (still on trial, its boots kept)."""
     pending = chain.trial
@@ -225,7 +225,7 @@ def push(chain: Chain, source: Path, message: str = "", progress=None,
     snapshot is part of its base (snapshot/live.py). Returns the capture, as save does.
 
     With `trial` (its max_attempts), the new snapshot is on trial and the volatile record
-    stays on flash, to come back if the trial fails (snapshot/trial.py). Refused while a
+    stays on flash, to come back if the trial fails (snapshot/store/trial.py). Refused while a
     trial is pending; a failed trial still listed is replaced."""
     trials.refuse_while_pending(chain, "pushing")
     snapshots, entry, capture, booted = _store(chain, SNAPSHOT, source, message, progress,
@@ -284,7 +284,8 @@ def record_info(chain: Chain, record: Record, index: int, known: dict) -> dict:
     """What list shows of a record: from the anchor plus its header and commit marker.
     `state` is where it stands in a trial; `integrity` says what was checked: "verified"
     (its payload's CRC passed when this boot, or an earlier command, read it:
-    snapshot/verified.py `known`), "header ok" (its payload was not read), or "damaged: why"."""
+    snapshot/store/verified.py `known`), "header ok" (its payload was not read), or
+    "damaged: why"."""
     try:
         chain.read_header(record)
         found = known.get(verified.record_key(record.entry), "")
@@ -628,7 +629,7 @@ def _plan(chain: Chain, damaged: dict[int, str]) -> tuple[dict, dict, str | None
 
 def examine(chain: Chain, report: Report) -> Findings:
     """Read everything and say what is wrong, and what a repair would lose (_plan). Reads
-    the flash only; what it read of each payload goes to the ledger (snapshot/verified.py)."""
+    the flash only; what it read of each payload goes to the ledger (snapshot/store/verified.py)."""
     report.snapshots = len(chain.snapshots)
     report.volatile = chain.volatile is not None
     report.problems.extend(chain.problems)

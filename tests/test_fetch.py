@@ -1,4 +1,4 @@
-"""The HTTP download layer (snapshot/fetch.py) against servers on 127.0.0.1 that drip, stall,
+"""The HTTP download layer (snapshot/fleet/fetch.py) against servers on 127.0.0.1 that drip, stall,
 redirect where they must not, answer what is not HTTP, or change the file between two
 requests: each ends in one FetchFailed line that names the URL, within the limits the test
 passes (small ones, so that each test takes a second or two); through the CLI (`fleet poll`,

@@ -8,27 +8,28 @@ import snapshot
 
 ROOT = Path(snapshot.__file__).parent
 
-#: Each unit (a package, or one module) -> its layer, lowest first. A module belongs to the
-#: unit that names it or its package; `snapshot` alone is its own __init__.
+#: Each unit (a package, or one module) -> its layer, lowest first, numbered as in DESIGN.md.
+#: A module belongs to the unit that names it or its package; `snapshot` alone is its own
+#: __init__.
 LAYERS = {
     # base: anything may import it
-    "snapshot": 0, "snapshot.errors": 0, "snapshot.text": 0,
+    "snapshot": 1, "snapshot.errors": 1, "snapshot.text": 1,
     # the chain on flash: bytes and records
-    "snapshot.store": 1,
+    "snapshot.store": 2,
     # overlay directories to and from tar streams
-    "snapshot.tree": 2,
+    "snapshot.tree": 3,
     # the engine: the operations on a chain and its overlay
     **dict.fromkeys(["snapshot.boot", "snapshot.config", "snapshot.convert", "snapshot.jobs",
                      "snapshot.legacy_archive", "snapshot.live", "snapshot.operations",
-                     "snapshot.reboot", "snapshot.squash"], 3),
+                     "snapshot.reboot", "snapshot.squash"], 4),
     # the wings
-    "snapshot.packages": 4, "snapshot.fleet": 4, "snapshot.health": 4,
+    "snapshot.packages": 5, "snapshot.fleet": 5, "snapshot.health": 5,
     # the faces
-    "snapshot.cli": 5, "snapshot.rpcd": 5, "snapshot.__main__": 5,
+    "snapshot.cli": 6, "snapshot.rpcd": 6, "snapshot.__main__": 6,
 }
 #: Layers whose units do not import each other (the wings), but for these (importer, imported):
 #: the watch reads the fleet's settings.
-APART = {4}
+APART = {5}
 SIDEWAYS = {("snapshot.health", "snapshot.fleet")}
 #: A unit that may import only these modules of a lower one: the tree needs the compression
 #: numbers of the format, nothing else of the store.

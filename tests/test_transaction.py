@@ -1,5 +1,5 @@
-"""A package transaction as a snapshot of its own (snapshot/transaction.py, DESIGN.md §12), on
-the simulator with plain directories standing in for the volatile layer's upper dir. The
+"""A package transaction as a snapshot of its own (snapshot/packages/transaction.py,
+DESIGN.md §12), on the simulator with plain directories standing in for the volatile layer's upper dir. The
 router-level scenarios, with the real apk and opkg, are in test_upgrade.py."""
 import shutil
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Health checks: is this router still doing its job? Each check is run once per round and says
 pass or fail, with one line of detail; a required check's failure counts against a change on
-trial (snapshot/watch.py), a wanted one's is only reported.
+trial (snapshot/health/watch.py), a wanted one's is only reported.
 
 Checks come from `config check` sections of /etc/config/snapshot (the defaults file documents
 each type and option) and from the executables in `option health_dir`. Each runs with a

@@ -237,7 +237,7 @@ class Chain:
         self.reserved: frozenset[int] = frozenset()
         self.handed_out: set[int] = set()
         self.atomic_only: frozenset[int] = frozenset()
-        # What this process read of each record's payload (snapshot/verified.py keys):
+        # What this process read of each record's payload (snapshot/store/verified.py keys):
         # None when its every CRC passed, else why it is damaged.
         self.read_results: dict[str, str | None] = {}
 

@@ -98,7 +98,7 @@ def fail(chain: Chain, reason: str, when: int) -> tuple[list[DirEntry], DirEntry
         elif not (trial.entry.type == SNAPSHOT and e.type == VOLATILE):
             entries.append(e)
     # A bundle's trial names the bundle, so that a fleet tool reading the note knows which
-    # one failed here (snapshot/bundle.py).
+    # one failed here (snapshot/fleet/bundle.py).
     bundle = BUNDLE_TAG.match(trial.entry.message)
     fleet = chain.fleet
     if bundle:

@@ -3,7 +3,7 @@ marks (test_kernel_marks.py). Reads only. Prints one line for the host:
 
     kboot-anchors: {"mark": KIND, "newest": BLOCK, "headers": [BLOCK, ...]}
 
-mark: what the mark block holds, as snapshot.chain.read_mark names it (anchor, deadc0de,
+mark: what the mark block holds, as snapshot.store.chain.read_mark names it (anchor, deadc0de,
 jffs2, erased, ...); newest: the anchor block with the newest valid anchor entry (null: no
 entry anywhere); headers: the good anchor blocks that start with an anchor entry header.
 """
