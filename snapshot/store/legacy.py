@@ -1,6 +1,7 @@
 """The old fstools snapshot chain (2014, `OWRT` at the partition's start): found and read for
 `snapshot convert`, and for the read-only boot of a chain not converted yet (FORMAT.md §8,
-DESIGN.md §8). Nothing here writes that format.
+DESIGN.md §8). Nothing here writes that format; its archives are rewritten as our records by
+snapshot/legacy_archive.py.
 
 Every loop is bounded by the partition: the walk advances at least one block per entry, the
 sentinel scan looks at each block once, and a payload is read only after its length has been
