@@ -136,9 +136,9 @@ def confirm(obj, bundle_id, force, as_json):
       snapshot fleet confirm 3f2a9c0d1e4b5a69 --json
     """
     from snapshot.fleet import channel as fleets
-    from snapshot.health import checks as health, watch as watching
+    from snapshot.health import checks, watch as watching
     done = _decide(obj, "confirm",
-                   lambda chain: fleets.confirm(chain, bundle_id, health.last(), force))
+                   lambda chain: fleets.confirm(chain, bundle_id, checks.last(), force))
     if done["action"] == "confirmed":
         watching.SysLog()(f"fleet: confirmed bundle {bundle_id} ({done['what']}) for the "
                           f"operator")

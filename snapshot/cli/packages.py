@@ -9,20 +9,20 @@ from snapshot import config
 from snapshot.cli.common import (DEVICE, JSON, Progress, compression_of, compression_option,
                                  echo, human, main, max_attempts_of)
 from snapshot.operations import DEFAULT_UPPER
-from snapshot.packages import feeds as packages
+from snapshot.packages import feeds
 from snapshot.packages import upgrade as upgrades
 from snapshot.reboot import booted, reboot_into
 
 UPPER = Path(DEFAULT_UPPER)
 
 
-def _manager(name: str | None) -> packages.PackageManager:
+def _manager(name: str | None) -> feeds.PackageManager:
     if name == "apk":
-        return packages.Apk()
+        return feeds.Apk()
     if name == "opkg":
         # The real binary, not the wrapper that runs the hooks around it.
-        return packages.Opkg(command=["/bin/opkg"] if Path("/bin/opkg").exists() else None)
-    return packages.detect()
+        return feeds.Opkg(command=["/bin/opkg"] if Path("/bin/opkg").exists() else None)
+    return feeds.detect()
 
 
 @main.command()

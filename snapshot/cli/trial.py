@@ -114,13 +114,13 @@ def status(obj, as_json):
       snapshot status --json
     """
     from snapshot import jobs
-    from snapshot.fleet import channel as fleet
+    from snapshot.fleet import channel
     from snapshot.health import checks
     from snapshot.packages import upgrade as upgrades
     with reading(obj) as dev:
         chain = Chain(dev)
         info = operations.status(chain)
-        info["fleet"] = fleet.status(chain, fleet.settings())
+        info["fleet"] = channel.status(chain, channel.settings())
     info["health"] = checks.last()
     info["job"] = jobs.last()
     info["unsaved_change"] = upgrades.unsaved()

@@ -40,13 +40,13 @@ class Settings(NamedTuple):
 
     @classmethod
     def load(cls, path: str | None = None) -> "Settings":
-        from snapshot.fleet import channel as fleet
+        from snapshot.fleet import channel
         options = config.load(path)
         return cls(config.number(options, "interval", 0), config.number(options, "grace", 0),
                    config.number(options, "pass_rounds", 1),
                    config.number(options, "fail_rounds", 2),
                    config.number(options, "window", 0), Path(options["rollback_dir"]),
-                   fleet.settings(path)["confirm"] == "operator")
+                   channel.settings(path)["confirm"] == "operator")
 
 
 class Decision(NamedTuple):
