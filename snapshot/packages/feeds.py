@@ -3,7 +3,7 @@ apk on OpenWrt 25.12 and later, opkg on 24.10 and older (../shared/reference/lif
 §1-2 has the facts each parser below relies on).
 
 Every failing step raises a PackageError whose exit code says which step failed (README,
-"Exit codes"); its message is one line with what the package manager said.
+"Exit status"); its message is one line with what the package manager said.
 """
 import gzip
 import json
