@@ -312,12 +312,12 @@ def test_opkg_reporting_success_over_a_full_ram_layer_is_not_believed(tmp_path, 
         booted.run("head -c 56000 /dev/zero > /srv/ballast")
         before = listing(booted)["snapshots"]
         script = ("from pathlib import Path\n"
-                  "from snapshot import packages, upgrade\n"
-                  "pm = packages.Opkg(command=['/bin/opkg'])\n"
+                  "from snapshot.packages import feeds, upgrade\n"
+                  "pm = feeds.Opkg(command=['/bin/opkg'])\n"
                   "changes = pm.pending()\n"
                   "try:\n"
                   "    upgrade.upgrade(None, pm, changes, Path('/volatile/upper'), 3, 1)\n"
-                  "except packages.PackageError as e:\n"
+                  "except feeds.PackageError as e:\n"
                   "    print(type(e).__name__, e)\n")
         done = booted.run([sys.executable, "-P", "-c", script],
                           env={"SNAPSHOT_DEVICE": "/.sandbox/flash.img"})
