@@ -11,7 +11,7 @@ setup(
     package_data={"mtd": ["mtd_abi.h", "ubi_abi.h"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["mtd/build_abi.py:ffibuilder", "mtd/build_abi.py:ubi_ffibuilder"],
-    install_requires=["click>=8.0", "cffi>=1.15", "crcmod-plus>=2.0"],
+    install_requires=["click>=8.0", "cffi>=1.15"],
     # pytest 9 ids nodes in a way pytest-xdist 3.8 cannot group (--dist loadgroup).
     # ansible-core: the fleet test runs the project's playbook (tests/test_fleet_ansible.py).
     extras_require={"test": ["pytest>=7,<9", "pytest-xdist>=3.5", "hypothesis>=6",

@@ -6,7 +6,7 @@ lang/python/python3/Makefile ships the standard library as python3-light (which 
 python3-base, the interpreter), less idlelib, tkinter, turtledemo, webbrowser.py and
 _osx_support.py, and less the modules lang/python/python3/files/python3-package-*.mk split
 out into packages of their own (SPLIT). The other projects' packages are the feed's
-lang/python/python-click, python-cffi and python-crcmod.
+lang/python/python-click and python-cffi.
 """
 import ast
 from pathlib import Path
@@ -59,7 +59,6 @@ FEED = {
     "click": "python3-click",
     "cffi": "python3-cffi",
     "_cffi_backend": "python3-cffi",
-    "crcmod": "python3-crcmod",
 }
 
 #: This repository's own packages.

@@ -54,7 +54,7 @@ def stage(work: Path) -> Staged:
 #: The feed packages snapshot depends on (and python3-cffi's python3-pycparser), as the
 #: host's venv has them: the top-level modules each puts into site-packages.
 STAND_INS = {"python3-click": ("click",), "python3-cffi": ("cffi", "_cffi_backend"),
-             "python3-pycparser": ("pycparser",), "python3-crcmod": ("crcmod",)}
+             "python3-pycparser": ("pycparser",)}
 
 
 def install_root(staged: Staged, tree: Path, host: str) -> None:
@@ -67,7 +67,7 @@ def install_root(staged: Staged, tree: Path, host: str) -> None:
     entries beside the package's. The package's /usr/bin/python3 is the interpreter of
     this venv, whose prefix /usr/pyvenv.cfg makes /usr as on OpenWrt, so that it finds
     the staged packages where OpenWrt's does, in /usr/lib/python3.X/site-packages, and
-    nothing of the checkout; click, cffi and crcmod are this venv's, linked there.
+    nothing of the checkout; click and cffi are this venv's, linked there.
     """
     shutil.copytree(staged.root, tree, symlinks=True, dirs_exist_ok=True)
     base = Path(os.path.realpath(sys._base_executable))

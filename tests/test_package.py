@@ -44,9 +44,9 @@ FROM_THE_REPOSITORY = {rel: f"initscripts/{rel}" for rel in (
     "etc/config/snapshot", "usr/libexec/rpcd/snapshot", "usr/share/rpcd/acl.d/snapshot.json",
     "etc/apk/commit_hooks.d/snapshot", "usr/sbin/opkg")}
 
-#: What python3-light, python3-click, python3-cffi and python3-crcmod are in DEPENDS for
-#: whatever the code imports: the interpreter, the CLI, the MTD binding, the CRCs.
-ALWAYS = {"python3-light", "python3-click", "python3-cffi", "python3-crcmod"}
+#: What python3-light, python3-click and python3-cffi are in DEPENDS for whatever the code
+#: imports: the interpreter (with zlib, whose crc32 the format uses), the CLI, the MTD binding.
+ALWAYS = {"python3-light", "python3-click", "python3-cffi"}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_the_python_packages_are_byte_compiled_with_the_compiled_mtd_and_ubi_bin
 
 
 def test_the_staged_command_runs_from_the_staged_packages_alone(staged, tmp_path):
-    """/sbin/snapshot runs with the staged site-packages and the venv's click, cffi and crcmod,
+    """/sbin/snapshot runs with the staged site-packages and the venv's click and cffi,
     nothing of the checkout: -S leaves out the venv's .pth files (the editable install)."""
     env = {**os.environ, "PYTHONPATH": f"{staged.site_packages}:{sysconfig.get_paths()['purelib']}"}
     python = [sys.executable, "-S"]

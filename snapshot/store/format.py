@@ -6,8 +6,7 @@ The format version is independent of the package version.
 import re
 import struct
 from typing import NamedTuple
-
-import crcmod.predefined
+from zlib import crc32
 
 from snapshot.errors import FormatLimit
 
@@ -16,9 +15,8 @@ RECORD_VERSION = 1          # FORMAT.md §4: record headers (unchanged since ver
 ANCHOR_VERSION = 2          # FORMAT.md §3: anchor entries as written
 ANCHOR_VERSIONS = (1, 2)    # FORMAT.md §3: as read (version 1 had no flags and no note)
 
-# FORMAT.md §1: CRC-32 (IEEE 802.3: poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF);
-# crc32(data, previous) continues a running CRC.
-crc32 = crcmod.predefined.mkCrcFun("crc-32")
+# FORMAT.md §1: CRC-32 (IEEE 802.3: poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF) is
+# zlib's crc32 (imported above); crc32(data, previous) continues a running CRC.
 
 ANCHOR_BLOCKS = 4          # FORMAT.md §2: blocks 0..3 form the anchor area
 MAX_MESSAGE = 255          # FORMAT.md §4: message bytes (UTF-8)
