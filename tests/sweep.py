@@ -303,15 +303,10 @@ def base_unit_on_a_bundle_trial(device: str, work: Path) -> None:
 def _serve(root: Path) -> str:
     """An HTTP server for `root`, running in this process for the rest of the session (the
     sweep's cut commands poll it); its URL."""
-    import functools
     import http.server
     import threading
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(Quiet, directory=str(root)))
+    from web import files
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), files(root))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{httpd.server_address[1]}"
 

@@ -2,14 +2,11 @@
 not stop. A replayed older channel, a frozen (expired) one, a bundle at the channel's URL that
 is not the one it names, a channel signed by a bundle key, a failed bundle retried after
 another failed, and a poll that holds the device while it waits on the network."""
-import functools
-import http.server
 import json
 import shutil
 import subprocess
 import sys
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -17,8 +14,8 @@ import pytest
 
 from snapshot.fleet import channel as fleet
 from snapshot.store.format import MAX_FAILED, MAX_MESSAGE, Fleet
-from sweep import image_digest
-from test_fleet import Trickle, collect, on, poll, world  # noqa: F401  (world: the fixture)
+from sweep import image_digest, make_tree
+from test_fleet import behind_a_slow_server, collect, on, poll, world  # noqa: F401  (world: the fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -214,24 +211,8 @@ def test_the_bundles_that_failed_here_are_bounded_and_fit_the_entry():
 def test_a_save_is_not_busy_while_a_poll_waits_on_a_slow_server(tmp_path):
     """The poll downloads the bundle before it takes the device: a save in the meantime
     works, and the poll applies the bundle on top of it after the download."""
-    from bundle_lab import Lab
-    from sweep import make_tree
-    from test_fleet import NOR
-    lab = Lab.make(tmp_path / "lab")
-    ref = tmp_path / "ref.img"
-    lab.reference(ref, NOR)
-    lab.cli(ref, "rollback", "--to", "1")
-    lab.cli(ref, "push", "--from", make_tree(tmp_path / "big", 7, 300), "-m", "big fix")
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Trickle, directory=str(tmp_path / "www")))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/fleet/channel.json"
-        unit = (tmp_path / "u1.img", tmp_path / "u1.conf")
-        lab.unit_from(unit[0])
-        unit[1].write_text(lab.config.read_text() + f"\nconfig fleet 'fleet'\n\toption "
-                           f"channel '{url}'\n\toption group 'canary'\n\toption delay '0'\n")
-        publish(lab, unit, tmp_path / "www/fleet", lab.bundle(ref, "2", tmp_path / "fix.snb"))
+    with behind_a_slow_server(tmp_path) as (lab, unit, channel, fix):
+        publish(lab, unit, channel, fix)
         env = {**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(unit[1])}
         polling = subprocess.Popen([sys.executable, "-m", "snapshot", "--device", str(unit[0]),
                                     "fleet", "poll", "--no-reboot", "--json"], env=env,
@@ -244,8 +225,6 @@ def test_a_save_is_not_busy_while_a_poll_waits_on_a_slow_server(tmp_path):
         out, err = polling.communicate(timeout=300)
         assert polling.returncode == 0, err
         assert json.loads(out)["action"] == "applied"
-    finally:
-        httpd.shutdown()
 
 
 def test_the_cron_line_never_runs_two_polls_at_once():

@@ -1,14 +1,13 @@
 """The fleet rollout on simulated units: a channel signed with the real usign, served over
 HTTP; units that poll it; a canary wave with one failing health check, whose rollback stops
 the next wave; the report; a tampered channel refused."""
-import functools
-import http.server
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,11 @@ from snapshot.fleet import channel as fleet
 from snapshot.health import checks as health
 from snapshot.store.format import SNAPSHOT
 from sweep import health_config, image_digest
+from web import Quiet, files, served
 
 KIB = 1024
 NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
 GROUPS = {"u1": "canary", "u2": "canary", "u3": "rest", "u4": "rest"}
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture
@@ -39,20 +34,19 @@ def world(tmp_path):
     lab.reference(tmp_path / "ref.img", NOR)
     channel = tmp_path / "www/fleet"
     channel.mkdir(parents=True)
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "www")))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/fleet/channel.json"
-    units = {}
-    for name, group in GROUPS.items():
-        image = tmp_path / f"{name}.img"
-        lab.unit_from(image)
-        conf = tmp_path / f"{name}.conf"
-        conf.write_text(lab.config.read_text() + f"\nconfig fleet 'fleet'\n\toption channel "
-                        f"'{url}'\n\toption group '{group}'\n\toption delay '0'\n")
-        units[name] = (image, conf)
-    yield lab, channel, units, tmp_path
-    httpd.shutdown()
+    with served(files(tmp_path / "www")) as base:
+        units = {name: enrolled(lab, tmp_path / name, f"{base}/fleet/channel.json", group)
+                 for name, group in GROUPS.items()}
+        yield lab, channel, units, tmp_path
+
+
+def enrolled(lab, where: Path, url: str, group: str) -> tuple[Path, Path]:
+    """A unit (its image and configuration) in `group`, polling the channel at `url`."""
+    image, conf = where.with_suffix(".img"), where.with_suffix(".conf")
+    lab.unit_from(image)
+    conf.write_text(lab.config.read_text() + f"\nconfig fleet 'fleet'\n\toption channel "
+                    f"'{url}'\n\toption group '{group}'\n\toption delay '0'\n")
+    return image, conf
 
 
 def on(lab, unit, *args, conf=None, check=True):
@@ -207,48 +201,47 @@ class Trickle(Quiet):
             outputfile.write(chunk)
 
 
-@pytest.mark.parametrize("how", ["kill", "powercut"])
-def test_a_poll_cut_off_in_the_download_leaves_the_old_state_and_the_next_poll_completes(
-        tmp_path, how):
+@contextmanager
+def behind_a_slow_server(tmp_path):
+    """A canary unit whose channel a Trickle server serves, and a bundle of a 300 KiB fix for
+    it: yields the lab, the unit, the channel's directory and the bundle."""
     from sweep import make_tree
     lab = Lab.make(tmp_path / "lab")
     ref = tmp_path / "ref.img"
     lab.reference(ref, NOR)
     lab.cli(ref, "rollback", "--to", "1")
     lab.cli(ref, "push", "--from", make_tree(tmp_path / "big", 7, 300), "-m", "big fix")
-    channel = tmp_path / "www/fleet"
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Trickle, directory=str(tmp_path / "www")))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/fleet/channel.json"
-        unit = (tmp_path / "u1.img", tmp_path / "u1.conf")
-        lab.unit_from(unit[0])
-        unit[1].write_text(lab.config.read_text() + f"\nconfig fleet 'fleet'\n\toption "
-                           f"channel '{url}'\n\toption group 'canary'\n\toption delay '0'\n")
-        fix = lab.bundle(ref, "2", tmp_path / "fix.snb")
+    with served(files(tmp_path / "www", Trickle)) as base:
+        unit = enrolled(lab, tmp_path / "u1", f"{base}/fleet/channel.json", "canary")
+        yield lab, unit, tmp_path / "www/fleet", lab.bundle(ref, "2", tmp_path / "fix.snb")
+
+
+@pytest.mark.parametrize("how", ["kill", "powercut"])
+def test_a_poll_cut_off_in_the_download_leaves_the_old_state_and_the_next_poll_completes(
+        tmp_path, how):
+    with behind_a_slow_server(tmp_path) as (lab, unit, channel, fix):
         on(lab, unit, "fleet", "publish", fix, "--channel", channel, "--waves", "canary",
            "--key", lab.channel_secret)
         argv = [sys.executable, "-m", "snapshot", "--device", str(unit[0]), "fleet", "poll",
                 "--no-reboot"]
         env = {**os.environ, **lab.env, "SNAPSHOT_CONFIG": str(unit[1])}
-        if how == "kill":
-            # Killed while it downloads: the poll writes nothing before it has the whole
-            # bundle, so nothing of it is on flash.
-            digest = image_digest(unit[0])
-            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
-            time.sleep(1.5)
-            assert proc.poll() is None, "the download ended before it could be killed"
-            proc.kill()
-            proc.wait()
-            assert image_digest(unit[0]) == digest
-        else:
-            cut_off(argv, env, how, unit[0])
-        Trickle.slow = False
-        assert poll(lab, unit)["action"] == "applied"
-    finally:
-        Trickle.slow = True
-        httpd.shutdown()
+        try:
+            if how == "kill":
+                # Killed while it downloads: the poll writes nothing before it has the whole
+                # bundle, so nothing of it is on flash.
+                digest = image_digest(unit[0])
+                proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+                time.sleep(1.5)
+                assert proc.poll() is None, "the download ended before it could be killed"
+                proc.kill()
+                proc.wait()
+                assert image_digest(unit[0]) == digest
+            else:
+                cut_off(argv, env, how, unit[0])
+            Trickle.slow = False
+            assert poll(lab, unit)["action"] == "applied"
+        finally:
+            Trickle.slow = True
 
 
 # -- the operator's decision ---------------------------------------------------------------------

@@ -2,15 +2,12 @@
 of arbitrary bytes, fed to every reader, gives one `Error:` line, a non-zero exit, no
 traceback and an unchanged image; and nothing read from flash, a bundle, the network or a
 file name reaches the terminal raw (`--json` keeps the exact text)."""
-import functools
 import gzip
-import http.server
 import io
 import json
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from snapshot.fleet import bundle as bundles
 from snapshot.packages import feeds as packages
 from snapshot.text import printable
 from sweep import image_digest
+from web import files, served
 
 KIB = 1024
 NOR = Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0)
@@ -307,16 +305,8 @@ def test_bundle_show_of_arbitrary_bytes_is_one_line_and_never_trusted(lab, good_
 @pytest.fixture(scope="module")
 def channel_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(Quiet, directory=str(root)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/channel.json"
-    httpd.shutdown()
+    with served(files(root)) as base:
+        yield root, f"{base}/channel.json"
 
 
 def _not_a_channel(value) -> bool:

@@ -1,6 +1,7 @@
 """Local web servers for the download tests, on 127.0.0.1 in daemon threads: one that runs an
 http.server handler, over TLS if given a certificate; one that answers raw bytes, for the
 answers no HTTP server library would send; and a self-signed certificate for 127.0.0.1."""
+import functools
 import http.server
 import socketserver
 import ssl
@@ -18,6 +19,18 @@ def self_signed(where: Path) -> tuple[Path, Path]:
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key,
                     "-out", cert], check=True, capture_output=True)
     return cert, key
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    """Serves the files of its `directory`, logging nothing."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def files(root: Path, handler=Quiet):
+    """`handler` (a Quiet) serving the files under `root`, for served()."""
+    return functools.partial(handler, directory=str(root))
 
 
 @contextmanager
