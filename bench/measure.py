@@ -1,0 +1,70 @@
+"""What every benchmark shares: one CPU, interleaved runs, medians, and a verdict.
+
+A benchmark calls `one_cpu()` first. It re-runs the script under `taskset -c N` (the last
+CPU it may use), so the benchmark and every command it starts share one core, as on a
+router, and a second core's idle time never flatters a ratio. Its measurements are then
+taken side by side: `interleaved` runs each contender once per round, so a machine that
+slows down mid-run slows every contender alike, and reports each one's median.
+"""
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+
+
+def one_cpu() -> int:
+    """Pin this process and its children to one CPU (re-executing under taskset); the CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1 and shutil.which("taskset"):
+        os.execvp("taskset", ["taskset", "-c", str(cpus[-1]), sys.executable, *sys.argv])
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[-1]})
+    return sorted(os.sched_getaffinity(0))[0]
+
+
+@dataclass
+class Run:
+    """One command's cost: CPU time (user + system, seconds), wall time, peak RSS (bytes)."""
+    cpu: float
+    wall: float
+    rss: int
+
+
+def run(cmd: list[str], env: dict | None = None, cwd=None, stdin=None) -> Run:
+    """Run a command to completion (it must succeed) and measure it."""
+    import time
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=stdin, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed: {err.strip()}")
+    return Run(usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss * 1024)
+
+
+def interleaved(rounds: int, contenders: dict) -> dict:
+    """Each contender (a name and a function returning a Run, or a number) once per round;
+    the median of each field per contender."""
+    results = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, measure in contenders.items():
+            results[name].append(measure())
+    medians = {}
+    for name, runs in results.items():
+        if isinstance(runs[0], Run):
+            medians[name] = Run(statistics.median(r.cpu for r in runs),
+                                statistics.median(r.wall for r in runs),
+                                int(statistics.median(r.rss for r in runs)))
+        else:
+            medians[name] = statistics.median(runs)
+    return medians
+
+
+def verdict(value: float, target: float) -> str:
+    """`(target <= T) OK` or `MISSED`."""
+    return f"(target <= {target:g}) {'OK' if value <= target else 'MISSED'}"
