@@ -35,7 +35,7 @@ from snapshot import legacy_archive, live, operations, reboot
 from snapshot.errors import NoChain, SnapshotError
 from snapshot.store import legacy, marks
 from snapshot.store import trial as trials
-from snapshot.store.chain import Chain, commit
+from snapshot.store.chain import Chain, commit, opened
 from snapshot.text import printable
 
 MOUNTPOINTS = ("rom", "overlay", "volatile")
@@ -307,7 +307,7 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
     boot = BootReport()
     mounts = Mounts()
     try:
-        with operations.opened(device, writable=True) as flash:
+        with opened(device, writable=True) as flash:
             if not sandbox:
                 _record_booted(flash, log)
             chain = prepare(flash, log, boot)

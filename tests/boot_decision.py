@@ -8,13 +8,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from snapshot import boot, operations  # noqa: E402
+from snapshot import boot  # noqa: E402
+from snapshot.store import chain  # noqa: E402
 
 
 def main(device: str) -> None:
     report = boot.BootReport()
     log = boot.Log(kmsg=False)
-    with operations.opened(device, writable=True) as flash:
+    with chain.opened(device, writable=True) as flash:
         boot.prepare(flash, log, report)
 
 

@@ -140,3 +140,22 @@ def test_a_torn_anchor_entry_is_no_damage_and_nothing_is_lost(tmp_path):
     assert "torn anchor entry" in result.output and "nothing is lost" in result.output
     assert "nothing is lost" in ok(image, "check", "--repair")
     assert "clean" in ok(image, "check")
+
+
+class _Image:
+    """What the ledger asks of a flash: its name."""
+
+    def __init__(self, path):
+        path.write_bytes(b"")
+        self.name = str(path)
+
+
+def test_the_ledger_keeps_the_latest_devices_only(tmp_path, monkeypatch):
+    """A PC that tries many images keeps a small ledger: every command reads it whole."""
+    from snapshot.store import verified
+    monkeypatch.setattr(verified, "LEDGER", tmp_path / "verified.json")
+    images = [_Image(tmp_path / f"flash{i}.img") for i in range(verified.MAX_DEVICES + 3)]
+    for i, image in enumerate(images):
+        verified.remember(image, {f"1:2:3:{i}": None})
+    kept = json.loads(verified.LEDGER.read_text())
+    assert list(kept) == [verified.device_key(image) for image in images[-verified.MAX_DEVICES:]]

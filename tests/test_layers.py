@@ -20,7 +20,7 @@ LAYERS = {
     "snapshot.tree": 3,
     # the engine: the operations on a chain and its overlay
     **dict.fromkeys(["snapshot.boot", "snapshot.config", "snapshot.convert", "snapshot.jobs",
-                     "snapshot.legacy_archive", "snapshot.live", "snapshot.operations",
+                     "snapshot.legacy_archive", "snapshot.live", "snapshot.operations", "snapshot.overview",
                      "snapshot.reboot", "snapshot.squash"], 4),
     # the wings
     "snapshot.packages": 5, "snapshot.fleet": 5, "snapshot.health": 5,

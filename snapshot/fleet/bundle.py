@@ -25,8 +25,8 @@ from typing import NamedTuple
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
 from snapshot.store import trial as trials
 from snapshot.store.chain import KEEP, Chain, Record, RecordWriter, commit, rewrite
-from snapshot.store.format import CONFIRMED, MAX_MESSAGE, SNAPSHOT, Layout, RecordHeader
-from snapshot.tree.archive import COMPRESSIONS
+from snapshot.store.format import (COMPRESSIONS, CONFIRMED, MAX_MESSAGE, SNAPSHOT, Layout,
+                                   RecordHeader)
 
 MAGIC = b"SnpB"
 VERSION = 1                              # FORMAT.md §7: the bundle format

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from snapshot.errors import SnapshotError
 from snapshot.store.format import COMPRESSION_GZIP, COMPRESSION_XZ
 
-COMPRESSIONS = {"gzip": COMPRESSION_GZIP, "xz": COMPRESSION_XZ}
 READ_CHUNK = 256 * 1024
 # Reading decompresses in pieces of at most PIECE bytes, which a child process hands over
 # through a pipe that holds PIPE bytes.
