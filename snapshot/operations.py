@@ -400,8 +400,14 @@ def snapshot_record(chain: Chain, index: int) -> Record:
     return chain.snapshots[index - 1]
 
 
+def entries_of(chain: Chain, record: Record):
+    """(reader, entry) for each entry of a record's archive (archive.entries: reading it to
+    its end checks the record's CRC)."""
+    return archive.entries(chain.payload(record), record.entry.compression)
+
+
 def _entries(chain: Chain, record: Record):
-    for _, entry in archive.entries(chain.payload(record), record.entry.compression):
+    for _, entry in entries_of(chain, record):
         yield entry
 
 

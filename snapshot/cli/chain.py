@@ -266,18 +266,27 @@ def check(obj, repair, as_json):
 @click.argument("index", type=int)
 @click.option("--rom", type=click.Path(file_okay=False, path_type=Path), default="/rom",
               show_default=True, help="The read-only root, to tell added from modified.")
+@click.option("--uci", is_flag=True,
+              help="Also each UCI option it changed in /etc/config, old value to new, as the "
+                   "router's uci reads the files before and after it.")
 @JSON
 @DEVICE
 @click.pass_obj
-def show(obj, index, rom, as_json):
+def show(obj, index, rom, uci, as_json):
     """List what snapshot N changed: added, modified, deleted, made opaque.
 
     \b
-    Example:
+    Examples:
       snapshot show 3 --json
+      snapshot show 3 --uci        # network.lan.ipaddr: '192.168.1.1' -> '10.0.0.1'
     """
+    from snapshot import uci_changes
+    rom = rom if rom.is_dir() else None
     with reading(obj) as dev:
-        info = operations.show(Chain(dev), index, rom if rom.is_dir() else None)
+        chain = Chain(dev)
+        info = operations.show(chain, index, rom)
+        if uci:
+            info["uci"] = uci_changes.changes(chain, index, rom)
     if as_json:
         print_json(info)
         return
@@ -285,6 +294,26 @@ def show(obj, index, rom, as_json):
     for kind in ("added", "modified", "deleted", "opaque"):
         for name in info[kind]:
             echo(f"  {kind:<9} {name}")
+    for package in info.get("uci", []):
+        if "problem" in package:
+            echo(f"  uci {package['config']}: not compared: {package['problem']}")
+        for change in package.get("changes", []):
+            echo(f"  uci {change['option']}: {_uci_change(change)}")
+
+
+def _uci_change(change: dict) -> str:
+    """`old -> new` as uci shows values: quoted options, a section's type bare."""
+    def shown(value):
+        if change["option"].count(".") == 1:
+            return f"section {value}"
+        items = value if isinstance(value, list) else [value]
+        return " ".join("'" + item.replace("'", "'\\''") + "'" for item in items)
+    old, new = change["old"], change["new"]
+    if old is None:
+        return f"added {shown(new)}"
+    if new is None:
+        return f"removed (was {shown(old)})"
+    return f"{shown(old)} -> {shown(new)}"
 
 
 @main.command()
