@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from mtd import FlashOpenError, MtdError
-from snapshot import config
+from snapshot import config, jobs
 from snapshot.errors import SnapshotError
 from snapshot.live import DEFAULT_UPPER
 from snapshot.store.chain import VISIBLE_STEPS, Chain, opened
@@ -190,7 +190,8 @@ DEVICE = click.option("--device", metavar="DEV", expose_value=False, callback=_d
 class Progress:
     """Blocks written so far, on one refreshed stderr line, when stderr is a terminal; with
     `free`, out of the free flash the write may take (a record bigger than that is refused
-    before anything is written)."""
+    before anything is written). In a background job (snapshot/jobs.py) the same line is
+    the job's progress, which `status` shows."""
 
     def __init__(self, what: str, free: int | None = None):
         self.what = what
@@ -200,10 +201,17 @@ class Progress:
 
     def __call__(self, amount: int) -> None:
         self.bytes += amount
+        total = "" if self.free is None else f" (of {human(self.free)} free)"
+        line = f"{self.what}: {human(self.bytes)} written{total}"
         if self.shown:
-            total = "" if self.free is None else f" (of {human(self.free)} free)"
-            click.echo(f"\r{self.what}: {human(self.bytes)} written{total}", nl=False,
-                       err=True)
+            click.echo(f"\r{line}", nl=False, err=True)
+        jobs.progress(line)
+
+    def phase(self, line: str) -> None:
+        """A step before the writes begin (`upgrade`: installing the packages)."""
+        if self.shown:
+            click.echo(f"{self.what}: {line}", err=True)
+        jobs.progress(f"{self.what}: {line}", now=True)
 
     def done(self) -> None:
         if self.shown and self.bytes:

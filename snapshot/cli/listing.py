@@ -104,6 +104,8 @@ def status(obj, as_json):
     if job:
         result = job["result"] or {}
         echo(f"background job {job['id']} ({job['method']}): {job['state']}"
+             + (f", {job['progress']}" if job["state"] == "running" and job.get("progress")
+                else "")
              + (f": {result['error']}" if "error" in result else ""))
     change = info["unsaved_change"]
     if change:

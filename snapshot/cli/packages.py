@@ -66,6 +66,7 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
         return
     upgrades.check_room(obj["device"], pm, changes, UPPER)
     progress = Progress("upgrade")
+    progress.phase(f"installing {', '.join(map(str, changes))}")
     try:
         outcome = upgrades.upgrade(obj["device"], pm, changes, UPPER,
                                    max_attempts_of(True), compression_of(compression), progress)
