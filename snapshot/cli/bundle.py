@@ -39,9 +39,9 @@ def _range(spec: str) -> tuple[int, int]:
 @click.option("--board", "boards", multiple=True,
               help="A board the bundle is for (repeatable) [default: this router's, from "
                    "option board_file].")
-@click.option("--rom", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="The firmware root it applies to (a mounted or unpacked squashfs) "
-                   "[default: option rom, /rom].")
+@click.option("--rom", type=click.Path(exists=True, path_type=Path),
+              help="The firmware it applies to: a mounted squashfs, its image file, or an "
+                   "unpacked root [default: option rom, /rom].")
 @click.option("-m", "--message", help="[default: the newest snapshot's message]")
 @KEY
 @JSON
@@ -62,9 +62,9 @@ def create(obj, snapshots, output, boards, rom, message, key, as_json):
     first, last = _range(snapshots)
     settings = config.load()
     boards = list(boards) or [bundles.board(Path(settings["board_file"]))]
-    rootfs = bundles.rootfs_id(rom or Path(settings["rom"]))
     with reading(obj) as dev:
-        made = bundles.create(Chain(dev), first, last, output, boards, rootfs, message, key)
+        made = bundles.create(Chain(dev), first, last, output, boards,
+                              rom or Path(settings["rom"]), message, key)
     info = bundles.describe(made)
     if as_json:
         print_json({"output": str(output), **info})
