@@ -12,8 +12,9 @@ import pytest
 from bundle_lab import Lab
 from clirun import error_of, invoke
 from mtd import FlashType, Geometry
-from snapshot.fleet.download import Download
-from snapshot.fleet.fetch import FetchFailed, Limits, read_whole
+from snapshot.errors import FetchFailed
+from snapshot.fleet.download import Download, Limits
+from snapshot.fleet.fetch import read_whole
 from sweep import image_digest
 from web import raw, self_signed, served
 

@@ -1,12 +1,26 @@
 """The HTTP(S) download behind fetch.open_source and fetch.read_whole: resumed with Range after
-a break, within fetch.Limits (the rules are fetch.py's docstring and DESIGN.md §15)."""
+a break, within Limits (the rules are fetch.py's docstring and DESIGN.md §15)."""
 import http.client
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from snapshot.fleet.fetch import LIMITS, FetchFailed, Limits
+from dataclasses import dataclass
+
+from snapshot.errors import FetchFailed
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a download may take (DESIGN.md §15, Limits)."""
+    timeout: float = 30         # seconds, each connect and each read of the socket
+    deadline: float = 300       # seconds, plus 1 per `min_rate` bytes the server announces
+    min_rate: float = 1024      # bytes per second, the average since the start...
+    grace: float = 60           # ...from this many seconds on
+
+
+LIMITS = Limits()
 
 ATTEMPTS = 5
 BACKOFF = 1.0

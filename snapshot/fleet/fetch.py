@@ -15,28 +15,10 @@ a break: it stops the download at once.
 A slow or hostile server cannot hold the device (and its lock) for long: each connect and
 each read of the socket waits at most `timeout` seconds; the whole download, retries and
 pauses included, ends at its deadline; from `grace` seconds on, its average rate must stay
-at or above `min_rate` (Limits). A redirect is followed to http or https only, and never from
+at or above `min_rate` (download.Limits). A redirect is followed to http or https only, and never from
 https to http. Every failure is a FetchFailed, one line that names the URL.
 """
-from dataclasses import dataclass
-
-from snapshot.errors import SnapshotError
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How long a download may take (DESIGN.md §15, Limits)."""
-    timeout: float = 30         # seconds, each connect and each read of the socket
-    deadline: float = 300       # seconds, plus 1 per `min_rate` bytes the server announces
-    min_rate: float = 1024      # bytes per second, the average since the start...
-    grace: float = 60           # ...from this many seconds on
-
-
-LIMITS = Limits()
-
-
-class FetchFailed(SnapshotError):
-    """The source cannot be read (whole); nothing was committed."""
+from snapshot.errors import FetchFailed
 
 
 def is_url(source: str) -> bool:
@@ -54,13 +36,14 @@ def open_source(source: str):
         raise FetchFailed(f"{source}: {e.strerror}") from None
 
 
-def read_whole(url: str, limit: int, limits: Limits = LIMITS) -> bytes:
+def read_whole(url: str, limit: int, limits=None) -> bytes:
     """The body at the http(s) `url`, of at most `limit` bytes, in one attempt (a fleet's
-    channel: the next poll is the retry)."""
+    channel: the next poll is the retry), within `limits` (download.Limits; default
+    download.LIMITS)."""
     if not is_url(url):
         raise FetchFailed(f"{url}: not an http or https URL")
-    from snapshot.fleet.download import Download
-    with Download(url, attempts=1, limits=limits) as download:
+    from snapshot.fleet.download import LIMITS, Download
+    with Download(url, attempts=1, limits=limits or LIMITS) as download:
         body = download.read(limit + 1)
     if len(body) > limit:
         raise FetchFailed(f"{url}: larger than {limit} bytes")
