@@ -165,23 +165,18 @@ class TarReader:
     def _skip(self) -> None:
         left = self._left + self._padding
         self._left = self._padding = 0
-        if left <= len(self._piece) - self._at:
-            self._at += left
-            return
         while left:
             left -= len(self._take(left))
 
-    def _header(self):
-        """The next 512-byte header block; a view into the current piece where it lies
-        whole inside it, which it nearly always does."""
-        at = self._at
-        if len(self._piece) - at >= _BLOCK:
-            self._at = at + _BLOCK
-            return self._piece[at:at + _BLOCK]
-        return self._read(_BLOCK)
-
     def copy_to(self, fd: int) -> None:
         """Write the current entry's data to fd."""
+        left, at = self._left, self._at
+        # Most files lie whole in the current piece: one write, no generator.
+        if left <= len(self._piece) - at:
+            self._left, self._at = 0, at + left
+            if left:
+                _send(fd, self._piece[at:at + left])
+            return
         for chunk in self.chunks():
             _send(fd, chunk)
 
@@ -195,8 +190,16 @@ class TarReader:
     def __iter__(self):
         pax: dict[str, bytes] = {}
         while True:
-            self._skip()
-            block = self._header()
+            # Past the rest of the entry before: where the next header lies whole in the
+            # current piece, which it nearly always does, a view of it.
+            at = self._at + self._left + self._padding
+            if at + _BLOCK <= len(self._piece):
+                self._left = self._padding = 0
+                self._at = at + _BLOCK
+                block = self._piece[at:self._at]
+            else:
+                self._skip()
+                block = self._read(_BLOCK)
             if block == _EMPTY:
                 return
             (name, *numbers, kind, linkname, magic, _, _, _, major, minor,
