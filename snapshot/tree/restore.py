@@ -42,9 +42,14 @@ def _relative(name: str) -> str:
 def clean_name(name: str, entry: str | None = None) -> str:
     """The path relative to the target, or UnsafeEntry naming the archive entry."""
     # Most names are already in the form wanted (no leading, doubled or trailing slash, no
-    # component starting with a dot): take those as they are.
-    if (name and name[0] not in "/." and name[-1] != "/" and "//" not in name
-            and "/." not in name):
+    # component starting with a dot), but for the one trailing slash of a directory's:
+    # take those as they are.
+    if name[-1:] == "/":
+        trimmed = name[:-1]
+        if (trimmed and trimmed[0] not in "/." and trimmed[-1] != "/" and "//" not in trimmed
+                and "/." not in trimmed):
+            return trimmed
+    elif name and name[0] not in "/." and "//" not in name and "/." not in name:
         return name
     try:
         return _relative(name)
