@@ -153,7 +153,8 @@ def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool 
     discards it (operations.apply_snapshots empties the directory it started empty).
     `placed` holds the names that archives applied in place before this one put into dest;
     this archive's are added once it has passed. A file at such a name is removed before the
-    new one is created, which costs less than a create that fails first. It is only a hint:
+    new one is created, which costs less than a create that fails first; a directory at a
+    name not in it is made before anything is looked up there. It is only a hint:
     whatever the set says, nothing is ever written through what is at a name.
 
     With `lower` (the squashfs dest goes over), a whiteout with nothing there to hide is
@@ -491,9 +492,8 @@ def _metadata(target: str | int, entry: Entry, current: os.stat_result | None = 
     if current is None or current.st_uid != entry.uid or current.st_gid != entry.gid:
         os.chown(target, entry.uid, entry.gid, follow_symlinks=follow)
         current = None
-    if entry.xattrs:
-        for key, value in entry.xattrs.items():
-            os.setxattr(target, key, value, follow_symlinks=follow)
+    for key, value in entry.xattrs.items():
+        os.setxattr(target, key, value, follow_symlinks=follow)
     kind, mode = entry.type, entry.mode & 0o7777
     # After chown: chown clears setuid and setgid.
     if kind != SYMLINK and (current is None or current.st_mode & 0o7777 != mode):
