@@ -81,3 +81,64 @@ def test_ubus_snapshot_status_answers_through_rpcd(first_boot):
     reply = json.loads(first_boot.check("ubus call snapshot status", 180))
     assert set(reply) == {"error", "code"}, reply
     assert reply["code"] != 0
+
+
+#: Changes made on the jffs2 overlay before `snapshot convert`: a changed config (through
+#: uci), a new file in a new directory, a squashfs file deleted (a whiteout).
+JFFS2_CHANGES = ("uci set system.@system[0].hostname=chainrouter && uci commit system && "
+                 "mkdir /etc/added && echo kept > /etc/added/file && rm /etc/banner && sync")
+
+
+@pytest.fixture(scope="module")
+def chain_boot(first_boot, root):
+    """After the first boot's tests: changes on jffs2, `snapshot convert` (its RAM stage
+    reboots, which ends qemu), then the next boot on the same flash, logged in once rc.d is
+    done."""
+    first_boot.check(JFFS2_CHANGES)
+    first_boot.send("snapshot convert\n")
+    first_boot.expect("snapshot convert: converted; rebooting into the chain", 600)
+    first_boot.wait_exit(120)
+    work = first_boot.console_log.parent
+    with Router(root, work / "flash.img", work / "console-chain.log") as router:
+        router.login(BOOT_TIMEOUT)
+        router.wait_until("ubus call service list '{\"name\": \"snapshot\"}' "
+                          "| grep -q exit_code", SETTLE_TIMEOUT)
+        yield router
+
+
+def test_convert_then_reboot_boots_the_chain(chain_boot):
+    """The hook found the chain and `snapshot mount` built the root from it: the overlay
+    and the volatile layer are in RAM, nothing is mounted from the flash."""
+    assert "snapshot: mounted 1 snapshots" in chain_boot.check("dmesg")
+    mounts = {line.split()[1]: line.split()[2]
+              for line in chain_boot.check("cat /proc/mounts").splitlines()}
+    assert mounts["/overlay"] == "tmpfs"
+    assert mounts["/volatile"] == "tmpfs"
+    assert mounts["/"] == "overlay"
+    assert "jffs2" not in mounts.values()
+
+
+def test_jffs2_changes_are_intact_in_the_chain(chain_boot):
+    assert chain_boot.check("uci get system.@system[0].hostname") == "chainrouter\n"
+    assert chain_boot.check("cat /etc/added/file") == "kept\n"
+    assert chain_boot.sh("test -e /etc/banner")[0] == 1
+
+
+def test_ubus_status_reports_the_converted_chain(chain_boot):
+    status = json.loads(chain_boot.check("ubus call snapshot status", 180))
+    assert status["snapshots"] == 1
+    assert status["trial"] is None
+    watch = json.loads(chain_boot.check("ubus call service list '{\"name\": \"snapshot\"}'"))
+    assert watch["snapshot"]["instances"]["watch"]["exit_code"] == 0
+
+
+def test_save_then_push_on_trial_then_confirm_through_ubus(chain_boot):
+    chain_boot.check("echo saved > /etc/added/saved && snapshot save", 180)
+    chain_boot.check("echo tried > /etc/added/tried && snapshot push --trial -m 'on trial'",
+                     180)
+    trial = json.loads(chain_boot.check("ubus call snapshot status", 180))["trial"]
+    assert trial["what"] == "snapshot 2" and trial["attempts"] == 0
+    assert json.loads(chain_boot.check("ubus call snapshot confirm", 180)) == {
+        "confirmed": "snapshot 2"}
+    status = json.loads(chain_boot.check("ubus call snapshot status", 180))
+    assert status["trial"] is None and status["snapshots"] == 2
