@@ -307,16 +307,12 @@ find "$R" -name '*.a' -delete
 for prog in "$R"/usr/sbin/*; do
     [[ -L $prog ]] || mv -f "$prog" "$R/sbin/"
 done
-mv -f "$R/sbin/uhttpd" "$R/usr/bin/uhttpd" 2>/dev/null || true
 mv -f "$R/usr/bin/uhttpd" "$R/usr/sbin/uhttpd"
 mv -f "$R/usr/bin/ubus" "$R/bin/ubus"
 mv -f "$R/usr/bin/uci" "$R/sbin/uci"
 # procd preloads it, by this path, into services that log their output.
 mv "$R/usr/lib/libsetlbf.so" "$R/lib/libsetlbf.so"
 for tool in insmod rmmod lsmod modinfo modprobe; do ln -sfn kmodloader "$R/sbin/$tool"; done
-# fstools installs factoryreset with its older names beside it.
-ln -sfn factoryreset "$R/sbin/jffs2reset"
-ln -sfn factoryreset "$R/sbin/jffs2mark"
 
 # 2. base-files, as its Makefile installs it.
 tar -xzf "$(tarball openwrt-files)" -C "$W"
