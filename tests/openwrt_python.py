@@ -40,6 +40,24 @@ SPLIT = {
     "venv": "python3-venv",
 }
 
+#: The standard library's C extension modules, by the module of SPLIT whose package ships
+#: each (the feed's python3-package-*.mk list them with it).
+EXTENSIONS = {
+    "_asyncio": "asyncio",
+    "_codecs_cn": "unicodedata", "_codecs_hk": "unicodedata", "_codecs_iso2022": "unicodedata",
+    "_codecs_jp": "unicodedata", "_codecs_kr": "unicodedata", "_codecs_tw": "unicodedata",
+    "_ctypes": "ctypes", "_ctypes_test": "ctypes",
+    "_curses": "curses", "_curses_panel": "curses",
+    "_dbm": "dbm", "_gdbm": "dbm",
+    "_decimal": "decimal",
+    "_lzma": "lzma",
+    "_multiprocessing": "multiprocessing", "_posixshmem": "multiprocessing",
+    "_ssl": "ssl", "_hashlib": "ssl",
+    "_sqlite3": "sqlite3",
+    "_uuid": "uuid",
+    "_elementtree": "xml",
+}
+
 #: Standard library modules python3-light ships, as far as snapshot imports them. Named one
 #: by one: a new import fails the test until someone has checked where OpenWrt puts it.
 LIGHT = {
@@ -61,8 +79,21 @@ FEED = {
     "_cffi_backend": "python3-cffi",
 }
 
+#: The DEPENDS of the feed's packages above, as far as they name Python packages (their
+#: Makefiles: lang/python/python-click, python-cffi, python-pycparser).
+FEED_DEPENDS = {
+    "python3-click": {"python3-light", "python3-urllib", "python3-uuid"},
+    "python3-cffi": {"python3-light", "python3-pycparser"},
+    "python3-pycparser": {"python3-light", "python3-ply"},
+}
+
 #: This repository's own packages.
 OWN = {"snapshot", "mtd"}
+
+
+#: What python3-light's filespec leaves out besides ABSENT: the test suites (also every
+#: package's test/ and tests/), the test extension modules, and pdb's help text.
+LIGHT_LEAVES_OUT = {"test", "pdb.doc"}
 
 
 class Unplaced(Exception):
@@ -107,3 +138,37 @@ def depends(*tops: Path) -> set[str]:
     """The OpenWrt packages shipping every module the code under tops imports."""
     return {package for top in tops for module, where in imports(top).items()
             if (package := package_of(module, where[0])) is not None}
+
+
+def stdlib_package(name: str) -> str | None:
+    """The OpenWrt package shipping a top-level entry of the standard library directory or of
+    its lib-dynload (None: one python3-light leaves out)."""
+    module = name.split(".")[0]
+    if module in ABSENT or name in LIGHT_LEAVES_OUT or module.startswith("_test"):
+        return None
+    return SPLIT.get(EXTENSIONS.get(module, module), "python3-light")
+
+
+def beyond(stdlib: Path, packages: set[str]) -> list[Path]:
+    """The files and directories of a CPython standard library (/usr/lib/python3.X) that none
+    of the OpenWrt packages `packages` ships: what a router with only those lacks."""
+    found = []
+    for entry in [*stdlib.iterdir(), *(stdlib / "lib-dynload").iterdir()]:
+        if entry.name in ("lib-dynload", "site-packages", "dist-packages"):
+            continue
+        if stdlib_package(entry.name) not in packages:
+            found.append(entry)
+        elif entry.is_dir():
+            found += [sub for sub in entry.rglob("test*")
+                      if sub.is_dir() and sub.name in ("test", "tests")]
+    return found
+
+
+def closure(packages: set[str]) -> set[str]:
+    """packages and every Python package they depend on: what a router installing them has."""
+    found, todo = set(), set(packages)
+    while todo:
+        package = todo.pop()
+        found.add(package)
+        todo |= FEED_DEPENDS.get(package, set()) - found
+    return found

@@ -1,0 +1,503 @@
+#!/usr/bin/env bash
+# Build the real-router tier's x86_64 OpenWrt root from the pinned sources
+# (../shared/openwrt-src, SOURCES.md; the recipe: ../shared/reference/real-router.md):
+#   - musl, then json-c, libubox, ubus, uci, ucode, udebug, procd, ubox, uhttpd, rpcd,
+#     libnl-tiny, netifd, usign, jsonfilter and fstools against it;
+#   - busybox with OpenWrt's default applets (Config-defaults.in) and its patches, which add
+#     the `lock` applet /etc/preinit, rc.common and procd.sh call (Debian's busybox has
+#     neither `lock` nor `flock`);
+#   - OpenWrt's base-files and the packages' files/, installed as their Makefiles do;
+#   - Debian's python3.11, reduced to what OpenWrt's python3-light and the feed package's
+#     DEPENDS ship (tests/openwrt_python.py says which module is in which package);
+#   - the project, installed by the feed Makefile's own recipes (tests/openwrt_package/
+#     harness.mk), so a file the Makefile stops installing is missing here too;
+#   - a small initramfs that does the kernel's part: it loads the drivers a router has
+#     built in (virtio, squashfs, MTD with block2mtd naming the flash rootfs_data, jffs2,
+#     overlay), mounts the squashfs root and hands over to procd.
+#
+# Run as root (apt-get, the caches). Needs scripts/install.sh's .venv (it builds the
+# package's Python modules) and the kernel tier's kernel (scripts/setup-kernel-tier.sh,
+# run from here).
+#
+# Cached in two steps, each keyed by a hash of its inputs, so a warm run takes seconds:
+#   $CACHE/tools-KEY/  the musl userland and busybox (KEY: the tarballs and this script's
+#                      build functions); about 10 minutes cold on two cores
+#   $CACHE/root-KEY/   root.squashfs, initramfs.cpio, KERNEL (the vmlinux path) and READY,
+#                      written last (KEY: the tools' key, this script, the project files
+#                      installed, the Debian packages and the kernel)
+# The last line on stdout is the root directory. Older entries are removed.
+#
+# Env: SNAPSHOT_ROUTER_CACHE (default /var/cache/snapshot-router), SNAPSHOT_OPENWRT_SRC
+# (default ../shared/openwrt-src beside the checkout), SNAPSHOT_VM_CACHE (the kernel tier's).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+SCRIPT="$HERE/scripts/build-router.sh"
+CACHE="${SNAPSHOT_ROUTER_CACHE:-/var/cache/snapshot-router}"
+SRC="${SNAPSHOT_OPENWRT_SRC:-$HERE/../shared/openwrt-src}"
+VM_CACHE="${SNAPSHOT_VM_CACHE:-/var/cache/snapshot-kernel-vm}"
+# The interpreter that builds the package's Python modules (harness.mk's HOST_PYTHON3_BIN).
+PY="${SNAPSHOT_BUILD_PYTHON:-$HERE/.venv/bin/python}"
+# The machines here have two cores, shared.
+JOBS=2
+PACKAGES=(gcc make cmake patch pkg-config linux-libc-dev squashfs-tools cpio kmod)
+# Debian's Python and the libraries it and the kept extension modules link.
+# Debian's interpreter has pyexpat built in, hence libexpat.
+PYTHON_DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 zlib1g
+             libexpat1 liblzma5 libbz2-1.0 libffi8)
+# The tarballs, in build order (each links the ones before it).
+COMPONENTS=(musl json-c libubox ubus uci ucode udebug procd ubox uhttpd rpcd libnl-tiny
+            netifd usign jsonpath fstools busybox openwrt-busybox openwrt-files)
+
+log() { echo "build-router: $*" >&2; }
+
+[[ $(id -u) -eq 0 ]] || { log "must run as root (apt-get, the cache in $CACHE)"; exit 1; }
+[[ -x $PY ]] || { log "no $PY: run scripts/install.sh first"; exit 1; }
+SRC="$(cd "$SRC" 2>/dev/null && pwd)" || { log "no pinned sources in $SRC"; exit 1; }
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' \
+        || missing+=("$pkg")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    log "apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+bash "$HERE/scripts/setup-kernel-tier.sh" >&2
+KVER="$(cat "$VM_CACHE/KERNEL_VERSION")"
+KROOT="$VM_CACHE/root"
+
+tarball() {
+    local found
+    found=$(ls "$SRC/$1"-[0-9a-f]*.tar.gz 2>/dev/null | head -n1)
+    [[ -n $found ]] || { log "no $1 tarball in $SRC"; exit 1; }
+    echo "$found"
+}
+
+# run LOG CMD...: quiet unless it fails, then the log's tail.
+run() {
+    local logfile="$1"; shift
+    "$@" >>"$logfile" 2>&1 || { log "failed: $*"; tail -n 40 "$logfile" >&2; return 1; }
+}
+
+# --- the tools: musl and everything built against it -------------------------------------
+
+# Every build below runs in $B (sources), installs into $STAGE (the root's /usr and /lib
+# as OpenWrt lays them out) and compiles with $CC, musl-gcc plus the kernel's UAPI headers.
+musl_toolchain() {
+    tar -xzf "$(tarball musl)" -C "$B"
+    (cd "$B/musl" && run "$B/musl.log" ./configure --prefix="$M" --syslibdir="$M/lib" &&
+        run "$B/musl.log" make -j"$JOBS" && run "$B/musl.log" make install)
+    # Programs name the router's loader, not the private prefix's.
+    sed -i "s,-dynamic-linker $M/lib/,-dynamic-linker /lib/," "$M/lib/musl-gcc.specs"
+    # musl-gcc passes -nostdinc: the kernel headers fstools, procd and netifd include are
+    # reached through their own directory. A wrapper, not CFLAGS: netifd's generator runs
+    # $CC -E without flags.
+    mkdir -p "$M/uapi"
+    for d in linux asm-generic mtd; do ln -sfn "/usr/include/$d" "$M/uapi/$d"; done
+    ln -sfn /usr/include/x86_64-linux-gnu/asm "$M/uapi/asm"
+    printf '#!/bin/sh\nexec %s -isystem %s "$@"\n' "$M/bin/musl-gcc" "$M/uapi" >"$CC"
+    chmod +x "$CC"
+    # No library or header of the host's may reach a musl build.
+    cat >"$B/toolchain.cmake" <<EOF
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_C_COMPILER $CC)
+set(CMAKE_FIND_ROOT_PATH $STAGE)
+set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)
+set(CMAKE_C_FLAGS_INIT "-I$STAGE/usr/include")
+set(CMAKE_SHARED_LINKER_FLAGS_INIT "-L$STAGE/usr/lib -Wl,-rpath-link,$STAGE/usr/lib")
+set(CMAKE_MODULE_LINKER_FLAGS_INIT "-L$STAGE/usr/lib -Wl,-rpath-link,$STAGE/usr/lib")
+set(CMAKE_EXE_LINKER_FLAGS_INIT "-L$STAGE/usr/lib -Wl,-rpath-link,$STAGE/usr/lib")
+EOF
+    mkdir -p "$STAGE/lib" "$STAGE/usr/lib"
+    cp "$M/lib/libc.so" "$STAGE/lib/libc.so"
+    ln -sf libc.so "$STAGE/lib/ld-musl-x86_64.so.1"
+}
+
+# cmake_component NAME [CFLAGS] [cmake options...]: configure, build and install into
+# $STAGE. Extra flags go through CFLAGS, which CMake adds to the toolchain file's.
+cmake_component() {
+    local name="$1" cflags="$2"; shift 2
+    local dir="$B/$name"
+    tar -xzf "$(tarball "$name")" -C "$B"
+    CFLAGS="$cflags" run "$B/$name.log" cmake -S "$dir" -B "$dir/_build" \
+        -DCMAKE_TOOLCHAIN_FILE="$B/toolchain.cmake" -DCMAKE_INSTALL_PREFIX=/usr "$@"
+    run "$B/$name.log" make -C "$dir/_build" -j"$JOBS"
+    run "$B/$name.log" make -C "$dir/_build" install DESTDIR="$STAGE"
+}
+
+# An in-source build (generators that use source-relative paths), not installed.
+cmake_in_source() {
+    local name="$1" cflags="$2"; shift 2
+    tar -xzf "$(tarball "$name")" -C "$B"
+    (cd "$B/$name" && CFLAGS="$cflags" run "$B/$name.log" cmake . \
+        -DCMAKE_TOOLCHAIN_FILE="$B/toolchain.cmake" -DCMAKE_INSTALL_PREFIX=/usr "$@")
+}
+
+openwrt_userland() {
+    cmake_component json-c "" -DBUILD_SHARED_LIBS=ON -DBUILD_STATIC_LIBS=OFF \
+        -DBUILD_TESTING=OFF -DBUILD_APPS=OFF -DDISABLE_WERROR=ON
+    cmake_component libubox "" -DBUILD_LUA=OFF -DBUILD_EXAMPLES=OFF -DUNIT_TESTING=OFF
+    cmake_component ubus "" -DBUILD_LUA=OFF -DBUILD_EXAMPLES=OFF -DUNIT_TESTING=OFF
+    cmake_component uci "" -DBUILD_LUA=OFF
+    cmake_component ucode "" -DUCI_SUPPORT=ON -DUBUS_SUPPORT=ON -DULOOP_SUPPORT=ON \
+        -DNL80211_SUPPORT=OFF -DRTNL_SUPPORT=OFF -DDIGEST_SUPPORT=OFF -DZLIB_SUPPORT=OFF
+    cmake_component udebug ""
+    # GCC 12 warnings that procd's and uhttpd's -Werror would stop at.
+    cmake_component procd -Wno-error=format-overflow -DSECCOMP_SUPPORT=OFF \
+        -DJAIL_SUPPORT=OFF -DUTRACE_SUPPORT=OFF
+    cmake_component ubox ""
+    cmake_component uhttpd -Wno-error=stringop-overread -DLUA_SUPPORT=OFF -DTLS_SUPPORT=OFF \
+        -DUBUS_SUPPORT=ON -DUCODE_SUPPORT=ON
+    cmake_component rpcd "" -DFILE_SUPPORT=ON -DRPCSYS_SUPPORT=ON -DUCODE_SUPPORT=ON \
+        -DIWINFO_SUPPORT=OFF
+    cmake_component libnl-tiny ""
+    cmake_in_source netifd "-I$STAGE/usr/include/libnl-tiny" \
+        -DLIBNL_LIBS="$STAGE/usr/lib/libnl-tiny.so"
+    run "$B/netifd.log" make -C "$B/netifd" -j"$JOBS"
+    install -D -m 0755 "$B/netifd/netifd" "$STAGE/usr/sbin/netifd"
+    cmake_component usign ""
+    cmake_in_source jsonpath ""
+    run "$B/jsonpath.log" make -C "$B/jsonpath" -j"$JOBS"
+    install -D -m 0755 "$B/jsonpath/jsonpath" "$STAGE/usr/bin/jsonfilter"
+    # Only what the router runs: `make install` would build `block`, which wants libblkid.
+    tar -xzf "$(tarball fstools)" -C "$B"
+    run "$B/fstools.log" cmake -S "$B/fstools" -B "$B/fstools/_build" \
+        -DCMAKE_TOOLCHAIN_FILE="$B/toolchain.cmake" -DCMAKE_INSTALL_PREFIX=/usr
+    run "$B/fstools.log" make -C "$B/fstools/_build" -j"$JOBS" mount_root factoryreset
+    install -m 0755 "$B/fstools/_build/mount_root" "$B/fstools/_build/factoryreset" \
+        "$STAGE/usr/sbin/"
+    cp -a "$B"/fstools/_build/libfstools.so* "$STAGE/usr/lib/"
+}
+
+# OpenWrt's busybox: its default configuration, converted as its Makefile's Build/Configure
+# does (CONFIG_BUSYBOX_DEFAULT_X -> CONFIG_X; this target has IPv6), and its patches that
+# apply to 1.36.1. The first four fix code of 1.37.0 that 1.36.1 does not have.
+openwrt_busybox() {
+    local pkg="$B/openwrt-busybox/package/utils/busybox" bb="$B/busybox" p
+    tar -xzf "$(tarball openwrt-busybox)" -C "$B"
+    tar -xzf "$(tarball busybox)" -C "$B"
+    for p in "$pkg"/patches/*.patch; do
+        case "$(basename "$p")" in
+        001-*|002-*|003-*|100-*) continue ;;
+        esac
+        run "$B/busybox.log" patch -d "$bb" -p1 -i "$p"
+    done
+    awk '
+        /^config BUSYBOX_DEFAULT_/ { name = substr($2, 17); type = ""; done = 0; next }
+        /^\t(bool|string|int|hex)$/ { type = $1; next }
+        /^\tdefault / && name != "" && !done {
+            value = $0; sub(/^\tdefault /, "", value)
+            if (value ~ / if /) {
+                if (value !~ / if IPV6$/) next
+                sub(/ if IPV6$/, "", value)
+            }
+            done = 1
+            if (type == "bool")
+                print (value == "y" ? "CONFIG_" name "=y" : "# CONFIG_" name " is not set")
+            else
+                print "CONFIG_" name "=" value
+        }' "$pkg/Config-defaults.in" >"$bb/.config"
+    # Options 1.37.0 does not know are dropped, and new ones of 1.36.1 answered no, as the
+    # Makefile's `yes n | make oldconfig` does.
+    run "$B/busybox.log" sh -c 'cd "$1" && yes n | make CC="$2" oldconfig' - "$bb" "$CC"
+    run "$B/busybox.log" make -C "$bb" -j"$JOBS" CC="$CC"
+    run "$B/busybox.log" make -C "$bb" CC="$CC" CONFIG_PREFIX="$STAGE" install
+}
+
+build_tools() {
+    M="$B/musl-prefix"
+    CC="$B/cc"
+    musl_toolchain
+    export PKG_CONFIG_LIBDIR="$STAGE/usr/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$STAGE"
+    openwrt_userland
+    openwrt_busybox
+}
+
+tools_key() {
+    local c
+    {
+        for c in "${COMPONENTS[@]}"; do sha256sum "$(tarball "$c")" | cut -d' ' -f1; done
+        declare -f musl_toolchain cmake_component cmake_in_source openwrt_userland \
+            openwrt_busybox build_tools
+    } | sha256sum | cut -c1-16
+}
+
+TOOLS_KEY="$(tools_key)"
+TOOLS="$CACHE/tools-$TOOLS_KEY"
+mkdir -p "$CACHE"
+if [[ ! -f "$TOOLS/READY" ]]; then
+    log "building the musl userland into $TOOLS (about 10 minutes)"
+    started=$SECONDS
+    rm -rf "$TOOLS" "$TOOLS.tmp"
+    B="$TOOLS.tmp/build"
+    STAGE="$TOOLS.tmp/stage"
+    mkdir -p "$B" "$STAGE"
+    build_tools
+    rm -rf "$B"
+    echo "built in $((SECONDS - started)) s" >"$TOOLS.tmp/READY"
+    mv "$TOOLS.tmp" "$TOOLS"
+    log "tools built in $((SECONDS - started)) s"
+fi
+
+# --- the root -----------------------------------------------------------------------------
+
+# The versions apt would download, in one call (apt-cache takes seconds to start).
+declare -A DEB_VERSION
+deb_versions() {
+    local field value pkg=""
+    while read -r field value; do
+        case "$field" in
+        Package:) pkg="$value" ;;
+        Version:) DEB_VERSION[$pkg]="$value" ;;
+        esac
+    done < <(apt-cache show --no-all-versions "${PYTHON_DEBS[@]}" 2>/dev/null)
+    for pkg in "${PYTHON_DEBS[@]}"; do [[ -n ${DEB_VERSION[$pkg]:-} ]] || return 1; done
+}
+if ! deb_versions; then
+    apt-get update -qq
+    deb_versions || { log "apt knows not all of ${PYTHON_DEBS[*]}"; exit 1; }
+fi
+
+# The project's files the feed Makefile installs (its SNAPSHOT_SOURCE_FILES and files/),
+# the harness that runs its recipes, and the Python module table.
+PROJECT_FILES=(setup.py pyproject.toml snapshot mtd initscripts openwrt-package
+               tests/openwrt_package tests/openwrt_python.py)
+
+root_key() {
+    {
+        echo "$TOOLS_KEY $KVER"
+        sha256sum "$SCRIPT" "$VM_CACHE/vmlinux" | cut -d' ' -f1
+        for pkg in "${PYTHON_DEBS[@]}"; do echo "$pkg=${DEB_VERSION[$pkg]}"; done
+        (cd "$HERE" && find "${PROJECT_FILES[@]}" -type f ! -name '*.so' ! -name '*.pyc' \
+            ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 | sort -z \
+            | xargs -0 sha256sum)
+        "$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import package_stage
+from importlib.metadata import version
+for name in package_stage.STAND_INS: print(name, version(name.removeprefix("python3-")))' \
+            "$HERE/tests"
+    } | sha256sum | cut -c1-16
+}
+
+ROOT_KEY="$(root_key)"
+ROOT="$CACHE/root-$ROOT_KEY"
+if [[ -f "$ROOT/READY" ]]; then
+    touch "$ROOT"
+    echo "$ROOT"
+    exit 0
+fi
+
+log "assembling the root into $ROOT"
+started=$SECONDS
+rm -rf "$ROOT.tmp"
+W="$ROOT.tmp/work"
+R="$W/tree"
+mkdir -p "$W"
+
+# 1. The musl userland, without what only a build reads, its programs where OpenWrt's
+#    packages put them (its libraries stay in /usr/lib, on musl's default path).
+cp -a "$TOOLS/stage" "$R"
+rm -rf "$R/usr/include" "$R/usr/lib/pkgconfig" "$R/usr/lib/cmake" "$R/usr/share/cmake"*
+find "$R" -name '*.a' -delete
+for prog in "$R"/usr/sbin/*; do
+    [[ -L $prog ]] || mv -f "$prog" "$R/sbin/"
+done
+mv -f "$R/usr/bin/uhttpd" "$R/usr/sbin/uhttpd"
+mv -f "$R/usr/bin/ubus" "$R/bin/ubus"
+mv -f "$R/usr/bin/uci" "$R/sbin/uci"
+# procd preloads it, by this path, into services that log their output.
+mv "$R/usr/lib/libsetlbf.so" "$R/lib/libsetlbf.so"
+for tool in insmod rmmod lsmod modinfo modprobe; do ln -sfn kmodloader "$R/sbin/$tool"; done
+
+# 2. base-files, as its Makefile installs it.
+tar -xzf "$(tarball openwrt-files)" -C "$W"
+FILES="$W/openwrt-files/package"
+cp -a "$FILES/base-files/files/." "$R/"
+sed -i 's,%PATH%,/usr/sbin:/usr/bin:/sbin:/bin,g' "$R/etc/preinit" "$R/etc/profile" \
+    "$R/sbin/hotplug-call"
+sed -i -e 's,%D,OpenWrt,g' -e 's,%N,OpenWrt,g' -e 's,%V,SNAPSHOT,g' -e 's,%v,SNAPSHOT,g' \
+    -e 's,%C,snapshot-tier,g' -e 's,%R,r0-caef0a839a80,g' -e 's,%S,x86/64,g' \
+    -e 's,%A,x86_64,g' -e 's,%t,,g' -e 's,%T,x86,g' -e 's,%M,,g' -e 's,%P,,g' \
+    -e 's,%h,,g' -e 's,%u,,g' -e 's,%s,,g' -e 's,%c,,g' \
+    "$R/etc/openwrt_release" "$R/etc/openwrt_version" "$R/usr/lib/os-release" "$R/etc/banner"
+# Failsafe is not offered: it would cost every boot a wait for a key press.
+cat >"$R/lib/preinit/00_preinit.conf" <<'EOF'
+pi_suppress_stderr="y"
+fs_failsafe_wait_timeout=2
+pi_init_path="/usr/sbin:/usr/bin:/sbin:/bin"
+pi_init_env=""
+pi_init_cmd="/sbin/init"
+pi_init_suppress_stderr="y"
+pi_ifname=""
+pi_ip="192.168.1.1"
+pi_netmask="255.255.255.0"
+pi_broadcast="192.168.1.255"
+pi_preinit_net_messages=""
+pi_preinit_no_failsafe_netmsg=""
+pi_preinit_no_failsafe="y"
+EOF
+for d in dev proc sys tmp overlay rom mnt www root etc/config etc/rc.d etc/modules.d \
+         etc/modules-boot.d; do
+    mkdir -p "$R/$d"
+done
+chmod 1777 "$R/tmp"
+ln -sfn tmp "$R/var"
+ln -sfn /proc/mounts "$R/etc/mtab"
+ln -sfn /tmp/resolv.conf "$R/etc/resolv.conf"
+ln -sfn /tmp/TZ "$R/etc/TZ"
+ln -sfn /tmp/localtime "$R/etc/localtime"
+# x86's inittab (target/linux/x86/base-files): the console is the serial port.
+cat >"$R/etc/inittab" <<'EOF'
+::sysinit:/etc/init.d/rcS S boot
+::shutdown:/etc/init.d/rcS K shutdown
+ttyS0::askfirst:/usr/libexec/login.sh
+EOF
+
+# 3. The packages' files/, where their Makefiles install them.
+P="$FILES/system"
+install -D -m 0644 "$P/procd/files/procd.sh" "$R/lib/functions/procd.sh"
+install -m 0644 "$P/procd/files/hotplug.json" "$P/procd/files/hotplug-preinit.json" "$R/etc/"
+install -m 0755 "$P/procd/files/reload_config" "$P/procd/files/service" "$R/sbin/"
+install -D -m 0755 "$P/ubox/files/log.init" "$R/etc/init.d/log"
+install -m 0644 "$P/ubox/files/modules.conf" "$R/etc/modules.conf"
+install -m 0755 "$P/rpcd/files/rpcd.init" "$R/etc/init.d/rpcd"
+install -m 0644 "$P/rpcd/files/rpcd.config" "$R/etc/config/rpcd"
+install -D -m 0644 "$P/rpcd/files/50-migrate-rpcd-ubus-sock.sh" \
+    "$R/etc/uci-defaults/50-migrate-rpcd-ubus-sock.sh"
+install -D -m 0644 "$P/uci/files/lib/config/uci.sh" "$R/lib/config/uci.sh"
+U="$FILES/network/services/uhttpd/files"
+install -m 0755 "$U/uhttpd.init" "$R/etc/init.d/uhttpd"
+# uhttpd is built without TLS: its stock config's HTTPS listeners would keep the init
+# script from starting it.
+grep -v 'listen_https' "$U/uhttpd.config" >"$R/etc/config/uhttpd"
+install -m 0644 "$U/ubus.default" "$R/etc/uci-defaults/00_uhttpd_ubus"
+cp -a "$FILES/network/config/netifd/files/." "$R/"
+
+# 4. Kernel modules the root loads itself (the rest are the initramfs's, built in on a
+#    router), flat in /lib/modules/KVER: kmodloader does not recurse.
+KMODS="$R/lib/modules/$KVER"
+mkdir -p "$KMODS"
+for mod in virtio_net bridge; do
+    modprobe -d "$KROOT" -S "$KVER" --show-depends "$mod" | while read -r verb path _; do
+        [[ $verb == insmod ]] && cp "$path" "$KMODS/"
+    done
+done
+printf 'failover\nnet_failover\nvirtio_net\n' >"$R/etc/modules.d/30-virtio-net"
+
+# 5. Debian's Python and the libraries it needs; glibc beside musl.
+DEBS="$CACHE/debs"
+mkdir -p "$DEBS"
+chmod 0777 "$DEBS"
+for pkg in "${PYTHON_DEBS[@]}"; do
+    deb="$DEBS/${pkg}_${DEB_VERSION[$pkg]//:/%3a}_amd64.deb"
+    if [[ ! -f $deb ]]; then
+        (cd "$DEBS" && apt-get download -qq "$pkg=${DEB_VERSION[$pkg]}")
+    fi
+    dpkg-deb -x "$deb" "$R"
+done
+rm -rf "$R/usr/share/doc" "$R/usr/share/lintian" "$R/usr/share/man" "$R/usr/share/binfmts" \
+    "$R/usr/lib/x86_64-linux-gnu/gconv" "$R/usr/share/pixmaps" "$R/usr/share/applications"
+ln -sfn python3.11 "$R/usr/bin/python3"
+
+# 6. The project, by the feed Makefile's own recipes.
+for target in prepare compile install info; do
+    run "$W/package.log" make -s -C "$HERE/openwrt-package/snapshot" \
+        -f "$HERE/tests/openwrt_package/harness.mk" WORK="$W/package" HOST_PYTHON3_BIN="$PY" \
+        "$target"
+done
+cp -a "$W/package/root/." "$R/"
+# Debian's site module reads dist-packages where OpenWrt's reads site-packages.
+ln -sfn site-packages "$R/usr/lib/python3.11/dist-packages"
+# Python: only what the packages in DEPENDS, and theirs, ship. The feed's click and cffi (and
+# pycparser, which python3-cffi depends on) are this venv's.
+"$PY" - "$HERE/tests" "$R" "$W/package/info/snapshot.DEPENDS" <<'PY'
+import shutil, sys
+from importlib.util import find_spec
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import openwrt_python, package_stage
+
+root = Path(sys.argv[2])
+packages = openwrt_python.closure({d.lstrip("+") for d in Path(sys.argv[3]).read_text().split()})
+stdlib = root / "usr/lib/python3.11"
+for path in openwrt_python.beyond(stdlib, packages):
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+for modules in package_stage.STAND_INS.values():
+    for module in modules:
+        origin = Path(find_spec(module).origin)
+        source = origin.parent if origin.name == "__init__.py" else origin
+        target = stdlib / "site-packages" / source.name
+        shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
+PY
+
+# 7. Services enabled as `/etc/init.d/NAME enable` does.
+for script in "$R"/etc/init.d/*; do
+    chmod 0755 "$script"
+    name="$(basename "$script")"
+    start="$(sed -n 's/^START=//p' "$script" | head -n1)"
+    stop="$(sed -n 's/^STOP=//p' "$script" | head -n1)"
+    [[ -n $start ]] && ln -sfn "../init.d/$name" "$R/etc/rc.d/S$start$name"
+    [[ -n $stop ]] && ln -sfn "../init.d/$name" "$R/etc/rc.d/K$stop$name"
+done
+
+run "$W/squashfs.log" mksquashfs "$R" "$ROOT.tmp/root.squashfs" -noappend -quiet -all-root \
+    -comp xz
+
+# 8. The initramfs: the kernel's part of the boot (see INIT below).
+I="$W/initramfs"
+mkdir -p "$I/bin" "$I/dev" "$I/proc" "$I/sys" "$I/newroot" "$I/lib/modules"
+cp "$(command -v busybox)" "$I/bin/busybox"
+mknod -m 0600 "$I/dev/console" c 5 1
+: >"$I/etc.modules"
+for mod in virtio_pci virtio_blk squashfs loop overlay mtdblock block2mtd jffs2; do
+    modprobe -d "$KROOT" -S "$KVER" --show-depends "$mod" | while read -r verb path _; do
+        [[ $verb == insmod ]] || continue
+        ko="$(basename "$path")"
+        grep -qx "$ko" "$I/etc.modules" && continue
+        cp "$path" "$I/lib/modules/"
+        echo "$ko" >>"$I/etc.modules"
+    done
+done
+mv "$I/etc.modules" "$I/modules"
+cat >"$I/init" <<'INIT'
+#!/bin/busybox sh
+# What a router's kernel does with its built-in drivers before it runs /sbin/init: virtio
+# for the disks, squashfs for the root, MTD with the flash named rootfs_data (block2mtd over
+# the second disk), jffs2 and overlay. Then procd takes over, as on the router.
+B=/bin/busybox
+fail() { echo "initramfs: $*"; $B sleep 1; $B poweroff -f; }
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B mount -t devtmpfs devtmpfs /dev
+while read -r ko; do
+    case "$ko" in
+    block2mtd.ko)
+        n=0
+        while [ ! -b /dev/vdb ] && [ $n -lt 50 ]; do $B sleep 0.1; n=$((n + 1)); done
+        $B insmod /lib/modules/$ko block2mtd=/dev/vdb,65536,rootfs_data || fail "insmod $ko" ;;
+    *)
+        $B insmod /lib/modules/$ko || fail "insmod $ko" ;;
+    esac
+done < /modules
+$B mount -t squashfs -o ro /dev/vda /newroot || fail "mount the squashfs root"
+$B umount /proc /sys /dev
+exec $B switch_root /newroot /sbin/init
+INIT
+chmod 0755 "$I/init"
+(cd "$I" && find . | cpio -o -H newc --quiet >"$ROOT.tmp/initramfs.cpio")
+echo "$VM_CACHE/vmlinux" >"$ROOT.tmp/KERNEL"
+
+rm -rf "$W"
+echo "assembled in $((SECONDS - started)) s" >"$ROOT.tmp/READY"
+rm -rf "$ROOT"
+mv "$ROOT.tmp" "$ROOT"
+# Entries of earlier inputs, once no session can still be using them.
+find "$CACHE" -mindepth 1 -maxdepth 1 \( -name 'tools-*' -o -name 'root-*' \) \
+    ! -name "tools-$TOOLS_KEY" ! -name "root-$ROOT_KEY" -mmin +60 -exec rm -rf {} +
+log "root ready in $ROOT ($((SECONDS - started)) s)"
+echo "$ROOT"

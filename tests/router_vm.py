@@ -1,0 +1,207 @@
+"""The real-router tier: boot the OpenWrt root scripts/build-router.sh builds under qemu
+and drive it through its serial console, as a person with a serial cable would.
+
+The guest is the router: the Debian kernel of the kernel tier, an initramfs that does only
+what a router's built-in drivers do (it names the flash rootfs_data, mounts the squashfs
+root), then procd as PID 1, OpenWrt's /etc/preinit with the project's hook, mount_root,
+rc.d. Nothing of the host is shared with it.
+
+The flash is block2mtd over a virtio disk backed by a host file, so it persists across boots
+(qemu runs with -no-reboot: a reboot in the guest ends qemu, and the next boot is a new
+qemu on the same file), and killing qemu is a power cut.
+
+Stdlib only and no project imports, like tests/kernel_vm.py, whose qemu helpers it uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from kernel_vm import FLASH_ERASE_SIZE, QEMU, _qemu_escape, create_flash_image
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = REPO / "scripts" / "build-router.sh"
+
+#: The router's flash: 8 MiB of 64 KiB erase blocks (block2mtd's erase size in the
+#: initramfs).
+FLASH_SIZE = 8 << 20
+assert FLASH_SIZE % FLASH_ERASE_SIZE == 0
+
+#: The kernel prints to the console from here on only what is an error: preinit's and
+#: procd's own messages (through /dev/kmsg) are notices, and the serial port is slow.
+KERNEL_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
+
+#: OpenWrt's inittab runs askfirst on the serial console: a shell after Enter.
+CONSOLE_PROMPT = "Please press Enter to activate this console."
+
+#: OpenWrt's /etc/profile: root@HOSTNAME:DIR# (the hostname is "(none)" before the
+#: system service has set it).
+SHELL_PROMPT = re.compile(r"root@[^\n]*# ")
+
+#: Split by an empty pair of quotes where typed, so the echo of a command never matches.
+BEGIN, END = "@@begin@@", "@@end:"
+_END_RE = re.compile(re.escape(END) + r"(\d+)@@")
+
+
+class RouterUnavailable(Exception):
+    """The tier cannot run here (not root, or the root could not be built)."""
+
+
+class RouterError(Exception):
+    """The router did not do what a test waited for; the message ends with the console
+    tail."""
+
+
+def build_root() -> Path:
+    """The cached root directory of scripts/build-router.sh, built if its inputs changed
+    (minutes cold, seconds warm)."""
+    if os.geteuid() != 0:
+        raise RouterUnavailable("scripts/build-router.sh needs root")
+    done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RouterUnavailable(f"scripts/build-router.sh failed (exit {done.returncode}):\n"
+                                f"{done.stderr[-3000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def erased_flash(path: Path) -> Path:
+    create_flash_image(path, FLASH_SIZE)
+    return path
+
+
+class Router:
+    """One boot of the router: a qemu process whose serial console this object reads and
+    writes. Use as a context manager so that qemu never outlives the test."""
+
+    def __init__(self, root: Path, flash: Path, console_log: Path):
+        self.console_log = console_log
+        self._text = ""
+        self._seen = 0
+        self._lock = threading.Condition()
+        kernel = Path((root / "KERNEL").read_text().strip())
+        cmd = [
+            QEMU, "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-serial", "stdio",
+            "-kernel", str(kernel), "-initrd", str(root / "initramfs.cpio"),
+            "-append", KERNEL_CMDLINE,
+            "-drive", f"file={_qemu_escape(str(root / 'root.squashfs'))},format=raw,"
+                      "if=virtio,readonly=on",
+            "-drive", f"file={_qemu_escape(str(flash))},format=raw,if=virtio,cache=writeback",
+            "-nic", "user,model=virtio-net-pci,net=192.168.1.0/24,host=192.168.1.2",
+        ]
+        self.started = time.monotonic()
+        self._log = open(console_log, "ab")
+        # Own session: a Ctrl-C aimed at pytest must not kill qemu behind the harness's back.
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self._proc.stdout.fileno(), 4096):
+            self._log.write(chunk)
+            self._log.flush()
+            with self._lock:
+                self._text += chunk.decode("utf-8", errors="replace").replace("\r", "")
+                self._lock.notify_all()
+        with self._lock:
+            self._lock.notify_all()
+
+    def is_running(self) -> bool:
+        return self._proc.poll() is None
+
+    def expect(self, pattern: str | re.Pattern, timeout: float) -> re.Match:
+        """Wait for pattern in the console output after what earlier calls consumed; consume
+        up to the end of the match."""
+        regex = re.compile(re.escape(pattern)) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                match = regex.search(self._text, self._seen)
+                if match:
+                    self._seen = match.end()
+                    return match
+                left = deadline - time.monotonic()
+                if left <= 0 or (self._proc.poll() is not None and not self._reader.is_alive()):
+                    why = "timed out" if left <= 0 else "qemu exited"
+                    raise RouterError(f"{why} waiting for {regex.pattern!r} after "
+                                      f"{time.monotonic() - self.started:.0f} s\n"
+                                      + self.console_tail())
+                self._lock.wait(min(left, 1.0))
+
+    def send(self, text: str) -> None:
+        self._proc.stdin.write(text.encode())
+        self._proc.stdin.flush()
+
+    def login(self, timeout: float = 300) -> float:
+        """Wait for the console, activate it and quiet the kernel's messages on it; returns
+        the seconds from qemu's start to the console."""
+        self.expect(CONSOLE_PROMPT, timeout)
+        seconds = time.monotonic() - self.started
+        self.send("\n")
+        # Typed before the shell's prompt, a command would be lost.
+        self.expect(SHELL_PROMPT, timeout)
+        self.sh("dmesg -n 1")
+        return seconds
+
+    def sh(self, command: str, timeout: float = 120) -> tuple[int, str]:
+        """Run command in the console's shell; its exit status and output (stdout and
+        stderr)."""
+        begin = BEGIN.replace("@@b", "@@''b")
+        end = END.replace("@@e", "@@''e")
+        # In a subshell: an `exit` in command must not end the console's shell.
+        self.send(f"echo {begin}; ( {command} ) 2>&1; echo {end}$?@@\n")
+        self.expect(BEGIN + "\n", timeout)
+        match = self.expect(_END_RE, timeout)
+        with self._lock:
+            output = self._text[:match.start()]
+        output = output[output.rfind(BEGIN + "\n") + len(BEGIN) + 1:]
+        return int(match.group(1)), output
+
+    def check(self, command: str, timeout: float = 120) -> str:
+        """Run command; its output, or RouterError if it failed."""
+        rc, output = self.sh(command, timeout)
+        if rc != 0:
+            raise RouterError(f"{command!r} exited {rc}:\n{output}")
+        return output
+
+    def wait_until(self, condition: str, timeout: float) -> None:
+        """Poll a shell condition in the guest each second until it holds."""
+        self.check(f"n=0; until {condition}; do [ $n -ge {int(timeout)} ] && exit 1; "
+                   "n=$((n + 1)); sleep 1; done", timeout + 60)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for qemu to end (a reboot or power-off in the guest)."""
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise RouterError(f"qemu still running after {timeout:g} s\n"
+                              + self.console_tail()) from None
+
+    def kill(self) -> None:
+        """Cut the power."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+    def console_tail(self, lines: int = 60) -> str:
+        with self._lock:
+            return "--- console tail ---\n" + "\n".join(self._text.splitlines()[-lines:])
+
+    def console(self) -> str:
+        with self._lock:
+            return self._text
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+        self._reader.join(5)
+        self._log.close()

@@ -1,0 +1,144 @@
+"""The real router: OpenWrt built from its sources (scripts/build-router.sh) booted in qemu,
+procd as PID 1, the real /etc/preinit with the project's 81_snapshot hook, fstools'
+mount_root, rc.d, ubusd and rpcd, and the project installed by its feed Makefile's
+recipes with Python reduced to the packages its DEPENDS names (tests/router_vm.py).
+
+Each boot under TCG takes a minute or more, so one boot serves the tests of a state, in
+order, as in the kernel tier. Marked `router`: `bash scripts/test.sh -m router` runs this
+tier alone.
+"""
+import json
+
+import pytest
+
+from conftest import cannot_run
+from router_vm import Router, RouterError, RouterUnavailable, build_root, erased_flash
+
+pytestmark = pytest.mark.router
+
+#: Seconds for a boot to reach the console, and for rc.d to finish after it (TCG on two
+#: busy cores).
+BOOT_TIMEOUT = 400
+SETTLE_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def root():
+    try:
+        return build_root()
+    except RouterUnavailable as e:
+        cannot_run(f"real-router tier unavailable: {e}")
+
+
+@pytest.fixture(scope="module")
+def first_boot(root, tmp_path_factory):
+    """The router's first boot on erased flash, logged in on its console once rc.d is done:
+    /etc/init.d/done (S95) has formatted jffs2 and moved the overlay onto it, and the
+    snapshot service (S99) has run its `snapshot watch`."""
+    work = tmp_path_factory.mktemp("router")
+    flash = erased_flash(work / "flash.img")
+    with Router(root, flash, work / "console.log") as router:
+        router.boot_seconds = router.login(BOOT_TIMEOUT)
+        router.wait_until("grep -q ' /overlay jffs2 ' /proc/mounts", SETTLE_TIMEOUT)
+        router.wait_until("ubus call service list '{\"name\": \"snapshot\"}' "
+                          "| grep -q exit_code", SETTLE_TIMEOUT)
+        yield router
+
+
+def test_first_boot_runs_preinit_with_the_hook_then_mount_root(first_boot):
+    """/etc/preinit's do_mount_root is the hook's, which found no chain on the erased
+    rootfs_data and ran the stock mount_root: it had no filesystem to mount and put a tmpfs
+    overlay over the squashfs until jffs2 was ready."""
+    # /etc/preinit sources /lib/preinit/* in order: the last definition is the one it runs.
+    defined = first_boot.check("grep -l '^do_mount_root()' /lib/preinit/*").split()
+    assert defined == ["/lib/preinit/80_mount_root", "/lib/preinit/81_snapshot"]
+    log = first_boot.check("dmesg")
+    assert "init: - preinit -" in log
+    assert "mount_root: no usable overlay filesystem found, using tmpfs overlay" in log
+
+
+def test_first_boot_overlay_is_jffs2_on_rootfs_data(first_boot):
+    mounts = first_boot.check("cat /proc/mounts")
+    mtd = first_boot.check("cat /proc/mtd")
+    assert '"rootfs_data"' in mtd
+    assert " /overlay jffs2 " in mounts
+    assert "overlayfs:/overlay / overlay " in mounts
+
+
+def test_procd_runs_ubusd_rpcd_and_the_snapshot_service(first_boot):
+    services = json.loads(first_boot.check("ubus call service list"))
+    assert services["rpcd"]["instances"]["instance1"]["running"]
+    # `snapshot watch` ran and ended: there is no chain to watch on jffs2.
+    watch = services["snapshot"]["instances"]["watch"]
+    assert watch["command"] == ["snapshot", "watch"]
+    assert not watch["running"] and "exit_code" in watch
+    assert "snapshot" in first_boot.check("ubus list").split()
+
+
+def test_ubus_snapshot_status_answers_through_rpcd(first_boot):
+    """rpcd runs the project's exec plugin under the router's Python: on jffs2 there is no
+    chain, which the reply says as the CLI would."""
+    reply = json.loads(first_boot.check("ubus call snapshot status", 180))
+    assert set(reply) == {"error", "code"}, reply
+    assert reply["code"] != 0
+
+
+#: Changes made on the jffs2 overlay before `snapshot convert`: a changed config (through
+#: uci), a new file in a new directory, a squashfs file deleted (a whiteout).
+JFFS2_CHANGES = ("uci set system.@system[0].hostname=chainrouter && uci commit system && "
+                 "mkdir /etc/added && echo kept > /etc/added/file && rm /etc/banner && sync")
+
+
+@pytest.fixture(scope="module")
+def chain_boot(first_boot, root):
+    """After the first boot's tests: changes on jffs2, `snapshot convert` (its RAM stage
+    reboots, which ends qemu), then the next boot on the same flash, logged in once rc.d is
+    done."""
+    first_boot.check(JFFS2_CHANGES)
+    first_boot.send("snapshot convert\n")
+    first_boot.expect("snapshot convert: converted; rebooting into the chain", 600)
+    first_boot.wait_exit(120)
+    work = first_boot.console_log.parent
+    with Router(root, work / "flash.img", work / "console-chain.log") as router:
+        router.login(BOOT_TIMEOUT)
+        router.wait_until("ubus call service list '{\"name\": \"snapshot\"}' "
+                          "| grep -q exit_code", SETTLE_TIMEOUT)
+        yield router
+
+
+def test_convert_then_reboot_boots_the_chain(chain_boot):
+    """The hook found the chain and `snapshot mount` built the root from it: the overlay
+    and the volatile layer are in RAM, nothing is mounted from the flash."""
+    assert "snapshot: mounted 1 snapshots" in chain_boot.check("dmesg")
+    mounts = {line.split()[1]: line.split()[2]
+              for line in chain_boot.check("cat /proc/mounts").splitlines()}
+    assert mounts["/overlay"] == "tmpfs"
+    assert mounts["/volatile"] == "tmpfs"
+    assert mounts["/"] == "overlay"
+    assert "jffs2" not in mounts.values()
+
+
+def test_jffs2_changes_are_intact_in_the_chain(chain_boot):
+    assert chain_boot.check("uci get system.@system[0].hostname") == "chainrouter\n"
+    assert chain_boot.check("cat /etc/added/file") == "kept\n"
+    assert chain_boot.sh("test -e /etc/banner")[0] == 1
+
+
+def test_ubus_status_reports_the_converted_chain(chain_boot):
+    status = json.loads(chain_boot.check("ubus call snapshot status", 180))
+    assert status["snapshots"] == 1
+    assert status["trial"] is None
+    watch = json.loads(chain_boot.check("ubus call service list '{\"name\": \"snapshot\"}'"))
+    assert watch["snapshot"]["instances"]["watch"]["exit_code"] == 0
+
+
+def test_save_then_push_on_trial_then_confirm_through_ubus(chain_boot):
+    chain_boot.check("echo saved > /etc/added/saved && snapshot save", 180)
+    chain_boot.check("echo tried > /etc/added/tried && snapshot push --trial -m 'on trial'",
+                     180)
+    trial = json.loads(chain_boot.check("ubus call snapshot status", 180))["trial"]
+    assert trial["what"] == "snapshot 2" and trial["attempts"] == 0
+    assert json.loads(chain_boot.check("ubus call snapshot confirm", 180)) == {
+        "confirmed": "snapshot 2"}
+    status = json.loads(chain_boot.check("ubus call snapshot status", 180))
+    assert status["trial"] is None and status["snapshots"] == 2
