@@ -217,3 +217,15 @@ def test_status_shows_the_trial_and_its_boots(router):
                                "attempts": 0, "max_attempts": 3}
     assert status["last_rollback"] is None and status["snapshots"] == 2
     assert set(status) >= {"free_bytes", "ram", "health"}
+
+
+def test_watch_on_a_device_without_a_chain_ends_quietly_writing_nothing(tmp_path):
+    """A router with the package installed and not yet converted: its jffs2 overlay is no
+    chain, and the procd service's watch ends at once at every boot, without an error."""
+    image = tmp_path / "jffs2.img"
+    SimFlash.create(image, Geometry(FlashType.NOR, 1024 * 1024, 64 * 1024, 1, 0))
+    with SimFlash(image, writable=True) as flash:
+        flash.write(0, b"\x85\x19\x01\xe0")     # a jffs2 node's magic
+    before = image.read_bytes()
+    assert ok(image, "watch", "--no-reboot").startswith("nothing to watch: ")
+    assert image.read_bytes() == before

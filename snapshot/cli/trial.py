@@ -5,6 +5,7 @@ import click
 
 from snapshot import operations
 from snapshot.cli.common import DEVICE, JSON, UNHEALTHY, echo, main, print_json, writing
+from snapshot.errors import NoChain
 from snapshot.store.chain import Chain, opened
 
 @main.command()
@@ -71,8 +72,9 @@ def watch(obj, no_reboot):
     row, and rolls it back once a required check failed in `option fail_rounds` rounds in a
     row after `option grace` seconds, or when nothing is decided within `option window`
     seconds. A rollback keeps its reason on flash, runs the hooks in `option rollback_dir`,
-    logs to syslog and reboots. With nothing on trial it ends at once, writing nothing: a
-    confirmed state is never rolled back by it.
+    logs to syslog and reboots. With nothing on trial, or no chain on the device (a router
+    still on jffs2), it ends at once, writing nothing: a confirmed state is never rolled
+    back by it.
 
     \b
     Exit status: 0 confirmed or nothing on trial, 5 rolled back, 1 an error.
@@ -81,6 +83,12 @@ def watch(obj, no_reboot):
     """
     from snapshot.health import checks, watch as watching
     from snapshot.reboot import reboot_into
+    try:
+        with opened(obj["device"]) as dev:
+            Chain(dev)
+    except NoChain as e:
+        echo(f"nothing to watch: {e}")
+        return
     settings = watching.Settings.load()
     log = watching.SysLog()
 
