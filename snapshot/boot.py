@@ -12,9 +12,10 @@ Two stacked overlays rather than one with two lower dirs: the volatile layer mus
 on top of the snapshots, and the snapshots' upper dir must stay a plain directory that
 `unpack` writes into before anything is mounted on it (DESIGN.md §8).
 
-Boot is a write point: the recovery of an interrupted operation is made persistent first
-(`check --repair`). Whatever fails after that, the system still comes up: a damaged record
-ends the applied chain at the record before it, and if building the layers fails, a plain
+Boot is a write point: it makes the repair `check --repair` would, decided from the one
+read of each payload that unpacks it (ChainLayers, DESIGN.md §8). Whatever fails, the system
+still comes up: a damaged record that cannot be repaired ends the applied chain at the
+record before it, and if building the layers fails, a plain
 tmpfs overlay over the squashfs is mounted instead, the way stock OpenWrt does for a
 partition it does not know. Each such event is logged loudly.
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from mtd import FlashOpenError, MtdError
 from snapshot import legacy_archive, live, operations, reboot
-from snapshot.errors import NoChain, SnapshotError
+from snapshot.errors import NoChain, RecordDamaged, SnapshotError
 from snapshot.store import legacy, marks
 from snapshot.store import trial as trials
 from snapshot.store.chain import Chain, commit
@@ -121,30 +122,6 @@ def _tmpfs_layer(mounts: Mounts, path: Path) -> None:
     (path / "work").mkdir()
 
 
-def _recover(flash, log: Log, boot: BootReport) -> Chain:
-    """Open the chain and make the recovery persistent. A failing repair is logged; the
-    chain is then used as it reads."""
-    chain = Chain(flash)
-    try:
-        report = operations.repair(chain)
-    except (SnapshotError, MtdError) as e:
-        boot.problems.append(f"repair failed: {e}")
-        log(f"repair failed, booting what reads back: {e}", loud=True)
-        return Chain(flash)
-    # A torn anchor entry or corrected bit flips are what power cuts and ageing flash
-    # leave: their repair is routine. Damage loses data, and is logged loudly.
-    for line in report.problems:
-        damage = line in report.damage
-        if damage:
-            boot.problems.append(line)
-        log(f"{'chain damaged' if damage else 'recovering'}: {line}", loud=damage)
-    for line in report.lost:
-        log(f"lost: {line}", loud=True)
-    for line in report.repairs:
-        log(f"repaired: {line}", loud=bool(report.damage))
-    return chain
-
-
 def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
     """A pending trial is counted on flash before anything of it is applied, so a boot that
     crashes at any later point has already counted; one that has had all its boots fails
@@ -172,52 +149,113 @@ def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
     log(f"trying {what}: boot {e.attempts + 1} of {e.max_attempts}")
 
 
-def prepare(flash, log: Log, boot: BootReport) -> Chain | None:
-    """Everything a boot writes before it mounts anything: the repair, then the decision
-    about a pending trial. The chain it returns is what the boot applies; None for the old
-    fstools chain, which the boot reads and never writes. First of all, the stock tools'
-    marks: a reset mark becomes an empty chain, and a jffs2 mark (a sysupgrade that kept
-    settings) leaves the partition to the stock mount_root (DESIGN.md §11)."""
+def prepare(flash, log: Log, boot: BootReport) -> "ChainLayers | OldLayers":
+    """Open the chain and make the writes due before anything is applied: the repair of
+    what the anchor shows (a torn entry, records past a directory problem, the mark block),
+    then the decision about a pending trial. Returns what fills the layers: the chain's
+    records, or the old fstools chain's, which the boot reads and never writes. First of
+    all, the stock tools' marks: a reset mark becomes an empty chain, and a jffs2 mark (a
+    sysupgrade that kept settings) leaves the partition to the stock mount_root (DESIGN.md
+    §11)."""
     answer = marks.settle(flash, log)
     if answer == marks.STOCK:
         raise NoChain(f"{flash.name} holds no chain to boot; booting the stock way")
     if answer == marks.OLD:
-        return None
-    chain = _recover(flash, log, boot)
-    _decide_trial(chain, log, boot)
-    return chain
+        return OldLayers(flash, log, boot)
+    layers = ChainLayers(Chain(flash), log, boot)
+    layers.repair(read=False)
+    _decide_trial(layers.chain, log, boot)
+    return layers
 
 
-class _ChainLayers:
-    """What the chain puts into the two layers: snapshots 1..N (up to a damaged one), then
-    the volatile record, with the list of snapshots applied beside it (live.BASE)."""
+class ChainLayers:
+    """What the chain puts into the two layers: snapshots 1..N, then the volatile record,
+    with the list of snapshots applied beside it (live.BASE); and the repair (`check
+    --repair`) of what the boot finds. Each payload is read once, checked as it is unpacked;
+    the repair is decided from that one read (DESIGN.md §8): a damaged record is repaired
+    when it is found, before anything is applied on top of what the repair decides, and what
+    the repair changed is applied again. Records the boot does not apply (a volatile record
+    kept for a trial, a failed trial) are read, and the repair of the rest committed, once
+    the layers are built."""
 
     def __init__(self, chain: Chain, log: Log, boot: BootReport):
         self.chain, self.log, self.boot = chain, log, boot
-        self.snapshots, self.volatile = chain.view(boot.tried)
+        self.repairs_fail = False
+
+    def repair(self, read: bool) -> bool:
+        """Commit the repair of what this boot has read (everything, with `read`) and log
+        it; False when there was nothing to repair, or it failed (logged): the chain is then
+        booted as it reads, and no repair is tried again."""
+        if self.repairs_fail:
+            return False
+        try:
+            report = operations.repair(self.chain, read=read)
+        except (SnapshotError, MtdError) as e:
+            self.boot.problems.append(f"repair failed: {e}")
+            self.log(f"repair failed, booting what reads back: {e}", loud=True)
+            self.chain, self.repairs_fail = Chain(self.chain.flash), True
+            return False
+        # A torn anchor entry or corrected bit flips are what power cuts and ageing flash
+        # leave: their repair is routine. Damage loses data, and is logged loudly.
+        for line in report.problems:
+            damage = line in report.damage
+            if damage:
+                self.boot.problems.append(line)
+            self.log(f"{'chain damaged' if damage else 'recovering'}: {line}", loud=damage)
+        for line in report.lost:
+            self.log(f"lost: {line}", loud=True)
+        for line in report.repairs:
+            self.log(f"repaired: {line}", loud=bool(report.damage))
+        return not report.clean
 
     def fill_snapshots(self, upper: Path, lower: Path) -> None:
         boot = self.boot
-        boot.snapshots, error = operations.apply_snapshots(self.chain, upper, lower=lower,
-                                                           tried=boot.tried)
-        if error is not None:
+        repairs = len(self.chain.records)   # each takes a damaged record out of the chain
+        while True:
+            applied, error = operations.apply_snapshots(self.chain, upper, lower=lower,
+                                                        tried=boot.tried, undo=False)
+            if error is None:
+                break
+            # The record that failed left part of itself in upper (restore.apply in place).
+            operations.empty_dir(upper)
+            if isinstance(error, RecordDamaged) and repairs and self.repair(read=False):
+                repairs -= 1
+                continue
+            applied, _ = operations.apply_snapshots(self.chain, upper, applied, lower,
+                                                    boot.tried)
             boot.problems.append(str(error))
-            self.log(f"booting snapshots 1..{boot.snapshots} only: {error}", loud=True)
+            self.log(f"booting snapshots 1..{applied} only: {error}", loud=True)
+            break
+        boot.snapshots = applied
 
     def fill_volatile(self, upper: Path, lower: Path) -> None:
         boot = self.boot
-        live.write_base(upper, [r.entry for r in self.snapshots[:boot.snapshots]])
-        if self.volatile is None or boot.snapshots != len(self.snapshots):
-            return
-        try:
-            operations.apply_volatile(self.chain, upper, lower, boot.tried)
-            boot.volatile = True
-        except SnapshotError as e:
-            boot.problems.append(str(e))
-            self.log(f"the volatile record is not applied: {e}", loud=True)
+        repairs = len(self.chain.records)
+        while True:
+            snapshots, volatile = self.chain.view(boot.tried)
+            if volatile is None or boot.snapshots != len(snapshots):
+                break
+            try:
+                operations.apply_volatile(self.chain, upper, lower, boot.tried)
+                boot.volatile = True
+                break
+            except SnapshotError as error:
+                # A damaged one is dropped by the repair; or it was on trial, and the one
+                # kept for the trial comes back.
+                if isinstance(error, RecordDamaged) and repairs and self.repair(read=False):
+                    repairs -= 1
+                    continue
+                boot.problems.append(str(error))
+                self.log(f"the volatile record is not applied: {error}", loud=True)
+                break
+        live.write_base(upper, [r.entry for r in
+                                self.chain.view(boot.tried)[0][:boot.snapshots]])
+
+    def finish(self) -> None:
+        self.repair(read=True)
 
 
-class _OldLayers:
+class OldLayers:
     """What the old fstools chain puts into the two layers, read-only: its snapshots in seq
     order up to a damaged one, then its volatile (first copy or sentinel copy), each as
     `convert` would import it (legacy.read, operations.apply_legacy). No list of snapshots
@@ -257,12 +295,16 @@ class _OldLayers:
             return
         self.boot.volatile = self._apply([volatile], upper, lower) == 1
 
+    def finish(self) -> None:
+        """Nothing: the old chain is read, never repaired."""
+
 
 def _layers(fill, root: Path, target: Path, scratch: Path, mounts: Mounts,
             sandbox: bool) -> None:
-    """Build the two layers in scratch (`fill`: _ChainLayers or _OldLayers), mount the
-    merged root at target, then move the layers into it. Raises on a failed mount; a
-    damaged record only shortens the chain."""
+    """Build the two layers in scratch (`fill`: ChainLayers or OldLayers), mount the
+    merged root at target, then move the layers into it; then the chain's repair of what
+    the layers did not read. Raises on a failed mount; a damaged record only shortens the
+    chain."""
     _tmpfs_layer(mounts, scratch / "overlay")
     upper = scratch / "overlay/upper"
     fill.fill_snapshots(upper, root)
@@ -273,6 +315,7 @@ def _layers(fill, root: Path, target: Path, scratch: Path, mounts: Mounts,
     mounts.overlay(scratch / "base", scratch / "volatile", target)
     _place(root, target, scratch, mounts, sandbox)
     mounts.move(scratch / "volatile", target / "volatile")
+    fill.finish()
 
 
 def _mountpoints(root: Path, upper: Path) -> None:
@@ -310,10 +353,7 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
         with operations.opened(device, writable=True) as flash:
             if not sandbox:
                 _record_booted(flash, log)
-            chain = prepare(flash, log, boot)
-            fill = _OldLayers(flash, log, boot) if chain is None else \
-                _ChainLayers(chain, log, boot)
-            _layers(fill, root, target, scratch, mounts, sandbox)
+            _layers(prepare(flash, log, boot), root, target, scratch, mounts, sandbox)
     except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
         mounts.undo()
         boot.problems.append(str(e))
