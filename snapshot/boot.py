@@ -25,25 +25,22 @@ flash, so the old chain stays as the stock tools and a later `convert` read it (
 §9).
 """
 import os
-import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtd import FlashOpenError, MtdError
+from mtd import FlashOpenError, MtdError, open_flash
+from mtd import mount as kernel
 from snapshot import legacy_archive, live, operations, reboot
-from snapshot.errors import NoChain, RecordDamaged, SnapshotError
+from snapshot.errors import NoChain, RecordDamaged, SnapshotError, StockBoot
 from snapshot.store import legacy, marks
 from snapshot.store import trial as trials
 from snapshot.store.chain import Chain, commit
 from snapshot.text import printable
 
 MOUNTPOINTS = ("rom", "overlay", "volatile")
-
-
-class MountError(SnapshotError):
-    pass
 
 
 @dataclass
@@ -78,32 +75,25 @@ class Log:
                 pass
 
 
-def run_mount(*argv: str) -> None:
-    """Run mount or umount. Callers pass -n: at preinit nothing is writable where util-linux
-    keeps its table (/run), and it would fail the mount for that (exit 16)."""
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise MountError(f"{' '.join(argv)}: {result.stderr.strip() or 'failed'}")
-
-
 class Mounts:
-    """The mounts made so far, so a failure can undo them in reverse order."""
+    """The mounts made so far, so a failure can undo them in reverse order. Each is one
+    system call (mtd.mount), not a mount(8) process; a failure raises mtd.mount.MountFailed,
+    an OSError."""
 
     def __init__(self):
         self.made: list[Path] = []
 
     def mount(self, target: Path, fstype: str, source: str = "none", options: str = "") -> None:
         target.mkdir(parents=True, exist_ok=True)
-        run_mount("mount", "-n", "-t", fstype, *(["-o", options] if options else []), source,
-             str(target))
+        kernel.mount(source, str(target), fstype, options)
         self.made.append(target)
 
     def bind(self, source: Path, target: Path) -> None:
-        run_mount("mount", "-n", "--bind", str(source), str(target))
+        kernel.bind(str(source), str(target))
         self.made.append(target)
 
     def move(self, source: Path, target: Path) -> None:
-        run_mount("mount", "-n", "--move", str(source), str(target))
+        kernel.move(str(source), str(target))
         self.made[self.made.index(source)] = target
 
     def overlay(self, lower: Path, layer: Path, target: Path) -> None:
@@ -112,7 +102,10 @@ class Mounts:
 
     def undo(self) -> None:
         for target in reversed(self.made):
-            subprocess.run(["umount", "-n", "-l", str(target)], capture_output=True)
+            try:
+                kernel.unmount(str(target), lazy=True)
+            except OSError:
+                pass   # gone already, or never there: nothing left to undo
         self.made.clear()
 
 
@@ -345,27 +338,38 @@ def _fallback(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: 
 def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
           sandbox: bool) -> BootReport:
     """Mount the saved state of `device` over `root` at `target` (see the module doc). In the
-    sandbox form the squashfs is bound at target/rom; otherwise pivot() follows."""
+    sandbox form the squashfs is bound at target/rom; otherwise pivot() follows, and a
+    conversion a `snapshot convert` staged on a UBI volume is made first. StockBoot where
+    `snapshot probe` would answer no (prepare() raises): nothing is mounted; the writes of
+    marks.settle are the only ones made (DESIGN.md §11)."""
     started = time.monotonic()
     boot = BootReport()
+    if not sandbox:
+        _convert_pending(device, log)
     mounts = Mounts()
-    try:
-        with operations.opened(device, writable=True) as flash:
+    with ExitStack() as device_open:
+        try:
+            flash = device_open.enter_context(operations.opened(device, writable=True))
+            layers = prepare(flash, log, boot)
+        except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
+            log(f"no snapshot chain to boot ({e}); booting the stock way")
+            raise StockBoot(str(e)) from None
+        try:
             if not sandbox:
                 _record_booted(flash, log)
-            _layers(prepare(flash, log, boot), root, target, scratch, mounts, sandbox)
-    except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
-        mounts.undo()
-        boot.problems.append(str(e))
-        boot.fallback = True
-        log(f"cannot boot the snapshot chain ({e}); falling back to a tmpfs overlay",
-            loud=True)
-        try:
-            _fallback(root, target, scratch, mounts, sandbox)
-        except (SnapshotError, OSError):
-            # Leave nothing half-mounted: the preinit hook then boots the stock way.
+            _layers(layers, root, target, scratch, mounts, sandbox)
+        except (SnapshotError, MtdError, OSError) as e:
             mounts.undo()
-            raise
+            boot.problems.append(str(e))
+            boot.fallback = True
+            log(f"cannot boot the snapshot chain ({e}); falling back to a tmpfs overlay",
+                loud=True)
+            try:
+                _fallback(root, target, scratch, mounts, sandbox)
+            except (SnapshotError, OSError):
+                # Leave nothing half-mounted: the preinit hook then boots the stock way.
+                mounts.undo()
+                raise
     boot.seconds = time.monotonic() - started
     old = boot.old and not boot.fallback
     log(f"mounted {boot.snapshots} snapshots"
@@ -374,6 +378,20 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
         + (" (fallback: nothing saved is applied)" if boot.fallback else "")
         + f" in {boot.seconds:.2f}s")
     return boot
+
+
+def _convert_pending(device: str | None, log: Log) -> None:
+    """On a UBI volume, the conversion `snapshot convert` staged on its ubifs
+    (convert.convert_pending), before anything opens the volume to write. Never stops the
+    boot: a failure leaves the ubifs as it was, and the boot goes on with what is there."""
+    try:
+        with open_flash(device) as flash:
+            if not flash.geometry.is_ubi:
+                return
+        from snapshot import convert   # here: only a UBI volume can have one staged
+        convert.convert_pending(device, log)
+    except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
+        log(f"the staged conversion did not run ({e}); booting on", loud=True)
 
 
 def _record_booted(flash, log: Log) -> None:
@@ -391,8 +409,8 @@ def _record_booted(flash, log: Log) -> None:
 def pivot(target: Path) -> None:
     """Make target the root, with the old root (the squashfs) at /rom, as fstools does, and
     bring the kernel filesystems along."""
-    run_mount("pivot_root", str(target), str(target / "rom"))
+    kernel.pivot_root(str(target), str(target / "rom"))
     for name in ("proc", "sys", "dev", "tmp"):
         if os.path.ismount(f"/rom/{name}"):
             Path(f"/{name}").mkdir(exist_ok=True)
-            run_mount("mount", "-n", "--move", f"/rom/{name}", f"/{name}")
+            kernel.move(f"/rom/{name}", f"/{name}")

@@ -27,6 +27,9 @@ root, target = work / "squashfs", work / "root"
 root.mkdir(exist_ok=True)
 subprocess.run(["mount", "-o", "loop,ro", sqfs, str(root)], check=True)
 cli = [sys.executable, "-m", "snapshot", "--device", image]
+if extra.get("squat"):   # a file where the boot means to make a directory
+    (work / extra["squat"]).parent.mkdir(parents=True, exist_ok=True)
+    (work / extra["squat"]).write_text("")
 booted = subprocess.run([*cli, "mount", "--root", str(root), "--target", str(target)],
                         capture_output=True, text=True)
 result = {"rc": booted.returncode, "log": booted.stderr, "files": {}, "mounts": {}}
@@ -204,22 +207,27 @@ def test_an_empty_chain_boots_the_squashfs(namespaces, rootfs, image, tmp_path):
     assert result["volatile_upper"] == ["etc", "etc/x"]
 
 
-def test_an_unreadable_device_falls_back_to_a_tmpfs_overlay(namespaces, rootfs, tmp_path):
+def test_a_device_without_a_chain_is_left_to_the_stock_boot(namespaces, rootfs, tmp_path):
+    """What `snapshot probe` answers no for: exit 6, nothing mounted, and the preinit hook
+    runs the stock mount_root."""
     missing = tmp_path / "no-such-flash.img"
-    result = boot(rootfs, missing, tmp_path, write={"etc/x": "1\n"})
-    assert result["rc"] == 0
-    assert "falling back to a tmpfs overlay" in result["log"]
-    assert result["files"]["etc/banner"] == "OpenWrt\n"
-    assert result["mounts"]["rom"] and result["mounts"]["overlay"]
+    result = boot(rootfs, missing, tmp_path)
+    assert result["rc"] == 6 and "booting the stock way" in result["log"]
+    assert "Error" not in result["log"]
+    assert result["mounts"] == {"rom": False, "overlay": False, "volatile": False}
 
 
-def test_the_fallback_makes_the_mountpoints_a_squashfs_lacks(namespaces, tmp_path):
+def test_a_failed_mount_falls_back_to_a_tmpfs_overlay_with_the_mountpoints(namespaces, image,
+                                                                           tmp_path):
+    """A squashfs lacking the mountpoints, and a mount of the layers that fails (a file
+    where the snapshots' overlay goes)."""
     bare = make_rootfs(tmp_path, mountpoints=())
-    result = boot(bare, tmp_path / "no-such-flash.img", tmp_path, write={"etc/x": "1\n"})
+    write(image, tmp_path, "push", {"etc/one": "1\n"})
+    result = boot(bare, image, tmp_path, squat=".root.snapshot/base", write={"etc/x": "1\n"})
     assert result["rc"] == 0, result["log"]
     assert "falling back to a tmpfs overlay" in result["log"]
     assert result["mounts"]["rom"] and result["mounts"]["overlay"]
-    assert result["files"]["etc/banner"] == "OpenWrt\n"
+    assert result["files"]["etc/banner"] == "OpenWrt\n" and "etc/one" not in result["files"]
 
 
 def test_a_squashfs_without_mountpoints_boots_the_chain(namespaces, tmp_path, image):
