@@ -33,9 +33,9 @@ from pathlib import Path
 
 from mtd import FlashOpenError, MtdError, open_flash
 from mtd import mount as kernel
-from snapshot import legacy_archive, live, operations, reboot
+from snapshot import live, operations, reboot
 from snapshot.errors import NoChain, RecordDamaged, SnapshotError, StockBoot
-from snapshot.store import legacy, marks
+from snapshot.store import marks
 from snapshot.store import trial as trials
 from snapshot.store.chain import Chain, commit
 from snapshot.text import printable
@@ -260,6 +260,9 @@ class OldLayers:
         log(f"{flash.name} holds the old fstools snapshot chain, not converted: booting it "
             f"read-only (nothing is written to it; changes stay in RAM, and save and push "
             f"are refused); `snapshot convert` moves it to the new format")
+        # here: only the old chain's boot reads its format (tarfile and hashlib with it)
+        from snapshot import legacy_archive
+        from snapshot.store import legacy
         self.old = legacy.read(flash)
         self.layers = legacy_archive.Layers()
         for problem in self.old.problems:
