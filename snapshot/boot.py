@@ -343,8 +343,8 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
     """Mount the saved state of `device` over `root` at `target` (see the module doc). In the
     sandbox form the squashfs is bound at target/rom; otherwise pivot() follows, and a
     conversion a `snapshot convert` staged on a UBI volume is made first. StockBoot where
-    `snapshot probe` would answer no (prepare() raises): nothing is mounted; the writes of
-    marks.settle are the only ones made (DESIGN.md §11)."""
+    `snapshot probe` would answer no (prepare() raises): nothing is mounted or logged; the
+    writes of marks.settle are the only ones made (DESIGN.md §11)."""
     started = time.monotonic()
     boot = BootReport()
     if not sandbox:
@@ -355,7 +355,7 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
             flash = device_open.enter_context(operations.opened(device, writable=True))
             layers = prepare(flash, log, boot)
         except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
-            log(f"no snapshot chain to boot ({e}); booting the stock way")
+            # Silent, as probe was: the stock boot of a partition without a chain is normal.
             raise StockBoot(str(e)) from None
         try:
             if not sandbox:

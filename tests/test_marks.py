@@ -388,7 +388,7 @@ def test_a_boot_after_a_sysupgrade_that_kept_settings_is_not_the_chain(namespace
     result = boot(rootfs, image, tmp_path)
     # snapshot leaves the partition to the stock mount_root (exit 6, nothing mounted),
     # having erased the chain's anchor blocks, so no old chain comes back over it.
-    assert result["rc"] == 6 and "booting the stock way" in result["log"]
+    assert result["rc"] == 6
     assert result["mounts"] == {"rom": False, "overlay": False, "volatile": False}
     assert anchor_headers(image) == []
 
