@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtd import FlashType, Geometry, SimFlash  # noqa: E402
-from snapshot import operations  # noqa: E402
+from snapshot import operations, overview  # noqa: E402
 from snapshot.store.chain import Chain  # noqa: E402
 
 MIB = 1 << 20
@@ -139,7 +139,7 @@ def bench_list_reads(work: Path) -> None:
             operations.push(Chain(flash), src, f"snapshot {i}")
     with SimFlash(image) as flash:
         before = flash.stats().bytes_read
-        info = operations.listing(Chain(flash))
+        info = overview.listing(Chain(flash))
         read = flash.stats().bytes_read - before
         payload = sum(s["size"] for s in info["snapshots"])
     print(f"list of 50 records:      read {read} bytes ({read / 50:.0f} per record) of "

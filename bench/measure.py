@@ -11,6 +11,8 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 
 
@@ -26,25 +28,36 @@ def one_cpu() -> int:
 
 @dataclass
 class Run:
-    """One command's cost: CPU time (user + system, seconds), wall time, peak RSS (bytes)."""
+    """One command's cost: CPU time (user + system, seconds), wall time, and peak RSS
+    (bytes; 0 unless asked for)."""
     cpu: float
     wall: float
-    rss: int
+    rss: int = 0
 
 
-def run(cmd: list[str], env: dict | None = None, cwd=None, stdin=None) -> Run:
-    """Run a command to completion (it must succeed) and measure it."""
-    import time
+def run(cmd: list[str], env: dict | None = None, cwd=None, stdin=None,
+        rss: bool = False) -> Run:
+    """Run a command to completion (it must succeed) and measure it. With `rss`, its peak
+    RSS too, through GNU time: a child forked from this Python process would otherwise count
+    this process's memory, which the kernel carries across exec into the child's peak."""
+    prefix, report = [], None
+    if rss:
+        report = tempfile.NamedTemporaryFile("r", suffix=".rss")
+        prefix = ["/usr/bin/time", "-f", "%M", "-o", report.name]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=stdin, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*prefix, *map(str, cmd)], env=env, cwd=cwd, stdin=stdin,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed: {err.strip()}")
-    return Run(usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss * 1024)
+    peak = 0
+    if report is not None:
+        with report:
+            peak = int(report.read().split()[-1]) * 1024
+    return Run(usage.ru_utime + usage.ru_stime, wall, peak)
 
 
 def interleaved(rounds: int, contenders: dict) -> dict:

@@ -7,7 +7,6 @@ import stat
 
 from mtd.errors import FlashOpenError
 from mtd.flash import Flash
-from mtd.sim import SimFlash, is_sim_image
 
 
 def open_flash(spec: str | None, writable: bool = False) -> Flash:
@@ -18,8 +17,11 @@ def open_flash(spec: str | None, writable: bool = False) -> Flash:
             raise FlashOpenError(f"{spec}: no such device or image") from None
         except PermissionError:
             raise FlashOpenError(f"{spec}: permission denied") from None
-        if stat.S_ISREG(mode) and is_sim_image(spec):
-            return SimFlash(spec, writable)
+        if stat.S_ISREG(mode):
+            # Imported only for an image: a router never opens one.
+            from mtd.sim import SimFlash, is_sim_image
+            if is_sim_image(spec):
+                return SimFlash(spec, writable)
         if not stat.S_ISCHR(mode):
             raise FlashOpenError(f"{spec}: not an MTD device, a UBI volume or a simulated "
                                  f"flash image")

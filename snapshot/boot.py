@@ -37,7 +37,7 @@ from snapshot import live, operations, reboot
 from snapshot.errors import NoChain, RecordDamaged, SnapshotError, StockBoot
 from snapshot.store import marks
 from snapshot.store import trial as trials
-from snapshot.store.chain import Chain, commit
+from snapshot.store.chain import Chain, commit, opened
 from snapshot.text import printable
 
 MOUNTPOINTS = ("rom", "overlay", "volatile")
@@ -352,7 +352,7 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
     mounts = Mounts()
     with ExitStack() as device_open:
         try:
-            flash = device_open.enter_context(operations.opened(device, writable=True))
+            flash = device_open.enter_context(opened(device, writable=True))
             layers = prepare(flash, log, boot)
         except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
             # Silent, as probe was: the stock boot of a partition without a chain is normal.

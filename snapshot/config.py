@@ -23,7 +23,6 @@ otherwise be silently ignored.
 """
 import os
 import re
-import shutil
 import sys
 
 from snapshot.errors import SnapshotError
@@ -115,11 +114,14 @@ def _from_uci(path: str) -> str | None:
     missing file, or when uci fails, so that the file parser reads what uci cannot."""
     directory, name = os.path.split(os.path.abspath(path))
     # uci takes a name with a dot in it as package.section, and would read another file.
-    if not (shutil.which("uci") and os.path.exists(path) and UCI_NAME.fullmatch(name)):
+    if not (os.path.exists(path) and UCI_NAME.fullmatch(name)):
         return None
     import subprocess   # here, like shlex below: most commands off a router never need it
-    done = subprocess.run(["uci", "-c", directory, "-t", SAVE_DIR, "export", name],
-                          capture_output=True)
+    try:
+        done = subprocess.run(["uci", "-c", directory, "-t", SAVE_DIR, "export", name],
+                              capture_output=True)
+    except FileNotFoundError:
+        return None
     try:
         return done.stdout.decode() if done.returncode == 0 else None
     except UnicodeDecodeError:

@@ -41,9 +41,9 @@ from mtd import Flash, MtdError, open_flash
 from mtd import mount as kernel
 from snapshot import legacy_archive
 from snapshot.errors import SnapshotError
-from snapshot.operations import opened, recognise
+from snapshot.operations import recognise
 from snapshot.store import legacy
-from snapshot.store.chain import (Chain, RecordWriter, anchor_blocks, commit, finish_mark,
+from snapshot.store.chain import (Chain, RecordWriter, opened, anchor_blocks, commit, finish_mark,
                                   read_mark, scan_anchors)
 from snapshot.store.format import (COMPRESSION_GZIP, COMPRESSION_XZ, SNAPSHOT, VOLATILE,
                                    message_bytes)

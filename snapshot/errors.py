@@ -6,6 +6,10 @@ class SnapshotError(Exception):
     exit_code = 1
 
 
+class FetchFailed(SnapshotError):
+    """A bundle or channel source cannot be read (whole); nothing was committed."""
+
+
 class FormatLimit(SnapshotError):
     """A value does not fit the on-flash format (FORMAT.md gives every field's limits);
     raised where the bytes are packed, before anything is written."""

@@ -5,7 +5,12 @@ One job runs at a time. Its record is one JSON file in RAM, replaced whole (a te
 renamed into place), so a reader never sees half of it and a reboot forgets it:
 
     {"id": 3, "method": "push", "state": "running" | "done" | "lost", "pid": 1234,
-     "started": 1700000000, "ended": 1700000042 | null, "result": {...} | null}
+     "started": 1700000000, "ended": 1700000042 | null, "result": {...} | null,
+     "progress": "upgrade: 1.2 MiB written" | null}
+
+`progress` is the job's last progress line (the one a terminal would show), rewritten at most
+once a second (PROGRESS_EVERY) so that a long write costs a few record writes, not one a
+block.
 
 `result` is what the method would have answered had it run in the call (snapshot/rpcd.py).
 "lost" means the process ended without a result (killed); the chain is then as its own rules
@@ -24,6 +29,10 @@ DIRECTORY = Path("/tmp/snapshot")
 RECORD = DIRECTORY / "job.json"
 # Held (flock) by the job's process for its whole life: a second job cannot start beside it.
 LOCK = DIRECTORY / "job.lock"
+PROGRESS_EVERY = 1.0
+# The job this process runs, if it is a job's process, and when its progress was last written.
+_running: dict | None = None
+_progress_written = 0.0
 
 
 def start(method: str, run: Callable[[], dict]) -> int:
@@ -42,7 +51,7 @@ def start(method: str, run: Callable[[], dict]) -> int:
         previous = last()
         job = {"id": previous["id"] + 1 if previous else 1, "method": method,
                "state": "running", "pid": None, "started": int(time.time()), "ended": None,
-               "result": None}
+               "result": None, "progress": None}
         ready, written = os.pipe()
         child = os.fork()
         if child == 0:
@@ -69,7 +78,9 @@ def _detached(job: dict, run: Callable[[], dict], written: int) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
+    global _running
     job["pid"] = os.getpid()
+    _running = job
     _write(job)
     os.close(written)
     result = run()
@@ -85,6 +96,19 @@ def last() -> dict | None:
         if job and job["state"] == "running":
             job["state"] = "lost"
     return job
+
+
+def progress(line: str, now: bool = False) -> None:
+    """Note what the running job is doing, for `status` (at once with `now`, else at most
+    every PROGRESS_EVERY seconds). Outside a job's process, nothing."""
+    global _progress_written
+    if _running is None:
+        return
+    if not now and time.monotonic() - _progress_written < PROGRESS_EVERY:
+        return
+    _running["progress"] = line
+    _write(_running)
+    _progress_written = time.monotonic()
 
 
 def _read() -> dict | None:

@@ -19,6 +19,9 @@ from snapshot.errors import SnapshotError
 from snapshot.store.format import DirEntry
 
 BASE = "base.json"
+#: The running system's volatile layer, as boot builds it (snapshot/boot.py): what `save`
+#: and `push` store unless told otherwise.
+DEFAULT_UPPER = "/volatile/upper"
 
 
 class StaleLayer(SnapshotError):

@@ -7,38 +7,21 @@ the step tables.
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtd import Flash, open_flash
+from mtd import Flash
 from snapshot import live
 from snapshot.errors import ChainDamaged, FlashFull, NoChain, RecordDamaged, SnapshotError
 from snapshot.store import marks, verified
 from snapshot.store import trial as trials
-from snapshot.store.chain import (KEEP, LEGACY_MAGIC, Chain, DeviceLock, Record, RecordWriter,
+from snapshot.store.chain import (KEEP, LEGACY_MAGIC, Chain, Record, RecordWriter,
                                   commit, describe, finish_mark, read_mark, rewrite,
                                   scan_anchors, write_fresh_anchor_block)
 from snapshot.store.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE, SNAPSHOT,
-                                   STATE_NAMES, TRIAL, VOLATILE, Anchor, DirEntry, Layout, round_up)
+                                   TRIAL, VOLATILE, Anchor, DirEntry, Layout, round_up)
 from snapshot.tree import archive, restore
 from snapshot.tree.capture import Capture, compressed_bound, tar_bound
-
-DEFAULT_UPPER = "/volatile/upper"
-
-
-@contextmanager
-def opened(device: str | None, writable: bool = False):
-    """The flash, locked against a second writer when `writable`."""
-    with open_flash(device, writable=writable) as flash:
-        # UBI lets one writer open a volume at a time, which is the lock there; a second
-        # open of the node, as the lock's, would make UBI refuse the atomic LEB change.
-        lock = DeviceLock(flash.name) if writable and not flash.geometry.is_ubi else None
-        try:
-            yield flash
-        finally:
-            if lock:
-                lock.release()
 
 
 # -- format ------------------------------------------------------------------------------------
@@ -278,81 +261,6 @@ def rollback(chain: Chain, to: int | None) -> list[str]:
     return dropped
 
 
-# -- reading -----------------------------------------------------------------------------------
-
-def record_info(chain: Chain, record: Record, index: int, known: dict) -> dict:
-    """What list shows of a record: from the anchor plus its header and commit marker.
-    `state` is where it stands in a trial; `integrity` says what was checked: "verified"
-    (its payload's CRC passed when this boot, or an earlier command, read it:
-    snapshot/store/verified.py `known`), "header ok" (its payload was not read), or
-    "damaged: why"."""
-    try:
-        chain.read_header(record)
-        found = known.get(verified.record_key(record.entry), "")
-        integrity = "verified" if found is None else f"damaged: {found}" if found else \
-            "header ok"
-    except RecordDamaged as e:
-        integrity = f"damaged: {e.reason}"
-    e = record.entry
-    info = {"seq": e.seq, "size": e.payload_length, "blocks": len(record.blocks),
-            "flash_bytes": len(record.blocks) * chain.flash.geometry.erasesize,
-            "created": e.created, "message": e.message, "state": STATE_NAMES[e.state],
-            "integrity": integrity}
-    if e.state == TRIAL:
-        info |= {"attempts": e.attempts, "max_attempts": e.max_attempts}
-    if e.type == VOLATILE:
-        info["kept_for_rollback"] = e.fallback
-    return {"index": index + 1, **info} if e.type == SNAPSHOT else info
-
-
-def listing(chain: Chain) -> dict:
-    """`volatile` is the volatile record a boot applies now; `volatiles` every one, the one
-    kept in case a trial fails and a failed one included."""
-    volatile = chain.volatile
-    note = chain.note
-    known = verified.load(chain.flash)
-    return {
-        "device": chain.flash.name,
-        "geometry": chain.flash.geometry.as_dict(),
-        "snapshots": [record_info(chain, r, i, known) for i, r in enumerate(chain.snapshots)],
-        "volatile": record_info(chain, volatile, 0, known) if volatile else None,
-        "volatiles": [record_info(chain, r, 0, known) for r in chain.volatiles],
-        "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message}
-        if note else None,
-        "used_bytes": chain.used_bytes(),
-        "free_bytes": chain.free_bytes(),
-    }
-
-
-def status(chain: Chain, layers=("/overlay", "/volatile")) -> dict:
-    """The chain in brief, the trial pending, the last rollback, and the RAM the running
-    system's tmpfs layers use (None where there is no such mount). Reads the anchor only."""
-    trial = chain.trial
-    snapshots, volatile = chain.view()
-    note = chain.note
-    return {
-        "device": chain.flash.name,
-        "snapshots": len(snapshots),
-        "volatile": volatile is not None,
-        "trial": {"what": trials.name(chain, trial),
-                  "kind": "snapshot" if trial.entry.type == SNAPSHOT else "volatile",
-                  "seq": trial.entry.seq, "attempts": trial.entry.attempts,
-                  "max_attempts": trial.entry.max_attempts} if trial else None,
-        "last_rollback": {"seq": note.seq, "time": note.created, "reason": note.message,
-                          "bundle": trials.bundle_of(note.message)} if note else None,
-        "bundle": trials.bundle_applied(chain),
-        "free_bytes": chain.free_bytes(),
-        "ram": {layer: _used(layer) for layer in layers},
-    }
-
-
-def _used(mountpoint: str) -> int | None:
-    if not os.path.ismount(mountpoint):
-        return None
-    st = os.statvfs(mountpoint)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
-
-
 def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
                     lower: Path | None = None, tried: bool = True,
                     undo: bool = True) -> tuple[int, SnapshotError | None]:
@@ -497,8 +405,14 @@ def snapshot_record(chain: Chain, index: int) -> Record:
     return chain.snapshots[index - 1]
 
 
+def entries_of(chain: Chain, record: Record):
+    """(reader, entry) for each entry of a record's archive (archive.entries: reading it to
+    its end checks the record's CRC)."""
+    return archive.entries(chain.payload(record), record.entry.compression)
+
+
 def _entries(chain: Chain, record: Record):
-    for _, entry in archive.entries(chain.payload(record), record.entry.compression):
+    for _, entry in entries_of(chain, record):
         yield entry
 
 

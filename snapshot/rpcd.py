@@ -10,9 +10,9 @@ the exit status the command would have given (2 for arguments it refuses). Repli
 command prints with a non-zero status stay as printed: `check` on a damaged chain
 (`"clean": false`), a push that was not exact (`"exact": false`).
 
-rpcd kills a plugin after 120 s, so push and save start a background job and answer at once
-with `{"started": METHOD, "job": ID}`; `status` reports the job and, once done, its reply
-(snapshot/jobs.py).
+rpcd kills a plugin after 120 s, so push, save, squash, repair and upgrade start a background
+job and answer at once with `{"started": METHOD, "job": ID}`; `status` reports the job, its
+progress line while it runs and, once done, its reply (snapshot/jobs.py).
 """
 import io
 import json
@@ -27,7 +27,8 @@ STRING, INTEGER, BOOLEAN = "str", 32, True
 
 class Method(NamedTuple):
     command: list[str]                          # the CLI command, printing JSON
-    arguments: dict[str, tuple[object, str]]    # ubus argument -> (type, the command's option)
+    # ubus argument -> (type, the command's option, or None for its argument)
+    arguments: dict[str, tuple[object, str | None]]
     background: bool = False
 
 
@@ -36,6 +37,9 @@ SOURCE = {"from": (STRING, "--from"), "trial": (BOOLEAN, "--trial"),
 METHODS = {
     "list": Method(["list", "--json"], {}),
     "check": Method(["check", "--json"], {}),
+    "repair": Method(["check", "--repair", "--json"], {}, True),
+    "show": Method(["show", "--json"], {"index": (INTEGER, None), "uci": (BOOLEAN, "--uci")}),
+    "squash": Method(["squash", "--json"], {"upto": (INTEGER, "--upto")}, True),
     "status": Method(["status", "--json"], {}),
     "confirm": Method(["confirm", "--json"], {}),
     "rollback": Method(["rollback", "--json"], {"to": (INTEGER, "--to")}),
@@ -78,8 +82,9 @@ def call(name: str, arguments: dict) -> str:
 
 
 def _options(method: Method, arguments: dict) -> list[str]:
-    """The command's options for the call's arguments (null ones are left out)."""
-    options = []
+    """The command's options and arguments for the call's arguments (null ones are left
+    out)."""
+    options, given = [], []
     for arg, value in arguments.items():
         # The HTTP gateway (uhttpd's ubus handler) adds the caller's session to every call's
         # arguments, after checking its ACL; the methods have no use for it.
@@ -97,9 +102,12 @@ def _options(method: Method, arguments: dict) -> list[str]:
             options += [option] if value else []
         elif isinstance(value, (dict, list)):
             raise ValueError(f"argument {arg!r} is an object or an array")
+        elif option is None:
+            given.append(str(value))
         else:
             options += [option, str(value)]
-    return options
+    # After "--": a value is never taken for an option (a negative number, say).
+    return options + (["--", *given] if given else [])
 
 
 def run(argv: list[str]) -> str:

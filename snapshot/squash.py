@@ -30,7 +30,6 @@ from pathlib import Path
 
 from snapshot import live
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
-from snapshot.operations import DEFAULT_UPPER
 from snapshot.store.chain import Chain, Record, RecordWriter, commit, rewrite
 from snapshot.store.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE, SNAPSHOT,
                                    TRIAL, DirEntry, Layout, RecordHeader, round_up)
@@ -233,7 +232,7 @@ def merged(out, chain: Chain, records: list[Record], merge: Plan, compression: i
 # -- the operation -------------------------------------------------------------------------
 
 def squash(chain: Chain, upto: int | None = None, progress=None,
-           compression: int = COMPRESSION_GZIP, layer: Path = Path(DEFAULT_UPPER)) -> dict:
+           compression: int = COMPRESSION_GZIP, layer: Path = Path(live.DEFAULT_UPPER)) -> dict:
     """Replace snapshots 1..upto (default: every confirmed one, so a pending trial stays on
     top) by one record showing the same; one commit. What lies above them stays, as it
     was: a snapshot on trial and every volatile record, each rewritten under its new number

@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from snapshot import boot, operations  # noqa: E402
+from snapshot import boot  # noqa: E402
+from snapshot.store import chain  # noqa: E402
 
 
 def boot_writes(flash, log, report: boot.BootReport):
@@ -28,7 +29,7 @@ def boot_writes(flash, log, report: boot.BootReport):
 
 
 def main(device: str) -> None:
-    with operations.opened(device, writable=True) as flash:
+    with chain.opened(device, writable=True) as flash:
         boot_writes(flash, boot.Log(kmsg=False), boot.BootReport())
 
 

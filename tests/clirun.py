@@ -11,6 +11,12 @@ def invoke(*args, env=None):
     return result
 
 
+def commands() -> dict:
+    """Every top-level command by name, its family module imported (the group imports one
+    when it is called: snapshot/cli/common.py, Group)."""
+    return {name: main.get_command(None, name) for name in main.list_commands(None)}
+
+
 def run(image, *args):
     """A command on --device image."""
     return invoke("--device", image, *args)

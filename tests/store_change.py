@@ -10,16 +10,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from snapshot import operations  # noqa: E402
 from snapshot.packages import transaction
-from snapshot.store.chain import Chain  # noqa: E402
+from snapshot.store.chain import Chain, opened  # noqa: E402
 
 
 def main(device: str, work: Path) -> None:
     upper = work / "upper"
     before = json.loads((work / "before.json").read_text())
     paths, gone = transaction.changed(before, transaction.manifest(upper))
-    with operations.opened(device, writable=True) as flash:
+    with opened(device, writable=True) as flash:
         transaction.store(Chain(flash), upper, paths, gone, "upgrade: pkg 1.0 -> 2.0", 3)
 
 

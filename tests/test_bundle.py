@@ -428,3 +428,122 @@ def test_a_signify_key_signs_bundles_the_router_trusts(lab, tmp_path):
     fix = lab.bundle(ref, "2", tmp_path / "fix.snb", tmp_path / "pc.sec")
     lab.cli(dev, "bundle", "apply", fix, "--no-reboot")
     assert status(lab, dev)["bundle"]["state"] == "trial"
+
+
+# -- the firmware id (FORMAT.md §9, DESIGN.md §15) ------------------------------------------
+
+def _squashfs(tree: Path, out: Path) -> Path:
+    from conftest import cannot_run
+    if not shutil.which("mksquashfs"):
+        cannot_run("mksquashfs is not installed (squashfs-tools)")
+    subprocess.run(["mksquashfs", tree, out, "-noappend", "-quiet", "-no-progress", "-all-root",
+                    "-mkfs-time", "0"], check=True)
+    return out
+
+
+def _format(bundle: Path) -> int:
+    return int.from_bytes(bundle.read_bytes()[4:6], "little")
+
+
+def _rom_is(lab: Lab, rom: Path) -> None:
+    lab.config.write_text(lab.config.read_text().replace(f"'{lab.rom}'", f"'{rom}'"))
+    lab.rom = rom
+
+
+def test_the_squashfs_id_is_the_image_and_changes_exactly_with_the_firmware(lab, tmp_path):
+    from snapshot.fleet import firmware
+    first = _squashfs(lab.rom, tmp_path / "a.sqfs")
+    again = _squashfs(lab.rom, tmp_path / "again.sqfs")
+    release = lab.rom / "etc/openwrt_release"
+    release.write_text(release.read_text().replace("24.10.0", "24.10.1"))   # same size
+    other = _squashfs(lab.rom, tmp_path / "b.sqfs")
+    with open(first, "ab") as f:                # a partition goes on past the image
+        f.write(b"\xff" * 4096)
+    image = first.read_bytes()
+    used = int.from_bytes(image[40:48], "little")
+    ids = {p.name: firmware.identity(p, firmware.SQUASHFS) for p in (first, again, other)}
+    assert ids["a.sqfs"] == hashlib.sha256(image[:used]).hexdigest() == ids["again.sqfs"]
+    assert ids["b.sqfs"] != ids["a.sqfs"]
+
+
+def test_a_bundle_made_before_squashfs_ids_still_applies(lab, tmp_path):
+    """Format 1, whose rootfs is the tree id: what every bundle made before format 2 is, and
+    what an unpacked root still gives."""
+    from snapshot.fleet import firmware
+    dev = unit(lab, tmp_path)
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb")
+    shown = json.loads(lab.cli(dev, "bundle", "show", fix, "--json").stdout)
+    assert _format(fix) == 1 and shown["rootfs"] == firmware.tree_id(lab.rom)
+    lab.cli(dev, "bundle", "apply", fix, "--no-reboot")
+    assert status(lab, dev)["snapshots"] == 2
+
+
+def test_a_bundle_of_a_squashfs_applies_on_that_firmware_only(lab, tmp_path):
+    mine = _squashfs(lab.rom, tmp_path / "mine.sqfs")
+    (lab.rom / "etc/banner").write_text("another build\n")
+    other = _squashfs(lab.rom, tmp_path / "other.sqfs")
+    fix = lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb", None, "--rom", mine)
+    assert _format(fix) == 2
+    unpacked = lab.rom
+    for rom, refusal in ((other, "is for another firmware (squashfs "),
+                         (unpacked, "names its firmware by its squashfs id, which this router "
+                                    "cannot compute")):
+        _rom_is(lab, rom)
+        dev = unit(lab, tmp_path, f"unit-{rom.name}")
+        digest = image_digest(dev)
+        done = lab.cli(dev, "bundle", "apply", fix, "--no-reboot", check=False)
+        assert done.returncode == 1 and refusal in done.stderr, done.stderr
+        assert image_digest(dev) == digest
+    _rom_is(lab, mine)
+    dev = unit(lab, tmp_path, "unit-mine")
+    lab.cli(dev, "bundle", "apply", fix, "--no-reboot")
+    assert status(lab, dev)["snapshots"] == 2
+
+
+MOUNTED = r"""
+import json, subprocess, sys
+from pathlib import Path
+from snapshot.fleet import firmware
+image, rom, cli = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+subprocess.run(["mount", "-o", "loop,ro", str(image), str(rom)], check=True)
+firmware.CACHE.unlink(missing_ok=True)
+ids = [firmware.kind(rom), firmware.identity(rom, firmware.SQUASHFS)]
+kept = json.loads(firmware.CACHE.read_text())["sha256"]
+ids += [kept, firmware.identity(rom, firmware.SQUASHFS), firmware.tree_id(rom)]
+done = [subprocess.run(argv, capture_output=True, text=True) for argv in cli]
+print(json.dumps({"ids": ids, "done": [(d.returncode, d.stderr) for d in done]}))
+"""
+
+
+def test_on_a_mounted_squashfs_both_formats_apply_and_the_id_is_kept_for_the_boot(lab,
+                                                                                  tmp_path):
+    """As on a router: /rom is the squashfs mounted from its block device (a loop device
+    here, in a private mount namespace)."""
+    from snapshot.fleet import firmware
+    from test_overlayfs import mounts_unavailable
+    from conftest import cannot_run
+    reason = mounts_unavailable()
+    if reason:
+        cannot_run(f"tier 2 cannot run: {reason}")
+    image = _squashfs(lab.rom, tmp_path / "rom.sqfs")
+    ref = tmp_path / "ref.img"
+    old = lab.bundle(ref, "2", tmp_path / "old.snb")                  # the unpacked root
+    new = lab.bundle(ref, "2", tmp_path / "new.snb", None, "--rom", image)
+    unpacked = lab.rom
+    rom = tmp_path / "rom"
+    rom.mkdir()
+    _rom_is(lab, rom)
+    units = [unit(lab, tmp_path, name) for name in ("old", "new")]
+    cli = [[sys.executable, "-m", "snapshot", "--device", str(dev), "bundle", "apply", str(b),
+            "--no-reboot"] for dev, b in zip(units, (old, new))]
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                           MOUNTED, str(image), str(rom), json.dumps(cli)],
+                          env={**os.environ, **lab.env}, capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    squashfs_id = firmware.identity(image, firmware.SQUASHFS)
+    assert found["ids"] == ["squashfs", squashfs_id, squashfs_id, squashfs_id,
+                            firmware.tree_id(unpacked)]
+    assert [code for code, _ in found["done"]] == [0, 0], found["done"]
+    assert [status(lab, dev)["snapshots"] for dev in units] == [2, 2]

@@ -11,10 +11,9 @@ import time
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
-from snapshot.cli import main
 from snapshot.store.chain import Chain
 from snapshot.store.format import ANCHOR_BLOCKS
-from clirun import error_of, invoke, ok, run
+from clirun import commands, error_of, invoke, ok, run
 from sweep import make_tree, tree
 
 KIB = 1024
@@ -231,10 +230,11 @@ def test_check_of_a_healthy_chain_is_clean(image, tmp_path):
 
 
 def test_every_command_has_help_with_an_example():
-    commands = [[name] for name in main.commands if name != "flash"] + [
-        ["flash", name] for name in main.commands["flash"].commands]
-    assert len(commands) > 10
-    for command in commands:
+    every = commands()
+    names = [[name] for name in every if name != "flash"] + [
+        ["flash", name] for name in every["flash"].commands]
+    assert len(names) > 10
+    for command in names:
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Example" in result.output, command
 
@@ -368,7 +368,7 @@ def test_every_command_that_opens_a_device_takes_device_after_it():
              "package-hook", "bundle create", "bundle apply", "flash info", "fleet poll",
              "fleet confirm", "fleet rollback"}
     takes = set()
-    for name, command in main.commands.items():
+    for name, command in commands().items():
         for sub, leaf in getattr(command, "commands", {name: command}).items():
             if any(p.name == "device" for p in leaf.params):
                 takes.add(sub if leaf is command else f"{name} {sub}")

@@ -1,8 +1,8 @@
-"""The HTTP download layer (snapshot/fleet/fetch.py) against servers on 127.0.0.1 that drip, stall,
-redirect where they must not, answer what is not HTTP, or change the file between two
-requests: each ends in one FetchFailed line that names the URL, within the limits the test
-passes (small ones, so that each test takes a second or two); through the CLI (`fleet poll`,
-`bundle apply URL`) in one `Error:` line, with nothing written."""
+"""The HTTP download layer (snapshot/fleet/fetch.py, download.py) against servers on 127.0.0.1
+that drip, stall, redirect where they must not, answer what is not HTTP, or change the file
+between two requests: each ends in one FetchFailed line that names the URL, within the limits
+the test passes (small ones, so that each test takes a second or two); through the CLI
+(`fleet poll`, `bundle apply URL`) in one `Error:` line, with nothing written."""
 import http.server
 import re
 import time
@@ -12,7 +12,9 @@ import pytest
 from bundle_lab import Lab
 from clirun import error_of, invoke
 from mtd import FlashType, Geometry
-from snapshot.fleet.fetch import Download, FetchFailed, Limits, read_whole
+from snapshot.errors import FetchFailed
+from snapshot.fleet.download import Download, Limits
+from snapshot.fleet.fetch import read_whole
 from sweep import image_digest
 from web import raw, self_signed, served
 

@@ -21,7 +21,8 @@ LAYERS = {
     # the engine: the operations on a chain and its overlay
     **dict.fromkeys(["snapshot.boot", "snapshot.config", "snapshot.convert", "snapshot.jobs",
                      "snapshot.legacy_archive", "snapshot.live", "snapshot.operations",
-                     "snapshot.reboot", "snapshot.squash"], 4),
+                     "snapshot.overview", "snapshot.reboot", "snapshot.squash",
+                     "snapshot.uci_changes"], 4),
     # the wings
     "snapshot.packages": 5, "snapshot.fleet": 5, "snapshot.health": 5,
     # the faces

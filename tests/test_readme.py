@@ -66,7 +66,9 @@ def commands(command=main, path=("snapshot",), parent=None):
     """(path, command, context) for every visible command, groups included."""
     ctx = click.Context(command, info_name=path[-1], parent=parent)
     yield path, command, ctx
-    for name, sub in sorted(getattr(command, "commands", {}).items()):
+    names = command.list_commands(ctx) if isinstance(command, click.Group) else []
+    for name in sorted(names):
+        sub = command.get_command(ctx, name)
         if not sub.hidden:
             yield from commands(sub, path + (name,), ctx)
 

@@ -32,8 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 PLUGIN = REPO / "initscripts/usr/libexec/rpcd/snapshot"
 ACL = REPO / "initscripts/usr/share/rpcd/acl.d/snapshot.json"
 NAND = Geometry(FlashType.NAND, 4 << 20, 128 << 10, 2048, 64)
-READ = ["list", "check", "status"]
-WRITE = ["confirm", "rollback", "push", "save", "upgrade"]
+READ = ["list", "check", "status", "show"]
+WRITE = ["confirm", "rollback", "push", "save", "squash", "repair", "upgrade"]
+#: The read methods that take no argument.
+PLAIN = ["list", "check", "status"]
 PASSWORD = "mesh-admin"
 # As procd starts rpcd, with this checkout's `python3` and `snapshot` first.
 ENV = {"PATH": f"{Path(sys.executable).parent}:{PREFIX}/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -192,7 +194,7 @@ def test_the_plugin_lists_every_method_with_its_arguments(router):
     assert methods["upgrade"] == {"dry_run": "Boolean", "no_reboot": "Boolean"}
 
 
-@pytest.mark.parametrize("method", READ)
+@pytest.mark.parametrize("method", PLAIN)
 def test_a_read_method_replies_what_its_command_prints(router, method):
     printed = router.printed(method, "--json")
     assert router.call("snapshot", method) == json.loads(printed)
@@ -204,6 +206,16 @@ def test_list_through_ubus_shows_the_pushed_snapshots(router, image):
     listed = router.call("snapshot", "list")
     assert listed["device"] == str(image)
     assert [s["message"] for s in listed["snapshots"]] == ["change 1", "change 2"]
+
+
+def test_show_through_ubus_takes_the_snapshot_number_and_uci(router):
+    assert router.call("snapshot", "show", {"index": 2}) == json.loads(
+        router.printed("show", "2", "--json"))
+    shown = router.call("snapshot", "show", {"index": 1, "uci": True})
+    assert shown == json.loads(router.printed("show", "1", "--uci", "--json"))
+    assert shown["uci"][0]["config"] == "network"
+    assert router.call("snapshot", "show", {"index": 9}) == {
+        "error": "there is no snapshot 9 (the chain has 2)", "code": 1}
 
 
 def test_rollback_through_ubus_drops_the_newest_snapshot(router):
@@ -265,6 +277,14 @@ def test_a_second_long_operation_is_busy_while_one_runs(router, image, tmp_path)
     finally:
         os.close(held)
     assert until_done(router)["result"]["snapshot"] == 3
+
+
+def test_squash_and_repair_run_as_jobs_and_status_reports_their_results(router):
+    assert router.call("snapshot", "squash", {"upto": 2}) == {"started": "squash", "job": 1}
+    assert until_done(router)["result"]["squashed"] == 2
+    assert len(router.call("snapshot", "list")["snapshots"]) == 1
+    assert router.call("snapshot", "repair") == {"started": "repair", "job": 2}
+    assert until_done(router)["result"]["clean"] is True
 
 
 def test_a_failed_long_operation_reports_its_error_in_status(router, tmp_path):

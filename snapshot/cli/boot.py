@@ -6,8 +6,8 @@ from pathlib import Path
 from snapshot.cli.common import (DEVICE, INEXACT, Progress, compression_of,
                                  compression_option, echo, human, main, stored)
 from snapshot.errors import SnapshotError, StockBoot
-from snapshot.operations import opened
 from snapshot.reboot import booted
+from snapshot.store.chain import opened
 
 @main.command()
 @click.option("--from", "source", type=click.Path(file_okay=False, exists=True, path_type=Path),

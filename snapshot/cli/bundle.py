@@ -1,12 +1,11 @@
 """The bundle commands: bundle create, sign, show and apply."""
-import json
 from pathlib import Path
 
 import click
 
 from snapshot import config
-from snapshot.cli.common import (DEVICE, JSON, echo, human, main, max_attempts_of, reading,
-                                 writing)
+from snapshot.cli.common import (DEVICE, JSON, echo, human, main, max_attempts_of, print_json,
+                                 reading, writing)
 from snapshot.fleet import bundle as bundles
 from snapshot.store.chain import Chain
 
@@ -40,9 +39,9 @@ def _range(spec: str) -> tuple[int, int]:
 @click.option("--board", "boards", multiple=True,
               help="A board the bundle is for (repeatable) [default: this router's, from "
                    "option board_file].")
-@click.option("--rom", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="The firmware root it applies to (a mounted or unpacked squashfs) "
-                   "[default: option rom, /rom].")
+@click.option("--rom", type=click.Path(exists=True, path_type=Path),
+              help="The firmware it applies to: a mounted squashfs, its image file, or an "
+                   "unpacked root [default: option rom, /rom].")
 @click.option("-m", "--message", help="[default: the newest snapshot's message]")
 @KEY
 @JSON
@@ -63,12 +62,12 @@ def create(obj, snapshots, output, boards, rom, message, key, as_json):
     first, last = _range(snapshots)
     settings = config.load()
     boards = list(boards) or [bundles.board(Path(settings["board_file"]))]
-    rootfs = bundles.rootfs_id(rom or Path(settings["rom"]))
     with reading(obj) as dev:
-        made = bundles.create(Chain(dev), first, last, output, boards, rootfs, message, key)
+        made = bundles.create(Chain(dev), first, last, output, boards,
+                              rom or Path(settings["rom"]), message, key)
     info = bundles.describe(made)
     if as_json:
-        click.echo(json.dumps({"output": str(output), **info}, indent=2))
+        print_json({"output": str(output), **info})
     else:
         echo(f"bundle {made.id}: snapshots {first}..{last} in {output} "
              f"({human(made.size)}), {'signed' if made.signature else 'not signed'}")
@@ -112,7 +111,7 @@ def show(source, as_json):
     except bundles.BundleRefused as e:
         info["trusted_key"], info["refused"] = None, str(e)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        print_json(info)
         return
     echo(f"bundle {info['id']}: {info['message']}")
     echo(f"boards: {', '.join(info['boards'])}; base: {len(info['base'])} snapshots; "
@@ -151,7 +150,7 @@ def apply(obj, source, no_reboot, as_json):
     with writing(obj, "bundle") as (chain, progress):
         result = bundles.apply_from(source, chain, config.load(), max_attempts, log, progress)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        print_json(result)
     elif result["applied"] is None:
         echo(f"nothing to do: {result['already']}")
     else:

@@ -1,6 +1,5 @@
-"""The chain's commands: format, save, push, rollback, squash, list, unpack, check, show,
+"""The chain's commands: format, save, push, rollback, squash, unpack, check, show,
 export and probe."""
-import json
 from pathlib import Path
 
 import click
@@ -10,10 +9,11 @@ from snapshot import config, operations
 from snapshot import squash as squashing
 from snapshot.cli.common import (DEVICE, JSON, SOURCE, TRIAL, compression_of,
                                  compression_option, echo, human, main, max_attempts_of,
-                                 on_trial, reading, state_of, stored, when, writing)
+                                 on_trial, print_json, reading, state_of, stored, when,
+                                 writing)
 from snapshot.errors import ChainDamaged, SnapshotError
-from snapshot.operations import format_device, opened
-from snapshot.store.chain import Chain
+from snapshot.operations import format_device
+from snapshot.store.chain import Chain, opened
 
 @main.command("format")
 @click.option("--force", is_flag=True, help="Replace a chain, jffs2 or old-format data.")
@@ -140,7 +140,7 @@ def squash(obj, upto, as_json):
     with writing(obj, "squash") as (chain, progress):
         report = squashing.squash(chain, upto, progress, compression_of(None))
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        print_json(report)
     else:
         echo(_squashed(report))
 
@@ -173,58 +173,9 @@ def rollback(obj, to, as_json):
     with writing(obj, "rollback") as (chain, _):
         dropped = operations.rollback(chain, to)
     if as_json:
-        click.echo(json.dumps({"dropped": dropped}, indent=2))
+        print_json({"dropped": dropped})
     else:
         echo("dropped " + ", ".join(dropped))
-
-
-@main.command("list")
-@JSON
-@DEVICE
-@click.pass_obj
-def list_cmd(obj, as_json):
-    """List the snapshots and the volatile record (reads record headers only), with the
-    flash each takes (whole blocks) and what is used and free.
-
-    \b
-    Example:
-      snapshot list --json
-    """
-    with reading(obj) as dev:
-        info = operations.listing(Chain(dev))
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    echo(f"{'#':>3}  {'seq':>4}  {'size':>10}  {'flash':>10}  {'blocks':>6}  "
-         f"{'created':<19}  {'state':<10}  message")
-    for s in info["snapshots"]:
-        echo(f"{s['index']:>3}  {s['seq']:>4}  {human(s['size']):>10}  "
-             f"{human(s['flash_bytes']):>10}  {s['blocks']:>6}  {when(s['created'])}  "
-             f"{_state(s):<10}  {s['message']}")
-    for v in info["volatiles"] or [None]:
-        echo(f"volatile: {human(v['size'])} in {v['blocks']} blocks "
-             f"({human(v['flash_bytes'])} of flash), {_state(v)}"
-             + (", kept in case the trial fails" if v["kept_for_rollback"] else "")
-             if v else "volatile: none")
-    note = info["last_rollback"]
-    if note:
-        echo(f"last rollback: {when(note['time'])}: {note['reason']}")
-    echo(f"flash: {human(info['used_bytes'])} used, {human(info['free_bytes'])} free")
-    records = info["snapshots"] + info["volatiles"]
-    unread = sum(r["integrity"] == "header ok" for r in records)
-    if unread:
-        echo(f"payloads: {unread} of {len(records)} not read since boot (list reads headers "
-             f"only; `snapshot check` reads them all)")
-
-
-def _state(record: dict) -> str:
-    """A record's state for `list`: where it stands in a trial, and any damage."""
-    state = record["state"]
-    if state == "trial":
-        state += f" {record['attempts']}/{record['max_attempts']}"
-    damaged = record["integrity"].startswith("damaged")
-    return f"{state}, {record['integrity']}" if damaged else state
-
 
 
 @main.command("unpack")
@@ -289,7 +240,7 @@ def check(obj, repair, as_json):
         with reading(obj) as dev:
             report = operations.check(Chain(dev))
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        print_json(report.as_dict())
     else:
         for line in report.problems:
             echo(f"problem: {line}")
@@ -315,25 +266,54 @@ def check(obj, repair, as_json):
 @click.argument("index", type=int)
 @click.option("--rom", type=click.Path(file_okay=False, path_type=Path), default="/rom",
               show_default=True, help="The read-only root, to tell added from modified.")
+@click.option("--uci", is_flag=True,
+              help="Also each UCI option it changed in /etc/config, old value to new, as the "
+                   "router's uci reads the files before and after it.")
 @JSON
 @DEVICE
 @click.pass_obj
-def show(obj, index, rom, as_json):
+def show(obj, index, rom, uci, as_json):
     """List what snapshot N changed: added, modified, deleted, made opaque.
 
     \b
-    Example:
+    Examples:
       snapshot show 3 --json
+      snapshot show 3 --uci        # network.lan.ipaddr: '192.168.1.1' -> '10.0.0.1'
     """
+    from snapshot import uci_changes
+    rom = rom if rom.is_dir() else None
     with reading(obj) as dev:
-        info = operations.show(Chain(dev), index, rom if rom.is_dir() else None)
+        chain = Chain(dev)
+        info = operations.show(chain, index, rom)
+        if uci:
+            info["uci"] = uci_changes.changes(chain, index, rom)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        print_json(info)
         return
     echo(f"snapshot {index} ({when(info['created'])}) {info['message']}".rstrip())
     for kind in ("added", "modified", "deleted", "opaque"):
         for name in info[kind]:
             echo(f"  {kind:<9} {name}")
+    for package in info.get("uci", []):
+        if "problem" in package:
+            echo(f"  uci {package['config']}: not compared: {package['problem']}")
+        for change in package.get("changes", []):
+            echo(f"  uci {change['option']}: {_uci_change(change)}")
+
+
+def _uci_change(change: dict) -> str:
+    """`old -> new` as uci shows values: quoted options, a section's type bare."""
+    def shown(value):
+        if change["option"].count(".") == 1:
+            return f"section {value}"
+        items = value if isinstance(value, list) else [value]
+        return " ".join("'" + item.replace("'", "'\\''") + "'" for item in items)
+    old, new = change["old"], change["new"]
+    if old is None:
+        return f"added {shown(new)}"
+    if new is None:
+        return f"removed (was {shown(old)})"
+    return f"{shown(old)} -> {shown(new)}"
 
 
 @main.command()

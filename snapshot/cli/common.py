@@ -18,14 +18,13 @@ from pathlib import Path
 import click
 
 from mtd import FlashOpenError, MtdError
-from snapshot import config
+from snapshot import config, jobs
 from snapshot.errors import SnapshotError
-from snapshot.operations import DEFAULT_UPPER, opened
-from snapshot.store.chain import VISIBLE_STEPS, Chain
-from snapshot.store.format import MAX_ATTEMPTS, STATE_NAMES
+from snapshot.live import DEFAULT_UPPER
+from snapshot.store.chain import VISIBLE_STEPS, Chain, opened
+from snapshot.store.format import COMPRESSIONS, MAX_ATTEMPTS, STATE_NAMES
 from snapshot.store.format import TRIAL as TRIAL_STATE
 from snapshot.text import printable
-from snapshot.tree.archive import COMPRESSIONS
 
 # Exit status of a save, push or convert whose directory changed while it was read.
 INEXACT = 5
@@ -79,9 +78,36 @@ def echo(message: str = "", err: bool = False) -> None:
 
 
 class Group(click.Group):
-    """Turns the library's errors, and the filesystem refusing a path the user gave, into
+    """The top command group. It imports a command's family module (snapshot/cli/FAMILY.py)
+    only when that command is called, so each command pays for its own imports only: on a
+    router's CPU, start-up is most of a short command. `--help` imports them all.
+
+    It turns the library's errors, and the filesystem refusing a path the user gave, into
     one `Error: ...` line and the error's exit status (1 unless it has its own); its control
     characters escaped, as echo() does."""
+
+    #: Each command's family module. tests/test_startup.py checks it against what the
+    #: modules define.
+    FAMILIES = {
+        "format": "chain", "save": "chain", "push": "chain", "rollback": "chain",
+        "squash": "chain", "unpack": "chain", "check": "chain", "show": "chain",
+        "export": "chain", "probe": "chain", "list": "listing",
+        "confirm": "trial", "health": "trial", "watch": "trial", "status": "listing",
+        "mount": "boot", "convert": "boot",
+        "flash": "flash",
+        "upgrade": "packages", "package-hook": "packages",
+        "bundle": "bundle",
+        "fleet": "fleet",
+    }
+
+    def list_commands(self, ctx):
+        return sorted(self.FAMILIES)
+
+    def get_command(self, ctx, name):
+        family = self.FAMILIES.get(name)
+        if family is not None and name not in self.commands:
+            __import__(f"snapshot.cli.{family}")
+        return self.commands.get(name)
 
     def invoke(self, ctx):
         try:
@@ -164,7 +190,8 @@ DEVICE = click.option("--device", metavar="DEV", expose_value=False, callback=_d
 class Progress:
     """Blocks written so far, on one refreshed stderr line, when stderr is a terminal; with
     `free`, out of the free flash the write may take (a record bigger than that is refused
-    before anything is written)."""
+    before anything is written). In a background job (snapshot/jobs.py) the same line is
+    the job's progress, which `status` shows."""
 
     def __init__(self, what: str, free: int | None = None):
         self.what = what
@@ -174,10 +201,17 @@ class Progress:
 
     def __call__(self, amount: int) -> None:
         self.bytes += amount
+        total = "" if self.free is None else f" (of {human(self.free)} free)"
+        line = f"{self.what}: {human(self.bytes)} written{total}"
         if self.shown:
-            total = "" if self.free is None else f" (of {human(self.free)} free)"
-            click.echo(f"\r{self.what}: {human(self.bytes)} written{total}", nl=False,
-                       err=True)
+            click.echo(f"\r{line}", nl=False, err=True)
+        jobs.progress(line)
+
+    def phase(self, line: str) -> None:
+        """A step before the writes begin (`upgrade`: installing the packages)."""
+        if self.shown:
+            click.echo(f"{self.what}: {line}", err=True)
+        jobs.progress(f"{self.what}: {line}", now=True)
 
     def done(self) -> None:
         if self.shown and self.bytes:
@@ -250,8 +284,7 @@ def stored(capture, as_json: bool, info: dict, line: str) -> None:
     for warning in capture.warnings:
         echo(f"warning: {warning}", err=True)
     if as_json:
-        click.echo(json.dumps({**info, "exact": capture.exact, "warnings": capture.warnings},
-                              indent=2))
+        print_json({**info, "exact": capture.exact, "warnings": capture.warnings})
     elif capture.exact:
         echo(line)
     else:
@@ -259,6 +292,11 @@ def stored(capture, as_json: bool, info: dict, line: str) -> None:
              f"not be read while they were stored")
     if not capture.exact:
         raise SystemExit(INEXACT)
+
+
+def print_json(data) -> None:
+    """A command's report as JSON on stdout (json.dumps escapes every control character)."""
+    click.echo(json.dumps(data, indent=2))
 
 
 def when(timestamp: int) -> str:

@@ -1,12 +1,11 @@
 """`snapshot flash`: inspect flash devices and create simulated ones."""
-import json
 import os
 
 import click
 
 from mtd import FlashType, Geometry, SimFlash, open_flash
 from mtd.sim import validate_geometry
-from snapshot.cli.common import DEVICE, JSON, BlockList, Size, echo, human, main
+from snapshot.cli.common import DEVICE, JSON, BlockList, Size, echo, human, main, print_json
 
 
 @main.group()
@@ -79,7 +78,7 @@ def flash_info(obj, as_json):
                 "geometry": dev.geometry.as_dict(), "bad_blocks": dev.bad_blocks(),
                 "stats": dev.stats().as_dict()}
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        print_json(info)
         return
     g, s = dev.geometry, info["stats"]
     counts = s["erase_counts"]

@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 
 from snapshot import config
-from snapshot.cli.common import DEVICE, JSON, echo, main, max_attempts_of, writing
-from snapshot.operations import opened
+from snapshot.cli.common import DEVICE, JSON, echo, main, max_attempts_of, print_json, writing
 from snapshot.reboot import reboot_into
-from snapshot.store.chain import Chain
+from snapshot.store.chain import Chain, opened
 
 CHANNEL = click.option("--channel", type=click.Path(file_okay=False, path_type=Path),
                        required=True, help="The channel directory a web server serves.")
@@ -106,7 +105,7 @@ def poll(obj, now, no_reboot, as_json):
     done = fleets.poll(chain_opener, config.load(), fleets.settings(), max_attempts_of(True),
                        log, now)
     if as_json:
-        click.echo(json.dumps(done, indent=2))
+        print_json(done)
     else:
         echo(f"applied bundle {done['bundle']} as snapshot {done['snapshot']}, on trial"
              if done["action"] == "applied" else f"nothing to do: "
@@ -143,7 +142,7 @@ def confirm(obj, bundle_id, force, as_json):
         watching.SysLog()(f"fleet: confirmed bundle {bundle_id} ({done['what']}) for the "
                           f"operator")
     if as_json:
-        click.echo(json.dumps(done, indent=2))
+        print_json(done)
     else:
         echo(f"confirmed bundle {bundle_id} ({done['what']})"
              if done["action"] == "confirmed" else f"nothing to do: {done['reason']}")
@@ -173,7 +172,7 @@ def rollback(obj, bundle_id, no_reboot, as_json):
     done = _decide(obj, "rollback",
                    lambda chain: fleets.rollback(chain, bundle_id, int(time.time())))
     if as_json:
-        click.echo(json.dumps(done, indent=2))
+        print_json(done)
     else:
         echo(f"rolled back bundle {bundle_id} ({done['what']})"
              if done["action"] == "rolled back" else f"nothing to do: {done['reason']}")
@@ -206,7 +205,7 @@ def publish(bundle_file, channel, waves, max_failed, key, expires_in, as_json):
     rollout = fleets.publish(channel, bundle_file, waves.split(","), key, max_failed,
                              expires_in)
     if as_json:
-        click.echo(json.dumps(rollout, indent=2))
+        print_json(rollout)
     else:
         echo(f"published bundle {rollout['id']} to {channel}: wave "
              f"{rollout['waves'][0]} may apply it")
@@ -233,7 +232,7 @@ def promote(channel, report_file, bundle_id, key, expires_in, as_json):
     done = fleets.promote(channel, fleets.read_report(report_file), key, bundle_id,
                           expires_in)
     if as_json:
-        click.echo(json.dumps(done, indent=2))
+        print_json(done)
     else:
         echo(f"bundle {done['id']}: waves {', '.join(done['promoted'])} may apply it")
 
@@ -255,7 +254,7 @@ def withdraw(channel, bundle_id, key, expires_in, as_json):
     from snapshot.fleet import channel as fleets
     done = fleets.withdraw(channel, key, bundle_id, expires_in)
     if as_json:
-        click.echo(json.dumps(done, indent=2))
+        print_json(done)
     else:
         echo(f"withdrew bundle {bundle_id} from {channel}")
 
@@ -278,7 +277,7 @@ def resign(channel, key, expires_in, as_json):
     from snapshot.fleet import channel as fleets
     done = fleets.resign(channel, key, expires_in)
     if as_json:
-        click.echo(json.dumps(done, indent=2))
+        print_json(done)
     else:
         echo(f"signed channel version {done['version']} of {channel}, valid until "
              f"{fleets._utc(done['expires'])}")
@@ -310,7 +309,7 @@ def report(statuses, output, bundle_id, as_json):
     if output:
         output.write_text(json.dumps(done, indent=2) + "\n")
     if as_json:
-        click.echo(json.dumps(done, indent=2))
+        print_json(done)
     else:
         _report_lines(done)
     unreadable = [unit["error"] for unit in done["units"].values() if "error" in unit]

@@ -1,5 +1,4 @@
 """Package changes: upgrade, and the hook the package managers run (package-hook)."""
-import json
 import syslog
 from pathlib import Path
 
@@ -7,8 +6,8 @@ import click
 
 from snapshot import config
 from snapshot.cli.common import (DEVICE, JSON, Progress, compression_of, compression_option,
-                                 echo, human, main, max_attempts_of)
-from snapshot.operations import DEFAULT_UPPER
+                                 echo, human, main, max_attempts_of, print_json)
+from snapshot.live import DEFAULT_UPPER
 from snapshot.packages import feeds
 from snapshot.packages import upgrade as upgrades
 from snapshot.reboot import booted, reboot_into
@@ -58,8 +57,8 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
     changes = upgrades.plan(obj["device"], pm)
     if not changes or dry_run:
         if as_json:
-            click.echo(json.dumps({"changes": [str(c) for c in changes], "dry_run": dry_run,
-                                   "snapshot": None}, indent=2))
+            print_json({"changes": [str(c) for c in changes], "dry_run": dry_run,
+                        "snapshot": None})
         elif not changes:
             echo("nothing to upgrade")
         else:
@@ -67,6 +66,7 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
         return
     upgrades.check_room(obj["device"], pm, changes, UPPER)
     progress = Progress("upgrade")
+    progress.phase(f"installing {', '.join(map(str, changes))}")
     try:
         outcome = upgrades.upgrade(obj["device"], pm, changes, UPPER,
                                    max_attempts_of(True), compression_of(compression), progress)
@@ -76,10 +76,9 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
                                      f"{outcome.snapshot} on trial: {outcome.message}")
     reboots = not no_reboot and booted(obj["device"])[1]
     if as_json:
-        click.echo(json.dumps({"changes": [str(c) for c in outcome.changes], "dry_run": False,
-                               "snapshot": outcome.snapshot, "size": outcome.size,
-                               "message": outcome.message, "reboot": reboots},
-                              indent=2))
+        print_json({"changes": [str(c) for c in outcome.changes], "dry_run": False,
+                    "snapshot": outcome.snapshot, "size": outcome.size,
+                    "message": outcome.message, "reboot": reboots})
     else:
         echo(f"upgraded {', '.join(map(str, outcome.changes))}; stored as snapshot "
              f"{outcome.snapshot} ({human(outcome.size)}), on trial")

@@ -1,14 +1,11 @@
-"""The commands of changes on trial: confirm, health, watch and status."""
-import json
+"""The commands of changes on trial: confirm, health and watch."""
 from contextlib import contextmanager
 
 import click
 
 from snapshot import operations
-from snapshot.cli.common import (DEVICE, JSON, UNHEALTHY, echo, human, main, reading, when,
-                                 writing)
-from snapshot.operations import opened
-from snapshot.store.chain import Chain
+from snapshot.cli.common import DEVICE, JSON, UNHEALTHY, echo, main, print_json, writing
+from snapshot.store.chain import Chain, opened
 
 @main.command()
 @JSON
@@ -27,7 +24,7 @@ def confirm(obj, as_json):
     with writing(obj, "confirm") as (chain, _):
         confirmed = operations.confirm(chain)
     if as_json:
-        click.echo(json.dumps({"confirmed": confirmed}, indent=2))
+        print_json({"confirmed": confirmed})
     else:
         echo(f"confirmed {confirmed}" if confirmed else "nothing is on trial")
 
@@ -50,8 +47,8 @@ def health(obj, as_json):
     results = checks.run(checks.configured())
     checks.keep(results)
     if as_json:
-        click.echo(json.dumps({"healthy": checks.healthy(results),
-                               "results": [r.as_dict() for r in results]}, indent=2))
+        print_json({"healthy": checks.healthy(results),
+                    "results": [r.as_dict() for r in results]})
     else:
         for r in results:
             echo(f"{'pass' if r.ok else 'FAIL'}  {r.name}"
@@ -99,68 +96,3 @@ def watch(obj, no_reboot):
         if not no_reboot:
             reboot_into(obj["device"], "the state before the trial", log)
         raise SystemExit(UNHEALTHY)
-
-
-@main.command()
-@JSON
-@DEVICE
-@click.pass_obj
-def status(obj, as_json):
-    """Show the chain, any change on trial, the last rollback, the last health checks and the
-    last background job started over ubus (push, save).
-
-    \b
-    Example:
-      snapshot status --json
-    """
-    from snapshot import jobs
-    from snapshot.fleet import channel
-    from snapshot.health import checks
-    from snapshot.packages import upgrade as upgrades
-    with reading(obj) as dev:
-        chain = Chain(dev)
-        info = operations.status(chain)
-        info["fleet"] = channel.status(chain, channel.settings())
-    info["health"] = checks.last()
-    info["job"] = jobs.last()
-    info["unsaved_change"] = upgrades.unsaved()
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    echo(f"chain: {info['snapshots']} snapshots, "
-         + ("a volatile record" if info["volatile"] else "no volatile record")
-         + f", {human(info['free_bytes'])} free")
-    trial = info["trial"]
-    echo(f"on trial: {trial['what']}, boot {trial['attempts']} of "
-         f"{trial['max_attempts']}" if trial else "on trial: nothing")
-    applied = info["bundle"]
-    if applied:
-        echo(f"bundle: {applied['id']} (snapshot {applied['snapshot']}, "
-             f"{applied['state']}): {applied['message']}")
-    note = info["last_rollback"]
-    echo(f"last rollback: {when(note['time'])}: {note['reason']}" if note
-         else "last rollback: none")
-    results = info["health"]
-    if results:
-        failing = [r["name"] for r in results["results"] if not r["ok"]]
-        echo(f"health at {when(results['time'])}: "
-             + (f"failing: {', '.join(failing)}" if failing else "every check passed"))
-    job = info["job"]
-    if job:
-        result = job["result"] or {}
-        echo(f"background job {job['id']} ({job['method']}): {job['state']}"
-             + (f": {result['error']}" if "error" in result else ""))
-    change = info["unsaved_change"]
-    if change:
-        echo(f"unsaved package change: {change['what']} is installed in RAM but not "
-             f"stored ({change['error']}); a reboot discards it")
-    for layer, used in info["ram"].items():
-        if used is not None:
-            echo(f"RAM in {layer}: {human(used)}")
-    channel, polled = info["fleet"], info["fleet"]["last_poll"]
-    if channel["channel_version"]:
-        echo(f"fleet channel: version {channel['channel_version']} accepted, valid until "
-             f"{when(channel['channel_expires'])}")
-    if polled:
-        echo(f"fleet poll at {when(polled['time'])}: {polled['action']}"
-             + (f": {polled['reason']}" if polled.get("reason") else ""))

@@ -3,14 +3,15 @@ of the same firmware apply as a snapshot on trial (FORMAT.md §7, DESIGN.md §15
 
     SnpB header | manifest (canonical JSON) | usign signature of the manifest | payload
 
-The manifest names what the bundle applies to (boards, the firmware's root, the base chain:
-the content hashes of the confirmed snapshots below it) and the payload's length and
-SHA-256; the signature covers the manifest, so it covers the payload too. A router checks
-the signature, the board, the root and the base before it writes anything; then it streams
-the payload straight from the file or the HTTP response into free blocks, checks the
-payload's hash, and only then commits, once: a power cut or a bad byte before that commit
-leaves free blocks and the old chain.
+The manifest names what the bundle applies to (boards, the firmware by its id: firmware.py,
+the base chain: the content hashes of the confirmed snapshots below it) and the payload's
+length and SHA-256; the signature covers the manifest, so it covers the payload too. A router
+checks the signature, the board, the firmware and the base before it writes anything; then
+it streams the payload straight from the file or the HTTP response into free blocks, checks
+the payload's hash, and only then commits, once: a power cut or a bad byte before that
+commit leaves free blocks and the old chain.
 """
+import binascii
 import hashlib
 import json
 import os
@@ -18,18 +19,20 @@ import re
 import shutil
 import struct
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
+from snapshot.fleet import firmware
 from snapshot.store import trial as trials
 from snapshot.store.chain import KEEP, Chain, Record, RecordWriter, commit, rewrite
-from snapshot.store.format import CONFIRMED, MAX_MESSAGE, SNAPSHOT, Layout, RecordHeader
-from snapshot.tree.archive import COMPRESSIONS
+from snapshot.store.format import (COMPRESSIONS, CONFIRMED, MAX_MESSAGE, SNAPSHOT, Layout,
+                                   RecordHeader)
 
 MAGIC = b"SnpB"
-VERSION = 1                              # FORMAT.md §7: the bundle format
+#: FORMAT.md §9: each bundle format, by the firmware id its manifest's `rootfs` is.
+FIRMWARE_IDS = {1: firmware.TREE, 2: firmware.SQUASHFS}
+VERSION = 2                              # the newest
 HEADER = struct.Struct("<4sHHII")       # magic, version, 0, manifest length, signature length
 MAX_MANIFEST = 64 * 1024
 MAX_SIGNATURE = 4096
@@ -97,26 +100,6 @@ def base(chain: Chain) -> list[str]:
     return [content_hash(chain, r) for r in chain.snapshots if r.entry.state == CONFIRMED]
 
 
-def rootfs_id(rom: Path) -> str:
-    """SHA-256 over the firmware root's tree: each path with its type, mode, owner, size,
-    mtime and link target, in sorted order. A squashfs never changes while it is mounted,
-    and two builds of a firmware differ in at least one of these."""
-    if not rom.is_dir():
-        raise SnapshotError(f"{rom}: the firmware root is not a directory (option rom)")
-    digest = hashlib.sha256()
-    for top, dirs, files in os.walk(rom):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            path = os.path.join(top, name)
-            st = os.lstat(path)
-            link = os.readlink(path) if os.path.islink(path) else ""
-            rel = os.path.relpath(path, rom)
-            digest.update(f"{rel}\0{st.st_mode:o}\0{st.st_uid}\0{st.st_gid}\0"
-                          f"{st.st_size if not os.path.isdir(path) else 0}\0"
-                          f"{int(st.st_mtime)}\0{link}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
-
-
 def board(board_file: Path) -> str:
     """The router's board name, as OpenWrt's board detection wrote it."""
     try:
@@ -141,13 +124,18 @@ def manifest_bytes(manifest: dict) -> bytes:
                       ensure_ascii=True).encode()
 
 
-def create(chain: Chain, first: int, last: int, out: Path, boards: list[str], rootfs: str,
+def create(chain: Chain, first: int, last: int, out: Path, boards: list[str], rom: Path,
            message: str | None = None, key: Path | None = None) -> Bundle:
     """Write snapshots first..last of `chain` as a bundle to `out`: one payload, the record's
     own bytes for one snapshot, the merge squash makes for several. The snapshots below
-    `first` are its base and must be confirmed; so must first..last. Written to a temporary
-    file beside `out` and renamed, so `out` is whole or as it was."""
+    `first` are its base and must be confirmed; so must first..last. The firmware is the one
+    at `rom`: format 2 (its squashfs id) for a mounted squashfs or an image, format 1 (its
+    tree id) for an unpacked root. Written to a temporary file beside `out` and renamed, so
+    `out` is whole or as it was."""
     from snapshot import squash
+    kind = firmware.kind(rom)
+    version = next(v for v, of in FIRMWARE_IDS.items() if of == kind)
+    rootfs = firmware.identity(rom, kind)
     count = len(chain.snapshots)
     if not 1 <= first <= last <= count:
         raise SnapshotError(f"snapshots {first}..{last} are not in the chain (it has "
@@ -179,24 +167,24 @@ def create(chain: Chain, first: int, last: int, out: Path, boards: list[str], ro
             digest = hashlib.sha256()
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
-            manifest = {"format": VERSION, "boards": sorted(set(boards)), "rootfs": rootfs,
+            manifest = {"format": version, "boards": sorted(set(boards)), "rootfs": rootfs,
                         "base": below, "message": message,
                         "created": max(r.entry.created for r in records),
                         "payload": {"compression": COMPRESSION_NAMES[compression],
                                     "length": length, "sha256": digest.hexdigest()}}
             data = manifest_bytes(manifest)
             signature = sign_bytes(data, key) if key else b""
-            _write(out, data, signature, f)
+            _write(out, version, data, signature, f)
     finally:
         tmp.unlink(missing_ok=True)
     return Bundle(manifest, data, signature)
 
 
-def _write(out: Path, data: bytes, signature: bytes, payload) -> None:
+def _write(out: Path, version: int, data: bytes, signature: bytes, payload) -> None:
     tmp = out.with_name(f".{out.name}.part")
     try:
         with open(tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, VERSION, 0, len(data), len(signature)))
+            f.write(HEADER.pack(MAGIC, version, 0, len(data), len(signature)))
             f.write(data)
             f.write(signature)
             payload.seek(0)
@@ -214,7 +202,8 @@ def sign(path: Path, key: Path) -> Bundle:
         bundle = read_head(f, str(path))
         f.seek(bundle.payload_offset)
         signature = sign_bytes(bundle.manifest_bytes, key)
-        _write(path, bundle.manifest_bytes, signature, _Offset(f, bundle.payload_offset))
+        _write(path, bundle.manifest["format"], bundle.manifest_bytes, signature,
+               _Offset(f, bundle.payload_offset))
     return bundle._replace(signature=signature)
 
 
@@ -233,45 +222,75 @@ class _Offset:
 
 # -- usign ----------------------------------------------------------------------------------------
 
-def _usign(*args: str) -> subprocess.CompletedProcess:
+#: A usign signature file is a comment line, then the base64 of "Ed", the signing key's 8-byte
+#: fingerprint and the 64-byte ed25519 signature (usign's struct sig).
+SIG_LENGTH = 2 + 8 + 64
+
+
+def _usign(*args: str, **run) -> subprocess.CompletedProcess:
     usign = shutil.which("usign")
     if usign is None:
         raise SnapshotError("usign is not installed: it signs and verifies bundles")
-    return subprocess.run([usign, *args], capture_output=True, text=True)
+    return subprocess.run([usign, *args], capture_output=True, **run)
 
 
 def sign_bytes(data: bytes, key: Path) -> bytes:
+    import tempfile
     if not key.is_file():
         raise SnapshotError(f"{key}: no such secret key")
-    with tempfile.TemporaryDirectory(prefix="snapshot-sign-") as work:
-        message = Path(work) / "manifest"
-        message.write_bytes(data)
-        done = _usign("-S", "-m", str(message), "-s", str(key), "-x", f"{message}.sig")
-        if done.returncode != 0:
-            raise SnapshotError(f"{key}: usign cannot sign with it: "
-                                f"{done.stderr.strip() or 'no reason given'}")
-        return Path(f"{message}.sig").read_bytes()
+    # usign maps the message it signs: a file, not a pipe. The signature comes on stdout.
+    with tempfile.NamedTemporaryFile(prefix="snapshot-sign-") as message:
+        message.write(data)
+        message.flush()
+        done = _usign("-S", "-m", message.name, "-s", str(key), "-x", "-")
+    if done.returncode != 0:
+        raise SnapshotError(f"{key}: usign cannot sign with it: "
+                            f"{done.stderr.decode(errors='replace').strip() or 'no reason given'}")
+    return done.stdout
+
+
+def _decoded(signature: bytes) -> bytes | None:
+    """The signature's binary form (usign's struct sig), or None for what is not one."""
+    _, line, encoded = signature.partition(b"\n")
+    if not line:
+        return None
+    try:
+        # usign skips whitespace in the base64, and nothing else.
+        raw = binascii.a2b_base64(b"".join(encoded.split()), strict_mode=True)
+    except binascii.Error:
+        return None
+    return raw if len(raw) == SIG_LENGTH and raw[:2] == b"Ed" else None
 
 
 def fingerprint(signature: bytes) -> str:
-    with tempfile.TemporaryDirectory(prefix="snapshot-verify-") as work:
-        sig = Path(work) / "sig"
-        sig.write_bytes(signature)
-        done = _usign("-F", "-x", str(sig))
-    if done.returncode != 0 or not re.fullmatch(r"[0-9a-f]{16}", done.stdout.strip()):
+    """The fingerprint of the key that made `signature` (what `usign -F -x` prints): the name
+    of its public key in a keys directory."""
+    raw = _decoded(signature)
+    if raw is None:
         raise BundleRefused("the bundle's signature is not a usign signature; nothing was "
                             "written")
-    return done.stdout.strip()
+    return raw[2:10].hex()
 
 
-def verify_bytes(data: bytes, signature: bytes, keys_dir: Path) -> bool:
-    """Whether usign finds `signature` of `data` good against a key in `keys_dir`."""
-    with tempfile.TemporaryDirectory(prefix="snapshot-verify-") as work:
-        message = Path(work) / "message"
-        message.write_bytes(data)
-        Path(f"{message}.sig").write_bytes(signature)
-        done = _usign("-V", "-q", "-m", str(message), "-x", f"{message}.sig", "-P",
-                      str(keys_dir))
+def verify_bytes(data: bytes, signature: bytes, public_key: Path) -> bool:
+    """Whether usign finds `signature` of `data` good against `public_key`: one usign run,
+    the message on its stdin, the signature (as `fingerprint` read it) through a pipe, so
+    the key whose role the caller checked is the key usign verifies with."""
+    raw = _decoded(signature)
+    if raw is None:
+        return False
+    read, write = os.pipe()
+    try:
+        # One line of base64, far less than a pipe holds: written whole before usign starts.
+        os.write(write, b"untrusted comment: \n" + binascii.b2a_base64(raw))
+        os.close(write)
+        write = -1
+        done = _usign("-V", "-q", "-m", "-", "-x", f"/proc/self/fd/{read}", "-p",
+                      str(public_key), input=data, pass_fds=(read,))
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
     return done.returncode == 0
 
 
@@ -284,7 +303,7 @@ def verify(bundle: Bundle, keys_dir: Path) -> str:
     if not (keys_dir / key).is_file():
         raise BundleRefused(f"bundle {bundle.id} is signed by key {key}, which {keys_dir} "
                             f"does not trust; nothing was written")
-    if not verify_bytes(bundle.manifest_bytes, bundle.signature, keys_dir):
+    if not verify_bytes(bundle.manifest_bytes, bundle.signature, keys_dir / key):
         raise BundleRefused(f"bundle {bundle.id}: bad signature (key {key}): the bundle was "
                             f"changed after it was signed; nothing was written")
     return key
@@ -310,9 +329,9 @@ def read_head(stream, name: str) -> Bundle:
                                                               name))
     if magic != MAGIC:
         raise BundleRefused(f"{name} is not a snapshot bundle; nothing was written")
-    if version != VERSION or zero:
+    if version not in FIRMWARE_IDS or zero:
         raise BundleRefused(f"{name}: bundle format {version} is not one this snapshot reads "
-                            f"({VERSION}); nothing was written")
+                            f"({', '.join(map(str, FIRMWARE_IDS))}); nothing was written")
     if mlen > MAX_MANIFEST or slen > MAX_SIGNATURE:
         raise BundleRefused(f"{name}: corrupted: the header gives impossible lengths; "
                             f"nothing was written")
@@ -322,19 +341,20 @@ def read_head(stream, name: str) -> Bundle:
         manifest = json.loads(data)
     except (ValueError, RecursionError):    # RecursionError: nested too deeply
         manifest = None
-    if not _well_formed(manifest) or manifest_bytes(manifest) != data:
+    if not _well_formed(manifest, version) or manifest_bytes(manifest) != data:
         raise BundleRefused(f"{name}: corrupted: the manifest does not parse; nothing was "
                             f"written")
     return Bundle(manifest, data, signature)
 
 
-def _well_formed(manifest) -> bool:
-    """Whether a parsed manifest has exactly the keys of FORMAT.md §7, each of its type and
-    within its field's limits, so that nothing downstream meets a value it cannot hold."""
+def _well_formed(manifest, version: int) -> bool:
+    """Whether a parsed manifest has exactly the keys of FORMAT.md §9, each of its type and
+    within its field's limits, so that nothing downstream meets a value it cannot hold; its
+    format is the header's."""
     if not (isinstance(manifest, dict) and manifest.keys() == KEYS):
         return False
     payload = manifest["payload"]
-    return (_number(manifest["format"]) and manifest["format"] == VERSION
+    return (_number(manifest["format"]) and manifest["format"] == version
             and isinstance(manifest["boards"], list) and all(map(_text, manifest["boards"]))
             and isinstance(manifest["base"], list) and all(map(_hash, manifest["base"]))
             and _hash(manifest["rootfs"]) and _text(manifest["message"])
@@ -374,22 +394,29 @@ def describe(bundle: Bundle) -> dict:
 # -- applying one ---------------------------------------------------------------------------------
 
 class Router(NamedTuple):
-    """What a bundle is checked against: the trusted keys, this board, this firmware root."""
+    """What a bundle is checked against: the trusted keys, this board, this firmware root
+    (option rom, whose id is computed of the kind the bundle names)."""
     keys_dir: Path
     board: str
-    rootfs: str
+    rom: Path
 
 
 def check(bundle: Bundle, router: Router) -> None:
-    """Signature, board and firmware root; BundleRefused with the reason."""
+    """Signature, board and firmware; BundleRefused with the reason."""
     verify(bundle, router.keys_dir)
     m = bundle.manifest
     if router.board not in m["boards"]:
         raise BundleRefused(f"bundle {bundle.id} is for {', '.join(m['boards'])}, and this "
                             f"router is {router.board}; nothing was written")
-    if m["rootfs"] != router.rootfs:
-        raise BundleRefused(f"bundle {bundle.id} is for another firmware (root "
-                            f"{m['rootfs'][:16]}, this router runs {router.rootfs[:16]}); "
+    of = FIRMWARE_IDS[m["format"]]
+    try:
+        mine = firmware.identity(router.rom, of)
+    except SnapshotError as e:
+        raise BundleRefused(f"bundle {bundle.id} names its firmware by its {of} id, which "
+                            f"this router cannot compute ({e}); nothing was written") from None
+    if m["rootfs"] != mine:
+        raise BundleRefused(f"bundle {bundle.id} is for another firmware ({of} "
+                            f"{m['rootfs'][:16]}, this router runs {mine[:16]}); "
                             f"nothing was written")
 
 
@@ -495,7 +522,7 @@ def apply_from(source: str, chain: Chain, settings: dict, max_attempts: int, log
         try:
             made = read_head(stream, source)
             check(made, Router(Path(settings["keys_dir"]), board(Path(settings["board_file"])),
-                               rootfs_id(Path(settings["rom"]))))
+                               Path(settings["rom"])))
             check_file(stream, made, source)
             done = already(chain, made)
             if done:

@@ -296,7 +296,7 @@ def fetch_channel(url: str, channel_keys: Path, bundle_keys: Path) -> dict:
     if not (channel_keys / key).is_file():
         raise FleetError(f"{url}: the channel is signed by key {key}, which {channel_keys} "
                          f"(option channel_keys_dir) does not trust")
-    if not bundles.verify_bytes(text, signature, channel_keys):
+    if not bundles.verify_bytes(text, signature, channel_keys / key):
         raise FleetError(f"{url}: the channel's signature does not verify against "
                          f"{channel_keys}")
     try:
@@ -525,7 +525,7 @@ def _poll(chain_opener, options, fleet, max_attempts, log, delay, now, sleep, cl
                                  f"{rollout['id']}; nothing was written")
             bundles.check(made, bundles.Router(
                 Path(options["keys_dir"]), bundles.board(Path(options["board_file"])),
-                bundles.rootfs_id(Path(options["rom"]))))
+                Path(options["rom"])))
             bundles.check_file(f, made, url)
         except bundles.BundleRefused as e:
             raise FleetError(str(e)) from None

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapshot.errors import ChainDamaged, SnapshotError
-from snapshot.operations import opened
 from snapshot.packages import transaction
 from snapshot.packages.feeds import Change, PackageError, PackageManager
 from snapshot.store import trial as trials
-from snapshot.store.chain import Chain, commit
+from snapshot.store.chain import Chain, commit, opened
 
 STATE_DIR = Path("/tmp/snapshot")
 #: While it exists (and its process lives), an upgrade is running: the hooks stay silent.

@@ -19,7 +19,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mtd import Flash, MtdError
+from mtd import Flash, MtdError, open_flash
 from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged, StockMark
 from snapshot.store.format import (ANCHOR_BLOCKS, ANCHOR_HEADER, COMMIT, CONFIRMED, FLEET, FAILED,
                                    MARK, NOT_RECORDS, NOTE, SNAPSHOT, TRIAL, VOLATILE, Anchor,
@@ -211,6 +211,21 @@ class DeviceLock:
 
     def release(self) -> None:
         os.close(self.fd)
+
+
+@contextmanager
+def opened(device: str | None, writable: bool = False):
+    """The flash `device` names (mtd.open_flash), locked against a second writer when
+    `writable`."""
+    with open_flash(device, writable=writable) as flash:
+        # UBI lets one writer open a volume at a time, which is the lock there; a second
+        # open of the node, as the lock's, would make UBI refuse the atomic LEB change.
+        lock = DeviceLock(flash.name) if writable and not flash.geometry.is_ubi else None
+        try:
+            yield flash
+        finally:
+            if lock:
+                lock.release()
 
 
 @dataclass

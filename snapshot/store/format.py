@@ -43,6 +43,8 @@ _DEFINED_FLAGS = STATE_MASK | FALLBACK | MAX_ATTEMPTS << ATTEMPTS_SHIFT | MAX_AT
 COMPRESSION_NONE = 0       # FORMAT.md §4: payload compression
 COMPRESSION_GZIP = 1
 COMPRESSION_XZ = 2
+#: The names the commands and bundle manifests give them.
+COMPRESSIONS = {"gzip": COMPRESSION_GZIP, "xz": COMPRESSION_XZ}
 
 # FORMAT.md §3: anchor entry header.
 ANCHOR_MAGIC = b"SnpA"

@@ -29,6 +29,9 @@ from snapshot.store.format import DirEntry
 LEDGER = Path("/tmp/snapshot/verified.json")
 #: Records kept per device: far more than a chain lists; older keys go first.
 MAX_RECORDS = 256
+#: Devices kept: a router has one; a PC that tries many images keeps the latest ones, so
+#: that every command's read of the ledger stays small.
+MAX_DEVICES = 8
 
 
 def device_key(flash: Flash) -> str:
@@ -72,9 +75,11 @@ def remember(flash: Flash, results: dict[str, str | None]) -> None:
         return
     data = _read()
     key = device_key(flash)
-    known = data.get(key) if isinstance(data.get(key), dict) else {}
+    known = data.pop(key, None)
+    known = known if isinstance(known, dict) else {}
     known.update(results)
     data[key] = dict(list(known.items())[-MAX_RECORDS:])
+    data = dict(list(data.items())[-MAX_DEVICES:])
     try:
         LEDGER.parent.mkdir(parents=True, exist_ok=True)
         partial = LEDGER.with_name(f".{LEDGER.name}.{os.getpid()}")

@@ -27,12 +27,8 @@ class UnsafeEntry(ArchiveError):
 
 
 def _relative(name: str) -> str:
-    """`name` as a path relative to the target; ValueError says why it cannot be one."""
-    # Most names are already in the form wanted (no leading, doubled or trailing slash, no
-    # component starting with a dot): take those as they are.
-    if (name and name[0] not in "/." and name[-1] != "/" and "//" not in name
-            and "/." not in name):
-        return name
+    """`name` (not in the form clean_name takes as it is) as a path relative to the
+    target; ValueError says why it cannot be one."""
     if name.startswith("/"):
         raise ValueError("absolute path")
     parts = [p for p in name.split("/") if p and p != "."]
@@ -45,6 +41,16 @@ def _relative(name: str) -> str:
 
 def clean_name(name: str, entry: str | None = None) -> str:
     """The path relative to the target, or UnsafeEntry naming the archive entry."""
+    # Most names are already in the form wanted (no leading, doubled or trailing slash, no
+    # component starting with a dot), but for the one trailing slash of a directory's:
+    # take those as they are.
+    if name[-1:] == "/":
+        trimmed = name[:-1]
+        if (trimmed and trimmed[0] not in "/." and trimmed[-1] != "/" and "//" not in trimmed
+                and "/." not in trimmed):
+            return trimmed
+    elif name and name[0] not in "/." and "//" not in name and "/." not in name:
+        return name
     try:
         return _relative(name)
     except ValueError as e:
@@ -68,7 +74,8 @@ class Checks:
     def check(self, entry: Entry) -> str:
         """The entry's path if it is safe; else UnsafeEntry."""
         name = clean_name(entry.name)
-        problem = refusal(name)
+        # refusal() only ever refuses names under STAGING.
+        problem = refusal(name) if name.startswith(STAGING) else None
         if problem:
             raise UnsafeEntry(entry.name, problem)
         parent = name.rpartition("/")[0]
@@ -146,7 +153,8 @@ def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool 
     discards it (operations.apply_snapshots empties the directory it started empty).
     `placed` holds the names that archives applied in place before this one put into dest;
     this archive's are added once it has passed. A file at such a name is removed before the
-    new one is created, which costs less than a create that fails first. It is only a hint:
+    new one is created, which costs less than a create that fails first; a directory at a
+    name not in it is made before anything is looked up there. It is only a hint:
     whatever the set says, nothing is ever written through what is at a name.
 
     With `lower` (the squashfs dest goes over), a whiteout with nothing there to hide is
@@ -172,15 +180,16 @@ def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool 
         staged.clean_up(failed=False)
         return
     dir_times = []
+    root = str(dest)
+    placed_before = placed if placed is not None else set()
     # closing(): a refused entry ends the archive's reading process at once.
     with closing(stream):
         for reader, entry in stream:
             name = checks.check(entry)
             if entry.type == FILE:
-                _write_file(reader, entry, f"{dest}/{name}", dest,
-                            placed is not None and name in placed)
+                _write_file(reader, entry, f"{root}/{name}", dest, name in placed_before)
             else:
-                _place(dest, name, entry, lower, dir_times)
+                _place(dest, name, entry, lower, dir_times, name in placed_before)
     if placed is not None:
         placed.update(checks.kinds)
     # Creating entries changes their directory's mtime: set directories' times last.
@@ -188,14 +197,16 @@ def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool 
         os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
-def _place(dest: Path, name: str, entry: Entry, lower: Path | None, dir_times: list) -> None:
-    """Put one checked entry at its path, in place (not a FILE: _write_file does those)."""
+def _place(dest: Path, name: str, entry: Entry, lower: Path | None, dir_times: list,
+           replaces: bool) -> None:
+    """Put one checked entry at its path, in place (not a FILE: _write_file does those;
+    `replaces` as there)."""
     path = f"{dest}/{name}"
     try:
         if entry.is_whiteout and lower is not None and not _in_lower(lower, name):
             _remove(path)
             return
-        _apply_entry(entry, path, dest)
+        _apply_entry(entry, path, dest, replaces)
     except OSError as e:
         raise _cannot(entry, dest, e) from None
     if entry.type == DIRECTORY:
@@ -415,9 +426,9 @@ def _write_file(reader, entry: Entry, path: str, dest: Path, replaces: bool = Fa
         raise _cannot(entry, dest, e) from None
 
 
-def _apply_entry(entry: Entry, path: str, dest: Path) -> None:
+def _apply_entry(entry: Entry, path: str, dest: Path, replaces: bool) -> None:
     if entry.type == DIRECTORY:
-        _apply_dir(path, entry)
+        _apply_dir(path, entry, replaces)
         return
     _remove(path)
     if entry.type == HARDLINK:
@@ -437,7 +448,16 @@ def _make_node(entry: Entry, path: str) -> None:
     _metadata(path, entry)
 
 
-def _apply_dir(path: str, entry: Entry) -> None:
+def _apply_dir(path: str, entry: Entry, replaces: bool) -> None:
+    if not replaces:
+        # Probably nothing there yet: one mkdir, which fails where something is.
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        else:
+            _metadata(path, entry)
+            return
     current = _lstat(path)
     existing = current is not None and stat.S_ISDIR(current.st_mode)
     if existing and entry.is_opaque:
@@ -468,15 +488,15 @@ def _merge_dir(path: str, entry: Entry, current: os.stat_result) -> None:
 def _metadata(target: str | int, entry: Entry, current: os.stat_result | None = None) -> None:
     """Owner, xattrs, mode and mtime of an entry (a path, or an open file's fd). With
     `current` (its status now), owner and mode are set only where they differ."""
-    link = entry.type == SYMLINK
     follow = isinstance(target, int)
-    if current is None or (current.st_uid, current.st_gid) != (entry.uid, entry.gid):
+    if current is None or current.st_uid != entry.uid or current.st_gid != entry.gid:
         os.chown(target, entry.uid, entry.gid, follow_symlinks=follow)
         current = None
     for key, value in entry.xattrs.items():
         os.setxattr(target, key, value, follow_symlinks=follow)
+    kind, mode = entry.type, entry.mode & 0o7777
     # After chown: chown clears setuid and setgid.
-    if not link and (current is None or stat.S_IMODE(current.st_mode) != entry.mode & 0o7777):
-        os.chmod(target, entry.mode & 0o7777)
-    if entry.type != DIRECTORY:
+    if kind != SYMLINK and (current is None or current.st_mode & 0o7777 != mode):
+        os.chmod(target, mode)
+    if kind != DIRECTORY:
         os.utime(target, (entry.mtime, entry.mtime), follow_symlinks=follow)

@@ -9,11 +9,11 @@ entry anywhere); headers: the good anchor blocks that start with an anchor entry
 """
 import json
 
-from snapshot import operations
+from snapshot.store.chain import opened
 from snapshot.store.chain import read_mark, scan_anchors
 from snapshot.store.format import ANCHOR_MAGIC
 
-with operations.opened("mtd:rootfs_data") as flash:
+with opened("mtd:rootfs_data") as flash:
     g = flash.geometry
     scan = scan_anchors(flash)
     state = {

@@ -40,9 +40,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from snapshot import operations
+from snapshot import overview
 from snapshot.errors import NoChain
-from snapshot.store.chain import Chain
+from snapshot.store.chain import Chain, opened
 
 #: guest.sh says which: the MTD partition, or the UBI volume.
 DEVICE = os.environ.get("KBOOT_DEVICE", "mtd:rootfs_data")
@@ -97,8 +97,8 @@ def mounts() -> dict[str, str]:
 def chain_state() -> dict | None:
     """The chain as `snapshot list --json` shows it (None: the flash holds no chain)."""
     try:
-        with operations.opened(DEVICE) as flash:
-            info = operations.listing(Chain(flash))
+        with opened(DEVICE) as flash:
+            info = overview.listing(Chain(flash))
     except NoChain:
         return None
     def shown(record: dict, keys) -> dict:

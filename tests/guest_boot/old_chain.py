@@ -9,10 +9,10 @@ sentinel one; first_copy: where the volatile's first copy is (null: there is non
 """
 import json
 
-from snapshot import operations
+from snapshot.store.chain import opened
 from snapshot.store import legacy
 
-with operations.opened("mtd:rootfs_data") as flash:
+with opened("mtd:rootfs_data") as flash:
     old = legacy.read(flash)
 state = {
     "snapshots": [[e.block, e.seq] for e in old.snapshots],
