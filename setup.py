@@ -8,9 +8,10 @@ setup(
     python_requires=">=3.11",
     packages=["snapshot", "snapshot.store", "snapshot.tree", "snapshot.packages",
               "snapshot.fleet", "snapshot.health", "snapshot.cli", "mtd"],
-    package_data={"mtd": ["mtd_abi.h", "ubi_abi.h"]},
+    package_data={"mtd": ["mtd_abi.h", "ubi_abi.h", "mount_abi.h"]},
     setup_requires=["cffi>=1.15"],
-    cffi_modules=["mtd/build_abi.py:ffibuilder", "mtd/build_abi.py:ubi_ffibuilder"],
+    cffi_modules=["mtd/build_abi.py:ffibuilder", "mtd/build_abi.py:ubi_ffibuilder",
+                  "mtd/build_abi.py:mount_ffibuilder"],
     install_requires=["click>=8.0", "cffi>=1.15"],
     # pytest 9 ids nodes in a way pytest-xdist 3.8 cannot group (--dist loadgroup).
     # ansible-core: the fleet test runs the project's playbook (tests/test_fleet_ansible.py).

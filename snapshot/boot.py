@@ -12,9 +12,10 @@ Two stacked overlays rather than one with two lower dirs: the volatile layer mus
 on top of the snapshots, and the snapshots' upper dir must stay a plain directory that
 `unpack` writes into before anything is mounted on it (DESIGN.md §8).
 
-Boot is a write point: the recovery of an interrupted operation is made persistent first
-(`check --repair`). Whatever fails after that, the system still comes up: a damaged record
-ends the applied chain at the record before it, and if building the layers fails, a plain
+Boot is a write point: it makes the repair `check --repair` would, decided from the one
+read of each payload that unpacks it (ChainLayers, DESIGN.md §8). Whatever fails, the system
+still comes up: a damaged record that cannot be repaired ends the applied chain at the
+record before it, and if building the layers fails, a plain
 tmpfs overlay over the squashfs is mounted instead, the way stock OpenWrt does for a
 partition it does not know. Each such event is logged loudly.
 
@@ -24,25 +25,22 @@ flash, so the old chain stays as the stock tools and a later `convert` read it (
 §9).
 """
 import os
-import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtd import FlashOpenError, MtdError
-from snapshot import legacy_archive, live, operations, reboot
-from snapshot.errors import NoChain, SnapshotError
-from snapshot.store import legacy, marks
+from mtd import FlashOpenError, MtdError, open_flash
+from mtd import mount as kernel
+from snapshot import live, operations, reboot
+from snapshot.errors import NoChain, RecordDamaged, SnapshotError, StockBoot
+from snapshot.store import marks
 from snapshot.store import trial as trials
 from snapshot.store.chain import Chain, commit, opened
 from snapshot.text import printable
 
 MOUNTPOINTS = ("rom", "overlay", "volatile")
-
-
-class MountError(SnapshotError):
-    pass
 
 
 @dataclass
@@ -77,32 +75,25 @@ class Log:
                 pass
 
 
-def run_mount(*argv: str) -> None:
-    """Run mount or umount. Callers pass -n: at preinit nothing is writable where util-linux
-    keeps its table (/run), and it would fail the mount for that (exit 16)."""
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise MountError(f"{' '.join(argv)}: {result.stderr.strip() or 'failed'}")
-
-
 class Mounts:
-    """The mounts made so far, so a failure can undo them in reverse order."""
+    """The mounts made so far, so a failure can undo them in reverse order. Each is one
+    system call (mtd.mount), not a mount(8) process; a failure raises mtd.mount.MountFailed,
+    an OSError."""
 
     def __init__(self):
         self.made: list[Path] = []
 
     def mount(self, target: Path, fstype: str, source: str = "none", options: str = "") -> None:
         target.mkdir(parents=True, exist_ok=True)
-        run_mount("mount", "-n", "-t", fstype, *(["-o", options] if options else []), source,
-             str(target))
+        kernel.mount(source, str(target), fstype, options)
         self.made.append(target)
 
     def bind(self, source: Path, target: Path) -> None:
-        run_mount("mount", "-n", "--bind", str(source), str(target))
+        kernel.bind(str(source), str(target))
         self.made.append(target)
 
     def move(self, source: Path, target: Path) -> None:
-        run_mount("mount", "-n", "--move", str(source), str(target))
+        kernel.move(str(source), str(target))
         self.made[self.made.index(source)] = target
 
     def overlay(self, lower: Path, layer: Path, target: Path) -> None:
@@ -111,7 +102,10 @@ class Mounts:
 
     def undo(self) -> None:
         for target in reversed(self.made):
-            subprocess.run(["umount", "-n", "-l", str(target)], capture_output=True)
+            try:
+                kernel.unmount(str(target), lazy=True)
+            except OSError:
+                pass   # gone already, or never there: nothing left to undo
         self.made.clear()
 
 
@@ -119,30 +113,6 @@ def _tmpfs_layer(mounts: Mounts, path: Path) -> None:
     mounts.mount(path, "tmpfs", "tmpfs", "mode=0755")
     (path / "upper").mkdir()
     (path / "work").mkdir()
-
-
-def _recover(flash, log: Log, boot: BootReport) -> Chain:
-    """Open the chain and make the recovery persistent. A failing repair is logged; the
-    chain is then used as it reads."""
-    chain = Chain(flash)
-    try:
-        report = operations.repair(chain)
-    except (SnapshotError, MtdError) as e:
-        boot.problems.append(f"repair failed: {e}")
-        log(f"repair failed, booting what reads back: {e}", loud=True)
-        return Chain(flash)
-    # A torn anchor entry or corrected bit flips are what power cuts and ageing flash
-    # leave: their repair is routine. Damage loses data, and is logged loudly.
-    for line in report.problems:
-        damage = line in report.damage
-        if damage:
-            boot.problems.append(line)
-        log(f"{'chain damaged' if damage else 'recovering'}: {line}", loud=damage)
-    for line in report.lost:
-        log(f"lost: {line}", loud=True)
-    for line in report.repairs:
-        log(f"repaired: {line}", loud=bool(report.damage))
-    return chain
 
 
 def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
@@ -172,52 +142,113 @@ def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
     log(f"trying {what}: boot {e.attempts + 1} of {e.max_attempts}")
 
 
-def prepare(flash, log: Log, boot: BootReport) -> Chain | None:
-    """Everything a boot writes before it mounts anything: the repair, then the decision
-    about a pending trial. The chain it returns is what the boot applies; None for the old
-    fstools chain, which the boot reads and never writes. First of all, the stock tools'
-    marks: a reset mark becomes an empty chain, and a jffs2 mark (a sysupgrade that kept
-    settings) leaves the partition to the stock mount_root (DESIGN.md §11)."""
+def prepare(flash, log: Log, boot: BootReport) -> "ChainLayers | OldLayers":
+    """Open the chain and make the writes due before anything is applied: the repair of
+    what the anchor shows (a torn entry, records past a directory problem, the mark block),
+    then the decision about a pending trial. Returns what fills the layers: the chain's
+    records, or the old fstools chain's, which the boot reads and never writes. First of
+    all, the stock tools' marks: a reset mark becomes an empty chain, and a jffs2 mark (a
+    sysupgrade that kept settings) leaves the partition to the stock mount_root (DESIGN.md
+    §11)."""
     answer = marks.settle(flash, log)
     if answer == marks.STOCK:
         raise NoChain(f"{flash.name} holds no chain to boot; booting the stock way")
     if answer == marks.OLD:
-        return None
-    chain = _recover(flash, log, boot)
-    _decide_trial(chain, log, boot)
-    return chain
+        return OldLayers(flash, log, boot)
+    layers = ChainLayers(Chain(flash), log, boot)
+    layers.repair(read=False)
+    _decide_trial(layers.chain, log, boot)
+    return layers
 
 
-class _ChainLayers:
-    """What the chain puts into the two layers: snapshots 1..N (up to a damaged one), then
-    the volatile record, with the list of snapshots applied beside it (live.BASE)."""
+class ChainLayers:
+    """What the chain puts into the two layers: snapshots 1..N, then the volatile record,
+    with the list of snapshots applied beside it (live.BASE); and the repair (`check
+    --repair`) of what the boot finds. Each payload is read once, checked as it is unpacked;
+    the repair is decided from that one read (DESIGN.md §8): a damaged record is repaired
+    when it is found, before anything is applied on top of what the repair decides, and what
+    the repair changed is applied again. Records the boot does not apply (a volatile record
+    kept for a trial, a failed trial) are read, and the repair of the rest committed, once
+    the layers are built."""
 
     def __init__(self, chain: Chain, log: Log, boot: BootReport):
         self.chain, self.log, self.boot = chain, log, boot
-        self.snapshots, self.volatile = chain.view(boot.tried)
+        self.repairs_fail = False
+
+    def repair(self, read: bool) -> bool:
+        """Commit the repair of what this boot has read (everything, with `read`) and log
+        it; False when there was nothing to repair, or it failed (logged): the chain is then
+        booted as it reads, and no repair is tried again."""
+        if self.repairs_fail:
+            return False
+        try:
+            report = operations.repair(self.chain, read=read)
+        except (SnapshotError, MtdError) as e:
+            self.boot.problems.append(f"repair failed: {e}")
+            self.log(f"repair failed, booting what reads back: {e}", loud=True)
+            self.chain, self.repairs_fail = Chain(self.chain.flash), True
+            return False
+        # A torn anchor entry or corrected bit flips are what power cuts and ageing flash
+        # leave: their repair is routine. Damage loses data, and is logged loudly.
+        for line in report.problems:
+            damage = line in report.damage
+            if damage:
+                self.boot.problems.append(line)
+            self.log(f"{'chain damaged' if damage else 'recovering'}: {line}", loud=damage)
+        for line in report.lost:
+            self.log(f"lost: {line}", loud=True)
+        for line in report.repairs:
+            self.log(f"repaired: {line}", loud=bool(report.damage))
+        return not report.clean
 
     def fill_snapshots(self, upper: Path, lower: Path) -> None:
         boot = self.boot
-        boot.snapshots, error = operations.apply_snapshots(self.chain, upper, lower=lower,
-                                                           tried=boot.tried)
-        if error is not None:
+        repairs = len(self.chain.records)   # each takes a damaged record out of the chain
+        while True:
+            applied, error = operations.apply_snapshots(self.chain, upper, lower=lower,
+                                                        tried=boot.tried, undo=False)
+            if error is None:
+                break
+            # The record that failed left part of itself in upper (restore.apply in place).
+            operations.empty_dir(upper)
+            if isinstance(error, RecordDamaged) and repairs and self.repair(read=False):
+                repairs -= 1
+                continue
+            applied, _ = operations.apply_snapshots(self.chain, upper, applied, lower,
+                                                    boot.tried)
             boot.problems.append(str(error))
-            self.log(f"booting snapshots 1..{boot.snapshots} only: {error}", loud=True)
+            self.log(f"booting snapshots 1..{applied} only: {error}", loud=True)
+            break
+        boot.snapshots = applied
 
     def fill_volatile(self, upper: Path, lower: Path) -> None:
         boot = self.boot
-        live.write_base(upper, [r.entry for r in self.snapshots[:boot.snapshots]])
-        if self.volatile is None or boot.snapshots != len(self.snapshots):
-            return
-        try:
-            operations.apply_volatile(self.chain, upper, lower, boot.tried)
-            boot.volatile = True
-        except SnapshotError as e:
-            boot.problems.append(str(e))
-            self.log(f"the volatile record is not applied: {e}", loud=True)
+        repairs = len(self.chain.records)
+        while True:
+            snapshots, volatile = self.chain.view(boot.tried)
+            if volatile is None or boot.snapshots != len(snapshots):
+                break
+            try:
+                operations.apply_volatile(self.chain, upper, lower, boot.tried)
+                boot.volatile = True
+                break
+            except SnapshotError as error:
+                # A damaged one is dropped by the repair; or it was on trial, and the one
+                # kept for the trial comes back.
+                if isinstance(error, RecordDamaged) and repairs and self.repair(read=False):
+                    repairs -= 1
+                    continue
+                boot.problems.append(str(error))
+                self.log(f"the volatile record is not applied: {error}", loud=True)
+                break
+        live.write_base(upper, [r.entry for r in
+                                self.chain.view(boot.tried)[0][:boot.snapshots]])
+
+    def finish(self) -> None:
+        self.repair(read=True)
 
 
-class _OldLayers:
+class OldLayers:
     """What the old fstools chain puts into the two layers, read-only: its snapshots in seq
     order up to a damaged one, then its volatile (first copy or sentinel copy), each as
     `convert` would import it (legacy.read, operations.apply_legacy). No list of snapshots
@@ -229,6 +260,9 @@ class _OldLayers:
         log(f"{flash.name} holds the old fstools snapshot chain, not converted: booting it "
             f"read-only (nothing is written to it; changes stay in RAM, and save and push "
             f"are refused); `snapshot convert` moves it to the new format")
+        # here: only the old chain's boot reads its format (tarfile and hashlib with it)
+        from snapshot import legacy_archive
+        from snapshot.store import legacy
         self.old = legacy.read(flash)
         self.layers = legacy_archive.Layers()
         for problem in self.old.problems:
@@ -257,12 +291,16 @@ class _OldLayers:
             return
         self.boot.volatile = self._apply([volatile], upper, lower) == 1
 
+    def finish(self) -> None:
+        """Nothing: the old chain is read, never repaired."""
+
 
 def _layers(fill, root: Path, target: Path, scratch: Path, mounts: Mounts,
             sandbox: bool) -> None:
-    """Build the two layers in scratch (`fill`: _ChainLayers or _OldLayers), mount the
-    merged root at target, then move the layers into it. Raises on a failed mount; a
-    damaged record only shortens the chain."""
+    """Build the two layers in scratch (`fill`: ChainLayers or OldLayers), mount the
+    merged root at target, then move the layers into it; then the chain's repair of what
+    the layers did not read. Raises on a failed mount; a damaged record only shortens the
+    chain."""
     _tmpfs_layer(mounts, scratch / "overlay")
     upper = scratch / "overlay/upper"
     fill.fill_snapshots(upper, root)
@@ -273,6 +311,7 @@ def _layers(fill, root: Path, target: Path, scratch: Path, mounts: Mounts,
     mounts.overlay(scratch / "base", scratch / "volatile", target)
     _place(root, target, scratch, mounts, sandbox)
     mounts.move(scratch / "volatile", target / "volatile")
+    fill.finish()
 
 
 def _mountpoints(root: Path, upper: Path) -> None:
@@ -302,30 +341,38 @@ def _fallback(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: 
 def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
           sandbox: bool) -> BootReport:
     """Mount the saved state of `device` over `root` at `target` (see the module doc). In the
-    sandbox form the squashfs is bound at target/rom; otherwise pivot() follows."""
+    sandbox form the squashfs is bound at target/rom; otherwise pivot() follows, and a
+    conversion a `snapshot convert` staged on a UBI volume is made first. StockBoot where
+    `snapshot probe` would answer no (prepare() raises): nothing is mounted or logged; the
+    writes of marks.settle are the only ones made (DESIGN.md §11)."""
     started = time.monotonic()
     boot = BootReport()
+    if not sandbox:
+        _convert_pending(device, log)
     mounts = Mounts()
-    try:
-        with opened(device, writable=True) as flash:
+    with ExitStack() as device_open:
+        try:
+            flash = device_open.enter_context(opened(device, writable=True))
+            layers = prepare(flash, log, boot)
+        except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
+            # Silent, as probe was: the stock boot of a partition without a chain is normal.
+            raise StockBoot(str(e)) from None
+        try:
             if not sandbox:
                 _record_booted(flash, log)
-            chain = prepare(flash, log, boot)
-            fill = _OldLayers(flash, log, boot) if chain is None else \
-                _ChainLayers(chain, log, boot)
-            _layers(fill, root, target, scratch, mounts, sandbox)
-    except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
-        mounts.undo()
-        boot.problems.append(str(e))
-        boot.fallback = True
-        log(f"cannot boot the snapshot chain ({e}); falling back to a tmpfs overlay",
-            loud=True)
-        try:
-            _fallback(root, target, scratch, mounts, sandbox)
-        except (SnapshotError, OSError):
-            # Leave nothing half-mounted: the preinit hook then boots the stock way.
+            _layers(layers, root, target, scratch, mounts, sandbox)
+        except (SnapshotError, MtdError, OSError) as e:
             mounts.undo()
-            raise
+            boot.problems.append(str(e))
+            boot.fallback = True
+            log(f"cannot boot the snapshot chain ({e}); falling back to a tmpfs overlay",
+                loud=True)
+            try:
+                _fallback(root, target, scratch, mounts, sandbox)
+            except (SnapshotError, OSError):
+                # Leave nothing half-mounted: the preinit hook then boots the stock way.
+                mounts.undo()
+                raise
     boot.seconds = time.monotonic() - started
     old = boot.old and not boot.fallback
     log(f"mounted {boot.snapshots} snapshots"
@@ -334,6 +381,20 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
         + (" (fallback: nothing saved is applied)" if boot.fallback else "")
         + f" in {boot.seconds:.2f}s")
     return boot
+
+
+def _convert_pending(device: str | None, log: Log) -> None:
+    """On a UBI volume, the conversion `snapshot convert` staged on its ubifs
+    (convert.convert_pending), before anything opens the volume to write. Never stops the
+    boot: a failure leaves the ubifs as it was, and the boot goes on with what is there."""
+    try:
+        with open_flash(device) as flash:
+            if not flash.geometry.is_ubi:
+                return
+        from snapshot import convert   # here: only a UBI volume can have one staged
+        convert.convert_pending(device, log)
+    except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
+        log(f"the staged conversion did not run ({e}); booting on", loud=True)
 
 
 def _record_booted(flash, log: Log) -> None:
@@ -351,8 +412,8 @@ def _record_booted(flash, log: Log) -> None:
 def pivot(target: Path) -> None:
     """Make target the root, with the old root (the squashfs) at /rom, as fstools does, and
     bring the kernel filesystems along."""
-    run_mount("pivot_root", str(target), str(target / "rom"))
+    kernel.pivot_root(str(target), str(target / "rom"))
     for name in ("proc", "sys", "dev", "tmp"):
         if os.path.ismount(f"/rom/{name}"):
             Path(f"/{name}").mkdir(exist_ok=True)
-            run_mount("mount", "-n", "--move", f"/rom/{name}", f"/{name}")
+            kernel.move(f"/rom/{name}", f"/{name}")

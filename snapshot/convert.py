@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtd import Flash, MtdError, open_flash
+from mtd import mount as kernel
 from snapshot import legacy_archive
-from snapshot.boot import run_mount
 from snapshot.errors import SnapshotError
 from snapshot.operations import recognise
 from snapshot.store import legacy
@@ -450,7 +450,7 @@ def convert_pending(device: str, log) -> bool:
         if recognise(flash) != "a ubifs filesystem":
             return False
     UBIFS_MOUNT.mkdir(parents=True, exist_ok=True)
-    run_mount("mount", "-n", "-t", "ubifs", "-o", "ro", name, str(UBIFS_MOUNT))
+    kernel.mount(name, str(UBIFS_MOUNT), "ubifs", flags=kernel.RDONLY)
     try:
         pending = UBIFS_MOUNT / PENDING
         found = (pending / "overlay.tar.gz").is_file() and (pending / "message").is_file()
@@ -459,7 +459,7 @@ def convert_pending(device: str, log) -> bool:
             STAGED.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(pending / "overlay.tar.gz", STAGED)
     finally:
-        run_mount("umount", "-n", str(UBIFS_MOUNT))
+        kernel.unmount(str(UBIFS_MOUNT))
     if not found:
         return False
     log(f"converting the ubifs overlay staged on {name}")
@@ -469,11 +469,11 @@ def convert_pending(device: str, log) -> bool:
     except (SnapshotError, MtdError) as e:
         log(f"converting {name} failed: {e}; booting its ubifs, the staged overlay renamed "
             f"to {PENDING}.failed", loud=True)
-        run_mount("mount", "-n", "-t", "ubifs", name, str(UBIFS_MOUNT))
+        kernel.mount(name, str(UBIFS_MOUNT), "ubifs")
         try:
             os.replace(UBIFS_MOUNT / PENDING, UBIFS_MOUNT / f"{PENDING}.failed")
         finally:
-            run_mount("umount", "-n", str(UBIFS_MOUNT))
+            kernel.unmount(str(UBIFS_MOUNT))
         return False
     finally:
         STAGED.unlink(missing_ok=True)

@@ -19,6 +19,13 @@ class NoChain(SnapshotError):
     """The device holds no snapshot chain (never formatted, or something else is on it)."""
 
 
+class StockBoot(SnapshotError):
+    """`snapshot mount`: the device holds no chain to boot, nor the old fstools chain, or
+    cannot be opened or read; nothing was mounted, and the preinit hook boots the stock
+    way."""
+    exit_code = 6
+
+
 class Busy(SnapshotError):
     """Another snapshot command is writing to the same device."""
     exit_code = 3

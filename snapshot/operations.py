@@ -262,12 +262,15 @@ def rollback(chain: Chain, to: int | None) -> list[str]:
 
 
 def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
-                    lower: Path | None = None,
-                    tried: bool = True) -> tuple[int, SnapshotError | None]:
+                    lower: Path | None = None, tried: bool = True,
+                    undo: bool = True) -> tuple[int, SnapshotError | None]:
     """Apply snapshots 1..upto (default all) of a view of the chain (Chain.view: `tried`,
     with a pending trial) in order into dest, stopping at the first that is damaged or
     refused; it is not applied at all (see restore.apply, also for `lower`). Returns how
-    many were applied and the error that stopped them, if any."""
+    many were applied and the error that stopped them, if any. Each record applied was read
+    whole, every CRC checked (chain.read_whole). Without `undo`, one that fails in an empty
+    dest leaves part of itself there, for a caller that empties dest anyway (a boot that
+    repairs the chain first)."""
     snapshots = chain.view(tried)[0]
     if upto is None:
         upto = len(snapshots)
@@ -294,14 +297,15 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
                 break
             except BaseException:
                 if in_place:
-                    _empty(dest)
+                    empty_dir(dest)
                 raise
+            chain.read_whole(payload.source)
     if failed is None:
         return len(sources), damaged_header
     index, error = failed
-    if not in_place:
+    if not in_place or not undo:
         return index, error
-    _empty(dest)
+    empty_dir(dest)
     applied, again = apply_snapshots(chain, dest, index, lower, tried)
     return applied, again or error
 
@@ -314,13 +318,14 @@ def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None,
     if volatile is None:
         return
     dest, in_place = _target(dest)
+    source = chain.payload(volatile)
     try:
-        restore.apply(chain.payload(volatile), volatile.entry.compression, dest, lower,
-                      in_place)
+        restore.apply(source, volatile.entry.compression, dest, lower, in_place)
     except BaseException:
         if in_place:
-            _empty(dest)
+            empty_dir(dest)
         raise
+    chain.read_whole(source)
 
 
 def apply_legacy(flash: Flash, entries: list, dest: Path, lower: Path | None,
@@ -347,7 +352,7 @@ def apply_legacy(flash: Flash, entries: list, dest: Path, lower: Path | None,
         except SnapshotError as error:
             # Entries go in as they pass: one that fails is undone by emptying dest and
             # applying the ones before it again.
-            _empty(dest)
+            empty_dir(dest)
             layers.kinds = before
             applied, warnings, again = apply_legacy(flash, entries[:index], dest, lower,
                                                     layers)
@@ -366,7 +371,7 @@ def _target(dest: Path) -> tuple[Path, bool]:
         raise SnapshotError(f"{dest}: cannot unpack into it: {e.strerror}") from None
 
 
-def _empty(directory: Path) -> None:
+def empty_dir(directory: Path) -> None:
     """Remove what is in directory, keeping it (it may be a mountpoint)."""
     for entry in os.scandir(directory):
         if entry.is_dir(follow_symlinks=False):
@@ -541,9 +546,12 @@ def _plan(chain: Chain, damaged: dict[int, str]) -> tuple[dict, dict, str | None
     return empty, drop, damaged_trial
 
 
-def examine(chain: Chain, report: Report) -> Findings:
+def examine(chain: Chain, report: Report, read: bool = True) -> Findings:
     """Read everything and say what is wrong, and what a repair would lose (_plan). Reads
-    the flash only; what it read of each payload goes to the ledger (snapshot/store/verified.py)."""
+    the flash only; what it read of each payload goes to the ledger (snapshot/store/verified.py).
+    A payload this process has read whole already (chain.read_results) is not read again;
+    without `read`, no other is read either, and counts as sound: a boot decides from what
+    it has unpacked so far (DESIGN.md §8)."""
     report.snapshots = len(chain.snapshots)
     report.volatile = chain.volatile is not None
     report.problems.extend(chain.problems)
@@ -552,12 +560,20 @@ def examine(chain: Chain, report: Report) -> Findings:
     try:
         for index, record in enumerate(chain.records[:chain.valid_prefix]):
             name = describe(record, index)
-            try:
-                corrected = chain.verify(record)
-            except RecordDamaged as e:
-                report.problems.append(str(e))
-                report.damage.append(str(e))
-                damaged[index] = e.reason
+            key = verified.record_key(record.entry)
+            if key in chain.read_results:
+                error, corrected = chain.damage.get(key), chain.corrected.get(key, 0)
+            elif not read:
+                continue
+            else:
+                try:
+                    error, corrected = None, chain.verify(record)
+                except RecordDamaged as e:
+                    error, corrected = e, 0
+            if error is not None:
+                report.problems.append(str(error))
+                report.damage.append(str(error))
+                damaged[index] = error.reason
                 continue
             if corrected:
                 report.problems.append(f"{name}: {corrected} corrected bit flips; "
@@ -601,14 +617,15 @@ def check(chain: Chain) -> Report:
     return report
 
 
-def repair(chain: Chain, progress=None) -> Report:
+def repair(chain: Chain, progress=None, read: bool = True) -> Report:
     """Make the state the next open sees explicit and clean, losing as little as it can
     (_plan): empty each damaged confirmed snapshot, fail a damaged trial, drop other damaged
     records, rewrite records with corrected bit flips, and rewrite a torn anchor. One
     commit; running it again finds nothing to do. Where the flash has no block left for an
-    empty record, that snapshot is dropped with everything built on it, as the report says."""
+    empty record, that snapshot is dropped with everything built on it, as the report says.
+    Without `read`, only what this process has read already is repaired (examine)."""
     report = Report(chain.flash.name)
-    found = examine(chain, report)
+    found = examine(chain, report, read)
     if report.clean:
         return report
     entries, note, fleet, lost_from = [], KEEP, KEEP, None

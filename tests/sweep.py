@@ -363,6 +363,12 @@ SCENARIOS = {
     "trialrollback": Scenario("trialrollback", base_snapshot_on_trial, lambda w: ["rollback"]),
     "bootcount": Scenario("bootcount", base_snapshot_on_trial, lambda w: [], runner=BOOT),
     "bootfail": Scenario("bootfail", base_trial_out_of_boots, lambda w: [], runner=BOOT),
+    # A boot's repair of what unpacking found: a damaged snapshot emptied before the records
+    # above it are applied again; corrected bit flips in every record, scrubbed at the end.
+    "bootrepair": Scenario("bootrepair", base_damaged_middle_snapshot, lambda w: [],
+                           runner=BOOT),
+    "bootscrub": Scenario("bootscrub", base_flipped_records, lambda w: [], runner=BOOT,
+                          changes=False),
     # The health watch's decisions: an automatic rollback, and a confirm.
     "watchrollback": Scenario("watchrollback", base_snapshot_on_trial,
                               lambda w: ["watch", "--no-reboot"],

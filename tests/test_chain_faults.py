@@ -374,11 +374,13 @@ def test_a_save_that_rewrites_records_below_it_gives_each_its_own_blocks(flipped
 
 
 def test_a_boot_repair_that_rewrites_several_records_keeps_them_all(flipped, tmp_path):
+    from boot_decision import boot_writes
     from snapshot import boot
     for _ in range(2):   # the second boot used to drop every snapshot
         report = boot.BootReport()
         with SimFlash(flipped, writable=True) as flash:
-            chain = boot.prepare(flash, lambda message, loud=False: None, report)
+            chain = boot_writes(flash, lambda message, loud=False: None, report).chain
             assert len(chain.snapshots) == 2 and chain.volatile is not None
+        assert (report.snapshots, report.volatile) == (2, True)
         assert report.problems == []
     assert_every_record_intact(flipped, tmp_path)

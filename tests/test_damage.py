@@ -142,6 +142,45 @@ def test_a_torn_anchor_entry_is_no_damage_and_nothing_is_lost(tmp_path):
     assert "clean" in ok(image, "check")
 
 
+def booted(image):
+    """A boot's writes, as `snapshot mount` makes them (tests/boot_decision.py); its log."""
+    from boot_decision import boot_writes
+    from snapshot import boot
+    lines = []
+    with SimFlash(image, writable=True) as flash:
+        boot_writes(flash, lambda line, loud=False: lines.append(line), boot.BootReport())
+    return "\n".join(lines)
+
+
+def test_a_boot_that_finds_its_trial_damaged_fails_it_and_boots_the_state_before(tmp_path):
+    """The trial is counted before it is read (DESIGN.md §10); unpacking finds it damaged,
+    and the repair fails it before the state before it is applied."""
+    image = three_snapshots(tmp_path)
+    ok(image, "push", "--trial", "--from", str(layer(tmp_path / "t", {"etc/t": "t\n"})),
+       "-m", "trial")
+    damage_payload(image, 3)
+    log = booted(image)
+    assert "trying snapshot 4: boot 1 of 3" in log and "repaired: dropped snapshot 4" in log
+    status = json.loads(ok(image, "status", "--json"))
+    assert status["trial"] is None and status["snapshots"] == 3
+    assert "snapshot 4 is damaged (payload CRC mismatch): rolled back" in \
+        status["last_rollback"]["reason"]
+    assert ok(image, "check").strip() == "clean"
+
+
+def test_a_boot_that_finds_two_snapshots_damaged_empties_both_and_keeps_the_rest(tmp_path):
+    image = three_snapshots(tmp_path)
+    damage_payload(image, 0)
+    damage_payload(image, 2)
+    log = booted(image)
+    assert log.count("lost: the changes of snapshot") == 2
+    snapshots, volatile = unpacked(image, tmp_path)
+    assert snapshots == {"usr/lib/pkg/tool": "tool 1\n", "etc/config/network": "lan 2\n"}
+    assert volatile == {"etc/config/system": "host v\n"}
+    assert ok(image, "check").strip() == "clean"
+
+
+
 class _Image:
     """What the ledger asks of a flash: its name."""
 

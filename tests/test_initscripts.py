@@ -15,12 +15,12 @@ BUSYBOX = "busybox"
 
 def ash(script: str, tmp_path: Path, env: dict | None = None) -> str:
     """Run script under busybox ash with a fake `snapshot` that logs its arguments and
-    answers `probe` with $PROBE."""
+    answers `mount` with $MOUNT."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "snapshot"
     fake.write_text('#!/bin/sh\necho "snapshot $*" >> "$CALLS"\n'
-                    'case "$*" in *probe*) exit ${PROBE:-0};; *mount*) exit ${MOUNT:-0};; esac\n')
+                    'case "$*" in *mount*) exit ${MOUNT:-0};; esac\n')
     fake.chmod(0o755)
     calls = tmp_path / "calls"
     calls.write_text("")
@@ -56,19 +56,20 @@ def preinit(tmp_path: Path, env: dict | None = None, proc_mtd: str = MTD_ROUTER,
 
 
 def test_preinit_boots_through_snapshot_when_the_partition_holds_a_chain(tmp_path):
-    out = preinit(tmp_path, {"PROBE": "0"})
-    assert "snapshot --device mtd:rootfs_data mount" in out and "--pending" not in out
+    out = preinit(tmp_path, {"MOUNT": "0"})
+    assert out.startswith("snapshot --device mtd:rootfs_data mount\n")
     assert "stock mount_root" not in out
     assert "hook preinit_mount_root" in out
 
 
 def test_preinit_keeps_the_stock_behaviour_without_a_chain(tmp_path):
-    out = preinit(tmp_path, {"PROBE": "1"})
-    assert "stock mount_root" in out and " mount\n" not in out
+    """`snapshot mount` exits 6: no chain there, nothing mounted, nothing went wrong."""
+    out = preinit(tmp_path, {"MOUNT": "6"})
+    assert "stock mount_root" in out and "failed" not in out
 
 
 def test_preinit_falls_back_to_stock_when_snapshot_mount_fails(tmp_path):
-    out = preinit(tmp_path, {"PROBE": "0", "MOUNT": "1"})
+    out = preinit(tmp_path, {"MOUNT": "1"})
     assert "snapshot --device mtd:rootfs_data mount" in out and "stock mount_root" in out
 
 
@@ -80,15 +81,21 @@ def test_preinit_leaves_the_flash_alone_in_failsafe(tmp_path):
 def test_preinit_follows_fstools_overlay_name(tmp_path):
     out = preinit(tmp_path, proc_mtd=MTD_ROUTER.replace("rootfs_data", "ubi_data"),
                   cmdline="console=ttyS0 fstools_overlay_name=ubi_data rootfstype=squashfs\n")
-    assert "snapshot --device mtd:ubi_data probe" in out
+    assert "snapshot --device mtd:ubi_data mount" in out
 
 
 def test_preinit_takes_the_ubi_volume_when_no_mtd_partition_has_the_name(tmp_path):
-    out = preinit(tmp_path, {"PROBE": "0"}, proc_mtd=UBI_ROUTER)
-    # First the conversion a `snapshot convert` staged on the ubifs, if there is one.
-    assert "snapshot --device ubi:rootfs_data convert --pending\n" \
-        "snapshot --device ubi:rootfs_data probe" in out
+    out = preinit(tmp_path, {"MOUNT": "0"}, proc_mtd=UBI_ROUTER)
     assert "snapshot --device ubi:rootfs_data mount" in out
+
+
+@pytest.mark.parametrize("proc_mtd", [MTD_ROUTER, UBI_ROUTER], ids=["mtd", "ubi"])
+@pytest.mark.parametrize("status", ["0", "1", "6"])
+def test_preinit_starts_one_snapshot_process_per_boot(tmp_path, proc_mtd, status):
+    """A UBI volume's staged conversion and the question whether there is a chain are
+    `snapshot mount`'s own first steps (DESIGN.md §8): one Python start per boot."""
+    out = preinit(tmp_path, {"MOUNT": status}, proc_mtd=proc_mtd)
+    assert len([line for line in out.splitlines() if line.startswith("snapshot --")]) == 1
 
 
 SERVICE = f"""

@@ -13,9 +13,9 @@ A boot (tests/guest_boot/; guest.sh and rootfs.sh there say how):
   preinit hook mechanism (/etc/preinit, /lib/functions/preinit.sh, the stock
   /lib/preinit/80_mount_root and a stand-in for fstools' /sbin/mount_root) and our
   initscripts/lib/preinit/81_snapshot. In a private mount namespace the guest pivots into it
-  and runs /etc/preinit under busybox ash; 81_snapshot's do_mount_root runs `snapshot probe`
-  and `snapshot mount`, which builds the layers and pivots again (or, on a flash without a
-  chain, the stock mount_root). Python, the venv and the checkout are the host's, reached
+  and runs /etc/preinit under busybox ash; 81_snapshot's do_mount_root runs `snapshot mount`,
+  which builds the layers and pivots again (or, on a flash without a chain, exits 6 and the
+  hook runs the stock mount_root). Python, the venv and the checkout are the host's, reached
   through symlinks that resolve before and after that pivot. The feed package's test builds
   the root of the package as tests/openwrt_package/harness.mk staged it instead
   (package_stage.install_root): its /sbin/snapshot, hook and byte-compiled modules;

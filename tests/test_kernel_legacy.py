@@ -13,8 +13,8 @@ old tool unpacks (`snapshot_tool read N`, `config_read`, into its fixed /tmp pat
 applied the way the stock boot applies it: tar over the root, then every symlink to
 `(overlay-whiteout)` removed. That view is what the converted chain must boot.
 
-The second boot finds the old chain unconverted: the router's preinit (`snapshot probe`, then
-`snapshot mount`) boots it read-only, with that view; a `snapshot save` is refused, and the
+The second boot finds the old chain unconverted: the router's preinit (`snapshot mount`)
+boots it read-only, with that view; a `snapshot save` is refused, and the
 flash reads exactly as the first boot left it. Then `snapshot convert` on the running router
 reads the old chain and hands over to the RAM stage, which imports it and reboots (qemu exits:
 -no-reboot); the third boot is the chain's.

@@ -10,8 +10,8 @@ chain with pushed and saved data, and the router reboots:
 - a sysupgrade's rewrite of the partition's first block, with mtd-utils' flash_erase and a
   write to /dev/mtdN: without settings, the image's last word, 0xdeadc0de, at the start
   of the erased block; keeping settings, a jffs2 holding sysupgrade.tgz (mkfs.jffs2).
-Each boot after them is the router's own: the preinit hook's `snapshot probe` and, when it
-leaves the partition to the stock way, fstools' real mount_root (in this squashfs in place
+Each boot after them is the router's own: the preinit hook's `snapshot mount` and, when it
+leaves the partition to the stock way (exit 6), fstools' real mount_root (in this squashfs in place
 of guest_boot/mount_root, the stand-in the other boot tests use), then preinit's restore of
 the kept settings.
 

@@ -95,10 +95,11 @@ def test_the_python_packages_are_byte_compiled_with_the_compiled_mtd_and_ubi_bin
     # The bindings the build compiled (cffi_modules in setup.py), named as mtd/build_abi.py
     # names them, for the interpreter's ABI.
     assert sorted(path.name for path in site.glob("mtd/_*_abi*.so")) == \
-        ["_mtd_abi.abi3.so", "_ubi_abi.abi3.so"]
+        ["_mount_abi.abi3.so", "_mtd_abi.abi3.so", "_ubi_abi.abi3.so"]
     # Sources and what only the build reads stay out, as python3-package.mk leaves them.
     assert not list(staged.root.rglob("*.py"))
-    assert not (site / "mtd/mtd_abi.h").exists() and not (site / "mtd/ubi_abi.h").exists()
+    assert not [name for name in ("mtd_abi.h", "ubi_abi.h", "mount_abi.h")
+                if (site / "mtd" / name).exists()]
 
 
 def test_the_staged_command_runs_from_the_staged_packages_alone(staged, tmp_path):

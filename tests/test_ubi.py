@@ -558,9 +558,9 @@ def test_the_default_device_is_a_ubi_volume_when_no_mtd_partition_has_the_name(t
 @pytest.mark.kernel
 def test_a_staged_ubifs_overlay_is_converted_at_boot_and_a_bad_one_set_aside(nandsim_ubi,
                                                                               tmp_path):
-    """`convert --pending` (the preinit hook's step) converts what stage_for_boot put on
-    the ubifs; a staged archive that cannot be converted is renamed aside, ubifs untouched
-    otherwise, and the next boot does not try again."""
+    """convert_pending (the first step of the preinit hook's `snapshot mount`) converts
+    what stage_for_boot put on the ubifs; a staged archive that cannot be converted is
+    renamed aside, ubifs untouched otherwise, and the next boot does not try again."""
     from snapshot import convert
     content = make_tree(tmp_path / "overlay" / "upper", 8, 200).parent
     (content / "work").mkdir()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snapshot.cli.common import (DEVICE, INEXACT, Progress, compression_of,
                                  compression_option, echo, human, main, stored)
-from snapshot.errors import SnapshotError
+from snapshot.errors import SnapshotError, StockBoot
 from snapshot.reboot import booted
 from snapshot.store.chain import opened
 
@@ -23,12 +23,10 @@ from snapshot.store.chain import opened
 @click.option("-m", "--message", help="Message of snapshot 1 (jffs2 or ubifs; default: "
                                       "converted from jffs2, or ubifs). Records imported "
                                       "from the old chain say where they came from.")
-@click.option("--pending", is_flag=True, hidden=True,
-              help="Preinit: convert the ubifs overlay a convert staged on a UBI volume.")
 @compression_option
 @DEVICE
 @click.pass_obj
-def convert(obj, source, archive, legacy, accept_window, message, compression, pending):
+def convert(obj, source, archive, legacy, accept_window, message, compression):
     """Replace the jffs2 overlay on --device (ubifs, on a UBI volume) by a chain holding it
     as snapshot 1, or import the old fstools snapshot chain on it: its snapshots in order and
     its volatile.
@@ -38,7 +36,7 @@ def convert(obj, source, archive, legacy, accept_window, message, compression, p
     the old chain) and hands over to the RAM stage, which stops the other processes, makes
     jffs2 read-only, moves onto the squashfs, writes the chain and reboots. On a UBI volume
     (ubifs at /overlay) it packs the upper dir onto the ubifs and reboots; the next boot's
-    preinit converts it before anything mounts the volume. Until the
+    `snapshot mount` converts it before anything mounts the volume. Until the
     chain's one commit the old data stays as the stock mount_root reads it: a power cut
     leaves it or the chain, never a mix. Exit status 5: something of the old chain was
     left out (damaged, or refused as unsafe); the `warning:` lines say what.
@@ -50,10 +48,6 @@ def convert(obj, source, archive, legacy, accept_window, message, compression, p
       snapshot --device /tmp/flash.img convert --legacy
     """
     from snapshot import convert as conversion   # here: every other command starts sooner
-    if pending:
-        from snapshot.boot import Log
-        conversion.convert_pending(obj["device"], Log(kmsg=True))
-        return
     if sum(map(bool, (source, archive, legacy))) > 1:
         raise click.UsageError("--from, --archive and --legacy exclude each other")
     # On the router this only reads: the RAM stage writes, once the overlay is read-only
@@ -144,10 +138,15 @@ def _report(device: str, imported) -> None:
 def mount_cmd(obj, root, target):
     """Boot: mount the saved state over the squashfs (run from preinit).
 
-    Recovers the chain, applies snapshots 1..N into a tmpfs overlay over the squashfs,
-    stacks the volatile layer on top and pivots, giving /rom, /overlay/upper and
-    /volatile/upper. A damaged chain boots its valid prefix; if anything else fails, a
-    plain tmpfs overlay is mounted instead. Everything is logged to the kernel log.
+    Applies snapshots 1..N into a tmpfs overlay over the squashfs, reading each record
+    once and repairing what that read finds, stacks the volatile layer on top and pivots,
+    giving /rom, /overlay/upper and /volatile/upper. A damaged chain boots its valid
+    prefix; if anything else fails, a plain tmpfs overlay is mounted instead. Everything is
+    logged to the kernel log. On a UBI volume it first converts the ubifs overlay a
+    `snapshot convert` staged there.
+
+    Exit status 6: the device holds no chain to boot (what `snapshot probe` answers 1 for),
+    or cannot be opened: nothing was mounted; the preinit hook then boots the stock way.
 
     The old fstools chain, not converted yet, boots the same way, read-only: its snapshots
     and its volatile as `snapshot convert` would import them, nothing written to the flash;
@@ -171,7 +170,10 @@ def mount_cmd(obj, root, target):
     else:
         root, target, scratch = Path("/"), Path("/mnt"), Path("/tmp/.snapshot")
     target.mkdir(parents=True, exist_ok=True)
-    boot.mount(obj["device"], root.absolute(), target, scratch, boot.Log(kmsg=not sandbox),
-               sandbox)
+    try:
+        boot.mount(obj["device"], root.absolute(), target, scratch,
+                   boot.Log(kmsg=not sandbox), sandbox)
+    except StockBoot as e:
+        raise SystemExit(e.exit_code) from None   # logged; no `Error:`: nothing is wrong
     if not sandbox:
         boot.pivot(target)

@@ -11,6 +11,7 @@ one, so after a power cut anywhere the next open sees exactly the old chain or t
 """
 import errno
 import fcntl
+import mmap
 import os
 import struct
 import time
@@ -28,6 +29,8 @@ from snapshot.store.verified import record_key
 
 READ_CHUNK = 256 * 1024
 FIRST_READ = 16 * 1024
+#: A payload's corrected bit flips, as PayloadReader shares them with a reading child.
+_FLIPS = struct.Struct("=Q")
 
 
 def anchor_blocks(flash: Flash) -> range:
@@ -253,8 +256,11 @@ class Chain:
         self.handed_out: set[int] = set()
         self.atomic_only: frozenset[int] = frozenset()
         # What this process read of each record's payload (snapshot/store/verified.py keys):
-        # None when its every CRC passed, else why it is damaged.
+        # None when its every CRC passed, else why it is damaged; and for the ones that
+        # passed, the corrected bit flips met reading them whole (a repair scrubs those).
         self.read_results: dict[str, str | None] = {}
+        self.corrected: dict[str, int] = {}
+        self.damage: dict[str, RecordDamaged] = {}   # each reason's error, naming where
 
     @classmethod
     def replacing(cls, flash: Flash, reserved: set[int]) -> "Chain":
@@ -271,6 +277,8 @@ class Chain:
         chain.reserved = frozenset(reserved)
         chain.handed_out = set()
         chain.read_results = {}
+        chain.corrected = {}
+        chain.damage = {}
         # Anchor blocks holding data being replaced that a commit may take only by an atomic
         # LEB change (ubifs's, on UBI: convert.py), so the data stays until the commit.
         chain.atomic_only = frozenset()
@@ -413,17 +421,25 @@ class Chain:
         return header
 
     def payload(self, record: Record) -> "PayloadReader":
-        self.read_header(record)
-        return PayloadReader(self, record)
+        """A stream over the record's payload, its header and commit marker checked first."""
+        flips: list[int] = []
+        self.read_header(record, flips)
+        return PayloadReader(self, record, sum(flips))
 
     def verify(self, record: Record) -> int:
         """Read a whole record and check every CRC. Returns the corrected bit flips seen."""
-        flips: list[int] = []
-        self.read_header(record, flips)
-        reader = PayloadReader(self, record)
+        reader = self.payload(record)
         while reader.read(READ_CHUNK):
             pass
-        return sum(flips) + reader.corrected
+        return reader.corrected
+
+    def read_whole(self, reader: "PayloadReader") -> None:
+        """Note that `reader`'s payload was read to its end and passed its CRC, here or in a
+        child process that read it for this one (archive.Payloads): what a repair and the
+        ledger (snapshot/store/verified.py) then know of it without reading it again."""
+        key = record_key(reader.record.entry)
+        self.read_results[key] = None
+        self.corrected[key] = reader.corrected
 
     def _read_stream(self, record: Record, start: int, length: int,
                      flips_seen: list | None = None) -> bytes:
@@ -448,9 +464,11 @@ class Chain:
     def _damaged(self, record: Record, stream_offset: int, reason: str) -> RecordDamaged:
         index = stream_offset // self.flash.geometry.erasesize
         block = record.blocks[index] if index < len(record.blocks) else None
-        self.read_results[record_key(record.entry)] = reason
-        return RecordDamaged(self.flash.name, describe(record, self.records.index(record)),
-                             block, reason)
+        error = RecordDamaged(self.flash.name, describe(record, self.records.index(record)),
+                              block, reason)
+        key = record_key(record.entry)
+        self.read_results[key], self.damage[key] = reason, error
+        return error
 
     # -- free space --------------------------------------------------------------------------
 
@@ -484,13 +502,18 @@ def describe(record: Record, index: int) -> str:
 class PayloadReader:
     """A file-like stream over a record's payload, read from flash in READ_CHUNK pieces.
     Reaching the end checks the payload CRC; a mismatch or an uncorrectable read raises
-    RecordDamaged."""
+    RecordDamaged. `corrected` counts the corrected bit flips met so far, the header's
+    (`header_flips`) included."""
 
-    def __init__(self, chain: Chain, record: Record):
+    def __init__(self, chain: Chain, record: Record, header_flips: int = 0):
         self.chain = chain
         self.record = record
         self.length = record.entry.payload_length
-        self.corrected = 0
+        self._header_flips = header_flips
+        # The payload's flips, in memory shared with a child process that reads the stream
+        # for the one that made it (archive.Payloads forks one): the maker learns of them
+        # all the same, and a boot scrubs the record.
+        self._shared_flips = mmap.mmap(-1, _FLIPS.size)
         self._flips: list[int] = []
         self._fetched = 0        # payload bytes read from flash so far
         self._crc = crc32(b"")
@@ -515,13 +538,18 @@ class PayloadReader:
                                        + self._fetched, n, self._flips)
         self._fetched += n
         self._crc = crc32(data, self._crc)
-        self.corrected = sum(self._flips)
+        if self._flips:
+            _FLIPS.pack_into(self._shared_flips, 0, sum(self._flips))
         if self._fetched == length:
             if self._crc != self.record.entry.payload_crc:
                 raise self.chain._damaged(self.record, self.record.layout.payload_offset,
                                           "payload CRC mismatch")
-            self.chain.read_results[record_key(self.record.entry)] = None
+            self.chain.read_whole(self)
         self._buffer = memoryview(data)
+
+    @property
+    def corrected(self) -> int:
+        return self._header_flips + _FLIPS.unpack_from(self._shared_flips)[0]
 
 
 class Allocator:

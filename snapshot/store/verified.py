@@ -1,7 +1,8 @@
 """What this boot has read of each record's payload: verified whole, or found damaged.
 
-Boot reads every payload in full (its repair checks every CRC before anything is applied),
-so after boot the running system knows which records it verified. `save` and `push` build on
+Boot reads every payload in full (checking every CRC as it unpacks the records, and reading
+the ones it does not apply: DESIGN.md §8), so after boot the running system knows which
+records it verified. `save` and `push` build on
 the snapshots below them; rather than read those payloads again at every save (seconds on a
 router's SPI NOR), they look each one up here and read only a record this boot has not
 verified (one written since boot, or an image on a PC that no boot read), once: what they
