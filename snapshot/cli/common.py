@@ -5,7 +5,8 @@ Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usag
 (another command is writing), 4 the chain is damaged (see `check --repair`), 5 stored, but
 not exactly: entries changed or could not be read while they were stored (`warning:` lines
 say which); for `health`, a required check failed; for `watch`, the trial was rolled back;
-130 interrupted (Ctrl-C), with one line saying whether the device changed.
+6 (`mount`) no chain to boot: the preinit hook boots the stock way; 130 interrupted
+(Ctrl-C), with one line saying whether the device changed.
 """
 import json
 import os
