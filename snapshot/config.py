@@ -17,7 +17,7 @@ SNAPSHOT_CONFIG names another file (tests, images being prepared on a PC). A mis
 means built-in defaults.
 
 A section of a type snapshot does not read, and an option its reader does not know (the keys
-of its defaults: DEFAULTS here, fleet.DEFAULTS, health.OPTIONS), get a warning on stderr
+of its defaults: DEFAULTS here, fleet/memory.DEFAULTS, health.OPTIONS), get a warning on stderr
 naming the file, the section and the option, once per process: a misspelt option would
 otherwise be silently ignored.
 """

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from snapshot.fleet import channel as fleet
+from snapshot.fleet import memory
 from snapshot.store.format import MAX_FAILED, MAX_MESSAGE, Fleet
 from sweep import image_digest, make_tree
 from test_fleet import behind_a_slow_server, collect, on, poll, world  # noqa: F401  (world: the fixture)
@@ -22,9 +23,9 @@ from test_fleet import behind_a_slow_server, collect, on, poll, world  # noqa: F
 def no_last_poll():
     # The last poll's outcome lives in /tmp, as on a router, where /tmp starts empty at boot;
     # here another test's would still be there.
-    fleet.LAST_POLL.unlink(missing_ok=True)
+    memory.LAST_POLL.unlink(missing_ok=True)
     yield
-    fleet.LAST_POLL.unlink(missing_ok=True)
+    memory.LAST_POLL.unlink(missing_ok=True)
 
 
 def publish(lab, unit, channel, bundle, *more):
@@ -119,7 +120,7 @@ def poll_in_process(world, monkeypatch, clock) -> dict:
     def opener():
         with open_flash(str(image), writable=True) as flash:
             yield Chain(flash)
-    return fleet.poll(opener, config.load(str(conf)), fleet.settings(str(conf)), 3,
+    return fleet.poll(opener, config.load(str(conf)), memory.settings(str(conf)), 3,
                       lambda line, loud=False: None, clock=clock)
 
 
@@ -130,7 +131,7 @@ def test_expiry_is_checked_only_against_a_clock_known_to_be_set(world, monkeypat
     publish(lab, units["u1"], channel,
             lab.bundle(tmp_path / "ref.img", "2", tmp_path / "fix.snb"), "--expires-in", "1h")
     published = json.loads((channel / "channel.json").read_text())["published"]
-    with pytest.raises(fleet.FleetError, match="expired at "):
+    with pytest.raises(memory.FleetError, match="expired at "):
         poll_in_process(world, monkeypatch, clock=lambda: published + 7200)
     done = poll_in_process(world, monkeypatch, clock=lambda: published - 2 * 86400)
     assert done["action"] == "applied" and done["channel"]["clock"] == "not set"

@@ -9,7 +9,7 @@ import pytest
 from clirun import ok
 from mtd import FlashType, Geometry, SimFlash
 from snapshot import config
-from snapshot.fleet import channel as fleet
+from snapshot.fleet import memory
 from snapshot.health import checks as health
 from test_config import DEFAULTS_FILE, FILES, config_file
 
@@ -52,7 +52,7 @@ def test_an_unknown_section_type_is_named(tmp_path, capsys):
 def test_an_unknown_option_of_the_fleet_section_is_named(tmp_path, capsys):
     path = config_file(tmp_path, "config fleet 'fleet'\n\toption group 'canary'\n"
                                  "\toption chanel 'http://fleet/channel.json'\n")
-    assert fleet.settings(path)["channel"] == ""
+    assert memory.settings(path)["channel"] == ""
     assert capsys.readouterr().err == (f"warning: {path}: option 'chanel' in section fleet "
                                        f"'fleet' is unknown; it is ignored\n")
 
@@ -81,7 +81,7 @@ def test_every_option_the_defaults_file_documents_is_known(tmp_path, capsys, cas
     """The example sections switched on too: the checks and the fleet."""
     path = config_file(tmp_path, FILES[case])
     config.load(path)
-    fleet.settings(path)
+    memory.settings(path)
     health.configured(path)
     assert capsys.readouterr().err == ""
     assert DEFAULTS_FILE.read_text().count("option") > 30

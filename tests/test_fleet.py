@@ -15,7 +15,8 @@ import pytest
 from bundle_lab import Lab, cut_off
 from mtd import FlashType, Geometry
 from snapshot.fleet import channel as fleet
-from snapshot.health import checks as health
+from snapshot.fleet import memory
+from snapshot.health import results as kept
 from snapshot.store.format import SNAPSHOT
 from sweep import health_config, image_digest
 from web import Quiet, files, served
@@ -29,7 +30,7 @@ GROUPS = {"u1": "canary", "u2": "canary", "u3": "rest", "u4": "rest"}
 def world(tmp_path):
     # The watch's last results live in /tmp, as on a router, where /tmp starts empty at boot;
     # here another test's would still be there.
-    health.RESULTS.unlink(missing_ok=True)
+    kept.RESULTS.unlink(missing_ok=True)
     lab = Lab.make(tmp_path / "lab")
     lab.reference(tmp_path / "ref.img", NOR)
     channel = tmp_path / "www/fleet"
@@ -156,7 +157,7 @@ def poll_here(world, monkeypatch, sleep=None, **fleet_options) -> dict:
     def opener():
         with open_flash(str(image), writable=True) as flash:
             yield Chain(flash)
-    return fleet.poll(opener, config.load(str(conf)), fleet.settings(str(conf)) | fleet_options,
+    return fleet.poll(opener, config.load(str(conf)), memory.settings(str(conf)) | fleet_options,
                       3, lambda line, loud=False: None, sleep=sleep or time.sleep)
 
 

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mtd import FlashType, Geometry, SimFlash
 from snapshot.cli import common
 from clirun import commands, ok
@@ -17,7 +19,9 @@ KIB = 1024
 HEAVY = {"tarfile", "lzma", "bz2", "gzip", "shutil", "subprocess", "http.client", "ssl",
          "email", "urllib.request", "snapshot.operations", "snapshot.tree.archive",
          "snapshot.tree.capture", "snapshot.tree.restore", "snapshot.fleet.bundle",
-         "snapshot.fleet.fetch", "snapshot.packages.transaction", "mtd.device", "mtd.ubi"}
+         "snapshot.fleet.channel", "snapshot.fleet.fetch", "snapshot.health.checks",
+         "snapshot.packages.transaction", "snapshot.packages.upgrade", "mtd.device",
+         "mtd.ubi"}
 
 IMPORTS = """
 import json, sys
@@ -43,11 +47,12 @@ def test_every_command_is_found_in_the_family_the_group_names():
         assert family in (None, f"snapshot.cli.{common.Group.FAMILIES[name]}"), name
 
 
-def test_list_imports_nothing_of_the_tree_layer_nor_the_wings(tmp_path):
+@pytest.mark.parametrize("command", ["list", "status"])
+def test_list_and_status_import_nothing_of_the_tree_layer_nor_the_wings_code(tmp_path, command):
     image = tmp_path / "flash.img"
     SimFlash.create(image, Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0))
     ok(image, "format")
-    modules = imported_by("--device", image, "list")
+    modules = imported_by("--device", image, command)
     assert "snapshot.cli.listing" in modules
     assert not modules & HEAVY, modules & HEAVY
     assert not {m for m in modules if m.startswith("snapshot.cli.")} - {

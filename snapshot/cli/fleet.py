@@ -102,7 +102,8 @@ def poll(obj, now, no_reboot, as_json):
     def chain_opener():
         with opened(obj["device"], writable=True) as dev:
             yield Chain(dev)
-    done = fleets.poll(chain_opener, config.load(), fleets.settings(), max_attempts_of(True),
+    from snapshot.fleet import memory
+    done = fleets.poll(chain_opener, config.load(), memory.settings(), max_attempts_of(True),
                        log, now)
     if as_json:
         print_json(done)
@@ -135,9 +136,9 @@ def confirm(obj, bundle_id, force, as_json):
       snapshot fleet confirm 3f2a9c0d1e4b5a69 --json
     """
     from snapshot.fleet import channel as fleets
-    from snapshot.health import checks, watch as watching
+    from snapshot.health import results, watch as watching
     done = _decide(obj, "confirm",
-                   lambda chain: fleets.confirm(chain, bundle_id, checks.last(), force))
+                   lambda chain: fleets.confirm(chain, bundle_id, results.last(), force))
     if done["action"] == "confirmed":
         watching.SysLog()(f"fleet: confirmed bundle {bundle_id} ({done['what']}) for the "
                           f"operator")

@@ -69,16 +69,16 @@ def status(obj, as_json):
       snapshot status --json
     """
     from snapshot import jobs
-    from snapshot.fleet import channel
-    from snapshot.health import checks
-    from snapshot.packages import upgrade as upgrades
+    from snapshot.fleet import memory as fleet
+    from snapshot.health import results
+    from snapshot.packages import state as packages
     with reading(obj) as dev:
         chain = Chain(dev)
         info = overview.status(chain)
-        info["fleet"] = channel.status(chain, channel.settings())
-    info["health"] = checks.last()
+        info["fleet"] = fleet.status(chain, fleet.settings())
+    info["health"] = results.last()
     info["job"] = jobs.last()
-    info["unsaved_change"] = upgrades.unsaved()
+    info["unsaved_change"] = packages.unsaved()
     if as_json:
         print_json(info)
         return

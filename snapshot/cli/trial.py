@@ -46,7 +46,8 @@ def health(obj, as_json):
     """
     from snapshot.health import checks
     results = checks.run(checks.configured())
-    checks.keep(results)
+    from snapshot.health import results as kept
+    kept.keep(results)
     if as_json:
         print_json({"healthy": checks.healthy(results),
                     "results": [r.as_dict() for r in results]})

@@ -39,6 +39,8 @@ from pathlib import Path
 from snapshot import config, operations
 from snapshot.errors import SnapshotError
 from snapshot.fleet import bundle as bundles
+from snapshot.fleet import memory
+from snapshot.fleet.memory import FleetError
 from snapshot.store import trial as trials
 from snapshot.store.chain import Chain, commit
 from snapshot.store.format import BUNDLE_ID, MAX_CHANNEL_VERSION, MAX_TIME, Fleet
@@ -52,31 +54,9 @@ EXPIRES_IN = 7 * 24 * 3600
 #: A unit's clock this far behind a time it knows passed (the channel's signed `published`,
 #: the firmware's build) is not set, and expiries are not checked against it (DESIGN.md §16).
 CLOCK_SLACK = 3600
-#: The last poll's outcome, for `status` (RAM: a poll's result is not worth a flash write).
-LAST_POLL = Path("/tmp/snapshot/fleet.json")
-DEFAULTS = {"channel": "", "group": "", "delay": "600", "confirm": "watch"}
-CONFIRMERS = ("watch", "operator")
-
-
-class FleetError(SnapshotError):
-    """A channel that cannot be read or trusted, or a promotion refused."""
-
-
 def base_id(hashes: list[str]) -> str:
     """The name of a base in a channel: 16 hex digits of SHA-256 over its snapshots' hashes."""
     return hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
-
-
-def settings(path: str | None = None) -> dict[str, str]:
-    """The `config fleet` section's options over DEFAULTS."""
-    name, found = next(((name, opts) for kind, name, opts in config.sections(path)
-                        if kind == "fleet"), (None, {}))
-    config.unknown(path, "fleet", name, found, DEFAULTS)
-    options = {**DEFAULTS, **found}
-    if options["confirm"] not in CONFIRMERS:
-        raise FleetError(f"option confirm in `config fleet` is {options['confirm']!r}: it is "
-                         f"{' or '.join(CONFIRMERS)}")
-    return options
 
 
 # -- the publisher's side ---------------------------------------------------------------------
@@ -413,15 +393,6 @@ def accepted(memory: Fleet, data: dict) -> Fleet:
                            expires=data["expires"])
 
 
-def failed_here(chain: Chain) -> set[str]:
-    """The bundles whose trial failed on this unit: the fleet entry's, and the last note's
-    (a rollback an older snapshot wrote names its bundle there only)."""
-    failed = set(Fleet.of(chain.fleet).failed)
-    if chain.note is not None and trials.bundle_of(chain.note.message):
-        failed.add(trials.bundle_of(chain.note.message))
-    return failed
-
-
 def _wanted(chain: Chain, data: dict, group: str) -> tuple[dict | None, str]:
     """The rollout this unit should apply now, or None and why not."""
     if chain.trial is not None:
@@ -430,7 +401,7 @@ def _wanted(chain: Chain, data: dict, group: str) -> tuple[dict | None, str]:
     rollout = choose(data, mine, group)
     if rollout is None:
         return None, f"nothing for base {mine} in group {group}"
-    if rollout["id"] in failed_here(chain):
+    if rollout["id"] in memory.failed_here(chain):
         return None, f"bundle {rollout['id']} failed here"
     return rollout, ""
 
@@ -472,7 +443,7 @@ def download(url: str, rollout: dict):
 
 def poll(chain_opener, options: dict, fleet: dict, max_attempts: int, log,
          now: bool = False, sleep=time.sleep, clock=time.time) -> dict:
-    """One poll: what it did, as `fleet poll --json` prints it, kept in LAST_POLL for
+    """One poll: what it did, as `fleet poll --json` prints it, kept in memory.LAST_POLL for
     `status`; a refusal (SnapshotError) is logged and kept there too, with nothing written.
     `chain_opener()` opens the writable chain (a context manager, which locks the device):
     only to read the chain and to commit, never while the poll waits on the network."""
@@ -486,9 +457,9 @@ def poll(chain_opener, options: dict, fleet: dict, max_attempts: int, log,
                      clock)
     except SnapshotError as e:
         log(f"fleet: poll refused: {e}", loud=True)
-        _keep({"action": "refused", "reason": str(e)}, clock())
+        memory.keep_poll({"action": "refused", "reason": str(e)}, clock())
         raise
-    _keep(done, clock())
+    memory.keep_poll(done, clock())
     return done
 
 
@@ -541,36 +512,6 @@ def _poll(chain_opener, options, fleet, max_attempts, log, delay, now, sleep, cl
     log(f"fleet: bundle {made.id} applied as snapshot {result['snapshot']} on trial: "
         f"{made.manifest['message']}")
     return {"action": "applied", "bundle": made.id, **result, **said}
-
-
-def _keep(done: dict, when: float) -> None:
-    """The poll's outcome in LAST_POLL (a temporary file renamed into place)."""
-    try:
-        LAST_POLL.parent.mkdir(parents=True, exist_ok=True)
-        partial = LAST_POLL.with_suffix(".partial")
-        partial.write_text(json.dumps({"time": int(when), **done}))
-        os.replace(partial, LAST_POLL)
-    except OSError:
-        pass   # status then shows no poll: the poll itself did what it says
-
-
-def last_poll() -> dict | None:
-    try:
-        found = json.loads(LAST_POLL.read_text())
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
-
-
-def status(chain: Chain, fleet: dict) -> dict:
-    """The `fleet` part of `status --json`: the unit's group and channel, what it keeps on
-    flash (the highest channel version it accepted, that channel's expiry, the bundles that
-    failed here) and the last poll's outcome this boot."""
-    memory = Fleet.of(chain.fleet)
-    return {"group": fleet["group"] or None, "channel": fleet["channel"] or None,
-            "channel_version": memory.version or None,
-            "channel_expires": memory.expires or None,
-            "failed_here": sorted(failed_here(chain)), "last_poll": last_poll()}
 
 
 # -- the operator's decision, on the unit -------------------------------------------------------

@@ -11,14 +11,11 @@ import os
 import re
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 from snapshot import config
 
-# Where the last round's results are kept for `status`: RAM, gone at the next boot.
-RESULTS = Path("/tmp/snapshot/health.json")
 DEFAULT_TIMEOUT = 10
 
 
@@ -86,25 +83,6 @@ def run(checks: list[Check]) -> list[Result]:
 
 def healthy(results: list[Result]) -> bool:
     return all(r.ok for r in results if r.required)
-
-
-def keep(results: list[Result], when: float | None = None) -> None:
-    """Keep a round's results for `status` (a temporary file renamed into place)."""
-    try:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        partial = RESULTS.with_suffix(".partial")
-        partial.write_text(json.dumps({"time": int(when or time.time()),
-                                       "results": [r.as_dict() for r in results]}))
-        os.replace(partial, RESULTS)
-    except OSError:
-        pass   # status then shows no results: the checks themselves went on
-
-
-def last() -> dict | None:
-    try:
-        return json.loads(RESULTS.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _unknown(check: Check) -> str:

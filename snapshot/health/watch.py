@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 
 from snapshot import config
 from snapshot.health import checks as health
+from snapshot.health import results as kept
 from snapshot.store import trial as trials
 from snapshot.store.chain import commit
 from snapshot.text import printable
@@ -40,13 +41,13 @@ class Settings(NamedTuple):
 
     @classmethod
     def load(cls, path: str | None = None) -> "Settings":
-        from snapshot.fleet import channel
+        from snapshot.fleet import memory
         options = config.load(path)
         return cls(config.number(options, "interval", 0), config.number(options, "grace", 0),
                    config.number(options, "pass_rounds", 1),
                    config.number(options, "fail_rounds", 2),
                    config.number(options, "window", 0), Path(options["rollback_dir"]),
-                   channel.settings(path)["confirm"] == "operator")
+                   memory.settings(path)["confirm"] == "operator")
 
 
 class Decision(NamedTuple):
@@ -72,7 +73,7 @@ def watch(open_chain, checks: list[health.Check], settings: Settings, log: Calla
             bundle = trials.BUNDLE_TAG.match(chain.trial.entry.message)
         operator = bundle is not None and settings.operator_confirms_bundles
         results = health.run(checks)
-        health.keep(results)
+        kept.keep(results)
         rounds += 1
         for r in results:
             log(f"health: {r.name}: {'pass' if r.ok else 'FAIL'}: {r.detail}",

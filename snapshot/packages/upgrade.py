@@ -16,26 +16,16 @@ twice when it upgrades itself first, and post-commit after failed installs too. 
 snapshot still on trial absorbs the next transaction (the earliest `before` is kept until the
 trial is decided), so a burst of installs is one snapshot naming them all.
 """
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapshot.errors import ChainDamaged, SnapshotError
-from snapshot.packages import transaction
+from snapshot.packages import state, transaction
 from snapshot.packages.feeds import Change, PackageError, PackageManager
 from snapshot.store import trial as trials
 from snapshot.store.chain import Chain, commit, opened
-
-STATE_DIR = Path("/tmp/snapshot")
-#: While it exists (and its process lives), an upgrade is running: the hooks stay silent.
-UPGRADING = "upgrading.json"
-#: The package change the running system holds that is not on flash.
-UNSAVED = "unsaved-change.json"
-#: The state the automatic snapshot compares against (the earliest before-state).
-PENDING = "transaction.json"
-
 
 #: RAM an upgrade needs in the volatile layer beyond the packages and their database.
 RAM_RESERVE = 64 * 1024
@@ -60,46 +50,6 @@ class Outcome:
     snapshot: int | None = None     # the number of the snapshot on trial
     size: int = 0
     message: str = ""
-
-
-def _state(name: str, state_dir: Path) -> Path:
-    return state_dir / name
-
-
-def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def unsaved(state_dir: Path = STATE_DIR) -> dict | None:
-    """The package change the running system holds that flash does not, if any: `status`
-    shows it (a reboot discards it)."""
-    return _read(_state(UNSAVED, state_dir))
-
-
-def _record_unsaved(state_dir: Path, what: str, error: str) -> None:
-    _write(_state(UNSAVED, state_dir), {"what": what, "error": error,
-                                        "when": int(time.time())})
-
-
-def upgrading(state_dir: Path = STATE_DIR) -> bool:
-    mark = _read(_state(UPGRADING, state_dir))
-    if not mark:
-        return False
-    try:
-        os.kill(int(mark["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
 
 
 def _free(path: Path) -> int:
@@ -170,19 +120,19 @@ def _human(n: int) -> str:
 
 def upgrade(device: str | None, pm: PackageManager, changes: list[Change], upper: Path,
             max_attempts: int, compression: int, progress=None,
-            state_dir: Path = STATE_DIR) -> Outcome:
+            state_dir: Path = state.STATE_DIR) -> Outcome:
     """Install `changes` (from plan()), then store what the transaction changed as a snapshot
     on trial. A failed transaction raises its PackageError; what it left in RAM is recorded
     as unsaved."""
-    mark = _state(UPGRADING, state_dir)
-    _write(mark, {"pid": os.getpid(), "started": int(time.time())})
+    mark = state.state_file(state.UPGRADING, state_dir)
+    state.write(mark, {"pid": os.getpid(), "started": int(time.time())})
     try:
         before_db, before = pm.installed(), transaction.manifest(upper)
         try:
             pm.upgrade(changes)
         except PackageError as e:
             if transaction.manifest(upper) != before:
-                _record_unsaved(state_dir, "a partial package upgrade", str(e))
+                state.record_unsaved(state_dir, "a partial package upgrade", str(e))
             raise
         done = pm.changes(before_db, pm.installed())
         paths, gone = transaction.changed(before, transaction.manifest(upper))
@@ -194,10 +144,10 @@ def upgrade(device: str | None, pm: PackageManager, changes: list[Change], upper
                                           compression, progress)
                 number = len(chain.snapshots)
         except (SnapshotError, OSError) as e:
-            _record_unsaved(state_dir, text, str(e))
+            state.record_unsaved(state_dir, text, str(e))
             raise NotKept(f"the upgrade is installed in RAM but could not be stored: {e}; a "
                           f"reboot discards it") from None
-        _state(UNSAVED, state_dir).unlink(missing_ok=True)
+        state.state_file(state.UNSAVED, state_dir).unlink(missing_ok=True)
         return Outcome(done or changes, number, entry.payload_length, text)
     finally:
         mark.unlink(missing_ok=True)
@@ -206,17 +156,17 @@ def upgrade(device: str | None, pm: PackageManager, changes: list[Change], upper
 # -- the hooks ---------------------------------------------------------------------------------
 
 def pre_commit(device: str | None, pm: PackageManager, upper: Path,
-               state_dir: Path = STATE_DIR) -> None:
+               state_dir: Path = state.STATE_DIR) -> None:
     """Note the state before a transaction. Kept as it is while an automatic snapshot made
     from it is still on trial (it absorbs this transaction), or while a transaction that
     stored nothing is still open."""
-    if upgrading(state_dir):
+    if state.upgrading(state_dir):
         return
-    path = _state(PENDING, state_dir)
-    pending = _read(path)
+    path = state.state_file(state.PENDING, state_dir)
+    pending = state.read(path)
     if pending is not None and _still_absorbing(device, pending):
         return
-    _write(path, {"installed": pm.installed(), "before": transaction.manifest(upper),
+    state.write(path, {"installed": pm.installed(), "before": transaction.manifest(upper),
                   "started": int(time.time())})
 
 
@@ -235,15 +185,15 @@ def _still_absorbing(device: str | None, pending: dict) -> bool:
 
 
 def post_commit(device: str | None, pm: PackageManager, upper: Path, max_attempts: int,
-                compression: int, log, state_dir: Path = STATE_DIR) -> str | None:
+                compression: int, log, state_dir: Path = state.STATE_DIR) -> str | None:
     """Store what the transactions since the noted state changed, as one snapshot on trial
     (replacing an automatic one still on trial). Returns what it says, or None when nothing
     changed. Never raises for a failure to store: the change stands in RAM, logged, and
     `status` shows it."""
-    if upgrading(state_dir):
+    if state.upgrading(state_dir):
         return None
-    path = _state(PENDING, state_dir)
-    pending = _read(path)
+    path = state.state_file(state.PENDING, state_dir)
+    pending = state.read(path)
     if pending is None:
         return None
     done = pm.changes(pending["installed"], pm.installed())
@@ -268,13 +218,13 @@ def post_commit(device: str | None, pm: PackageManager, upper: Path, max_attempt
             number = len(chain.snapshots)
     except (SnapshotError, OSError) as e:
         what = ", ".join(str(c) for c in done) or "a package change"
-        _record_unsaved(state_dir, what, str(e))
+        state.record_unsaved(state_dir, what, str(e))
         log(f"automatic snapshot of {what} not stored: {e}")
         pending["open"] = False
-        _write(path, pending)
+        state.write(path, pending)
         return f"not stored ({e}); the change is in RAM only until it is saved"
     pending["pushed"] = entry.gen
-    _write(path, pending)
-    _state(UNSAVED, state_dir).unlink(missing_ok=True)
+    state.write(path, pending)
+    state.state_file(state.UNSAVED, state_dir).unlink(missing_ok=True)
     log(f"automatic snapshot {number} ({text}) stored, on trial")
     return f"snapshot {number} ({text}) stored, on trial"
