@@ -53,8 +53,11 @@ MIPSEL_MODULES = tuple(
 #: running this module (the project's venv), so the guest runs the versions the host tests.
 PURE_PACKAGES = ("click", "pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py",
                  "pygments")
-#: What of the checkout a run needs: the package and the tests, with pytest's configuration.
-PROJECT_PARTS = ("snapshot", "mtd", "tests", "bench", "pyproject.toml")
+#: The project's packages (setup.py's top-level ones).
+PACKAGES = ("snapshot", "mtd")
+#: What of the checkout a run needs: the packages and the tests and benches, with pytest's
+#: configuration.
+PROJECT_PARTS = (*PACKAGES, "tests", "bench", "pyproject.toml")
 
 
 def cache_entry(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -179,7 +182,7 @@ def cross_build_abi(project: Path, cache_dir: str | os.PathLike[str] | None = No
 def stage(project: Path, results_dir: Path, cache_dir=None) -> Path:
     """Copy what a guest run needs into results_dir/stage and return that directory (the
     guest's cwd): the checkout's package and tests with the mipsel bindings in mtd/ (never the
-    host's), and site/, the pure-Python packages, which the job links into the guest's
+    host's), and site/, the pure-Python packages, which the job copies into the guest's
     dist-packages (job). Byte-compiled here: the guest's CPython (the same 3.11) would
     otherwise compile every module on its first import under TCG."""
     project = Path(project)
@@ -210,12 +213,16 @@ def stage(project: Path, results_dir: Path, cache_dir=None) -> Path:
 
 def job(stage_dir: Path, commands: str) -> list[str]:
     """The guest's argv for a shell script of commands, run in stage_dir. It first gives the
-    guest's root what Debian's packages leave to their maintainer scripts: busybox's applets
-    (never over a real tool) and the staged packages in dist-packages, where a router's
-    site-packages has them (the root is a tmpfs overlay)."""
+    guest's root what Debian's packages and an install leave to their scripts: busybox's
+    applets (never over a real tool), and the staged packages and the project's in
+    dist-packages, where a router's site-packages has them. Copied, with their bytecode's
+    timestamps: the root is a tmpfs overlay, and reading them there costs less system time
+    than from the results share, which 9p does not cache, as reading flash costs a router
+    little beside running CPython."""
+    installed = " ".join(f"{stage_dir}/{package}" for package in PACKAGES)
     return ["/bin/sh", "-c", "\n".join([
         "/bin/busybox --install -s",
-        f"for p in {stage_dir}/site/*; do ln -s \"$p\" /{DIST_PACKAGES}/; done",
+        f"cp -a {stage_dir}/site/* {installed} /{DIST_PACKAGES}/",
         commands,
     ])]
 
