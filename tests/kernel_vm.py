@@ -4,6 +4,7 @@ The host kernel has no MTD support, so tests that need real nandsim / mtdram / b
 a small Linux guest (the Debian kernel unpacked by scripts/setup-kernel-tier.sh) under qemu TCG. The
 guest mounts the host's root filesystem read-only over 9p, puts a tmpfs overlay on it and chroots
 into it, so the command runs with the host's own Python, venv and project checkout at the same paths.
+Another machine (tests/mipsel_vm.py) boots its own kernel and chroots into its own root instead.
 
 Only the results directory is shared writable: the guest leaves the command's combined output and
 exit code there, and the host's view of that directory is the same absolute path inside the guest.

@@ -72,11 +72,16 @@ def guest(tmp_path_factory) -> dict:
     except KernelVMError as e:
         pytest.fail(f"the mipsel guest did not run: {e}")
     elapsed = time.monotonic() - started
-    booted = float((results / "booted").read_text())
+    try:
+        booted = float((results / "booted").read_text())
+        machine = json.loads((results / "machine.json").read_text())
+    except (OSError, ValueError):
+        pytest.fail(f"the mipsel guest's job failed (exit {result.returncode}):\n"
+                    f"{result.output[-4000:]}")
     SUMMARY.append(f"mipsel guest (qemu malta, TCG): booted in {booted:.0f}s, ran the Flash "
                    f"contract in {elapsed - booted:.0f}s more, {elapsed:.0f}s in all")
     report = results / "report.json"
-    return {"machine": json.loads((results / "machine.json").read_text()),
+    return {"machine": machine,
             "outcomes": json.loads(report.read_text()) if report.exists() else None,
             "output": result.output}
 
