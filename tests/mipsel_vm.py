@@ -10,8 +10,10 @@ the cache instead of the host's. What a run needs beside that root (the project 
 mipsel bindings, and the pure-Python packages it and its tests import) is staged into the
 results directory, which the guest sees at the same path (stage()).
 
-Run as a script, it cross-builds the bindings of the checkout it is given and prints their
-directory: `python tests/mipsel_vm.py CHECKOUT`.
+A mipsel OpenWrt root takes its parts from here: the kernel and its modules
+(cache_entry()/kernel), Python with glibc and _cffi_backend (cache_entry()/root), and the
+bindings (cross_build_abi()). Run as a script, this module cross-builds the bindings of the
+checkout it is given and prints their directory: `python tests/mipsel_vm.py CHECKOUT`.
 """
 
 from __future__ import annotations
