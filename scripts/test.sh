@@ -25,6 +25,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 bash scripts/setup-kernel-tier.sh
+# The router tier's mipsel guest: Debian's malta kernel and mipsel Python, and the cross
+# compiler for the project's bindings.
+bash scripts/setup-mipsel.sh
 # The router's own tools (uci, ubus, rpcd, usign, apk, opkg, fstools), built from the pinned
 # sources; the tests find them in $SNAPSHOT_OPENWRT_TOOLS.
 bash scripts/setup-openwrt-tools.sh

@@ -162,6 +162,8 @@ def summary_lines(config) -> list[str]:
     if sweep is not None and sweep.CHECKED:
         lines.append(f"power-cut sweep: checked {sum(sweep.CHECKED.values())} cut points ("
                      + ", ".join(f"{k}: {n}" for k, n in sorted(sweep.CHECKED.items())) + ")")
+    mipsel = sys.modules.get("test_mipsel")
+    lines += mipsel.SUMMARY if mipsel else []
     boots = sys.modules.get("test_kernel_boot")
     for name, outcomes in sorted(boots.KILLED.items()) if boots else ():
         lines.append(f"kernel boot power cuts during {name}: {len(outcomes)} qemu kills, "

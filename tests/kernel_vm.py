@@ -4,6 +4,7 @@ The host kernel has no MTD support, so tests that need real nandsim / mtdram / b
 a small Linux guest (the Debian kernel unpacked by scripts/setup-kernel-tier.sh) under qemu TCG. The
 guest mounts the host's root filesystem read-only over 9p, puts a tmpfs overlay on it and chroots
 into it, so the command runs with the host's own Python, venv and project checkout at the same paths.
+Another machine (tests/mipsel_vm.py) boots its own kernel and chroots into its own root instead.
 
 Only the results directory is shared writable: the guest leaves the command's combined output and
 exit code there, and the host's view of that directory is the same absolute path inside the guest.
@@ -112,7 +113,9 @@ while read -r ko params; do
     insmod "/lib/modules/$(uname -r)/$ko" $params || die "insmod $ko $params"
 done < /etc/modules.load
 
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results \
+# The 9p protocol version is the machine's (KernelVM.ninep_version).
+NINEP="trans=virtio,version=$(cat /etc/9p-version),msize=512000"
+mount -t 9p -o "$NINEP" results /results \
     || die "mount results share"
 . "$STATE/config" || die "no $STATE/config"
 
@@ -132,7 +135,7 @@ say "nandsim=/dev/$NANDSIM mtdram=/dev/$MTDRAM block2mtd=/dev/$BLOCK2MTD"
 
 # cache=loose: the host tree is read-only to the guest and is not expected to change during a run,
 # and caching saves 9p round trips (a Python start here: ~1.5 s instead of ~1.8 s).
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro,cache=loose hostroot /lower \
+mount -t 9p -o "$NINEP,ro,cache=loose" hostroot /lower \
     || die "mount host root"
 mount -t tmpfs -o mode=0755 tmpfs /rw || die "mount overlay tmpfs"
 mkdir -p /rw/upper /rw/work
@@ -205,7 +208,20 @@ def create_flash_image(path: Path, size: int = DEFAULT_FLASH_SIZE) -> None:
 
 
 class KernelVM:
-    """Boots guests from the assets in the cache dir; one instance can boot any number of guests."""
+    """Boots guests from the assets in the cache dir; one instance can boot any number of guests.
+
+    An x86_64 guest whose root is the host's own. Another machine (tests/mipsel_vm.py) overrides
+    the class attributes and _machine_args, and sets its own assets in __init__.
+    """
+
+    #: The modules the guest loads, with their parameters (see MODULES).
+    modules: tuple[tuple[str, str], ...] = MODULES
+    #: The static busybox the initramfs runs.
+    busybox: Path = Path(BUSYBOX)
+    #: The directory the guest mounts read-only (under a tmpfs overlay) and chroots into.
+    root: str = "/"
+    #: The 9p protocol of the shares.
+    ninep_version: str = "9p2000.L"
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, *, memory_mb: int = 1024):
         """Raises KernelTierUnavailable unless qemu, a static busybox and the kernel assets exist.
@@ -227,8 +243,13 @@ class KernelVM:
         if qemu is None:
             raise KernelTierUnavailable(f"{QEMU} not found: {SETUP_HINT}")
         self.qemu = qemu
-        if not _is_static_elf(Path(BUSYBOX)):
-            raise KernelTierUnavailable(f"{BUSYBOX} is not a static busybox: {SETUP_HINT}")
+        if not _is_static_elf(self.busybox):
+            raise KernelTierUnavailable(f"{self.busybox} is not a static busybox: {SETUP_HINT}")
+
+    def _machine_args(self) -> list[str]:
+        """qemu's arguments for the CPU, the machine, its memory and the kernel."""
+        return ["-accel", "tcg", "-cpu", "max", "-m", str(self.memory_mb), "-smp", "1",
+                "-kernel", str(self.vmlinux)]
 
     def run(
         self,
@@ -302,17 +323,13 @@ class KernelVM:
         console = open(console_path, "wb")
         cmd = [
             self.qemu,
-            "-accel", "tcg",
-            "-cpu", "max",
-            "-m", str(self.memory_mb),
-            "-smp", "1",
+            *self._machine_args(),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-serial", "stdio",
-            "-kernel", str(self.vmlinux),
             "-initrd", str(initramfs),
             "-append", KERNEL_CMDLINE,
-            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
-                       "multidevs=remap",
+            "-virtfs", f"local,path={_qemu_escape(self.root)},mount_tag=hostroot,"
+                       "security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={_qemu_escape(str(results_dir))},mount_tag=results,"
                        "security_model=none,multidevs=remap",
             "-drive", f"file={_qemu_escape(str(flash_image))},format=raw,if=virtio,cache=writeback",
@@ -332,13 +349,14 @@ class KernelVM:
 
     def _initramfs(self) -> Path:
         """The cached initramfs for the current inputs, built if missing."""
-        order = _load_order(self.modules_dir / "modules.dep", [name for name, _ in MODULES])
-        params = dict(MODULES)
+        order = _load_order(self.modules_dir / "modules.dep", [name for name, _ in self.modules])
+        params = dict(self.modules)
         module_files = [self.modules_dir / rel for rel in order]
         # Stale when any input changed: scripts, module list, and the identity of each file copied.
         key = hashlib.sha256()
-        key.update(INIT_SCRIPT.encode() + MODPROBE_SCRIPT.encode() + repr(MODULES).encode())
-        for f in [Path(BUSYBOX), *module_files]:
+        key.update(INIT_SCRIPT.encode() + MODPROBE_SCRIPT.encode() + repr(self.modules).encode()
+                   + self.ninep_version.encode())
+        for f in [self.busybox, *module_files]:
             st = f.stat()
             key.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         target = self.cache_dir / f"initramfs-{key.hexdigest()[:16]}.cpio"
@@ -352,7 +370,8 @@ class KernelVM:
         # The kernel opens /dev/console for PID 1 before init can mount devtmpfs.
         archive.add_char_device("dev/console", 5, 1)
         archive.add_file("init", INIT_SCRIPT.encode(), 0o755)
-        archive.add_file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+        archive.add_file("etc/9p-version", f"{self.ninep_version}\n".encode(), 0o644)
+        archive.add_file("bin/busybox", self.busybox.read_bytes(), 0o755)
         archive.add_file("sbin/modprobe-logged", MODPROBE_SCRIPT.encode(), 0o755)
         base = f"lib/modules/{self.kernel_version}"
         made_dirs = set()
@@ -527,14 +546,19 @@ def _module_name(path: str) -> str:
 
 
 def _is_static_elf(path: Path) -> bool:
-    """True for an ELF executable without a PT_INTERP header (no dynamic loader needed)."""
+    """True for a little-endian ELF executable, 32- or 64-bit, without a PT_INTERP header (no
+    dynamic loader needed)."""
     try:
         with open(path, "rb") as f:
             head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
+            if head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] != 1:
                 return False
-            phoff, = struct.unpack_from("<Q", head, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+            if head[4] == 2:
+                phoff, = struct.unpack_from("<Q", head, 0x20)
+                phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+            else:
+                phoff, = struct.unpack_from("<I", head, 0x1c)
+                phentsize, phnum = struct.unpack_from("<HH", head, 0x2a)
             f.seek(phoff)
             table = f.read(phentsize * phnum)
     except OSError:
