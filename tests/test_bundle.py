@@ -515,6 +515,37 @@ print(json.dumps({"ids": ids, "done": [(d.returncode, d.stderr) for d in done]})
 """
 
 
+HIDDEN_DEV = r"""
+import subprocess, sys
+from pathlib import Path
+from snapshot.fleet import firmware
+image, rom, firmware.CACHE = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+subprocess.run(["mount", "-o", "loop,ro", image, str(rom)], check=True)
+# A private /dev without the loop device's node, as in a container or a sandbox.
+subprocess.run(["mount", "-t", "tmpfs", "none", "/dev"], check=True)
+print(firmware.identity(rom, firmware.SQUASHFS))
+"""
+
+
+def test_a_squashfs_whose_loop_device_is_not_in_dev_is_read_through_its_backing_file(lab,
+                                                                                   tmp_path):
+    from snapshot.fleet import firmware
+    from test_overlayfs import mounts_unavailable
+    from conftest import cannot_run
+    reason = mounts_unavailable()
+    if reason:
+        cannot_run(f"tier 2 cannot run: {reason}")
+    image = _squashfs(lab.rom, tmp_path / "rom.sqfs")
+    rom = tmp_path / "rom"
+    rom.mkdir()
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                           HIDDEN_DEV, str(image), str(rom), str(tmp_path / "rootfs.json")],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == firmware.identity(image, firmware.SQUASHFS)
+
+
 def test_on_a_mounted_squashfs_both_formats_apply_and_the_id_is_kept_for_the_boot(lab,
                                                                                   tmp_path):
     """As on a router: /rom is the squashfs mounted from its block device (a loop device

@@ -141,7 +141,9 @@ def _cached_image_id(device: Path, attached: str) -> str:
 
 def _mounted_device(rom: Path) -> tuple[Path, str] | None:
     """The block device of the squashfs mounted at `rom` (its whole root, the top mount
-    there) and its DISKSEQ ("" when the kernel gives none), or None when none is."""
+    there) and its DISKSEQ ("" when the kernel gives none), or None when none is. A loop
+    device with no node in /dev (a container's, a sandbox's private /dev) is read through
+    the file it is backed by, which holds the same bytes."""
     where = os.fsencode(os.path.realpath(rom))
     found = None
     try:
@@ -157,14 +159,24 @@ def _mounted_device(rom: Path) -> tuple[Path, str] | None:
                 else None
     if found is None:
         return None
+    sysfs = Path(f"/sys/dev/block/{found}")
     try:
         uevent = dict(line.partition("=")[::2] for line in
-                      Path(f"/sys/dev/block/{found}/uevent").read_text().splitlines())
+                      (sysfs / "uevent").read_text().splitlines())
+    except OSError:
+        uevent = {}
+    try:
         device = Path("/dev") / uevent["DEVNAME"]
         major, minor = map(int, found.split(":"))
         if os.stat(device).st_rdev == os.makedev(major, minor):
             return device, uevent.get("DISKSEQ", "")
     except (OSError, KeyError, ValueError):
+        pass
+    try:
+        backing = Path((sysfs / "loop/backing_file").read_text().strip())
+        if backing.is_file():
+            return backing, uevent.get("DISKSEQ", "")
+    except OSError:
         pass
     raise SnapshotError(f"{rom}: a squashfs is mounted there, and its block device "
                         f"({found}) is not in /dev")
