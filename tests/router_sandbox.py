@@ -679,13 +679,19 @@ def _mount(*argv: str) -> None:
     subprocess.run(["mount", "-n", *argv], check=True, capture_output=True, text=True)
 
 
-def _dev(target: Path, log: list[str]) -> socket.socket:
-    """A router's small /dev, and its /dev/log read into `log`."""
+def _dev(target: Path, log: list[str], rom: int) -> socket.socket:
+    """A router's small /dev, with the node of the block device its squashfs is mounted
+    from (`rom`, as os.stat gives st_dev: a router's /dev has its rootfs device), and its
+    /dev/log read into `log`."""
     dev = target / "dev"
     _mount("-t", "tmpfs", "-o", "mode=0755,nosuid", "tmpfs", str(dev))
     for name, major, minor in (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7),
                                ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)):
         os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))
+    block = f"{os.major(rom)}:{os.minor(rom)}"
+    uevent = Path(f"/sys/dev/block/{block}/uevent").read_text().splitlines()
+    name = next(line.partition("=")[2] for line in uevent if line.startswith("DEVNAME="))
+    os.mknod(dev / name, 0o600 | 0o060000, rom)
     for name, to in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                      ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         (dev / name).symlink_to(to)
@@ -747,7 +753,7 @@ def _namespace_main(spec: dict) -> None:
         _mount("--bind", str(sandbox), str(target / SANDBOX[1:]))
         _mount("-t", "proc", "proc", str(target / "proc"))
         _mount("-t", "sysfs", "sysfs", str(target / "sys"))
-        _dev(target, log)
+        _dev(target, log, os.stat(squashfs).st_dev)
         _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", str(target / "tmp"))
         for name in BOOT_DIRS:
             (target / "tmp" / name).mkdir(exist_ok=True)
