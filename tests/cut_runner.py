@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mtd.locate  # noqa: E402
-from snapshot import operations  # noqa: E402
+from snapshot.store import chain  # noqa: E402
 from snapshot.cli import main  # noqa: E402
 
 
@@ -87,7 +87,8 @@ def open_with_cuts(spec, writable=False):
 
 
 real_open = mtd.locate.open_flash
-operations.open_flash = open_with_cuts
+# Every command opens its device through the store's opened(), which looks open_flash up there.
+chain.open_flash = open_with_cuts
 
 if __name__ == "__main__":
     main()
