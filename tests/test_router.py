@@ -142,3 +142,77 @@ def test_save_then_push_on_trial_then_confirm_through_ubus(chain_boot):
         "confirmed": "snapshot 2"}
     status = json.loads(chain_boot.check("ubus call snapshot status", 180))
     assert status["trial"] is None and status["snapshots"] == 2
+
+
+# -- 3. Trial and rollback through procd -------------------------------------------------------
+
+#: The watch decides in seconds: a round each second, two failed rounds roll back, no grace.
+FAST_WATCH = ("uci set snapshot.main.interval=1 && uci set snapshot.main.grace=0 && "
+              "uci set snapshot.main.fail_rounds=2 && uci commit snapshot")
+
+#: The change on trial brings its own required health check, which fails (as a change that
+#: breaks the mesh would make the mesh check fail), and says on the console that it ran; the
+#: rollback hook says what the watch decided.
+BROKEN_CHANGE = (
+    "mkdir -p /etc/snapshot/health.d /etc/snapshot/rollback.d && "
+    "printf '#!/bin/sh\\necho health-check: on trial >/dev/console\\nexit 1\\n' "
+    ">/etc/snapshot/health.d/broken && "
+    "printf '#!/bin/sh\\necho \"rollback-hook: $SNAPSHOT_REASON\" >/dev/console\\n' "
+    ">/etc/snapshot/rollback.d/say && "
+    "chmod +x /etc/snapshot/health.d/broken /etc/snapshot/rollback.d/say && "
+    "echo broken > /etc/added/trial")
+
+
+def next_boot(router: Router, root, name: str) -> Router:
+    """The boot after `router` ended (a reboot in the guest), on the same flash."""
+    work = router.console_log.parent
+    return Router(root, work / "flash.img", work / f"console-{name}.log")
+
+
+def settled(router: Router) -> Router:
+    """Logged in once rc.d has started the snapshot service and its watch has ended."""
+    router.login(BOOT_TIMEOUT)
+    router.wait_until("ubus call service list '{\"name\": \"snapshot\"}' | grep -q exit_code",
+                      SETTLE_TIMEOUT)
+    return router
+
+
+@pytest.fixture(scope="module")
+def rolled_back(chain_boot, root):
+    """After the chain boot's tests: the fast watch pushed as a confirmed snapshot, then a
+    change with a failing health check pushed on trial, and a reboot into it. procd's
+    `snapshot watch` in that boot rolls the trial back and reboots (qemu ends, no one logged
+    in); the boot after it is yielded, logged in."""
+    chain_boot.check(f"{FAST_WATCH} && snapshot push -m 'fast health watch'", 180)
+    chain_boot.check(f"{BROKEN_CHANGE} && snapshot push --trial -m 'broken change'", 180)
+    chain_boot.send("reboot\n")
+    chain_boot.wait_exit(120)
+    with next_boot(chain_boot, root, "trial") as trial:
+        trial.expect("health-check: on trial", BOOT_TIMEOUT)
+        trial.expect("rollback-hook: ", SETTLE_TIMEOUT)
+        trial.wait_exit(SETTLE_TIMEOUT)
+        trial_console = trial.console()
+    with next_boot(trial, root, "rolled-back") as router:
+        router.trial_console = trial_console
+        yield settled(router)
+
+
+def test_the_watch_rolls_a_failing_trial_back_and_reboots(rolled_back):
+    """In the trial's boot the check ran from health.d, failed, and the watch rolled back:
+    it ran the rollback hooks with the failing check as the reason, then rebooted."""
+    console = rolled_back.trial_console
+    assert console.count("health-check: on trial") >= 2
+    hook = console[console.index("rollback-hook: "):].splitlines()[0]
+    assert "broken" in hook, hook
+
+
+def test_the_boot_after_the_rollback_is_the_state_before_the_trial(rolled_back):
+    assert rolled_back.sh("test -e /etc/added/trial")[0] == 1
+    assert rolled_back.sh("test -e /etc/snapshot/health.d/broken")[0] == 1
+    # The snapshots before the trial, the last one included.
+    assert rolled_back.check("uci get snapshot.main.interval") == "1\n"
+    assert rolled_back.check("cat /etc/added/tried") == "tried\n"
+    status = json.loads(rolled_back.check("snapshot status --json", 180))
+    assert status["trial"] is None and status["snapshots"] == 3
+    assert "broken" in status["last_rollback"]["reason"]
+
