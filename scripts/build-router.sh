@@ -463,9 +463,9 @@ platform_check_image() {
 }
 
 # A jffs2 needs 5 erase blocks or more; only the first ones, up to the last that holds more
-# than a clean marker (the last of the 8 never does), are written to rootfs_data.
+# than a clean marker (12 bytes at its start), are written to rootfs_data.
 platform_pre_upgrade() {
-	local index blocks=8 block=0 used=0 clean
+	local index blocks=8 block=0 used=0
 	[ -n "$UPGRADE_BACKUP" ] || return 0
 	insmod mtdram total_size=$((blocks * 64)) erase_size=64 || return 1
 	index="$(find_mtd_index 'mtdram test device')"
@@ -476,14 +476,14 @@ platform_pre_upgrade() {
 	cp "$UPGRADE_BACKUP" /tmp/settings.mnt/sysupgrade.tgz
 	umount /tmp/settings.mnt || return 1
 	mknod /dev/settings-mtd c 90 $((index * 2)) || return 1
-	clean="$(dd if=/dev/settings-mtd bs=64k skip=$((blocks - 1)) count=1 2>/dev/null | md5sum)"
 	while [ $block -lt $blocks ]; do
-		[ "$(dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null | md5sum)" = \
-			"$clean" ] || used=$((block + 1))
+		[ "$(dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null |
+			tail -c +13 | tr -d '\377' | head -c 1 | wc -c)" = 0 ] || used=$((block + 1))
 		block=$((block + 1))
 	done
 	dd if=/dev/settings-mtd of="$SETTINGS_JFFS2" bs=64k count=$used 2>/dev/null
 	rm /dev/settings-mtd
+	[ $used -gt 0 ]
 }
 
 platform_do_upgrade() {
