@@ -81,8 +81,11 @@ function uciChange(change) {
 }
 
 return view.extend({
+	/* A call rpcd or uhttpd refused (a timeout, a denied ACL) becomes an error reply: LuCI
+	 * would show a rejected load() with its stack trace. */
 	load() {
-		return Promise.all([ callList(), callStatus() ]);
+		const reply = call => call().catch(err => ({ error: err.message || String(err) }));
+		return Promise.all([ reply(callList), reply(callStatus) ]);
 	},
 
 	/* Start a background job; once it is done, `done(result)`, then reload the page. */
@@ -108,7 +111,8 @@ return view.extend({
 					throw new Error(String(result.error));
 				return Promise.resolve(done ? done(result) : null).then(() => window.location.reload());
 			}).catch(err => { poll.remove(watch); ui.hideModal(); failed(err); });
-			poll.add(watch, 1);
+			/* Each status call starts Python on the router: every 2 s is enough. */
+			poll.add(watch, 2);
 		}).catch(err => { ui.hideModal(); failed(err); });
 	},
 
