@@ -11,6 +11,8 @@
 #     DEPENDS ship (tests/openwrt_python.py says which module is in which package);
 #   - the project, installed by the feed Makefile's own recipes (tests/openwrt_package/
 #     harness.mk), so a file the Makefile stops installing is missing here too;
+#   - LuCI (for the browser tier): rpcd-mod-luci, lucihttp, luci-base, ucode-mod-html and
+#     the bootstrap theme, with luci-app-snapshot laid out as luci.mk lays out an app;
 #   - a small initramfs that does the kernel's part: it loads the drivers a router has
 #     built in (virtio, squashfs, MTD with block2mtd naming the flash rootfs_data, jffs2,
 #     overlay), mounts the squashfs root and hands over to procd.
@@ -19,12 +21,14 @@
 # package's Python modules) and the kernel tier's kernel (scripts/setup-kernel-tier.sh,
 # run from here).
 #
-# Cached in two steps, each keyed by a hash of its inputs, so a warm run takes seconds:
+# Cached in three steps, each keyed by a hash of its inputs, so a warm run takes seconds:
 #   $CACHE/tools-KEY/  the musl userland and busybox (KEY: the tarballs and this script's
 #                      build functions); about 10 minutes cold on two cores
+#   $CACHE/luci-KEY/   LuCI's packages built against the tools (KEY: the tools' key, the
+#                      LuCI tarballs and its build functions); about a minute cold
 #   $CACHE/root-KEY/   root.squashfs, initramfs.cpio, KERNEL (the vmlinux path) and READY,
-#                      written last (KEY: the tools' key, this script, the project files
-#                      installed, the Debian packages and the kernel)
+#                      written last (KEY: the tools' and LuCI's keys, this script, the
+#                      project files installed, the Debian packages and the kernel)
 # The last line on stdout is the root directory. Older entries are removed.
 #
 # Env: SNAPSHOT_ROUTER_CACHE (default /var/cache/snapshot-router), SNAPSHOT_OPENWRT_SRC

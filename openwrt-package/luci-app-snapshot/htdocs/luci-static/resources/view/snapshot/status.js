@@ -26,7 +26,7 @@ const callConfirm = rpc.declare({ object: 'snapshot', method: 'confirm' });
 const callRollback = rpc.declare({ object: 'snapshot', method: 'rollback', params: [ 'to' ] });
 const callSquash = rpc.declare({ object: 'snapshot', method: 'squash' });
 const callRepair = rpc.declare({ object: 'snapshot', method: 'repair' });
-const callUpgrade = rpc.declare({ object: 'snapshot', method: 'upgrade', params: [ 'dry_run' ] });
+const callUpgrade = rpc.declare({ object: 'snapshot', method: 'upgrade', params: [ 'dry_run', 'no_reboot' ] });
 const callReboot = rpc.declare({ object: 'system', method: 'reboot' });
 
 /* A reply, or an Error carrying the tool's own message. */
@@ -199,7 +199,7 @@ return view.extend({
 	},
 
 	handleUpgradeList() {
-		return this.runJob(callUpgrade(true), _('Looking for upgrades'), result => {
+		return this.runJob(callUpgrade(true, false), _('Looking for upgrades'), result => {
 			const changes = result.changes || [];
 			ui.addNotification(null, E('div', {}, [
 				E('p', {}, [ changes.length ? _('Would upgrade:') : _('Nothing to upgrade.') ]),
@@ -210,15 +210,19 @@ return view.extend({
 		});
 	},
 
+	/* The job does not reboot (the page would lose the router before the job's result):
+	 * once the upgrade is stored on trial, the page reboots the router, as for a rollback. */
 	handleUpgrade() {
-		return this.runJob(callUpgrade(false), _('Upgrading the packages'), result => {
-			if (result.reboot) {
+		return this.runJob(callUpgrade(false, true), _('Upgrading the packages'), result => {
+			if (result.snapshot == null)
+				return;
+			return callReboot().then(() => {
 				ui.showModal(_('Rebooting…'), [
 					E('p', { 'class': 'spinning' }, [ _('Snapshot %d holds the upgrade, on trial: the router reboots to try it.').format(result.snapshot) ])
 				]);
 				ui.awaitReconnect();
 				return new Promise(() => {});
-			}
+			});
 		});
 	},
 
@@ -301,7 +305,7 @@ return view.extend({
 			E('td', { 'class': 'td left', 'width': '33%' }, [ label ]), E('td', { 'class': 'td left' }, [ text ]) ]));
 		line(_('Flash'), _('%s used, %s free').format(size(chain.used_bytes), size(chain.free_bytes)), 'snapshot-flash');
 		const trial = status.trial;
-		line(_('On trial'), trial ? _('%s, boot %d of %d').format(trial.what, trial.attempts, trial.max_attempts) : _('nothing'), 'snapshot-trial');
+		line(_('On trial'), trial ? _('%s, boot %d of %d').format(trial.what, trial.attempts, trial.max_attempts) : _('nothing'), 'snapshot-on-trial');
 		const health = status.health;
 		if (health) {
 			const failing = (health.results || []).filter(r => !r.ok).map(r => r.name);
