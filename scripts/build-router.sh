@@ -32,7 +32,8 @@
 # The last line on stdout is the root directory. Older entries are removed.
 #
 # Env: SNAPSHOT_ROUTER_CACHE (default /var/cache/snapshot-router), SNAPSHOT_OPENWRT_SRC
-# (default ../shared/openwrt-src beside the checkout), SNAPSHOT_VM_CACHE (the kernel tier's).
+# (default ../shared/openwrt-src beside the checkout), SNAPSHOT_VM_CACHE (the kernel tier's),
+# SNAPSHOT_OPENWRT_TOOLS (scripts/setup-openwrt-tools.sh's, for apk).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
@@ -49,6 +50,8 @@ PACKAGES=(gcc make cmake patch pkg-config linux-libc-dev squashfs-tools cpio kmo
 # Debian's interpreter has pyexpat built in, hence libexpat.
 PYTHON_DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 zlib1g
              libexpat1 liblzma5 libbz2-1.0 libffi8)
+# apk's (the root's step 6c).
+PYTHON_DEBS+=(libssl3 libzstd1)
 # The tarballs, in build order (each links the ones before it).
 COMPONENTS=(musl json-c libubox ubus uci ucode udebug procd ubox uhttpd rpcd libnl-tiny
             netifd usign jsonpath fstools busybox openwrt-busybox openwrt-files)
@@ -70,6 +73,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 bash "$HERE/scripts/setup-kernel-tier.sh" >&2
+# apk (the root's step 6c).
+OPENWRT_TOOLS="${SNAPSHOT_OPENWRT_TOOLS:-/var/cache/snapshot-openwrt-tools}"
+SNAPSHOT_OPENWRT_TOOLS="$OPENWRT_TOOLS" bash "$HERE/scripts/setup-openwrt-tools.sh" >&2
 KVER="$(cat "$VM_CACHE/KERNEL_VERSION")"
 KROOT="$VM_CACHE/root"
 
@@ -360,6 +366,7 @@ root_key() {
     {
         echo "$TOOLS_KEY $LUCI_KEY $KVER"
         sha256sum "$SCRIPT" "$VM_CACHE/vmlinux" | cut -d' ' -f1
+        sha256sum "$OPENWRT_TOOLS/bin/apk" "$OPENWRT_TOOLS"/lib/libapk.so.* | cut -d' ' -f1
         for pkg in "${PYTHON_DEBS[@]}"; do echo "$pkg=${DEB_VERSION[$pkg]}"; done
         (cd "$HERE" && find "${PROJECT_FILES[@]}" -type f ! -name '*.so' ! -name '*.pyc' \
             ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 | sort -z \
@@ -522,7 +529,78 @@ for modules in package_stage.STAND_INS.values():
         shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
 PY
 
-# 6b. LuCI (the browser tier): its packages' trees, and luci-app-snapshot laid out as luci.mk
+# 6b. sysupgrade on this board. musl's ldd, as OpenWrt's libc package installs it: sysupgrade
+#     and its stage2 find the libraries of what they copy into RAM with it. The board's
+#     platform.sh (OpenWrt's is per target; x86's writes a disk image): the kernel and the
+#     squashfs are read-only virtio disks here, so the image step writes neither, and on
+#     rootfs_data it writes what `mtd -j` writes after a NOR board's image (DESIGN.md §11):
+#     the image's last word, 0xdeadc0de, at the start of an erased block, or, keeping
+#     settings, a jffs2 holding the backup. OpenWrt's mtd tool is not built: the jffs2 is
+#     made by the kernel's own on an mtdram of the same erase size, before stage2 leaves
+#     the root, and its blocks are copied to the start of rootfs_data.
+ln -sfn ../../lib/libc.so "$R/usr/bin/ldd"
+modprobe -d "$KROOT" -S "$KVER" --show-depends mtdram | while read -r verb path _; do
+    [[ $verb == insmod ]] && cp "$path" "$KMODS/"
+done
+cat >"$R/lib/upgrade/platform.sh" <<'EOF'
+SETTINGS_JFFS2=/tmp/settings.jffs2
+
+platform_check_image() {
+	return 0
+}
+
+# A jffs2 needs 5 erase blocks or more; only the first ones, up to the last that holds more
+# than a clean marker (the last of the 8 never does), are written to rootfs_data.
+platform_pre_upgrade() {
+	local index blocks=8 block=0 used=0 clean
+	[ -n "$UPGRADE_BACKUP" ] || return 0
+	insmod mtdram total_size=$((blocks * 64)) erase_size=64 || return 1
+	index="$(find_mtd_index 'mtdram test device')"
+	# Nothing makes device nodes now that procd has handed PID 1 to upgraded: jffs2 takes
+	# the kernel's name, the reads a node of their own (in /dev: /tmp is nodev).
+	mkdir -p /tmp/settings.mnt
+	mount -t jffs2 "mtd$index" /tmp/settings.mnt || return 1
+	cp "$UPGRADE_BACKUP" /tmp/settings.mnt/sysupgrade.tgz
+	umount /tmp/settings.mnt || return 1
+	mknod /dev/settings-mtd c 90 $((index * 2)) || return 1
+	clean="$(dd if=/dev/settings-mtd bs=64k skip=$((blocks - 1)) count=1 2>/dev/null | md5sum)"
+	while [ $block -lt $blocks ]; do
+		[ "$(dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null | md5sum)" = \
+			"$clean" ] || used=$((block + 1))
+		block=$((block + 1))
+	done
+	dd if=/dev/settings-mtd of="$SETTINGS_JFFS2" bs=64k count=$used 2>/dev/null
+	rm /dev/settings-mtd
+}
+
+platform_do_upgrade() {
+	local data
+	data="$(find_mtd_part rootfs_data)"
+	[ -n "$data" ] || return 1
+	if [ -n "$UPGRADE_BACKUP" ]; then
+		dd if="$SETTINGS_JFFS2" of="$data" bs=64k conv=fsync || return 1
+	else
+		{ printf '\336\255\300\336'
+		  dd if=/dev/zero bs=65532 count=1 2>/dev/null | tr '\0' '\377'; } |
+			dd of="$data" bs=64k count=1 conv=fsync || return 1
+	fi
+	sync
+}
+EOF
+
+# 6c. apk, OpenWrt's package manager since it replaced opkg, for `snapshot upgrade` and the
+#     commit hook. The one tool not built against musl: apk 3 needs OpenSSL (or mbedtls)
+#     and zstd, which the pinned sources do not hold. It is the host tests' build (scripts/
+#     setup-openwrt-tools.sh, the pinned apk-tools) on Debian's glibc, OpenSSL and zstd (in
+#     PYTHON_DEBS), which the root holds beside musl for Python. Its database is made as
+#     OpenWrt's image build makes it, here with no package installed by apk.
+install -m 0755 "$OPENWRT_TOOLS/bin/apk" "$R/usr/bin/apk"
+cp -a "$OPENWRT_TOOLS"/lib/libapk.so* "$R/usr/lib/"
+run "$W/apk.log" "$OPENWRT_TOOLS/bin/apk" --root "$R" add --initdb --no-cache
+# initdb's cache and log went through /var, a link to /tmp, which is RAM on the router.
+find "$R/tmp" -mindepth 1 -delete
+
+# 6d. LuCI (the browser tier): its packages' trees, and luci-app-snapshot laid out as luci.mk
 #     lays out an app (htdocs in /www, root in /). luci-base's postinst, which the image
 #     build skips, is done here: uhttpd runs LuCI's ucode dispatcher for /cgi-bin/luci, in
 #     place of the Lua handler of the stock config.

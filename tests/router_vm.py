@@ -32,6 +32,10 @@ BUILD_SCRIPT = REPO / "scripts" / "build-router.sh"
 FLASH_SIZE = 8 << 20
 assert FLASH_SIZE % FLASH_ERASE_SIZE == 0
 
+#: The host as the guest's user-mode network shows it: a connection to it reaches the host's
+#: loopback (the router is 192.168.1.1 on the same network, its stock LAN address).
+HOST_ADDRESS = "192.168.1.2"
+
 #: The kernel prints to the console from here on only what is an error: preinit's and
 #: procd's own messages (through /dev/kmsg) are notices, and the serial port is slow.
 KERNEL_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
@@ -96,7 +100,7 @@ class Router:
             "-drive", f"file={_qemu_escape(str(root / 'root.squashfs'))},format=raw,"
                       "if=virtio,readonly=on",
             "-drive", f"file={_qemu_escape(str(flash))},format=raw,if=virtio,cache=writeback",
-            "-nic", "user,model=virtio-net-pci,net=192.168.1.0/24,host=192.168.1.2"
+            "-nic", f"user,model=virtio-net-pci,net=192.168.1.0/24,host={HOST_ADDRESS}"
                     + (f",hostfwd=tcp:127.0.0.1:{http_port}-192.168.1.1:80" if http_port else ""),
         ]
         self.started = time.monotonic()

@@ -4,15 +4,30 @@ mount_root, rc.d, ubusd and rpcd, and the project installed by its feed Makefile
 recipes with Python reduced to the packages its DEPENDS names (tests/router_vm.py).
 
 Each boot under TCG takes a minute or more, so one boot serves the tests of a state, in
-order, as in the kernel tier. Marked `router`: `bash scripts/test.sh -m router` runs this
-tier alone.
+order, as in the kernel tier, and each boot starts on the flash the one before left:
+1. erased flash: the stock mount_root's jffs2; `snapshot convert` reboots into
+2. the chain; a push on trial whose health check fails, and a reboot into
+3. the trial, which procd's `snapshot watch` rolls back, rebooting into
+4. the state before it; qemu killed during a push, then
+5. the old state or the new one; `firstboot -y` and a reboot into
+6. an empty chain; apk packages from a served feed, `snapshot upgrade` rebooting into
+7. the upgrade on trial, which the watch confirms; a failing post-install script; then
+   `sysupgrade` keeping settings, into
+8. the stock jffs2 with the settings.
+Marked `router`: `bash scripts/test.sh -m router` runs this tier alone.
 """
+import base64
+import functools
+import http.server
 import json
+import threading
+from pathlib import Path
 
 import pytest
 
 from conftest import cannot_run
-from router_vm import Router, RouterError, RouterUnavailable, build_root, erased_flash
+from router_sandbox import Feeds
+from router_vm import HOST_ADDRESS, Router, RouterUnavailable, build_root, erased_flash
 
 pytestmark = pytest.mark.router
 
@@ -142,3 +157,272 @@ def test_save_then_push_on_trial_then_confirm_through_ubus(chain_boot):
         "confirmed": "snapshot 2"}
     status = json.loads(chain_boot.check("ubus call snapshot status", 180))
     assert status["trial"] is None and status["snapshots"] == 2
+
+
+# -- 3. Trial and rollback through procd -------------------------------------------------------
+
+#: The watch decides in seconds: a round each second, two failed rounds roll back, no grace.
+FAST_WATCH = ("uci set snapshot.main.interval=1 && uci set snapshot.main.grace=0 && "
+              "uci set snapshot.main.fail_rounds=2 && uci commit snapshot")
+
+#: The change on trial brings its own required health check, which fails (as a change that
+#: breaks the mesh would make the mesh check fail), and says on the console that it ran; the
+#: rollback hook says what the watch decided.
+BROKEN_CHANGE = (
+    "mkdir -p /etc/snapshot/health.d /etc/snapshot/rollback.d && "
+    "printf '#!/bin/sh\\necho health-check: on trial >/dev/console\\nexit 1\\n' "
+    ">/etc/snapshot/health.d/broken && "
+    "printf '#!/bin/sh\\necho \"rollback-hook: $SNAPSHOT_REASON\" >/dev/console\\n' "
+    ">/etc/snapshot/rollback.d/say && "
+    "chmod +x /etc/snapshot/health.d/broken /etc/snapshot/rollback.d/say && "
+    "echo broken > /etc/added/trial")
+
+
+def next_boot(router: Router, root, name: str) -> Router:
+    """The boot after `router` ended (a reboot in the guest), on the same flash."""
+    work = router.console_log.parent
+    return Router(root, work / "flash.img", work / f"console-{name}.log")
+
+
+def settled(router: Router) -> Router:
+    """Logged in once rc.d has started the snapshot service and its watch has ended."""
+    router.login(BOOT_TIMEOUT)
+    router.wait_until("ubus call service list '{\"name\": \"snapshot\"}' | grep -q exit_code",
+                      SETTLE_TIMEOUT)
+    return router
+
+
+@pytest.fixture(scope="module")
+def rolled_back(chain_boot, root):
+    """After the chain boot's tests: the fast watch pushed as a confirmed snapshot, then a
+    change with a failing health check pushed on trial, and a reboot into it. procd's
+    `snapshot watch` in that boot rolls the trial back and reboots (qemu ends, no one logged
+    in); the boot after it is yielded, logged in."""
+    chain_boot.check(f"{FAST_WATCH} && snapshot push -m 'fast health watch'", 180)
+    chain_boot.check(f"{BROKEN_CHANGE} && snapshot push --trial -m 'broken change'", 180)
+    chain_boot.send("reboot\n")
+    chain_boot.wait_exit(120)
+    with next_boot(chain_boot, root, "trial") as trial:
+        trial.expect("health-check: on trial", BOOT_TIMEOUT)
+        trial.expect("rollback-hook: ", SETTLE_TIMEOUT)
+        trial.wait_exit(SETTLE_TIMEOUT)
+        trial_console = trial.console()
+    with next_boot(trial, root, "rolled-back") as router:
+        router.trial_console = trial_console
+        yield settled(router)
+
+
+def test_the_watch_rolls_a_failing_trial_back_and_reboots(rolled_back):
+    """In the trial's boot the check ran from health.d, failed, and the watch rolled back:
+    it ran the rollback hooks with the failing check as the reason, then rebooted."""
+    console = rolled_back.trial_console
+    assert console.count("health-check: on trial") >= 2
+    hook = console[console.index("rollback-hook: "):].splitlines()[0]
+    assert "broken" in hook, hook
+
+
+def test_the_boot_after_the_rollback_is_the_state_before_the_trial(rolled_back):
+    assert rolled_back.sh("test -e /etc/added/trial")[0] == 1
+    assert rolled_back.sh("test -e /etc/snapshot/health.d/broken")[0] == 1
+    # The snapshots before the trial, the last one included.
+    assert rolled_back.check("uci get snapshot.main.interval") == "1\n"
+    assert rolled_back.check("cat /etc/added/tried") == "tried\n"
+    status = json.loads(rolled_back.check("snapshot status --json", 180))
+    assert status["trial"] is None and status["snapshots"] == 3
+    assert "broken" in status["last_rollback"]["reason"]
+
+
+# -- 6. A power cut during a push --------------------------------------------------------------
+
+#: The kernel tier's launcher of the CLI that makes each flash operation reach the disk image
+#: before it returns (block2mtd writes back in offset order, not program order; its module
+#: doc): a kill then lands between two operations, as on flash.
+SYNCED_CLI = Path(__file__).resolve().parent / "guest_boot" / "synced_cli.py"
+
+#: What the cut push stores: incompressible, so that it spans many erase blocks.
+CUT_BLOCKS = 24
+
+
+def copy_into(router: Router, source: Path, target: str) -> None:
+    """A host file into the guest, through the console: base64 (the line discipline would
+    take control bytes), in short lines (the console loses input bytes of a long one)."""
+    data = base64.b64encode(source.read_bytes()).decode()
+    router.check(f"mkdir -p $(dirname {target}) && : > {target}.b64")
+    for at in range(0, len(data), 200):
+        router.check(f"printf %s '{data[at:at + 200]}' >> {target}.b64")
+    router.check(f"python3 -c 'import base64; open(\"{target}\", \"wb\").write(base64."
+                 f"b64decode(open(\"{target}.b64\").read()))' && rm {target}.b64")
+
+
+@pytest.fixture(scope="module")
+def power_cut(rolled_back, root):
+    """On the rolled-back boot: incompressible data written, then `snapshot push` started;
+    qemu is killed once the push has reported CUT_BLOCKS erase blocks written, close to its
+    commit (the record's last block, its commit marker, the anchor entry). The next boot is
+    yielded, logged in."""
+    router = rolled_back
+    copy_into(router, SYNCED_CLI, "/tmp/synced_cli.py")
+    before = json.loads(router.check("snapshot status --json", 180))
+    digest = router.check(f"mkdir /root/cut && head -c {CUT_BLOCKS * 64 * 1024} /dev/urandom "
+                          ">/root/cut/blob && sha256sum /root/cut/blob").split()[0]
+    router.send("python3 /tmp/synced_cli.py push -m 'cut' </dev/null\n")
+    for _ in range(CUT_BLOCKS):
+        router.expect(" written", 300)
+    router.kill()
+    with next_boot(router, root, "after-cut") as after:
+        after.cut = {"snapshots": before["snapshots"], "digest": digest}
+        yield settled(after)
+
+
+def test_after_a_power_cut_during_a_push_the_boot_is_old_or_new(power_cut):
+    status = json.loads(power_cut.check("snapshot status --json", 180))
+    rc, output = power_cut.sh("sha256sum /root/cut/blob")
+    if status["snapshots"] == power_cut.cut["snapshots"]:
+        outcome = "old"
+        assert rc == 1, output
+    else:
+        outcome = "new"
+        assert status["snapshots"] == power_cut.cut["snapshots"] + 1
+        assert output.split()[0] == power_cut.cut["digest"]
+    power_cut.check("snapshot check", 300)
+    print(f"power cut during a push on the router: the next boot is {outcome}")
+
+
+# -- 5. The stock tools ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def after_firstboot(power_cut, root):
+    """On the boot after the power cut: base-files' `firstboot -y` (fstools' factoryreset,
+    which writes its 0xdeadc0de mark at the start of rootfs_data), then `reboot`. The next
+    boot is yielded, logged in."""
+    power_cut.check("firstboot -y", 120)
+    power_cut.send("reboot\n")
+    power_cut.wait_exit(120)
+    with next_boot(power_cut, root, "after-firstboot") as router:
+        yield settled(router)
+
+
+def test_firstboot_then_reboot_is_an_empty_chain(after_firstboot):
+    """DESIGN.md §11: the stock mark resets the chain; the router runs on an empty chain,
+    the squashfs as flashed, nothing of the old state left."""
+    status = json.loads(after_firstboot.check("snapshot status --json", 180))
+    assert status["snapshots"] == 0 and status["trial"] is None
+    mounts = {line.split()[1]: line.split()[2]
+              for line in after_firstboot.check("cat /proc/mounts").splitlines()}
+    assert mounts["/overlay"] == "tmpfs" and "jffs2" not in mounts.values()
+    assert after_firstboot.sh("test -e /etc/added || test -e /root/cut")[0] == 1
+    assert after_firstboot.check("uci get system.@system[0].hostname") == "OpenWrt\n"
+    assert after_firstboot.check("uci get snapshot.main.interval") == "30\n"
+    # The empty chain takes writes.
+    after_firstboot.check("echo after-reset > /etc/after-reset && snapshot save", 180)
+
+
+# -- 4. `snapshot upgrade` from an apk feed ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def feeds(tmp_path_factory):
+    """The sandbox tier's signed apk feeds (tests/router_sandbox.py), served over HTTP on the
+    host's loopback, which qemu's user-mode network gives the guest as HOST_ADDRESS. Yields
+    the guest's URL of a feed by name."""
+    built = Feeds.build(tmp_path_factory.mktemp("feeds"))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=built.root)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://{HOST_ADDRESS}:{server.server_address[1]}/apk"
+    yield built, lambda name: f"{url}/{name}/packages.adb"
+    server.shutdown()
+
+
+def use_feed(router: Router, url: str) -> None:
+    router.check(f"mkdir -p /etc/apk/repositories.d && "
+                 f"echo {url} > /etc/apk/repositories.d/distfeeds.list && apk update", 300)
+
+
+@pytest.fixture(scope="module")
+def upgraded(after_firstboot, feeds, root):
+    """On the boot after firstboot: the feeds' key trusted, mesh-tool 1 installed from feed
+    v1 (the commit hook stores it on trial; confirmed), the fast watch saved, then feed v2
+    and `snapshot upgrade`, which stores mesh-tool 2 on trial and reboots. In the next boot
+    the watch confirms it (no check fails); that boot is yielded, logged in."""
+    built, feed = feeds
+    router = after_firstboot
+    copy_into(router, built.apk_key, "/etc/apk/keys/snapshot-test.pem")
+    use_feed(router, feed("v1"))
+    router.check("apk add mesh-tool && snapshot confirm", 300)
+    router.check(f"{FAST_WATCH} && snapshot save", 180)
+    use_feed(router, feed("v2"))
+    before = json.loads(router.check("snapshot status --json", 180))
+    router.send("snapshot upgrade\n")
+    router.wait_exit(600)
+    with next_boot(router, root, "upgraded") as after:
+        after.before = before
+        yield settled(after)
+
+
+def test_snapshot_upgrade_boots_on_trial_and_the_watch_confirms_it(upgraded):
+    status = json.loads(upgraded.check("snapshot status --json", 180))
+    assert status["trial"] is None and status["last_rollback"] is None
+    assert status["snapshots"] == upgraded.before["snapshots"] + 1
+    watch = json.loads(upgraded.check("ubus call service list '{\"name\": \"snapshot\"}'"))
+    assert watch["snapshot"]["instances"]["watch"]["exit_code"] == 0
+    assert "confirmed" in upgraded.check("logread | grep 'snapshot'")
+    assert upgraded.check("cat /srv/mesh-tool/VERSION") == "2\n"
+    # Its post-upgrade script ran in the upgrade, and what it wrote was stored with it.
+    assert upgraded.check("cat /srv/mesh-tool/configured") == "release 2 upgrade=1\n"
+
+
+def test_a_failing_post_install_script_stores_nothing(upgraded, feeds):
+    """mesh-agent 2's post-upgrade script exits 3: the upgrade fails (exit 12) and flash
+    keeps what it held; status says the running system holds a change flash does not."""
+    _, feed = feeds
+    use_feed(upgraded, feed("v1"))
+    upgraded.check("apk add mesh-agent && snapshot confirm", 300)
+    use_feed(upgraded, feed("v2"))
+    before = json.loads(upgraded.check("snapshot status --json", 180))
+    rc, output = upgraded.sh("snapshot upgrade", 600)
+    assert rc == 12, output
+    assert output.count("Error: ") == 1, output
+    after = json.loads(upgraded.check("snapshot status --json", 180))
+    assert after["snapshots"] == before["snapshots"] and after["trial"] is None
+    assert after["volatile"] == before["volatile"]
+    assert "unsaved package change" in upgraded.check("snapshot status", 180)
+
+
+# -- 5. sysupgrade keeping settings ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def after_sysupgrade(upgraded, root):
+    """On the upgraded boot: a changed hostname, kept by the user's /etc/sysupgrade.conf, and a
+    file that no list keeps, both saved into the chain; then base-files' `sysupgrade` keeping
+    settings (the board's image step: scripts/build-router.sh, step 6b). The next boot
+    is yielded, logged in."""
+    upgraded.check("uci set system.@system[0].hostname=sysupgraded && uci commit system && "
+                   "echo /etc/config/system >> /etc/sysupgrade.conf && "
+                   "echo lost > /etc/not-kept && snapshot save && echo image > /tmp/fw.bin",
+                   180)
+    upgraded.send("sysupgrade /tmp/fw.bin\n")
+    upgraded.wait_exit(600)
+    with next_boot(upgraded, root, "after-sysupgrade") as router:
+        router.login(BOOT_TIMEOUT)
+        router.wait_until("grep -q ' /overlay jffs2 ' /proc/mounts", SETTLE_TIMEOUT)
+        yield router
+
+
+def test_sysupgrade_keeping_settings_boots_jffs2_with_the_settings(after_sysupgrade):
+    """DESIGN.md §11: a jffs2 node in the mark block voids the chain: its other anchor
+    blocks are erased, the stock mount_root mounts the jffs2, and preinit restores the
+    settings from its sysupgrade.tgz. The chain's state is gone but for what was kept."""
+    router = after_sysupgrade
+    assert router.check("uci get system.@system[0].hostname") == "sysupgraded\n"
+    assert router.sh("test -e /etc/not-kept || test -e /srv/mesh-tool")[0] == 1
+    assert "mount_root: switching to jffs2 overlay" in router.check("dmesg")
+    starts = router.check("for b in 0 1 2 3; do dd if=/dev/mtd0 bs=65536 skip=$b count=1 "
+                          "2>/dev/null | head -c 4; echo; done")
+    assert "SnpA" not in starts, starts
+    rc, output = router.sh("snapshot status", 180)
+    assert rc != 0 and output.startswith("Error: "), output

@@ -87,6 +87,23 @@ def test_the_snapshot_holds_the_transaction_and_the_volatile_stays_on_top(router
     assert "etc/unsaved" not in trial and "etc/unsaved" not in failed
 
 
+def test_saved_files_beside_the_transaction_s_stay_on_top(router):
+    """A package's new conffile changes /etc/config's entry (its mtime); the saved files in
+    /etc/config that the transaction did not touch still boot with the trial, as they ran
+    after it (the real router's apk: tests/test_router.py)."""
+    image, upper, work = router
+    before = transaction.manifest(upper)
+    write(upper, {"etc/config/pkg": "the package's\n"})
+    paths, gone = transaction.changed(before, transaction.manifest(upper))
+    assert "etc/config" in paths
+    with SimFlash(image, writable=True) as flash:
+        transaction.store(Chain(flash), upper, paths, gone, "add pkg 1.0", 3)
+        trial = merged(Chain(flash), work / "trial", tried=True)
+    assert trial["etc/config/network"] == tree(upper)["etc/config/network"]
+    assert trial["etc/config/extra"] == tree(upper)["etc/config/extra"]
+    assert "etc/config/pkg" in trial
+
+
 def test_the_snapshot_holds_nothing_but_the_transaction(router):
     image, upper, work = router
     before = transaction.manifest(upper)

@@ -102,8 +102,13 @@ def store(chain: Chain, upper: Path, paths: set[str], gone: set[str], text: str,
     kept = _kept_volatile(chain, replace)
     directory = trials.start(entries + ([kept.entry] if kept else []), change, max_attempts)
     if kept is not None:
-        directory.append(_copy_without(chain, kept, paths | gone, len(entries) + 1,
-                                       progress))
+        # A directory the transaction only touched (apk rewrote a file in it, so its mtime
+        # changed) keeps the saved entries under it that the transaction did not touch: they
+        # are still in the running system. Under a path that is gone, or is no longer a
+        # directory, nothing is.
+        subtrees = gone | {p for p in paths if not _is_dir(upper / p)}
+        directory.append(_copy_without(chain, kept, paths | gone, subtrees,
+                                       len(entries) + 1, progress))
     commit(chain, directory)
     live.write_base(upper, entries + [change])
     return change
@@ -117,19 +122,28 @@ def _kept_volatile(chain: Chain, replace: Record | None) -> Record | None:
     return chain.volatile
 
 
-def _copy_without(chain: Chain, record: Record, leave_out: set[str], seq: int,
-                  progress) -> DirEntry:
+def _copy_without(chain: Chain, record: Record, leave_out: set[str], subtrees: set[str],
+                  seq: int, progress) -> DirEntry:
     """A new volatile record, `seq` snapshots beneath it, holding `record`'s entries but those
-    at or under `leave_out`; streamed from one record into the other."""
+    at `leave_out` (directories there stay) or under `subtrees`; streamed from one record
+    into the other."""
     e = record.entry
     writer = RecordWriter(chain, VOLATILE, seq, e.message, e.compression, progress,
                           int(time.time()))
     links: set[str] = set()
+    dropped = set(subtrees)
     with compressor(writer, e.compression) as stream, \
             tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for reader, entry in archive.entries(chain.payload(record), e.compression):
-            if _under(entry.name, leave_out) or (entry.type == archive.HARDLINK and
-                                                 entry.linkname not in links):
+            name = entry.name.rstrip("/")
+            if _under(name, dropped) or (entry.type == archive.HARDLINK and
+                                         entry.linkname not in links):
+                continue
+            # A directory at a left-out path stays, as the parent of what is kept under it;
+            # an opaque one would hide the change's entries in it, so it goes, and all under
+            # it.
+            if name in leave_out and (entry.type != archive.DIRECTORY or entry.is_opaque):
+                dropped.add(name)
                 continue
             info = header(entry)
             if entry.type == archive.FILE:
@@ -138,6 +152,13 @@ def _copy_without(chain: Chain, record: Record, leave_out: set[str], seq: int,
                 tar.addfile(info)
             links.add(entry.name)
     return writer.finish()
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _under(name: str, paths: set[str]) -> bool:

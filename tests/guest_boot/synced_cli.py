@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 import mtd.locate  # noqa: E402
-from snapshot import operations  # noqa: E402
 from snapshot.cli import main  # noqa: E402
+from snapshot.store import chain  # noqa: E402
 from snapshot.store.format import ANCHOR_BLOCKS  # noqa: E402
 
 HOLD_ANCHOR_ERASE = float(os.environ.get("KBOOT_HOLD_ANCHOR_ERASE", "0"))
@@ -80,7 +80,8 @@ def open_synced(spec, writable=False):
 
 
 real_open = mtd.locate.open_flash
-operations.open_flash = open_synced
+# Every writable open goes through the store's opened(), which looked open_flash up at import.
+chain.open_flash = open_synced
 
 if __name__ == "__main__":
     main(prog_name="snapshot")
