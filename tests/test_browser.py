@@ -20,6 +20,8 @@ import pytest
 
 from conftest import cannot_run
 from router_vm import Router, RouterUnavailable, build_root, erased_flash
+# The router tier's served apk feeds and its console helpers.
+from test_router import copy_into, feeds, use_feed  # noqa: F401 (feeds: a fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -277,8 +279,50 @@ def test_save_then_snapshot_on_trial_then_confirm_from_the_page(lab, browser, sh
     browser.save_screenshot(str(shots / "luci-status.png"))
 
 
+def test_upgrade_from_the_page_against_a_local_feed(lab, browser, feeds):
+    """mesh-tool 1 from the router tier's served feed v1; with feed v2, Upgrade on the page:
+    its dialog shows the job's progress lines, then the upgrade stored on trial, and the
+    page reboots the router into it. After the boot the page shows the chain `list` shows,
+    the upgrade's snapshot last, and mesh-tool 2 runs."""
+    built, feed = feeds
+    copy_into(lab.router, built.apk_key, "/etc/apk/keys/snapshot-test.pem")
+    use_feed(lab.router, feed("v1"))
+    lab.router.check("apk add mesh-tool && snapshot confirm", 300)
+    use_feed(lab.router, feed("v2"))
+    before = lab.snapshot_list()["snapshots"]
+    log_in(browser, lab, ADMIN, ADMIN_PASSWORD)
+    wait(browser, css("#snapshot-upgrade")).click()
+    progress = []
+
+    def rebooting(driver):
+        from selenium.common.exceptions import StaleElementReferenceException
+        try:
+            for line in find_all(driver, ".snapshot-progress"):
+                if line.text not in progress:
+                    progress.append(line.text)
+            return next((d.text for d in find_all(driver, "#modal_overlay .modal")
+                         if d.text.startswith("Rebooting")), False)
+        except StaleElementReferenceException:
+            return False
+    dialog = wait(browser, rebooting, 600)
+    index = len(before) + 1
+    assert f"Snapshot {index} holds the upgrade, on trial" in dialog
+    # A line of the tool's own, beyond the page's "Starting…" and "Running…".
+    assert set(progress) - {"Starting…", "Running…"}, progress
+    lab.router.wait_exit(300)
+    lab.shutdown()
+    lab.boot()
+    lab.settle()
+    log_in(browser, lab, ADMIN, ADMIN_PASSWORD)
+    assert page_chain(browser) == listed_chain(lab)
+    assert [r["index"] for r in page_chain(browser)] == [*range(1, index + 1)]
+    assert lab.router.check("cat /srv/mesh-tool/VERSION") == "2\n"
+
+
 #: The LAN address the router booted with (OpenWrt's config_generate), and the one a
-#: snapshot changes it to; uhttpd keeps the old one until the network is reloaded.
+#: snapshot changes it to; uhttpd keeps the old one until the network is reloaded. A boot
+#: into that snapshot would be out of the host's reach (its port is forwarded to the old
+#: one): the upgrade, which reboots, comes before, and the rollback after.
 LAN_ADDRESS, NEW_LAN_ADDRESS = "192.168.1.1/24", "192.168.1.254/24"
 
 
@@ -310,12 +354,6 @@ def test_read_only_user_sees_no_buttons_and_a_forged_write_is_refused(lab, brows
     forged = ubus_call(lab, session, "snapshot", "rollback", {"to": 1})
     assert forged.get("error", {}).get("message") == "Access denied", forged
     assert lab.snapshot_list()["snapshots"] == before
-
-
-@pytest.mark.skip(reason="blocked: this branch's router root has no apk (the router2 branch "
-                  "adds it and a served feed, tests/test_router.py's `feeds`; not merged here)")
-def test_upgrade_from_the_page_against_a_local_feed(lab, browser):
-    """Upgrade from the page: the job's progress shows, then the new snapshot is on trial."""
 
 
 def test_roll_back_from_the_page_to_snapshot_1(lab, browser, shots):
