@@ -15,7 +15,8 @@ setup(
     install_requires=["click>=8.0", "cffi>=1.15"],
     # pytest 9 ids nodes in a way pytest-xdist 3.8 cannot group (--dist loadgroup).
     # ansible-core: the fleet test runs the project's playbook (tests/test_fleet_ansible.py).
+    # selenium: the browser tier drives Debian's chromium through its chromedriver.
     extras_require={"test": ["pytest>=7,<9", "pytest-xdist>=3.5", "hypothesis>=6",
-                             "ansible-core>=2.15,<2.18"]},
+                             "ansible-core>=2.15,<2.18", "selenium>=4.10"]},
     entry_points={"console_scripts": ["snapshot = snapshot.__main__:run"]},
 )

@@ -11,6 +11,8 @@
 #     DEPENDS ship (tests/openwrt_python.py says which module is in which package);
 #   - the project, installed by the feed Makefile's own recipes (tests/openwrt_package/
 #     harness.mk), so a file the Makefile stops installing is missing here too;
+#   - LuCI (for the browser tier): rpcd-mod-luci, lucihttp, luci-base, ucode-mod-html and
+#     the bootstrap theme, with luci-app-snapshot laid out as luci.mk lays out an app;
 #   - a small initramfs that does the kernel's part: it loads the drivers a router has
 #     built in (virtio, squashfs, MTD with block2mtd naming the flash rootfs_data, jffs2,
 #     overlay), mounts the squashfs root and hands over to procd.
@@ -19,12 +21,14 @@
 # package's Python modules) and the kernel tier's kernel (scripts/setup-kernel-tier.sh,
 # run from here).
 #
-# Cached in two steps, each keyed by a hash of its inputs, so a warm run takes seconds:
+# Cached in three steps, each keyed by a hash of its inputs, so a warm run takes seconds:
 #   $CACHE/tools-KEY/  the musl userland and busybox (KEY: the tarballs and this script's
 #                      build functions); about 10 minutes cold on two cores
+#   $CACHE/luci-KEY/   LuCI's packages built against the tools (KEY: the tools' key, the
+#                      LuCI tarballs and its build functions); about a minute cold
 #   $CACHE/root-KEY/   root.squashfs, initramfs.cpio, KERNEL (the vmlinux path) and READY,
-#                      written last (KEY: the tools' key, this script, the project files
-#                      installed, the Debian packages and the kernel)
+#                      written last (KEY: the tools' and LuCI's keys, this script, the
+#                      project files installed, the Debian packages and the kernel)
 # The last line on stdout is the root directory. Older entries are removed.
 #
 # Env: SNAPSHOT_ROUTER_CACHE (default /var/cache/snapshot-router), SNAPSHOT_OPENWRT_SRC
@@ -251,6 +255,89 @@ if [[ ! -f "$TOOLS/READY" ]]; then
     log "tools built in $((SECONDS - started)) s"
 fi
 
+# --- LuCI: the router's web interface (the browser tier) ---------------------------------
+
+# LuCI as the luci feed's packages install it, built against the tools' stage: rpcd-mod-luci
+# (rpcd's `luci` object), lucihttp's ucode module, luci-base (its htdocs, root and ucode
+# trees, core.so, version.uc), ucode-mod-html and the bootstrap theme. rpcd's ucode plugin
+# and uhttpd's /ubus and ucode handlers are the tools' own (built with UCODE_SUPPORT).
+# Cached apart from the tools, in $CACHE/luci-KEY/stage (KEY: the tools' key, the tarballs
+# and these functions), so that the tools are not rebuilt for it.
+LUCI_COMPONENTS=(musl luci-subset lucihttp iwinfo rpcd)
+LUCI_VERSION=bf48c560a783
+LUCI_GITBRANCH=master
+
+# luci_tree SRCDIR: a luci.mk package's trees where luci.mk puts them.
+luci_tree() {
+    [[ -d $1/htdocs ]] && cp -a "$1/htdocs/." "$LUCI_OUT/www/"
+    [[ -d $1/root ]] && cp -a "$1/root/." "$LUCI_OUT/"
+    [[ -d $1/ucode ]] && cp -a "$1/ucode/." "$LUCI_OUT/usr/share/ucode/luci/"
+    return 0
+}
+
+build_luci() {
+    local luci="$B/luci-subset" sub
+    M="$B/musl-prefix"
+    CC="$B/cc"
+    # The compiler again (the tools' build directory is gone), against a copy of their
+    # stage: headers and libraries are found there, LuCI is installed into $LUCI_OUT.
+    cp -a "$TOOLS/stage" "$B/sysroot"
+    STAGE="$B/sysroot"
+    musl_toolchain
+    mkdir -p "$LUCI_OUT/www" "$LUCI_OUT/usr/share/ucode/luci" "$LUCI_OUT/usr/lib/ucode" \
+        "$LUCI_OUT/usr/lib/rpcd"
+    tar -xzf "$(tarball luci-subset)" -C "$B"
+    tar -xzf "$(tarball iwinfo)" -C "$B"
+    tar -xzf "$(tarball rpcd)" -C "$B"
+    sub="$luci/libs/rpcd-mod-luci/src"
+    CFLAGS="-I$B/iwinfo/include -I$B/rpcd/include -I$STAGE/usr/include/libnl-tiny" \
+        run "$B/luci.log" cmake -S "$sub" -B "$sub/_build" \
+        -DCMAKE_TOOLCHAIN_FILE="$B/toolchain.cmake" -DCMAKE_INSTALL_PREFIX=/usr \
+        -DLIBNL_LIBS=-lnl-tiny
+    run "$B/luci.log" make -C "$sub/_build" -j"$JOBS"
+    install -m 0755 "$sub/_build/luci.so" "$LUCI_OUT/usr/lib/rpcd/luci.so"
+    tar -xzf "$(tarball lucihttp)" -C "$B"
+    run "$B/luci.log" cmake -S "$B/lucihttp" -B "$B/lucihttp/_build" \
+        -DCMAKE_TOOLCHAIN_FILE="$B/toolchain.cmake" -DCMAKE_INSTALL_PREFIX=/usr \
+        -DBUILD_LUA=OFF -DBUILD_UCODE=ON -DBUILD_TESTS=OFF
+    run "$B/luci.log" make -C "$B/lucihttp/_build" -j"$JOBS"
+    run "$B/luci.log" make -C "$B/lucihttp/_build" install DESTDIR="$LUCI_OUT"
+    rm -rf "$LUCI_OUT/usr/include"
+    # core.so links -lcrypt, which musl's libc provides.
+    run "$B/luci.log" make -C "$luci/modules/luci-base/src" compile install CC="$CC" \
+        CFLAGS="-Os -I$STAGE/usr/include" FPIC=-fPIC LUCI_VERSION="$LUCI_VERSION" \
+        LUCI_GITBRANCH="$LUCI_GITBRANCH" DESTDIR="$LUCI_OUT"
+    run "$B/luci.log" "$CC" -Os -fPIC -shared -I"$STAGE/usr/include" \
+        -o "$LUCI_OUT/usr/lib/ucode/html.so" "$luci/contrib/package/ucode-mod-html/src/html.c"
+    luci_tree "$luci/modules/luci-base"
+    luci_tree "$luci/themes/luci-theme-bootstrap"
+}
+
+luci_key() {
+    local c
+    {
+        echo "$TOOLS_KEY $LUCI_VERSION $LUCI_GITBRANCH"
+        for c in "${LUCI_COMPONENTS[@]}"; do sha256sum "$(tarball "$c")" | cut -d' ' -f1; done
+        declare -f musl_toolchain luci_tree build_luci
+    } | sha256sum | cut -c1-16
+}
+
+LUCI_KEY="$(luci_key)"
+LUCI="$CACHE/luci-$LUCI_KEY"
+if [[ ! -f "$LUCI/READY" ]]; then
+    log "building LuCI into $LUCI"
+    started=$SECONDS
+    rm -rf "$LUCI" "$LUCI.tmp"
+    B="$LUCI.tmp/build"
+    LUCI_OUT="$LUCI.tmp/stage"
+    mkdir -p "$B" "$LUCI_OUT"
+    build_luci
+    rm -rf "$B"
+    echo "built in $((SECONDS - started)) s" >"$LUCI.tmp/READY"
+    mv "$LUCI.tmp" "$LUCI"
+    log "LuCI built in $((SECONDS - started)) s"
+fi
+
 # --- the root -----------------------------------------------------------------------------
 
 # The versions apt would download, in one call (apt-cache takes seconds to start).
@@ -277,7 +364,7 @@ PROJECT_FILES=(setup.py pyproject.toml snapshot mtd initscripts openwrt-package
 
 root_key() {
     {
-        echo "$TOOLS_KEY $KVER"
+        echo "$TOOLS_KEY $LUCI_KEY $KVER"
         sha256sum "$SCRIPT" "$VM_CACHE/vmlinux" | cut -d' ' -f1
         sha256sum "$OPENWRT_TOOLS/bin/apk" "$OPENWRT_TOOLS"/lib/libapk.so.* | cut -d' ' -f1
         for pkg in "${PYTHON_DEBS[@]}"; do echo "$pkg=${DEB_VERSION[$pkg]}"; done
@@ -513,6 +600,22 @@ run "$W/apk.log" "$OPENWRT_TOOLS/bin/apk" --root "$R" add --initdb --no-cache
 # initdb's cache and log went through /var, a link to /tmp, which is RAM on the router.
 find "$R/tmp" -mindepth 1 -delete
 
+# 6d. LuCI (the browser tier): its packages' trees, and luci-app-snapshot laid out as luci.mk
+#     lays out an app (htdocs in /www, root in /). luci-base's postinst, which the image
+#     build skips, is done here: uhttpd runs LuCI's ucode dispatcher for /cgi-bin/luci, in
+#     place of the Lua handler of the stock config.
+cp -a "$LUCI/stage/." "$R/"
+# rpcd's Makefile installs its ACL for sessions not logged in: without `session access`
+# there, LuCI's login page takes its first refused call for an expired session.
+tar -xzf "$(tarball rpcd)" -O rpcd/unauthenticated.json \
+    >"$R/usr/share/rpcd/acl.d/unauthenticated.json"
+APP="$HERE/openwrt-package/luci-app-snapshot"
+cp -a "$APP/htdocs/." "$R/www/"
+cp -a "$APP/root/." "$R/"
+sed -i "s,^\(\s*\)list lua_prefix\s.*,\1list ucode_prefix '/cgi-bin/luci=/usr/share/ucode/luci/uhttpd.uc'," \
+    "$R/etc/config/uhttpd"
+grep -q ucode_prefix "$R/etc/config/uhttpd" || { log "no lua_prefix in uhttpd.config"; exit 1; }
+
 # 7. Services enabled as `/etc/init.d/NAME enable` does.
 for script in "$R"/etc/init.d/*; do
     chmod 0755 "$script"
@@ -575,7 +678,7 @@ echo "assembled in $((SECONDS - started)) s" >"$ROOT.tmp/READY"
 rm -rf "$ROOT"
 mv "$ROOT.tmp" "$ROOT"
 # Entries of earlier inputs, once no session can still be using them.
-find "$CACHE" -mindepth 1 -maxdepth 1 \( -name 'tools-*' -o -name 'root-*' \) \
-    ! -name "tools-$TOOLS_KEY" ! -name "root-$ROOT_KEY" -mmin +60 -exec rm -rf {} +
+find "$CACHE" -mindepth 1 -maxdepth 1 \( -name 'tools-*' -o -name 'luci-*' -o -name 'root-*' \) \
+    ! -name "tools-$TOOLS_KEY" ! -name "luci-$LUCI_KEY" ! -name "root-$ROOT_KEY" -mmin +60 -exec rm -rf {} +
 log "root ready in $ROOT ($((SECONDS - started)) s)"
 echo "$ROOT"

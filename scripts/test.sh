@@ -11,12 +11,13 @@ bash scripts/install.sh
 # health checks against real daemons in network namespaces (iproute2, ping, babeld); the
 # kernel tier's guest uses the host's batctl with its own batman-adv module; the stock
 # marks' tests write a sysupgrade's jffs2 made with mkfs.jffs2; the fleet test's routers run
-# Debian's dropbear, and Ansible reaches them with OpenSSH's client.
+# Debian's dropbear, and Ansible reaches them with OpenSSH's client; the browser tier drives
+# Debian's chromium through its chromedriver (Selenium never downloads a browser).
 missing=()
 for tool in mksquashfs:squashfs-tools unshare:util-linux ip:iproute2 ping:iputils-ping \
             babeld:babeld batctl:batctl mkfs.jffs2:mtd-utils dropbear:dropbear-bin \
             ssh:openssh-client nsenter:util-linux signify-openbsd:signify-openbsd \
-            openssl:openssl; do
+            openssl:openssl chromium:chromium chromedriver:chromium-driver; do
     PATH="$PATH:/usr/sbin:/sbin" command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then

@@ -122,7 +122,7 @@ def pytest_itemcollected(item):
     """The xdist group of each test (module doc)."""
     if item.get_closest_marker("kernel"):
         group = "kernel-guest"
-    elif item.get_closest_marker("kernel_boot") or item.get_closest_marker("router"):
+    elif any(item.get_closest_marker(m) for m in ("kernel_boot", "router", "browser")):
         group = item.path.stem
     else:
         group = "host"

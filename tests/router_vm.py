@@ -82,7 +82,10 @@ class Router:
     """One boot of the router: a qemu process whose serial console this object reads and
     writes. Use as a context manager so that qemu never outlives the test."""
 
-    def __init__(self, root: Path, flash: Path, console_log: Path):
+    def __init__(self, root: Path, flash: Path, console_log: Path,
+                 http_port: int | None = None):
+        """http_port: a host port (on 127.0.0.1) forwarded to the router's web server, the
+        LAN address's port 80."""
         self.console_log = console_log
         self._text = ""
         self._seen = 0
@@ -97,7 +100,8 @@ class Router:
             "-drive", f"file={_qemu_escape(str(root / 'root.squashfs'))},format=raw,"
                       "if=virtio,readonly=on",
             "-drive", f"file={_qemu_escape(str(flash))},format=raw,if=virtio,cache=writeback",
-            "-nic", f"user,model=virtio-net-pci,net=192.168.1.0/24,host={HOST_ADDRESS}",
+            "-nic", f"user,model=virtio-net-pci,net=192.168.1.0/24,host={HOST_ADDRESS}"
+                    + (f",hostfwd=tcp:127.0.0.1:{http_port}-192.168.1.1:80" if http_port else ""),
         ]
         self.started = time.monotonic()
         self._log = open(console_log, "ab")

@@ -26,7 +26,7 @@ const callConfirm = rpc.declare({ object: 'snapshot', method: 'confirm' });
 const callRollback = rpc.declare({ object: 'snapshot', method: 'rollback', params: [ 'to' ] });
 const callSquash = rpc.declare({ object: 'snapshot', method: 'squash' });
 const callRepair = rpc.declare({ object: 'snapshot', method: 'repair' });
-const callUpgrade = rpc.declare({ object: 'snapshot', method: 'upgrade', params: [ 'dry_run' ] });
+const callUpgrade = rpc.declare({ object: 'snapshot', method: 'upgrade', params: [ 'dry_run', 'no_reboot' ] });
 const callReboot = rpc.declare({ object: 'system', method: 'reboot' });
 
 /* A reply, or an Error carrying the tool's own message. */
@@ -81,8 +81,11 @@ function uciChange(change) {
 }
 
 return view.extend({
+	/* A call rpcd or uhttpd refused (a timeout, a denied ACL) becomes an error reply: LuCI
+	 * would show a rejected load() with its stack trace. */
 	load() {
-		return Promise.all([ callList(), callStatus() ]);
+		const reply = call => call().catch(err => ({ error: err.message || String(err) }));
+		return Promise.all([ reply(callList), reply(callStatus) ]);
 	},
 
 	/* Start a background job; once it is done, `done(result)`, then reload the page. */
@@ -108,7 +111,8 @@ return view.extend({
 					throw new Error(String(result.error));
 				return Promise.resolve(done ? done(result) : null).then(() => window.location.reload());
 			}).catch(err => { poll.remove(watch); ui.hideModal(); failed(err); });
-			poll.add(watch, 1);
+			/* Each status call starts Python on the router: every 2 s is enough. */
+			poll.add(watch, 2);
 		}).catch(err => { ui.hideModal(); failed(err); });
 	},
 
@@ -195,7 +199,7 @@ return view.extend({
 	},
 
 	handleUpgradeList() {
-		return this.runJob(callUpgrade(true), _('Looking for upgrades'), result => {
+		return this.runJob(callUpgrade(true, false), _('Looking for upgrades'), result => {
 			const changes = result.changes || [];
 			ui.addNotification(null, E('div', {}, [
 				E('p', {}, [ changes.length ? _('Would upgrade:') : _('Nothing to upgrade.') ]),
@@ -206,15 +210,19 @@ return view.extend({
 		});
 	},
 
+	/* The job does not reboot (the page would lose the router before the job's result):
+	 * once the upgrade is stored on trial, the page reboots the router, as for a rollback. */
 	handleUpgrade() {
-		return this.runJob(callUpgrade(false), _('Upgrading the packages'), result => {
-			if (result.reboot) {
+		return this.runJob(callUpgrade(false, true), _('Upgrading the packages'), result => {
+			if (result.snapshot == null)
+				return;
+			return callReboot().then(() => {
 				ui.showModal(_('Rebooting…'), [
 					E('p', { 'class': 'spinning' }, [ _('Snapshot %d holds the upgrade, on trial: the router reboots to try it.').format(result.snapshot) ])
 				]);
 				ui.awaitReconnect();
 				return new Promise(() => {});
-			}
+			});
 		});
 	},
 
@@ -297,7 +305,7 @@ return view.extend({
 			E('td', { 'class': 'td left', 'width': '33%' }, [ label ]), E('td', { 'class': 'td left' }, [ text ]) ]));
 		line(_('Flash'), _('%s used, %s free').format(size(chain.used_bytes), size(chain.free_bytes)), 'snapshot-flash');
 		const trial = status.trial;
-		line(_('On trial'), trial ? _('%s, boot %d of %d').format(trial.what, trial.attempts, trial.max_attempts) : _('nothing'), 'snapshot-trial');
+		line(_('On trial'), trial ? _('%s, boot %d of %d').format(trial.what, trial.attempts, trial.max_attempts) : _('nothing'), 'snapshot-on-trial');
 		const health = status.health;
 		if (health) {
 			const failing = (health.results || []).filter(r => !r.ok).map(r => r.name);
