@@ -272,6 +272,18 @@ def test_save_then_snapshot_on_trial_then_confirm_from_the_page(lab, browser, sh
     assert tried["state"].startswith("on trial, boot 0 of ")
     assert page_chain(browser) == listed_chain(lab)
 
+    # A second snapshot while one is on trial: the tool refuses, and the page shows its one
+    # line, as the command line would print it, and nothing else.
+    wait(browser, css("#snapshot-push")).click()
+    wait(browser, css("#snapshot-message")).send_keys("one too many")
+    browser.find_element("css selector", "#snapshot-take").click()
+    refused = wait(browser, css(".snapshot-error")).text
+    assert refused == ("snapshot 2 is on trial; confirm it (`snapshot confirm`) or roll it back "
+                       "(`snapshot rollback`) before pushing")
+    assert "Traceback" not in browser.page_source
+    assert page_chain(browser) == listed_chain(lab) and len(page_chain(browser)) == 2
+    open_page(browser, lab)
+
     run_job(browser, "#snapshot-confirm")
     assert page_chain(browser)[-1]["state"] == "confirmed"
     assert page_chain(browser) == listed_chain(lab)
