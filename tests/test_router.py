@@ -413,9 +413,9 @@ def after_sysupgrade(upgraded, root):
         yield router
 
 
-@pytest.mark.xfail(strict=False, reason="known flaky, not yet understood: in about one run in "
-                   "three the boot after sysupgrade comes up on jffs2 without the kept "
-                   "settings (seen in CI on 2026-12-07; issue 26's point 5 stays open)")
+@pytest.mark.xfail(strict=False, reason="not yet understood: in both fresh-clone runs of "
+                   "2026-12-07 the boot after sysupgrade came up on jffs2 without the kept "
+                   "settings (it passed in its branch's runs); issue 26's point 5 stays open")
 def test_sysupgrade_keeping_settings_boots_jffs2_with_the_settings(after_sysupgrade):
     """DESIGN.md §11: a jffs2 node in the mark block voids the chain: its other anchor
     blocks are erased, the stock mount_root mounts the jffs2, and preinit restores the
