@@ -24,29 +24,11 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-apt_updated=0
-apt_update_once() {
-    if [[ $apt_updated -eq 0 ]]; then
-        log "apt-get update"
-        apt-get update -qq
-        apt_updated=1
-    fi
-}
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
 
 # --- 1. host packages -------------------------------------------------------------------------
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    # dpkg -s alone also succeeds for removed-but-configured packages: check the status line.
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
-        missing+=("$pkg")
-    fi
-done
-if [[ ${#missing[@]} -gt 0 ]]; then
-    apt_update_once
-    log "apt-get install ${missing[*]}"
-    # Recommends would pull in GUI/audio libraries qemu does not need for -display none.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+apt_install_missing "${PACKAGES[@]}"
 
 mkdir -p "$CACHE"
 

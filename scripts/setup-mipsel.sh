@@ -43,32 +43,15 @@ log() { echo "setup-mipsel: $*" >&2; }
 
 [[ $(id -u) -eq 0 ]] || { log "must run as root (apt-get, the cache in $CACHE)"; exit 1; }
 
-apt_updated=0
-apt_update_once() {
-    if [[ $apt_updated -eq 0 ]]; then
-        log "apt-get update"
-        apt-get update -qq
-        apt_updated=1
-    fi
-}
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
 
 # --- 1. host packages and the mipsel architecture ------------------------------------------------
-missing=()
-for pkg in "${HOST_PACKAGES[@]}"; do
-    # dpkg -s alone also succeeds for removed-but-configured packages: check the status line.
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' \
-        || missing+=("$pkg")
-done
+apt_install_missing "${HOST_PACKAGES[@]}"
 if ! dpkg --print-foreign-architectures | grep -qx mipsel; then
     log "dpkg --add-architecture mipsel"
     dpkg --add-architecture mipsel
     apt_update_once
-fi
-if [[ ${#missing[@]} -gt 0 ]]; then
-    apt_update_once
-    log "apt-get install ${missing[*]}"
-    # Recommends would pull in GUI/audio libraries qemu does not need for -display none.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 # --- 2. the key: this script and the versions apt resolves -------------------------------------------
