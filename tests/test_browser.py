@@ -9,10 +9,8 @@ this tier alone. The screenshots are saved in the test's output directory (the p
 printed); docs/ holds copies for the README.
 """
 import json
-import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -218,6 +216,16 @@ def run_job(driver, button_selector: str) -> None:
     wait(driver, css("#snapshot-page"))
 
 
+def rebooted(lab: Lab, browser) -> None:
+    """Once the page has made the router reboot (which ends qemu: -no-reboot): the next
+    boot, settled, and the page logged in again."""
+    lab.router.wait_exit(300)
+    lab.shutdown()
+    lab.boot()
+    lab.settle()
+    log_in(browser, lab, ADMIN, ADMIN_PASSWORD)
+
+
 def _stale(element) -> bool:
     from selenium.common.exceptions import StaleElementReferenceException
     try:
@@ -321,11 +329,7 @@ def test_upgrade_from_the_page_against_a_local_feed(lab, browser, feeds):
     assert f"Snapshot {index} holds the upgrade, on trial" in dialog
     # A line of the tool's own, beyond the page's "Starting…" and "Running…".
     assert set(progress) - {"Starting…", "Running…"}, progress
-    lab.router.wait_exit(300)
-    lab.shutdown()
-    lab.boot()
-    lab.settle()
-    log_in(browser, lab, ADMIN, ADMIN_PASSWORD)
+    rebooted(lab, browser)
     assert page_chain(browser) == listed_chain(lab)
     assert [r["index"] for r in page_chain(browser)] == [*range(1, index + 1)]
     assert lab.router.check("cat /srv/mesh-tool/VERSION") == "2\n"
@@ -377,11 +381,7 @@ def test_roll_back_from_the_page_to_snapshot_1(lab, browser, shots):
     browser.save_screenshot(str(shots / "luci-rollback.png"))
     wait(browser, css("#snapshot-rollback-confirm")).click()
     # The page rolls back, then asks procd to reboot, which ends qemu (-no-reboot).
-    lab.router.wait_exit(300)
-    lab.shutdown()
-    lab.boot()
-    lab.settle()
-    log_in(browser, lab, ADMIN, ADMIN_PASSWORD)
+    rebooted(lab, browser)
     assert page_chain(browser) == listed_chain(lab)
     assert [r["index"] for r in page_chain(browser)] == [1]
     assert lab.router.check("cat /etc/added/file") == "kept\n"
