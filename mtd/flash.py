@@ -8,30 +8,35 @@ Offsets and lengths are bytes from the start of the partition.
 """
 import errno
 import os
-from enum import StrEnum
-from typing import NamedTuple, Protocol
+from collections import namedtuple
 
 from mtd.errors import FlashBusy, FlashOpenError, MtdError, from_errno
 
 
-class FlashType(StrEnum):
-    NOR = "nor"
-    NAND = "nand"
-    MLC_NAND = "mlc-nand"
-    RAM = "ram"
-    ROM = "rom"
-    DATAFLASH = "dataflash"
-    UBI = "ubi"
-    ABSENT = "absent"
+class FlashType(str):
+    """A flash type's name: FlashType("nand") is FlashType.NAND, and any other name is a
+    ValueError. A str, as an enum's members would be, without importing enum: on a router's
+    CPU, every command's start-up would pay for it (bench/bench_startup.py)."""
+    __slots__ = ()
+    NAMES = ("nor", "nand", "mlc-nand", "ram", "rom", "dataflash", "ubi", "absent")
+
+    def __new__(cls, name: str):
+        if name not in cls.NAMES:
+            raise ValueError(f"{name!r} is not a valid FlashType")
+        return super().__new__(cls, name)
+
+    def __repr__(self) -> str:
+        return f"FlashType({str(self)!r})"
 
 
-class Geometry(NamedTuple):
-    type: FlashType
-    size: int
-    erasesize: int
-    writesize: int
-    oobsize: int
-    flags: int = 0
+FlashType.NOR, FlashType.NAND, FlashType.MLC_NAND, FlashType.RAM, FlashType.ROM, \
+    FlashType.DATAFLASH, FlashType.UBI, FlashType.ABSENT = map(FlashType, FlashType.NAMES)
+
+
+class Geometry(namedtuple("Geometry", "type size erasesize writesize oobsize flags",
+                          defaults=(0,))):
+    # type: FlashType, size: int, erasesize: int, writesize: int, oobsize: int, flags: int
+    __slots__ = ()
 
     @property
     def blocks(self) -> int:
@@ -59,27 +64,24 @@ class Geometry(NamedTuple):
         return self._asdict() | {"type": str(self.type), "blocks": self.blocks}
 
 
-class Bitflips(NamedTuple):
+class Bitflips(namedtuple("Bitflips", "corrected uncorrectable", defaults=(0, 0))):
     """ECC events seen during one read: `corrected` flips (data is right, the block should be
     rewritten soon) and `uncorrectable` ones (the data returned is wrong)."""
-    corrected: int = 0
-    uncorrectable: int = 0
+    # corrected: int, uncorrectable: int
+    __slots__ = ()
 
     def __bool__(self) -> bool:
         return bool(self.corrected or self.uncorrectable)
 
 
-class Stats(NamedTuple):
+class Stats(namedtuple("Stats", ("programs erases bytes_programmed bytes_read erase_counts "
+                                 "ecc_corrected ecc_failed bad_blocks"))):
     """Wear and traffic figures. None where the backend does not keep the figure (the kernel
     counts ECC events and bad blocks, but not programs, erases or bytes)."""
-    programs: int | None
-    erases: int | None
-    bytes_programmed: int | None
-    bytes_read: int | None
-    erase_counts: list[int] | None
-    ecc_corrected: int | None
-    ecc_failed: int | None
-    bad_blocks: int
+    # programs: int | None, erases: int | None, bytes_programmed: int | None
+    # bytes_read: int | None, erase_counts: list[int] | None, ecc_corrected: int | None
+    # ecc_failed: int | None, bad_blocks: int
+    __slots__ = ()
 
     def as_dict(self) -> dict:
         return self._asdict()
@@ -98,7 +100,9 @@ class Closing:
         self.close()
 
 
-class Flash(Protocol):
+class Flash:
+    """The protocol, written out: the implementations have these attributes and methods
+    (they do not derive from this class: nothing checks it at run time)."""
     name: str
     geometry: Geometry
 

@@ -37,15 +37,13 @@ was killed in between, and its record of programmed NAND pages is rebuilt from t
 (a page that reads anything but 0xFF is programmed). What such a kill loses is the killed
 process's share of the counters.
 """
-import base64
+import binascii
 import errno
 import fcntl
 import json
 import mmap
 import os
-import random
 import zlib
-from pathlib import Path
 
 from mtd.errors import FlashOpenError, FlashViolation, MtdError
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
@@ -84,26 +82,41 @@ class _Counters:
         self._memory[:] = bytes(len(self._memory))
 
 
-def sidecar_path(image: str | Path) -> Path:
-    return Path(f"{image}{SIDECAR_SUFFIX}")
+# Paths are strings here, not pathlib's: every command that opens an image imports this
+# module, and on a router's CPU pathlib's import would be a tenth of `list`.
+
+def sidecar_path(image) -> str:
+    return f"{os.fspath(image)}{SIDECAR_SUFFIX}"
 
 
-def is_sim_image(path: str | Path) -> bool:
-    return sidecar_path(path).is_file()
+def is_sim_image(path) -> bool:
+    return os.path.isfile(sidecar_path(path))
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _pack_bits(bits: bytearray) -> str:
-    return base64.b64encode(zlib.compress(bytes(bits))).decode()
+    return binascii.b2a_base64(zlib.compress(bytes(bits)), newline=False).decode()
 
 
 def _unpack_bits(text: str) -> bytearray:
-    return bytearray(zlib.decompress(base64.b64decode(text)))
+    return bytearray(zlib.decompress(binascii.a2b_base64(text)))
 
 
-def _replace(path: Path, text: str) -> None:
+def _replace(path: str, text: str) -> None:
     """Replace the file at path by one holding text: a temporary file beside it, fsynced,
     then renamed over it, so that no one ever reads a part of it."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial = f"{path}.{os.getpid()}.partial"
     try:
         with open(partial, "w") as f:
             f.write(text)
@@ -111,7 +124,7 @@ def _replace(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(partial, path)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _unlink(partial)
         raise
 
 
@@ -193,7 +206,7 @@ class SimFlash(Closing):
     """
 
     @classmethod
-    def create(cls, image: str | Path, geometry: Geometry, bad_blocks=(),
+    def create(cls, image, geometry: Geometry, bad_blocks=(),
                wear_limits: dict[int, int] | None = None,
                bitflips: dict[int, str] | None = None) -> None:
         """Write an erased image and its sidecar. `bad_blocks` are factory bad blocks;
@@ -208,7 +221,7 @@ class SimFlash(Closing):
         if geometry.is_ubi and (wear_limits or bitflips):
             raise ValueError("a UBI volume shows no worn blocks or bit flips: UBI handles "
                              "them itself")
-        image = Path(image)
+        image = os.fspath(image)
         pages = geometry.size // geometry.writesize if geometry.programs_once else 0
         state = {
             "format": SIDECAR_FORMAT,
@@ -226,28 +239,28 @@ class SimFlash(Closing):
         }
         # The image goes in under its name only once it is whole (a full disk leaves nothing),
         # and an image replaced by another is never seen with the old one's sidecar.
-        partial = image.with_name(f"{image.name}.{os.getpid()}.partial")
+        partial = f"{image}.{os.getpid()}.partial"
         try:
             with open(partial, "wb") as f:
                 chunk = b"\xff" * geometry.erasesize
                 for _ in range(geometry.blocks):
                     f.write(chunk)
-            sidecar_path(image).unlink(missing_ok=True)
+            _unlink(sidecar_path(image))
             os.replace(partial, image)
         except BaseException:
-            partial.unlink(missing_ok=True)
+            _unlink(partial)
             raise
         _replace(sidecar_path(image), json.dumps(state))
 
     @classmethod
-    def add_faults(cls, image: str | Path, wear_limits: dict[int, int] | None = None,
+    def add_faults(cls, image, wear_limits: dict[int, int] | None = None,
                    bitflips: dict[int, str] | None = None) -> None:
         """Inject faults into an existing image, as create() takes them (for tests)."""
         sidecar = sidecar_path(image)
         fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
         try:
             with _Locked(fd):
-                state = json.loads(sidecar.read_text())
+                state = json.loads(_read_text(sidecar))
                 if _geometry(state).is_ubi and (wear_limits or bitflips):
                     raise ValueError("a UBI volume shows no worn blocks or bit flips: UBI "
                                      "handles them itself")
@@ -259,12 +272,12 @@ class SimFlash(Closing):
         finally:
             os.close(fd)
 
-    def __init__(self, image: str | Path, writable: bool = False):
+    def __init__(self, image, writable: bool = False):
         self.name = str(image)
         self.writable = writable
         self._sidecar = sidecar_path(image)
         try:
-            state = json.loads(self._sidecar.read_text())
+            state = json.loads(_read_text(self._sidecar))
             if not isinstance(state, dict) or state.get("format") != SIDECAR_FORMAT:
                 raise ValueError(f"unknown sidecar format "
                                  f"{state.get('format') if isinstance(state, dict) else state!r}")
@@ -272,15 +285,16 @@ class SimFlash(Closing):
             _check_state(state, self.geometry)
         except FileNotFoundError:
             raise FlashOpenError(f"{image}: not a simulated flash image "
-                                 f"(no sidecar {self._sidecar.name})") from None
+                                 f"(no sidecar {os.path.basename(self._sidecar)})") from None
         except (ValueError, KeyError, TypeError, zlib.error) as e:
             raise FlashOpenError(f"{self._sidecar}: damaged simulator sidecar ({e}); "
                                  f"`snapshot flash create --force` makes a new image") from None
         self._fd = open_backing(str(image), writable, "no such image")
-        if writable and not os.access(self._sidecar.parent, os.W_OK):
+        folder = os.path.dirname(self._sidecar) or "."
+        if writable and not os.access(folder, os.W_OK):
             os.close(self._fd)
             raise FlashOpenError(f"{image}: cannot be opened for writing: the simulator "
-                                 f"replaces {self._sidecar.name} in {self._sidecar.parent}, "
+                                 f"replaces {os.path.basename(self._sidecar)} in {folder}, "
                                  f"which is not writable")
         if os.fstat(self._fd).st_size != self.geometry.size:
             os.close(self._fd)
@@ -458,7 +472,7 @@ class SimFlash(Closing):
             self._bitflips = kept
             self._save(dirty=True)
 
-    def _garble(self, block: int, rng: random.Random) -> None:
+    def _garble(self, block: int, rng) -> None:
         """Leave `block` partly erased: a prefix reads 0xFF, the rest is the old contents
         with random bits set (erasing only ever sets bits). NAND pages count as programmed
         until the next complete erase, because their state is unknown."""
@@ -480,7 +494,11 @@ class SimFlash(Closing):
         after = os.environ.get("MTDSIM_POWERCUT_AFTER")
         return after is not None and _operations_issued == int(after)
 
-    def _rng(self) -> random.Random:
+    def _rng(self):
+        """The random.Random of this power cut (seeded by MTDSIM_SEED, for a sweep to replay
+        it). Imported here: only a cut needs it, and every command opening an image would
+        pay for the import."""
+        import random
         seed = os.environ.get("MTDSIM_SEED")
         return random.Random(f"{seed}:{_operations_issued}" if seed is not None else None)
 
@@ -548,7 +566,7 @@ class SimFlash(Closing):
         any, marked `dirty` while the image may change further. Only writable handles save;
         the lock keeps handles of several processes from losing each other's counts."""
         with _Locked(self._fd):
-            state = json.loads(self._sidecar.read_text())
+            state = json.loads(_read_text(self._sidecar))
             for key in _COUNTERS:
                 state["stats"][key] += self._delta[key]
             state["erase_counts"] = [a + b for a, b in

@@ -1,5 +1,6 @@
 """The `snapshot` command: the installed script and `python -m snapshot` both start here."""
 import gc
+import sys
 
 
 def run() -> None:
@@ -8,16 +9,18 @@ def run() -> None:
     # frozen afterwards, so later collections and the interpreter's exit skip all of it
     # (together about a tenth of a short command).
     gc.disable()
-    from snapshot.cli import main
+    from snapshot.cli.door import command
+    start = command(sys.argv[1:])   # list, status, mount: without click
+    if start is None:
+        from snapshot.cli import main as start
     gc.freeze()
     gc.enable()
     try:
-        main()
+        start()
     except BrokenPipeError:
         # Output piped into a reader that stopped early (`snapshot list | head -1`): exit
         # quietly, and keep the interpreter from complaining while it flushes stdout.
         import os
-        import sys
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
 

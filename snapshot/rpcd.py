@@ -70,7 +70,7 @@ def call(name: str, arguments: dict) -> str:
     if not method.background:
         return run(argv)
     from snapshot import jobs
-    from snapshot.cli.common import path_error
+    from snapshot.cli.plain import path_error
     from snapshot.errors import SnapshotError
     try:
         job = jobs.start(name, lambda: json.loads(run(argv)))

@@ -192,9 +192,19 @@ class _Image:
 def test_the_ledger_keeps_the_latest_devices_only(tmp_path, monkeypatch):
     """A PC that tries many images keeps a small ledger: every command reads it whole."""
     from snapshot.store import verified
-    monkeypatch.setattr(verified, "LEDGER", tmp_path / "verified.json")
+    monkeypatch.setattr(verified, "LEDGER", str(tmp_path / "verified"))
     images = [_Image(tmp_path / f"flash{i}.img") for i in range(verified.MAX_DEVICES + 3)]
     for i, image in enumerate(images):
         verified.remember(image, {f"1:2:3:{i}": None})
-    kept = json.loads(verified.LEDGER.read_text())
+    kept = verified._read()
     assert list(kept) == [verified.device_key(image) for image in images[-verified.MAX_DEVICES:]]
+    assert verified.load(images[-1]) == {f"1:2:3:{len(images) - 1}": None}
+
+
+def test_the_ledger_keeps_each_damage_reason_on_one_line(tmp_path, monkeypatch):
+    """A reason is one field: a tab or a line break in it could forge another record's."""
+    from snapshot.store import verified
+    monkeypatch.setattr(verified, "LEDGER", str(tmp_path / "verified"))
+    image = _Image(tmp_path / "flash.img")
+    verified.remember(image, {"1:2:3:4": "payload CRC\tmismatch\n9:9:9:9\tok", "5:6:7:8": None})
+    assert verified.load(image) == {"1:2:3:4": "payload CRC mismatch 9:9:9:9 ok", "5:6:7:8": None}

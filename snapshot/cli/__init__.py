@@ -1,10 +1,14 @@
 """The `snapshot` command line, a face: thin click commands over the library, one module per
 command family (the exit statuses are in common.py). Imports every layer below it, but only
 what the command called needs: the group imports a family module when one of its commands
-runs (common.Group), and a family module imports the engine its commands call.
+runs (common.Group), and a family module imports the engine its commands call. The front
+door (door.py) starts the commands a router runs most without click at all.
 
-    common.py   the command group, shared options, errors, the progress line
-    listing.py  list, status (headers only: the fast start-up)
+    door.py     the front door: list, status and mount without click
+    hot.py      the bodies of those three, which both doors call
+    plain.py    output and errors, without click
+    common.py   the command group, shared options, the progress line
+    listing.py  list, status
     chain.py    format, save, push, rollback, squash, unpack, check, show, export, probe
     trial.py    confirm, health, watch
     boot.py     mount, convert
@@ -13,6 +17,12 @@ runs (common.Group), and a family module imports the engine its commands call.
     bundle.py   bundle create, sign, show, apply
     fleet.py    fleet poll, confirm, rollback, publish, promote, withdraw, report
 """
-from snapshot.cli.common import main
 
-__all__ = ["main"]
+
+def __getattr__(name):
+    # `snapshot.cli.main`, the click group, imported when asked for: the front door
+    # (snapshot.cli.door) is a module of this package and must not import click.
+    if name == "main":
+        from snapshot.cli.common import main
+        return main
+    raise AttributeError(name)

@@ -3,9 +3,11 @@
 import click
 from pathlib import Path
 
-from snapshot.cli.common import (DEVICE, INEXACT, Progress, compression_of,
-                                 compression_option, echo, human, main, stored)
-from snapshot.errors import SnapshotError, StockBoot
+from snapshot.cli import hot
+from snapshot.cli.common import (DEVICE, INEXACT, Progress, compression_of, compression_option,
+                                 main, stored)
+from snapshot.cli.plain import echo, human
+from snapshot.errors import SnapshotError
 from snapshot.reboot import booted
 from snapshot.store.chain import opened
 
@@ -160,20 +162,6 @@ def mount_cmd(obj, root, target):
       snapshot mount
       snapshot --device /tmp/flash.img mount --root /mnt/squashfs --target /mnt/root
     """
-    from snapshot import boot   # here: every other command starts sooner
     if (root is None) != (target is None):
         raise click.UsageError("--root and --target go together")
-    sandbox = root is not None
-    if sandbox:
-        target = target.absolute()
-        scratch = target.parent / f".{target.name}.snapshot"
-    else:
-        root, target, scratch = Path("/"), Path("/mnt"), Path("/tmp/.snapshot")
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        boot.mount(obj["device"], root.absolute(), target, scratch,
-                   boot.Log(kmsg=not sandbox), sandbox)
-    except StockBoot as e:
-        raise SystemExit(e.exit_code) from None   # logged; no `Error:`: nothing is wrong
-    if not sandbox:
-        boot.pivot(target)
+    hot.mount_root(obj, root, target)

@@ -4,8 +4,8 @@ from pathlib import Path
 import click
 
 from snapshot import config
-from snapshot.cli.common import (DEVICE, JSON, echo, human, main, max_attempts_of, print_json,
-                                 reading, writing)
+from snapshot.cli.common import DEVICE, JSON, main, max_attempts_of, reading, writing
+from snapshot.cli.plain import echo, human, print_json
 from snapshot.fleet import bundle as bundles
 from snapshot.store.chain import Chain
 

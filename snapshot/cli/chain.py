@@ -7,10 +7,10 @@ import click
 from mtd import FlashOpenError, MtdError
 from snapshot import config, operations
 from snapshot import squash as squashing
-from snapshot.cli.common import (DEVICE, JSON, SOURCE, TRIAL, compression_of,
-                                 compression_option, echo, human, main, max_attempts_of,
-                                 on_trial, print_json, reading, state_of, stored, when,
+from snapshot.cli.common import (DEVICE, JSON, SOURCE, TRIAL, compression_of, compression_option,
+                                 main, max_attempts_of, on_trial, reading, state_of, stored,
                                  writing)
+from snapshot.cli.plain import echo, human, print_json, when
 from snapshot.errors import ChainDamaged, SnapshotError
 from snapshot.operations import format_device
 from snapshot.store.chain import Chain, opened

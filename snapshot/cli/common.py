@@ -8,11 +8,8 @@ say which); for `health`, a required check failed; for `watch`, the trial was ro
 6 (`mount`) no chain to boot: the preinit hook boots the stock way; 130 interrupted
 (Ctrl-C), with one line saying whether the device changed.
 """
-import json
-import os
 import re
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,17 +19,16 @@ from mtd import FlashOpenError, MtdError
 from snapshot import config, jobs
 from snapshot.errors import SnapshotError
 from snapshot.live import DEFAULT_UPPER
-from snapshot.store.chain import VISIBLE_STEPS, Chain, opened
+from snapshot.store.chain import Chain, opened
 from snapshot.store.format import COMPRESSIONS, MAX_ATTEMPTS, STATE_NAMES
 from snapshot.store.format import TRIAL as TRIAL_STATE
+from snapshot.cli.plain import INTERRUPTED, echo, failure, human, interrupted, print_json, write
 from snapshot.text import printable
 
 # Exit status of a save, push or convert whose directory changed while it was read.
 INEXACT = 5
 # Exit status of `health` when a required check fails, and of `watch` when it rolled back.
 UNHEALTHY = 5
-# Exit status of a command interrupted (SIGINT: Ctrl-C), as shells report it.
-INTERRUPTED = 130
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -61,21 +57,6 @@ class BlockList(click.ParamType):
             return sorted({int(b) for b in value.split(",") if b.strip()})
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of block numbers", param, ctx)
-
-
-def human(n: int) -> str:
-    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= factor:
-            return f"{n / factor:.2f}".rstrip("0").rstrip(".") + f" {unit}"
-    return f"{n} B"
-
-
-def echo(message: str = "", err: bool = False) -> None:
-    """Print a line of a command's output (stderr with `err`), its control characters
-    escaped (snapshot.text): the commands print through here only, so that no message, name
-    or file name from flash, a bundle or the network reaches the terminal raw. JSON passes
-    unchanged: json.dumps escapes what it holds."""
-    click.echo(printable(message), err=err)
 
 
 class Group(click.Group):
@@ -113,42 +94,19 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (FlashOpenError, MtdError, SnapshotError) as e:
-            error = click.ClickException(printable(str(e)))
-            error.exit_code = getattr(e, "exit_code", 1)
-            raise error from None
         except click.ClickException as e:
             e.message = printable(e.message)
             raise
         except BrokenPipeError:
             raise   # the reader went away: nothing to tell it (snapshot.__main__)
-        except OSError as e:
-            raise click.ClickException(printable(path_error(e))) from None
         except KeyboardInterrupt:
             echo(interrupted(ctx.obj or {}), err=True)
             raise SystemExit(INTERRUPTED) from None
-
-
-def interrupted(obj: dict) -> str:
-    """What an interrupted command leaves on its device, in one line. Every write changes
-    what readers see in one step at its end (the commit: DESIGN.md §1), so before that step
-    nothing changed; chain.VISIBLE_STEPS says whether one began."""
-    names = ", ".join(VISIBLE_STEPS)
-    if not all(VISIBLE_STEPS.values()):
-        return (f"Interrupted while committing on {names}: it holds the state before the "
-                f"command or the state after it; `snapshot list` says which")
-    if VISIBLE_STEPS:
-        return f"Interrupted after its change to {names} was committed; `snapshot list` shows it"
-    if obj.get("opens"):
-        return f"Interrupted: nothing was changed on {obj['device'] or 'the overlay partition'}"
-    return "Interrupted"
-
-
-def path_error(error: OSError) -> str:
-    """`PATH: reason` for an OSError, naming the path(s) it was raised for."""
-    reason = error.strerror or str(error)
-    paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
-    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+        except (FlashOpenError, MtdError, SnapshotError, OSError) as e:
+            message, status = failure(e)
+            error = click.ClickException(message)
+            error.exit_code = status
+            raise error from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -205,18 +163,18 @@ class Progress:
         total = "" if self.free is None else f" (of {human(self.free)} free)"
         line = f"{self.what}: {human(self.bytes)} written{total}"
         if self.shown:
-            click.echo(f"\r{line}", nl=False, err=True)
+            write("\r" + printable(line), err=True)
         jobs.progress(line)
 
     def phase(self, line: str) -> None:
         """A step before the writes begin (`upgrade`: installing the packages)."""
         if self.shown:
-            click.echo(f"{self.what}: {line}", err=True)
+            echo(f"{self.what}: {line}", err=True)
         jobs.progress(f"{self.what}: {line}", now=True)
 
     def done(self) -> None:
         if self.shown and self.bytes:
-            click.echo(err=True)
+            echo(err=True)
 
 
 @contextmanager
@@ -295,10 +253,3 @@ def stored(capture, as_json: bool, info: dict, line: str) -> None:
         raise SystemExit(INEXACT)
 
 
-def print_json(data) -> None:
-    """A command's report as JSON on stdout (json.dumps escapes every control character)."""
-    click.echo(json.dumps(data, indent=2))
-
-
-def when(timestamp: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))

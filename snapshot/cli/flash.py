@@ -5,7 +5,8 @@ import click
 
 from mtd import FlashType, Geometry, SimFlash, open_flash
 from mtd.sim import validate_geometry
-from snapshot.cli.common import DEVICE, JSON, BlockList, Size, echo, human, main, print_json
+from snapshot.cli.common import DEVICE, JSON, BlockList, Size, main
+from snapshot.cli.plain import echo, human, print_json
 
 
 @main.group()

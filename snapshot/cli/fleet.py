@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from snapshot import config
-from snapshot.cli.common import DEVICE, JSON, echo, main, max_attempts_of, print_json, writing
+from snapshot.cli.common import DEVICE, JSON, main, max_attempts_of, writing
+from snapshot.cli.plain import echo, print_json
 from snapshot.reboot import reboot_into
 from snapshot.store.chain import Chain, opened
 

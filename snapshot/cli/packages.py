@@ -5,8 +5,9 @@ from pathlib import Path
 import click
 
 from snapshot import config
-from snapshot.cli.common import (DEVICE, JSON, Progress, compression_of, compression_option,
-                                 echo, human, main, max_attempts_of, print_json)
+from snapshot.cli.common import (DEVICE, JSON, Progress, compression_of, compression_option, main,
+                                 max_attempts_of)
+from snapshot.cli.plain import echo, human, print_json
 from snapshot.live import DEFAULT_UPPER
 from snapshot.packages import feeds
 from snapshot.packages import upgrade as upgrades

@@ -4,7 +4,8 @@ from contextlib import contextmanager
 import click
 
 from snapshot import operations
-from snapshot.cli.common import DEVICE, JSON, UNHEALTHY, echo, main, print_json, writing
+from snapshot.cli.common import DEVICE, JSON, UNHEALTHY, main, writing
+from snapshot.cli.plain import echo, print_json
 from snapshot.errors import NoChain
 from snapshot.store.chain import Chain, opened
 

@@ -43,7 +43,7 @@ from snapshot.fleet import memory
 from snapshot.fleet.memory import FleetError
 from snapshot.store import trial as trials
 from snapshot.store.chain import Chain, commit
-from snapshot.store.format import BUNDLE_ID, MAX_CHANNEL_VERSION, MAX_TIME, Fleet
+from snapshot.store.format import MAX_CHANNEL_VERSION, MAX_TIME, Fleet, is_bundle_id
 
 FORMAT = 1
 CHANNEL = "channel.json"
@@ -311,7 +311,7 @@ def _malformed(data) -> str | None:
         return "its rollouts are not a list"
     for r in data["rollouts"]:
         if not (isinstance(r, dict) and isinstance(r.get("id"), str)
-                and BUNDLE_ID.fullmatch(r["id"]) and isinstance(r.get("bundle"), str)
+                and is_bundle_id(r["id"]) and isinstance(r.get("bundle"), str)
                 and isinstance(r.get("sha256"), str) and SHA256.fullmatch(r["sha256"])
                 and _number(r.get("length"), 0, MAX_TIME) and isinstance(r.get("base"), str)
                 and isinstance(r.get("waves"), list)

@@ -70,7 +70,7 @@ def watch(open_chain, checks: list[health.Check], settings: Settings, log: Calla
         with open_chain() as chain:
             if chain.trial is None:
                 return Decision("none", "", "nothing is on trial", rounds)
-            bundle = trials.BUNDLE_TAG.match(chain.trial.entry.message)
+            bundle = trials.bundle_of(chain.trial.entry.message)
         operator = bundle is not None and settings.operator_confirms_bundles
         results = health.run(checks)
         kept.keep(results)
@@ -89,7 +89,7 @@ def watch(open_chain, checks: list[health.Check], settings: Settings, log: Calla
             reason = f"every required check passed in {passed} rounds"
             return _decide(open_chain, "confirmed", reason, rounds, log)
         if passed >= settings.pass_rounds and not waiting_said:
-            log(f"{bundle.group(0)}healthy in {passed} rounds; the operator confirms it "
+            log(f"bundle {bundle}: healthy in {passed} rounds; the operator confirms it "
                 f"(config fleet: confirm operator)")
             waiting_said = True
         if failed >= settings.fail_rounds and elapsed >= settings.grace:

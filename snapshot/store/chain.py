@@ -16,8 +16,6 @@ import os
 import struct
 import time
 import zlib
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 from mtd import Flash, MtdError, open_flash
 from snapshot.errors import AnchorWornOut, Busy, FlashFull, NoChain, RecordDamaged, StockMark
@@ -37,23 +35,31 @@ def anchor_blocks(flash: Flash) -> range:
     return range(min(ANCHOR_BLOCKS, flash.geometry.blocks))
 
 
-@dataclass
+# Plain classes, not dataclasses: `dataclasses` imports `inspect`, which would be a third of
+# the start-up of `list` and `mount` on a router's CPU (bench/bench_startup.py).
+
 class AnchorBlock:
     """What one anchor-area block holds: its newest valid entry and where the log ends."""
-    block: int
-    bad: bool = False
-    newest: Anchor | None = None
-    newest_offset: int = -1
-    end: int = 0            # first byte after the last entry whose header parsed
-    torn: bool = False      # something follows the newest entry: an interrupted append
-    corrected: bool = False  # a read of this block needed ECC correction
-    first_valid: bool = False  # the entry at offset 0 is whole (what makes a mark block ours)
+    __slots__ = ("block", "bad", "newest", "newest_offset", "end", "torn", "corrected",
+                 "first_valid")
+
+    def __init__(self, block: int):
+        self.block = block
+        self.bad = False
+        self.newest: Anchor | None = None
+        self.newest_offset = -1
+        self.end = 0                # first byte after the last entry whose header parsed
+        self.torn = False           # something follows the newest entry: an interrupted append
+        self.corrected = False      # a read of this block needed ECC correction
+        self.first_valid = False    # the entry at offset 0 is whole (what makes a mark block ours)
 
 
-@dataclass
 class AnchorScan:
-    blocks: list[AnchorBlock]
-    max_gen: int = 0
+    __slots__ = ("blocks", "max_gen")
+
+    def __init__(self, blocks: list[AnchorBlock]):
+        self.blocks = blocks
+        self.max_gen = 0
 
     @property
     def newest(self) -> AnchorBlock | None:
@@ -137,12 +143,14 @@ def _jffs2_node(head: bytes) -> bool:
     return False
 
 
-@dataclass
 class Mark:
     """What the mark block holds: the first good block of the anchor area, which the chain
     writes once and then only reads, and where stock tools write their marks."""
-    block: int | None
-    kind: str   # anchor | erased | unreadable | other | a STOCK key
+    __slots__ = ("block", "kind")
+
+    def __init__(self, block: int | None, kind: str):
+        self.block = block
+        self.kind = kind    # anchor | erased | unreadable | other | a STOCK key
 
     @property
     def stock(self) -> bool:
@@ -213,27 +221,54 @@ class DeviceLock:
         os.close(self.fd)
 
 
-@contextmanager
-def opened(device: str | None, writable: bool = False):
-    """The flash `device` names (mtd.open_flash), locked against a second writer when
-    `writable`."""
-    with open_flash(device, writable=writable) as flash:
-        # UBI lets one writer open a volume at a time, which is the lock there; a second
-        # open of the node, as the lock's, would make UBI refuse the atomic LEB change.
-        lock = DeviceLock(flash.name) if writable and not flash.geometry.is_ubi else None
+class opened:   # lower case: used as a function, `with opened(...)`
+    """`with opened(device) as flash`: the flash `device` names (mtd.open_flash), locked
+    against a second writer when `writable`. A class, not contextlib's decorator: contextlib
+    is not imported by the commands that start fast (snapshot/cli/door.py)."""
+
+    def __init__(self, device: str | None, writable: bool = False):
+        self.device = device
+        self.writable = writable
+
+    def __enter__(self) -> Flash:
+        self.flash = open_flash(self.device, writable=self.writable)
         try:
-            yield flash
+            # UBI lets one writer open a volume at a time, which is the lock there; a second
+            # open of the node, as the lock's, would make UBI refuse the atomic LEB change.
+            self.lock = DeviceLock(self.flash.name) \
+                if self.writable and not self.flash.geometry.is_ubi else None
+        except BaseException:
+            self.flash.close()
+            raise
+        return self.flash
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.lock:
+                self.lock.release()
         finally:
-            if lock:
-                lock.release()
+            self.flash.close()
 
 
-@dataclass
 class Record:
-    """A record the anchor lists, with the good blocks it occupies now and its layout."""
-    entry: DirEntry
-    blocks: list[int]
-    layout: Layout
+    """A record the anchor lists, with the good blocks it occupies now and its layout. Equal
+    to another that says the same."""
+    __slots__ = ("entry", "blocks", "layout")
+    __hash__ = None
+
+    def __init__(self, entry: DirEntry, blocks: list[int], layout: Layout):
+        self.entry = entry
+        self.blocks = blocks
+        self.layout = layout
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.entry, self.blocks, self.layout) == (other.entry, other.blocks,
+                                                          other.layout)
+
+    def __repr__(self) -> str:
+        return f"Record({self.entry!r}, {self.blocks!r}, {self.layout!r})"
 
 
 class Chain:
@@ -714,11 +749,19 @@ KEEP = object()
 VISIBLE_STEPS: dict[str, bool] = {}
 
 
-@contextmanager
-def visible_step(flash: Flash):
-    VISIBLE_STEPS[flash.name] = False
-    yield
-    VISIBLE_STEPS[flash.name] = True
+class visible_step:   # lower case: used as a function, `with visible_step(flash)`
+    """`with visible_step(flash):` the write that commits; VISIBLE_STEPS says it began, and
+    whether it ended."""
+
+    def __init__(self, flash: Flash):
+        self.name = flash.name
+
+    def __enter__(self) -> None:
+        VISIBLE_STEPS[self.name] = False
+
+    def __exit__(self, failed, *exc) -> None:
+        if failed is None:
+            VISIBLE_STEPS[self.name] = True
 
 
 def commit(chain: Chain, entries: list[DirEntry], note=KEEP, fleet=KEEP) -> None:

@@ -3,9 +3,8 @@
 Every constant and field below is specified in FORMAT.md; the section is cited beside it.
 The format version is independent of the package version.
 """
-import re
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 from zlib import crc32
 
 from snapshot.errors import FormatLimit
@@ -108,24 +107,20 @@ def _check_record(rtype: int, compression: int, seq: int, gen: int, created: int
     _fits("creation time", created, 64)
 
 
-class Extent(NamedTuple):
+class Extent(namedtuple("Extent", "first last")):
     """Physical blocks first..last, walked in that direction (descending when first > last).
     Every block in the range that is not bad belongs to the record."""
-    first: int
-    last: int
+    # first: int, last: int
+    __slots__ = ()
 
     def blocks(self) -> range:
         step = 1 if self.last >= self.first else -1
         return range(self.first, self.last + step, step)
 
 
-class RecordHeader(NamedTuple):
-    type: int
-    compression: int
-    seq: int
-    gen: int
-    created: int
-    message: str
+class RecordHeader(namedtuple("RecordHeader", "type compression seq gen created message")):
+    # type: int, compression: int, seq: int, gen: int, created: int, message: str
+    __slots__ = ()
 
     def pack(self) -> bytes:
         """The header's bytes; FormatLimit if a field does not fit (FORMAT.md §4)."""
@@ -163,11 +158,9 @@ class RecordHeader(NamedTuple):
         return struct.unpack_from("<I", self.pack(), 4)[0]
 
 
-class Commit(NamedTuple):
-    gen: int
-    payload_length: int
-    payload_crc: int
-    header_crc: int
+class Commit(namedtuple("Commit", "gen payload_length payload_crc header_crc")):
+    # gen: int, payload_length: int, payload_crc: int, header_crc: int
+    __slots__ = ()
 
     def pack(self) -> bytes:
         _fits("generation", self.gen, 64)
@@ -190,13 +183,12 @@ class Commit(NamedTuple):
         return cls(gen, length, payload_crc, header_crc)
 
 
-class Layout(NamedTuple):
+class Layout(namedtuple("Layout", "header_size payload_length writesize")):
     """Where a record's parts lie in its byte stream (its blocks' bytes, concatenated).
     FORMAT.md §4: header at 0, payload at the next page boundary, commit marker at the page
     boundary after the payload."""
-    header_size: int
-    payload_length: int
-    writesize: int
+    # header_size: int, payload_length: int, writesize: int
+    __slots__ = ()
 
     @property
     def payload_offset(self) -> int:
@@ -211,19 +203,13 @@ class Layout(NamedTuple):
         return self.commit_offset + round_up(COMMIT.size, self.writesize)
 
 
-class DirEntry(NamedTuple):
+class DirEntry(namedtuple("DirEntry", "type compression seq gen created payload_length "
+                                      "payload_crc header_crc extents message flags",
+                          defaults=(0,))):
     """What the anchor says about one record (FORMAT.md §3)."""
-    type: int
-    compression: int
-    seq: int
-    gen: int
-    created: int
-    payload_length: int
-    payload_crc: int
-    header_crc: int
-    extents: tuple[Extent, ...]
-    message: str
-    flags: int = 0
+    # type: int, compression: int, seq: int, gen: int, created: int, payload_length: int
+    # payload_crc: int, header_crc: int, extents: tuple[Extent, ...], message: str, flags: int
+    __slots__ = ()
 
     def pack(self) -> bytes:
         """The directory entry's bytes; FormatLimit if a field does not fit (FORMAT.md §3)."""
@@ -292,26 +278,29 @@ class DirEntry(NamedTuple):
 # (decimal), then the ids of the bundles whose trial failed here, oldest first, each after
 # one space: at most MAX_FAILED of them, so that it always fits MAX_MESSAGE.
 MAX_FAILED = 8
-BUNDLE_ID = re.compile(r"[0-9a-f]{16}")
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def is_bundle_id(text: str) -> bool:
+    """Whether `text` is a bundle id as stored: 16 lower-case hexadecimal digits."""
+    return len(text) == 16 and _HEX_DIGITS.issuperset(text)
 MAX_CHANNEL_VERSION = (1 << 32) - 1
 MAX_TIME = (1 << 63) - 1
 
 
-class Fleet(NamedTuple):
+class Fleet(namedtuple("Fleet", "version published expires failed", defaults=(0, 0, 0, ()))):
     """What a unit remembers of its fleet channel, on flash (FORMAT.md §3, type 5): the highest
     channel version it accepted, that channel's signed `published` and `expires` times, and
     the bundles whose trial failed here."""
-    version: int = 0
-    published: int = 0
-    expires: int = 0
-    failed: tuple[str, ...] = ()
+    # version: int, published: int, expires: int, failed: tuple[str, ...]
+    __slots__ = ()
 
     def entry(self) -> DirEntry:
         """The directory entry; FormatLimit if a field does not fit."""
         _fits("channel version", self.version, 32)
         _fits("channel time", self.published, 64)
         _fits("channel expiry", self.expires, 64)
-        if len(self.failed) > MAX_FAILED or not all(BUNDLE_ID.fullmatch(i) for i in self.failed):
+        if len(self.failed) > MAX_FAILED or not all(map(is_bundle_id, self.failed)):
             raise FormatLimit(f"the fleet entry holds at most {MAX_FAILED} bundle ids")
         message = " ".join([str(self.expires), *self.failed])
         return DirEntry(FLEET, 0, self.version, 0, self.published, 0, 0, 0, (), message)
@@ -325,7 +314,7 @@ class Fleet(NamedTuple):
         words = entry.message.split(" ")
         expires = int(words[0]) if words[0].isascii() and words[0].isdigit() else 0
         expires = expires if expires < 1 << 64 else 0
-        failed = tuple(w for w in words[1:] if BUNDLE_ID.fullmatch(w))[-MAX_FAILED:]
+        failed = tuple(w for w in words[1:] if is_bundle_id(w))[-MAX_FAILED:]
         return cls(entry.seq, entry.created, expires, failed)
 
     def failing(self, bundle_id: str) -> "Fleet":
@@ -335,10 +324,10 @@ class Fleet(NamedTuple):
         return self._replace(failed=kept[-MAX_FAILED:])
 
 
-class Anchor(NamedTuple):
+class Anchor(namedtuple("Anchor", "gen records", defaults=((),))):
     """One anchor entry: the whole chain as of generation `gen` (FORMAT.md §3)."""
-    gen: int
-    records: tuple[DirEntry, ...] = ()
+    # gen: int, records: tuple[DirEntry, ...]
+    __slots__ = ()
 
     def pack(self) -> bytes:
         """The entry's bytes; FormatLimit if it does not fit (FORMAT.md §3). Whether it fits

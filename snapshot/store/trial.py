@@ -8,22 +8,21 @@ it replaced, kept and marked FALLBACK. Each function below returns the directory
 leaves, for one chain.commit(): a power cut leaves the decision made or not made, never half
 of it (DESIGN.md §10).
 """
-import re
-
 from snapshot.errors import SnapshotError
 from snapshot.store.chain import Chain, Record, describe
 from snapshot.store.format import (CONFIRMED, FAILED, MAX_ATTEMPTS, MAX_MESSAGE, NOTE, SNAPSHOT,
-                                   TRIAL, VOLATILE, DirEntry, Fleet)
+                                   TRIAL, VOLATILE, DirEntry, Fleet, is_bundle_id)
 
-
-#: How a snapshot that came from a bundle names it, at the start of its message.
-BUNDLE_TAG = re.compile(r"^bundle ([0-9a-f]{16}): ")
+#: How a snapshot that came from a bundle names it, at the start of its message:
+#: "bundle ID: " (ID, format.is_bundle_id), then the bundle's own message.
+BUNDLE_TAG, BUNDLE_TAG_LENGTH = "bundle ", len("bundle 0123456789abcdef: ")
 
 
 def bundle_of(message: str) -> str | None:
     """The bundle a snapshot's (or a note's) message names, or None."""
-    m = BUNDLE_TAG.match(message)
-    return m.group(1) if m else None
+    found = message[len(BUNDLE_TAG):BUNDLE_TAG_LENGTH - 2]
+    tagged = message.startswith(BUNDLE_TAG) and message[BUNDLE_TAG_LENGTH - 2:].startswith(": ")
+    return found if tagged and is_bundle_id(found) else None
 
 
 def bundle_applied(chain: Chain) -> dict | None:
@@ -34,7 +33,7 @@ def bundle_applied(chain: Chain) -> dict | None:
         if found:
             return {"id": found, "snapshot": index + 1,
                     "state": {CONFIRMED: "confirmed", TRIAL: "trial"}.get(e.state, "failed"),
-                    "message": e.message[BUNDLE_TAG.match(e.message).end():]}
+                    "message": e.message[BUNDLE_TAG_LENGTH:]}
     return None
 
 
@@ -99,12 +98,13 @@ def fail(chain: Chain, reason: str, when: int) -> tuple[list[DirEntry], DirEntry
             entries.append(e)
     # A bundle's trial names the bundle, so that a fleet tool reading the note knows which
     # one failed here (snapshot/fleet/bundle.py).
-    bundle = BUNDLE_TAG.match(trial.entry.message)
+    bundle = bundle_of(trial.entry.message)
     fleet = chain.fleet
     if bundle:
-        fleet = Fleet.of(chain.fleet).failing(bundle.group(1)).entry()
-        if not reason.startswith(bundle.group(0)):
-            reason = bundle.group(0) + reason
+        fleet = Fleet.of(chain.fleet).failing(bundle).entry()
+        tag = trial.entry.message[:BUNDLE_TAG_LENGTH]
+        if not reason.startswith(tag):
+            reason = tag + reason
     reason = reason.encode()[:MAX_MESSAGE].decode(errors="ignore")
     return entries, DirEntry(NOTE, 0, trial.entry.seq, 0, when, 0, 0, 0, (), reason), fleet
 
