@@ -112,15 +112,14 @@ def _options(method: Method, arguments: dict) -> list[str]:
 
 def run(argv: list[str]) -> str:
     """What `snapshot ARGV` prints, the command run in this process; an error as `_error`
-    gives it."""
-    import click
-    from snapshot.cli import main
+    gives it. `list` and `status`, which LuCI asks for every few seconds, start without
+    click (snapshot/cli/door.py)."""
+    from snapshot.cli.door import command
+    start = command(argv) or (lambda: _click(argv))
     out, err = io.StringIO(), io.StringIO()
     try:
         with redirect_stdout(out), redirect_stderr(err):
-            status = main.main(argv, prog_name="snapshot", standalone_mode=False) or 0
-    except click.ClickException as e:
-        return _error(e.format_message(), e.exit_code)
+            status = start() or 0
     except SystemExit as e:
         status = e.code
     except Exception as e:
@@ -134,6 +133,18 @@ def run(argv: list[str]) -> str:
         lines = err.getvalue().strip().splitlines() or [f"exit status {status}"]
         return _error(lines[-1].removeprefix("Error: "), status or 1)
     return printed
+
+
+def _click(argv: list[str]) -> int | None:
+    """`snapshot ARGV` through the click group; its usage errors and refusals end as the
+    command line ends them: the `Error:` line last on stderr, and the exit status."""
+    import click
+    from snapshot.cli import main
+    try:
+        return main.main(argv, prog_name="snapshot", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(e.exit_code) from None
 
 
 def _error(message: str, code: int) -> str:

@@ -31,7 +31,8 @@ def command(argv: list[str]):
         device, at = option[1], option[2]
     if at == len(argv) or argv[at] not in FORMS:
         return None
-    name, flags, valued = FORMS[argv[at]]
+    chosen = argv[at]
+    name, flags, valued = FORMS[chosen]
     given = dict.fromkeys(flags.values(), False)
     values = {}
     at += 1
@@ -44,7 +45,7 @@ def command(argv: list[str]):
         if option is None or option[0] not in valued:
             return None
         values[option[0]], at = option[1], option[2]
-    if name == "mount" and not _mount_paths(values, given):
+    if chosen == "mount" and not _mount_paths(values, given):
         return None
     from snapshot.cli import hot
     body = getattr(hot, name)
