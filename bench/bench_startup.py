@@ -7,12 +7,20 @@ On a router's 400-1000 MHz core, where CPython runs 15-30 times slower than here
 is most of `list` and `status`. Each line also gives `import click` alone against the same
 baseline: the floor of any command built on click.
 
-Two interpreters' sites are measured, since the ratio depends on what the baseline already
-imports:
-- `site`: this virtualenv's interpreter as it starts (its site runs .pth files, among them
-  the editable install's finder, which imports re, pathlib and enum before any command);
-- `bare`: the same interpreter with `-S` and the package and click on PYTHONPATH, as on a
-  router, whose site-packages has no .pth files to run.
+The command runs as a router runs it: the launcher /sbin/snapshot
+(openwrt-package/snapshot/files/snapshot), by an interpreter whose site has no .pth files to
+run. Two frames:
+- `router`: a virtualenv made here without packages (so its site runs, as python3's does on
+  a router, but imports nothing of this machine's site-packages), the package and click on
+  PYTHONPATH;
+- `bare`: the same with -S: no site at all, the strictest baseline.
+(This project's own virtualenv is not a frame: its editable install's finder imports re,
+pathlib and enum before any command, which would flatter every ratio.)
+
+The image is simulated, and opening it imports what a router never does (the simulator
+keeps its state in JSON: json, and with it re and enum). The line's `opening the flash
+alone` is that opening by itself; on a router `list` opens /dev/mtdN instead, and
+bench/bench_mipsel.py runs this bench in the mipsel guest on its mtdram device.
 
 The package is compiled as installed (bench/installed.py). `status` is printed beside `list`,
 without a target.
@@ -30,37 +38,48 @@ from measure import interleaved, one_cpu, run, verdict
 
 ROUNDS = 40
 MIB = 1 << 20
+#: /sbin/snapshot, as the feed package installs it.
+LAUNCHER = ROOT / "openwrt-package" / "snapshot" / "files" / "snapshot"
 
 
-def image(work: Path) -> Path:
-    path = work / "flash.img"
+def image(work: Path, device: str | None) -> str:
+    """The flash `list` reads, with an empty chain: `device` (an MTD device a guest gives),
+    else a simulated image made here."""
     cli = [sys.executable, "-m", "snapshot"]
-    subprocess.run([*cli, "flash", "create", str(path), "--type", "nor", "--size", "1M",
-                    "--erase-size", "64K"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([*cli, "--device", str(path), "format"], check=True,
+    if device is None:
+        device = str(work / "flash.img")
+        subprocess.run([*cli, "flash", "create", device, "--type", "nor", "--size", "1M",
+                        "--erase-size", "64K"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*cli, "--device", device, "format", "--force"], check=True,
                    stdout=subprocess.DEVNULL)
-    return path
+    return device
 
 
-def frames() -> dict:
-    """Each frame's interpreter flags and environment."""
-    packages = ":".join([str(ROOT), *site.getsitepackages()])
-    return {"site": ([], dict(os.environ, PYTHONDONTWRITEBYTECODE="1")),
-            "bare": (["-S"], dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
-                                  PYTHONPATH=packages))}
+def frames(work: Path) -> dict:
+    """Each frame's interpreter (with its flags) and environment."""
+    venv = work / "router-python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=":".join([str(ROOT), *site.getsitepackages()]))
+    return {"router": ([str(venv / "bin" / "python")], env),
+            "bare": ([str(venv / "bin" / "python"), "-S"], env)}
 
 
-def main() -> None:
+def main(device: str | None = None) -> None:
+    """`device`: an MTD device to measure on (bench_mipsel.py's guest gives its mtdram),
+    formatted here; else a simulated image."""
     cpu = one_cpu()
     compile_package()
     with tempfile.TemporaryDirectory() as tmp:
-        flash = image(Path(tmp))
-        for name, (flags, env) in frames().items():
-            python = [sys.executable, *flags]
-            snapshot = [*python, "-m", "snapshot", "--device", flash]
+        flash = image(Path(tmp), device)
+        opening = f"from mtd import open_flash; open_flash({flash!r}).close()"
+        print(f"on {'the MTD device ' + flash if device else 'a simulated image'}")
+        for name, (python, env) in frames(Path(tmp)).items():
+            snapshot = [*python, LAUNCHER, "--device", flash]
             m = interleaved(ROUNDS, {
                 "pass": lambda: run([*python, "-c", "pass"], env=env),
                 "click": lambda: run([*python, "-c", "import click"], env=env),
+                "open": lambda: run([*python, "-c", opening], env=env),
                 "list": lambda: run([*snapshot, "list"], env=env),
                 "status": lambda: run([*snapshot, "status"], env=env),
             })
@@ -72,7 +91,8 @@ def main() -> None:
             base = m["pass"].cpu
             ratio = m["list"].cpu / base
             print(f"[{name}] CPU {cpu}: python3 -c pass {base * 1000:.1f} ms; "
-                  f"import click {m['click'].cpu / base:.2f}x; "
+                  f"import click {m['click'].cpu / base:.2f}x (list and status do without "
+                  f"it); opening the flash alone {m['open'].cpu / base:.2f}x; "
                   f"status {m['status'].cpu / base:.2f}x")
             print(f"[{name}] snapshot list / python3 -c pass: ratio {ratio:.2f} "
                   f"{verdict(ratio, 1.5)}")
