@@ -3,7 +3,8 @@
 A message, a board name or a file name is data: a newline in it could forge a line of its
 own ("signed by trusted key ..."), an escape sequence could hide the next one. Every line a
 person reads (the CLI's output and `Error:` lines, syslog) goes through printable(); JSON
-output keeps the exact text, escaped by JSON itself.
+output keeps the exact text, escaped by JSON itself. SysLog writes the lines an operator
+greps for.
 """
 #: C0 controls, DEL, C1 controls, lone surrogates (undecodable bytes of a file name, kept by
 #: surrogateescape; they cannot even be encoded for the terminal) and the bidirectional
@@ -34,3 +35,27 @@ def printable(text: str) -> str:
     if not _escapes:
         _escapes.update((code, _escape(code)) for code in _UNSAFE)
     return text.translate(_escapes)
+
+
+class SysLog:
+    """Lines an operator can grep (`logread | grep snapshot`): syslog, tagged snapshot, and
+    stderr unless `echo` is off (a command that reports its own outcome, so that a refusal is
+    its one `Error:` line). Control characters are escaped (printable)."""
+
+    def __init__(self, echo: bool = True):
+        self.echo = echo
+        try:
+            import syslog
+            syslog.openlog("snapshot", 0, syslog.LOG_DAEMON)
+            self._syslog = syslog
+        except ImportError:
+            self._syslog = None
+
+    def __call__(self, line: str, loud: bool = False) -> None:
+        import sys
+        line = printable(line)
+        if self.echo:
+            print(f"snapshot: {line}", file=sys.stderr, flush=True)
+        if self._syslog:
+            self._syslog.syslog(self._syslog.LOG_ERR if loud else self._syslog.LOG_NOTICE,
+                                line)

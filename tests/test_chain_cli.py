@@ -440,7 +440,7 @@ def test_a_tree_bigger_than_the_free_flash_that_compresses_into_it_is_stored(tmp
 
 
 def test_the_progress_line_says_how_much_flash_is_free(capsys):
-    from snapshot.cli.common import Progress
+    from snapshot.cli.stores import Progress
     progress = Progress("push", 768 * KIB)
     progress.shown = True
     progress(64 * KIB)

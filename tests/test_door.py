@@ -1,14 +1,17 @@
 """The front door (snapshot/cli/door.py) starts list, status and mount without click. Each
 form it takes must print and exit exactly as the click group does; every other command line
 must reach the click group. Each case runs `snapshot ARGS` both ways, as processes."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from mtd import FlashType, Geometry, SimFlash
-from clirun import ok
+from bundle_lab import Lab
+from clirun import commands, ok
 
 KIB = 1024
 DOOR = "import sys; sys.argv[0] = 'snapshot'; from snapshot.__main__ import run; run()"
@@ -86,11 +89,74 @@ def test_mount_of_a_device_without_a_chain_exits_6_both_ways(tmp_path):
     assert (status, out, err) == (6, "", "")
 
 
+def test_unpack_both_ways(chain, tmp_path):
+    into = tmp_path / "into"
+    for args in (["--to", into], ["--to", into, "--upto", "1", "--volatile-to", tmp_path / "v"],
+                 ["--upto=1", "--force", f"--to={into}"]):
+        seen = []
+        for code in (DOOR, CLICK):
+            shutil.rmtree(into, ignore_errors=True)
+            shutil.rmtree(tmp_path / "v", ignore_errors=True)
+            seen.append(snapshot(code, ["--device", chain, "unpack", *args]))
+        assert seen[0] == seen[1]
+        assert seen[0][0] == 0 and seen[0][1].startswith("unpacked ")
+    (into / "x").write_text("x")
+    status, out, err = both(["--device", chain, "unpack", "--to", into])
+    assert status == 1 and err.startswith("Error: ") and "is not empty" in err
+
+
+def test_bundle_apply_both_ways(tmp_path):
+    """The same unit, the same bundle: the same lines, exit status and chain after; a bundle
+    signed by a key the unit does not trust is the same one refusal, nothing written."""
+    lab = Lab.make(tmp_path / "lab")
+    reference = tmp_path / "reference.img"
+    lab.reference(reference, Geometry(FlashType.NAND, 4 << 20, 128 * KIB, 2048, 64))
+    signed = lab.bundle(reference, "2", tmp_path / "fix.snb")
+    forged = lab.bundle(reference, "2", tmp_path / "forged.snb", lab.other)
+    unit = tmp_path / "unit.img"
+    env = {**lab.env, "PATH": lab.env["PATH"]}
+    for bundle, expected in ((signed, 0), (forged, 1)):
+        seen = []
+        for code in (DOOR, CLICK):
+            lab.unit_from(unit)
+            done = snapshot(code, ["--device", unit, "bundle", "apply", bundle, "--no-reboot"],
+                            env)
+            listed = json.loads(snapshot(DOOR, ["--device", unit, "list", "--json"])[1])
+            for record in listed["snapshots"] + listed["volatiles"] + [listed["volatile"]]:
+                record.pop("created")
+            seen.append((done, listed))
+        assert seen[0] == seen[1]
+        assert seen[0][0][0] == expected
+    assert seen[0][0][2].startswith("Error: ") and seen[0][0][2].count("\n") == 1
+
+
+def test_each_form_names_options_its_click_command_has():
+    """The door's forms and the click commands cannot drift apart unnoticed."""
+    from snapshot.cli.door import FORMS
+    for words, form in FORMS.items():
+        command = commands()[words[0]]
+        for word in words[1:]:
+            command = command.get_command(None, word)
+        params = {p.name: p for p in command.params}
+        options = {o: p for p in command.params for o in getattr(p, "opts", [])}
+        for flag, name in form.flags.items():
+            assert options[flag].name == name and options[flag].is_flag, (words, flag)
+        for option, (name, _) in form.options.items():
+            assert options[option].name == name and not options[option].is_flag, (words, option)
+        if form.argument:
+            assert params[form.argument].param_type_name == "argument"
+        declared = set(form.flags) | set(form.options) | {"--device"}
+        assert {o for p in command.params if p.param_type_name == "option"
+                for o in p.opts} <= declared | {"-h", "--help"}, words
+
+
 @pytest.mark.parametrize("args", [
     ["list", "--help"], ["list", "-h"], ["list", "--bogus"], ["list", "--json=1"],
     ["list", "--device"], ["--device"], ["mount", "--root", "."], ["mount", "--target", "t"],
     ["mount", "--root", "missing", "--target", "t"], ["list", "extra"], ["--version"], [],
-    ["lis"], ["--json", "list"],
+    ["lis"], ["--json", "list"], ["unpack"], ["unpack", "--to", "t", "--upto", "one"],
+    ["unpack", "--to", "t", "--rom", "missing"], ["bundle", "apply"],
+    ["bundle", "apply", "a.snb", "b.snb"], ["bundle", "show", "a.snb"],
 ], ids=lambda a: " ".join(a) or "nothing")
 def test_every_other_command_line_gets_the_click_groups_answer(chain, args):
     """The door declines these: the answer (help, a usage error) is click's, whole."""

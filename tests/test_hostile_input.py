@@ -408,9 +408,9 @@ def test_a_feed_package_named_like_an_option_is_a_package_to_opkg(tmp_path):
 
 def test_boot_and_syslog_lines_escape_a_message_read_from_flash(capsys):
     from snapshot import boot
-    from snapshot.health import watch
+    from snapshot.text import SysLog
     boot.Log(kmsg=False)(f"rolled back: {FORGED}")
-    watch.SysLog()(f"rolled back: {FORGED}")
+    SysLog()(f"rolled back: {FORGED}")
     escaped = "rolled back: fix\\nsigned by trusted key 0123456789abcdef\\x1b[8m"
     assert capsys.readouterr().err == f"snapshot: {escaped}\n" * 2
 

@@ -10,7 +10,7 @@ import click
 import pytest
 
 import mtd
-from snapshot.cli import common, main
+from snapshot.cli import common, main, stores
 from snapshot.errors import SnapshotError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -121,7 +121,7 @@ def test_each_synopsis_names_exactly_the_options_of_its_command(path):
 def defined_exit_statuses() -> set[int]:
     """Every exit status the code gives: 0, click's usage error, the CLI's own, and each
     error class's (snapshot.cli imports every module whose errors a command raises)."""
-    statuses = {0, click.UsageError.exit_code, common.INEXACT, common.UNHEALTHY,
+    statuses = {0, click.UsageError.exit_code, stores.INEXACT, common.UNHEALTHY,
                 common.INTERRUPTED}
     todo = [SnapshotError, mtd.FlashOpenError, mtd.MtdError]
     while todo:

@@ -4,9 +4,9 @@ import click
 from pathlib import Path
 
 from snapshot.cli import hot
-from snapshot.cli.common import (DEVICE, INEXACT, Progress, compression_of, compression_option,
-                                 main, stored)
+from snapshot.cli.common import DEVICE, compression_option, main
 from snapshot.cli.plain import echo, human
+from snapshot.cli.stores import INEXACT, Progress, compression_of, stored
 from snapshot.errors import SnapshotError
 from snapshot.reboot import booted
 from snapshot.store.chain import opened

@@ -4,7 +4,8 @@ from pathlib import Path
 import click
 
 from snapshot import config
-from snapshot.cli.common import DEVICE, JSON, main, max_attempts_of, reading, writing
+from snapshot.cli import hot
+from snapshot.cli.common import DEVICE, JSON, main, reading
 from snapshot.cli.plain import echo, human, print_json
 from snapshot.fleet import bundle as bundles
 from snapshot.store.chain import Chain
@@ -141,22 +142,4 @@ def apply(obj, source, no_reboot, as_json):
     Example:
       snapshot bundle apply http://fleet.example/bundles/fix.snb
     """
-    from snapshot.health import watch as watching
-    from snapshot.reboot import reboot_into
-    # The outcome is this command's own line (or its one `Error:` line): the log goes to
-    # syslog only.
-    log = watching.SysLog(echo=False)
-    max_attempts = max_attempts_of(True)
-    with writing(obj, "bundle") as (chain, progress):
-        result = bundles.apply_from(source, chain, config.load(), max_attempts, log, progress)
-    if as_json:
-        print_json(result)
-    elif result["applied"] is None:
-        echo(f"nothing to do: {result['already']}")
-    else:
-        echo(f"bundle {result['applied']} is snapshot {result['snapshot']}, on trial: it "
-             f"boots at "
-             f"most {max_attempts} times unless it is confirmed")
-    if result["applied"] and not no_reboot:
-        # Said on stderr too: whether this machine reboots is the user's to know.
-        reboot_into(obj["device"], "the bundle's trial", watching.SysLog())
+    hot.apply_bundle(obj, source, no_reboot, as_json)

@@ -7,10 +7,11 @@ import click
 from mtd import FlashOpenError, MtdError
 from snapshot import config, operations
 from snapshot import squash as squashing
-from snapshot.cli.common import (DEVICE, JSON, SOURCE, TRIAL, compression_of, compression_option,
-                                 main, max_attempts_of, on_trial, reading, state_of, stored,
-                                 writing)
+from snapshot.cli import hot
+from snapshot.cli.common import DEVICE, JSON, SOURCE, TRIAL, compression_option, main, reading
 from snapshot.cli.plain import echo, human, print_json, when
+from snapshot.cli.stores import (compression_of, max_attempts_of, on_trial, state_of, stored,
+                                 writing)
 from snapshot.errors import ChainDamaged, SnapshotError
 from snapshot.operations import format_device
 from snapshot.store.chain import Chain, opened
@@ -203,14 +204,7 @@ def unpack_cmd(obj, dest, upto, volatile_to, rom, force):
     Example:
       snapshot unpack --to /tmp/upper --volatile-to /tmp/volatile --rom /rom
     """
-    for where in (dest, volatile_to):
-        if not force and where is not None and where.is_dir() and any(where.iterdir()):
-            raise SnapshotError(f"{where} is not empty: the snapshots' files and whiteouts "
-                                f"would replace what it holds; add --force to unpack into "
-                                f"it anyway")
-    with reading(obj) as dev:
-        count = operations.unpack(Chain(dev), dest, upto, volatile_to, rom)
-    echo(f"unpacked {count} snapshots into {dest}")
+    hot.unpack_chain(obj, dest, upto, volatile_to, rom, force)
 
 
 @main.command()

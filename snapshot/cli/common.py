@@ -9,24 +9,19 @@ say which); for `health`, a required check failed; for `watch`, the trial was ro
 (Ctrl-C), with one line saying whether the device changed.
 """
 import re
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from mtd import FlashOpenError, MtdError
-from snapshot import config, jobs
+from snapshot import config
+from snapshot.cli.plain import INTERRUPTED, echo, failure, interrupted
 from snapshot.errors import SnapshotError
 from snapshot.live import DEFAULT_UPPER
-from snapshot.store.chain import Chain, opened
-from snapshot.store.format import COMPRESSIONS, MAX_ATTEMPTS, STATE_NAMES
-from snapshot.store.format import TRIAL as TRIAL_STATE
-from snapshot.cli.plain import INTERRUPTED, echo, failure, human, interrupted, print_json, write
+from snapshot.store.chain import opened
+from snapshot.store.format import COMPRESSIONS
 from snapshot.text import printable
 
-# Exit status of a save, push or convert whose directory changed while it was read.
-INEXACT = 5
 # Exit status of `health` when a required check fails, and of `watch` when it rolled back.
 UNHEALTHY = 5
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -146,49 +141,6 @@ DEVICE = click.option("--device", metavar="DEV", expose_value=False, callback=_d
                            "command.")
 
 
-class Progress:
-    """Blocks written so far, on one refreshed stderr line, when stderr is a terminal; with
-    `free`, out of the free flash the write may take (a record bigger than that is refused
-    before anything is written). In a background job (snapshot/jobs.py) the same line is
-    the job's progress, which `status` shows."""
-
-    def __init__(self, what: str, free: int | None = None):
-        self.what = what
-        self.free = free
-        self.bytes = 0
-        self.shown = sys.stderr.isatty()
-
-    def __call__(self, amount: int) -> None:
-        self.bytes += amount
-        total = "" if self.free is None else f" (of {human(self.free)} free)"
-        line = f"{self.what}: {human(self.bytes)} written{total}"
-        if self.shown:
-            write("\r" + printable(line), err=True)
-        jobs.progress(line)
-
-    def phase(self, line: str) -> None:
-        """A step before the writes begin (`upgrade`: installing the packages)."""
-        if self.shown:
-            echo(f"{self.what}: {line}", err=True)
-        jobs.progress(f"{self.what}: {line}", now=True)
-
-    def done(self) -> None:
-        if self.shown and self.bytes:
-            echo(err=True)
-
-
-@contextmanager
-def writing(obj, what: str):
-    """A locked, writable chain and a progress line for `what`."""
-    with opened(obj["device"], writable=True) as dev:
-        chain = Chain(dev)
-        progress = Progress(what, chain.free_bytes())
-        try:
-            yield chain, progress
-        finally:
-            progress.done()
-
-
 def reading(obj):
     return opened(obj["device"])
 
@@ -197,14 +149,6 @@ def compression_option(f):
     return click.option("--compression", type=click.Choice(sorted(COMPRESSIONS)),
                         help="Payload compression [default: from /etc/config/snapshot, "
                              "else gzip].")(f)
-
-
-def compression_of(name: str | None) -> int:
-    name = name or config.load()["compression"]
-    if name not in COMPRESSIONS:
-        raise SnapshotError(f"compression {name!r} in the configuration is not one of "
-                            f"{', '.join(sorted(COMPRESSIONS))}")
-    return COMPRESSIONS[name]
 
 
 SOURCE = click.option("--from", "source", type=click.Path(file_okay=False, path_type=Path),
@@ -216,40 +160,3 @@ TRIAL = click.option("--trial", is_flag=True,
                      help="Put the new record on trial: it boots at most `option max_attempts` "
                           "times unless `snapshot confirm` (or the health watch) confirms it; "
                           "then the state before it comes back.")
-
-
-def state_of(record) -> str:
-    return STATE_NAMES[record.entry.state]
-
-
-def on_trial(record) -> str:
-    e = record.entry
-    if e.state != TRIAL_STATE:
-        return ""
-    return (f", on trial: it boots at most {e.max_attempts} times unless `snapshot confirm` "
-            f"confirms it")
-
-
-def max_attempts_of(trial: bool) -> int | None:
-    """The boots a new trial may have (`option max_attempts`), or None for no trial."""
-    if not trial:
-        return None
-    return config.number(config.load(), "max_attempts", 1, MAX_ATTEMPTS)
-
-
-def stored(capture, as_json: bool, info: dict, line: str) -> None:
-    """Report a record just stored: `line`, or `info` as JSON, saying whether the capture
-    was exact; each warning goes to stderr. Exit status 5 when it was not exact."""
-    for warning in capture.warnings:
-        echo(f"warning: {warning}", err=True)
-    if as_json:
-        print_json({**info, "exact": capture.exact, "warnings": capture.warnings})
-    elif capture.exact:
-        echo(line)
-    else:
-        echo(f"{line}, not exactly: {len(capture.warnings)} entries changed or could "
-             f"not be read while they were stored")
-    if not capture.exact:
-        raise SystemExit(INEXACT)
-
-

@@ -1,22 +1,55 @@
 """The front door: the command lines a router runs most, started without importing click.
 
 On a router's CPU, importing click costs about as much as Python's own start-up, and these
-run often: `list` and `status` (a person, and LuCI through rpcd every few seconds) and
-`mount` (every boot, from preinit). The door takes a command line only in the forms written
-in FORMS, options given as click would take them; it calls the same body (hot.py) with the
-same arguments, and prints errors as the click group does (plain.py). Every other command
-line goes to the click group, `--help`, a mistake and anything the door is unsure of
-included: the group then gives its own answer, usage errors and all.
+run often: `list` and `status` (a person, and LuCI through rpcd every few seconds), `mount`
+(every boot, from preinit), `bundle apply` (a fleet's rollout) and `unpack`. The door takes
+a command line only in the forms FORMS writes out, options given as click would take them
+and passing click's checks; it calls the same body (hot.py) with the same arguments, and
+prints errors as the click group does (plain.py). Every other command line goes to the click
+group, `--help`, a mistake and anything the door is unsure of included: the group then gives
+its own answer, usage errors and all.
 tests/test_door.py runs each form both ways and compares what they print and exit with.
 """
 import os
 
-#: command: (its body in hot.py, its flags, its options that take a value), as listing.py
-#: and boot.py define them for click.
+# How an option's value is taken, as the click option's type takes it; a value the type
+# would refuse makes the door decline the command line (click then says why).
+INTEGER = "integer"
+PLACE = "place"         # click.Path(file_okay=False): a path that is not an existing file
+DIRECTORY = "directory"  # click.Path(file_okay=False, exists=True): an existing directory
+
+
+class Form:
+    """A command as the door takes it: its body in hot.py, its flags and its options (each
+    with the body's argument name), the options it needs, a positional argument's name, and
+    the options that go together or not at all."""
+
+    def __init__(self, body: str, flags=None, options=None, required=(), argument=None,
+                 together=()):
+        self.body = body
+        self.flags = flags or {}
+        self.options = options or {}
+        self.required = required
+        self.argument = argument
+        self.together = together
+
+
+#: The forms, by the command's words; as listing.py, chain.py, boot.py and bundle.py define
+#: them for click (tests/test_door.py checks that each option is one of the command's).
 FORMS = {
-    "list": ("list_chain", {"--json": "as_json"}, ("--device",)),
-    "status": ("show_status", {"--json": "as_json"}, ("--device",)),
-    "mount": ("mount_root", {}, ("--device", "--root", "--target")),
+    ("list",): Form("list_chain", flags={"--json": "as_json"}),
+    ("status",): Form("show_status", flags={"--json": "as_json"}),
+    ("mount",): Form("mount_root", options={"--root": ("root", DIRECTORY),
+                                            "--target": ("target", PLACE)},
+                     together=("root", "target")),
+    ("unpack",): Form("unpack_chain", flags={"--force": "force"},
+                      options={"--to": ("dest", PLACE), "--upto": ("upto", INTEGER),
+                               "--volatile-to": ("volatile_to", PLACE),
+                               "--rom": ("rom", DIRECTORY)},
+                      required=("dest",)),
+    ("bundle", "apply"): Form("apply_bundle", flags={"--no-reboot": "no_reboot",
+                                                     "--json": "as_json"},
+                              argument="source"),
 }
 
 
@@ -29,27 +62,55 @@ def command(argv: list[str]):
         if option is None or option[0] != "--device":
             return None
         device, at = option[1], option[2]
-    if at == len(argv) or argv[at] not in FORMS:
+    words = next((w for w in FORMS if tuple(argv[at:at + len(w)]) == w), None)
+    if words is None:
         return None
-    chosen = argv[at]
-    name, flags, valued = FORMS[chosen]
-    given = dict.fromkeys(flags.values(), False)
-    values = {}
-    at += 1
-    while at < len(argv):
-        if argv[at] in flags:
-            given[flags[argv[at]]] = True
-            at += 1
-            continue
-        option = _option(argv, at)
-        if option is None or option[0] not in valued:
-            return None
-        values[option[0]], at = option[1], option[2]
-    if chosen == "mount" and not _mount_paths(values, given):
+    form = FORMS[words]
+    taken = _arguments(form, argv[at + len(words):])
+    if taken is None:
         return None
+    here, arguments = taken
     from snapshot.cli import hot
-    body = getattr(hot, name)
-    return lambda: _run(body, device, values.get("--device"), given)
+    body = getattr(hot, form.body)
+    return lambda: _run(body, device, here, arguments)
+
+
+def _arguments(form: Form, argv: list[str]) -> tuple[str | None, dict] | None:
+    """(the --device given after the command, the body's arguments), or None."""
+    arguments = dict.fromkeys(form.flags.values(), False)
+    arguments.update(dict.fromkeys(name for name, _ in form.options.values()))
+    here = None
+    at = 0
+    while at < len(argv):
+        word = argv[at]
+        if word in form.flags:
+            arguments[form.flags[word]] = True
+            at += 1
+        elif not word.startswith("-") and form.argument and form.argument not in arguments:
+            arguments[form.argument] = word
+            at += 1
+        else:
+            option = _option(argv, at)
+            if option is None:
+                return None
+            name, value, at = option
+            if name == "--device":
+                here = value
+            elif name in form.options:
+                key, kind = form.options[name]
+                arguments[key] = _value(kind, value)
+                if arguments[key] is None:
+                    return None
+            else:
+                return None
+    if form.argument and form.argument not in arguments:
+        return None
+    if any(arguments[key] is None for key in form.required):
+        return None
+    present = [arguments[key] is not None for key in form.together]
+    if any(present) and not all(present):
+        return None
+    return here, arguments
 
 
 def _option(argv: list[str], at: int) -> tuple[str, str, int] | None:
@@ -64,23 +125,23 @@ def _option(argv: list[str], at: int) -> tuple[str, str, int] | None:
     return name, argv[at + 1], at + 2
 
 
-def _mount_paths(values: dict, given: dict) -> bool:
-    """mount's --root and --target, as click's checks would pass them: both or neither;
-    --root an existing directory; --target not something other than a directory."""
+def _value(kind: str, text: str):
+    """The value of an option of `kind`, as its click type gives it, or None where that type
+    would refuse it."""
+    if kind == INTEGER:
+        try:
+            return int(text)
+        except ValueError:
+            return None
+    if kind == DIRECTORY and not os.path.isdir(text) or \
+            kind == PLACE and os.path.lexists(text) and not os.path.isdir(text):
+        return None
     from pathlib import Path   # here: list and status do without it
-    root, target = values.get("--root"), values.get("--target")
-    if (root is None) != (target is None):
-        return False
-    if root is not None and (not os.path.isdir(root)
-                             or os.path.lexists(target) and not os.path.isdir(target)):
-        return False
-    given["root"] = Path(root) if root is not None else None
-    given["target"] = Path(target) if target is not None else None
-    return True
+    return Path(text)
 
 
-def _run(body, device: str | None, here: str | None, options: dict) -> None:
-    """body(obj, **options), its errors as the click group reports them (common.Group)."""
+def _run(body, device: str | None, here: str | None, arguments: dict) -> None:
+    """body(obj, **arguments), its errors as the click group reports them (common.Group)."""
     from mtd.errors import FlashOpenError, MtdError
     from snapshot.cli.plain import INTERRUPTED, echo, failure, interrupted
     from snapshot.errors import SnapshotError
@@ -89,7 +150,7 @@ def _run(body, device: str | None, here: str | None, options: dict) -> None:
         device = config.load()["device"] or None
     obj = {"device": here or device, "opens": True}
     try:
-        body(obj, **options)
+        body(obj, **arguments)
     except BrokenPipeError:
         raise   # the reader went away: nothing to tell it (snapshot.__main__)
     except KeyboardInterrupt:

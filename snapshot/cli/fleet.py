@@ -7,10 +7,12 @@ from pathlib import Path
 import click
 
 from snapshot import config
-from snapshot.cli.common import DEVICE, JSON, main, max_attempts_of, writing
+from snapshot.cli.common import DEVICE, JSON, main
 from snapshot.cli.plain import echo, print_json
+from snapshot.cli.stores import max_attempts_of, writing
 from snapshot.reboot import reboot_into
 from snapshot.store.chain import Chain, opened
+from snapshot.text import SysLog
 
 CHANNEL = click.option("--channel", type=click.Path(file_okay=False, path_type=Path),
                        required=True, help="The channel directory a web server serves.")
@@ -94,10 +96,9 @@ def poll(obj, now, no_reboot, as_json):
       snapshot fleet poll --json
     """
     from snapshot.fleet import channel as fleets
-    from snapshot.health import watch as watching
     # The outcome is this command's own line (or its one `Error:` line): the log goes to
     # syslog only.
-    log = watching.SysLog(echo=False)
+    log = SysLog(echo=False)
 
     @contextmanager
     def chain_opener():
@@ -114,7 +115,7 @@ def poll(obj, now, no_reboot, as_json):
              f"{done.get('reason') or done.get('already')}")
     if done["action"] == "applied" and not no_reboot:
         # Said on stderr too: whether this machine reboots is the user's to know.
-        reboot_into(obj["device"], "the bundle's trial", watching.SysLog())
+        reboot_into(obj["device"], "the bundle's trial", SysLog())
 
 
 @fleet.command()
@@ -137,11 +138,11 @@ def confirm(obj, bundle_id, force, as_json):
       snapshot fleet confirm 3f2a9c0d1e4b5a69 --json
     """
     from snapshot.fleet import channel as fleets
-    from snapshot.health import results, watch as watching
+    from snapshot.health import results
     done = _decide(obj, "confirm",
                    lambda chain: fleets.confirm(chain, bundle_id, results.last(), force))
     if done["action"] == "confirmed":
-        watching.SysLog()(f"fleet: confirmed bundle {bundle_id} ({done['what']}) for the "
+        SysLog()(f"fleet: confirmed bundle {bundle_id} ({done['what']}) for the "
                           f"operator")
     if as_json:
         print_json(done)
@@ -170,7 +171,6 @@ def rollback(obj, bundle_id, no_reboot, as_json):
     """
     import time
     from snapshot.fleet import channel as fleets
-    from snapshot.health import watch as watching
     done = _decide(obj, "rollback",
                    lambda chain: fleets.rollback(chain, bundle_id, int(time.time())))
     if as_json:
@@ -179,7 +179,7 @@ def rollback(obj, bundle_id, no_reboot, as_json):
         echo(f"rolled back bundle {bundle_id} ({done['what']})"
              if done["action"] == "rolled back" else f"nothing to do: {done['reason']}")
     if done["action"] == "rolled back":
-        log = watching.SysLog()
+        log = SysLog()
         log(f"fleet: rolled back bundle {bundle_id} ({done['what']}) for the operator",
             loud=True)
         if not no_reboot:

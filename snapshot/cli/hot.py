@@ -1,13 +1,15 @@
 """The bodies of the commands a router runs most: list and status (a person, and LuCI through
-rpcd, every few seconds) and mount (every boot). The front door (door.py) calls them without
-importing click, the click group (listing.py, boot.py) with it; both give them the same
-arguments. They read record headers only (list, status) and import nothing of the tree
-layer or the wings until they need it: on a router's CPU, start-up is most of their run."""
+rpcd, every few seconds), mount (every boot), unpack, and bundle apply (a fleet's rollout).
+The front door (door.py) calls them without importing click, the click group (listing.py,
+chain.py, boot.py, bundle.py) with it; both give them the same arguments. list and status
+read record headers only, and each imports nothing of the tree layer or the wings until it
+needs it: on a router's CPU, start-up is most of a short command's run."""
 
 from snapshot import overview
 from snapshot.cli.plain import echo, human, print_json, when
-from snapshot.errors import StockBoot
+from snapshot.errors import SnapshotError, StockBoot
 from snapshot.store.chain import Chain, opened
+from snapshot.text import SysLog
 
 
 def list_chain(obj: dict, as_json: bool) -> None:
@@ -124,3 +126,42 @@ def mount_root(obj: dict, root, target) -> None:
         raise SystemExit(e.exit_code) from None   # logged; no `Error:`: nothing is wrong
     if not sandbox:
         boot.pivot(target)
+
+
+def unpack_chain(obj: dict, dest, upto: int | None, volatile_to, rom, force: bool) -> None:
+    """Snapshots 1..upto (all by default) applied into `dest`, the volatile record into
+    `volatile_to` if given, whiteouts with nothing to hide in `rom` left out (paths)."""
+    from snapshot import operations
+    for where in (dest, volatile_to):
+        if not force and where is not None and where.is_dir() and any(where.iterdir()):
+            raise SnapshotError(f"{where} is not empty: the snapshots' files and whiteouts "
+                                f"would replace what it holds; add --force to unpack into "
+                                f"it anyway")
+    with opened(obj["device"]) as dev:
+        count = operations.unpack(Chain(dev), dest, upto, volatile_to, rom)
+    echo(f"unpacked {count} snapshots into {dest}")
+
+
+def apply_bundle(obj: dict, source: str, no_reboot: bool, as_json: bool) -> None:
+    """The bundle at `source` (a file or a URL) applied as a snapshot on trial, then a
+    reboot into it unless `no_reboot`."""
+    from snapshot import config
+    from snapshot.cli.stores import max_attempts_of, writing
+    from snapshot.fleet import bundle as bundles
+    from snapshot.reboot import reboot_into
+    # The outcome is this command's own line (or its one `Error:` line): the log goes to
+    # syslog only.
+    log = SysLog(echo=False)
+    max_attempts = max_attempts_of(True)
+    with writing(obj, "bundle") as (chain, progress):
+        result = bundles.apply_from(source, chain, config.load(), max_attempts, log, progress)
+    if as_json:
+        print_json(result)
+    elif result["applied"] is None:
+        echo(f"nothing to do: {result['already']}")
+    else:
+        echo(f"bundle {result['applied']} is snapshot {result['snapshot']}, on trial: it "
+             f"boots at most {max_attempts} times unless it is confirmed")
+    if result["applied"] and not no_reboot:
+        # Said on stderr too: whether this machine reboots is the user's to know.
+        reboot_into(obj["device"], "the bundle's trial", SysLog())

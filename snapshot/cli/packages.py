@@ -5,9 +5,9 @@ from pathlib import Path
 import click
 
 from snapshot import config
-from snapshot.cli.common import (DEVICE, JSON, Progress, compression_of, compression_option, main,
-                                 max_attempts_of)
+from snapshot.cli.common import DEVICE, JSON, compression_option, main
 from snapshot.cli.plain import echo, human, print_json
+from snapshot.cli.stores import Progress, compression_of, max_attempts_of
 from snapshot.live import DEFAULT_UPPER
 from snapshot.packages import feeds
 from snapshot.packages import upgrade as upgrades
@@ -84,7 +84,7 @@ def upgrade(obj, dry_run, no_reboot, manager, compression, as_json):
         echo(f"upgraded {', '.join(map(str, outcome.changes))}; stored as snapshot "
              f"{outcome.snapshot} ({human(outcome.size)}), on trial")
     if not no_reboot:
-        from snapshot.health.watch import SysLog
+        from snapshot.text import SysLog
         reboot_into(obj["device"], "the upgrade's trial", SysLog())
 
 

@@ -4,10 +4,12 @@ from contextlib import contextmanager
 import click
 
 from snapshot import operations
-from snapshot.cli.common import DEVICE, JSON, UNHEALTHY, main, writing
+from snapshot.cli.common import DEVICE, JSON, UNHEALTHY, main
 from snapshot.cli.plain import echo, print_json
+from snapshot.cli.stores import writing
 from snapshot.errors import NoChain
 from snapshot.store.chain import Chain, opened
+from snapshot.text import SysLog
 
 @main.command()
 @JSON
@@ -92,7 +94,7 @@ def watch(obj, no_reboot):
         echo(f"nothing to watch: {e}")
         return
     settings = watching.Settings.load()
-    log = watching.SysLog()
+    log = SysLog()
 
     @contextmanager
     def open_chain():

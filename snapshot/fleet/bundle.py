@@ -516,7 +516,7 @@ def apply_from(source: str, chain: Chain, settings: dict, max_attempts: int, log
                progress=None) -> dict:
     """`snapshot bundle apply SOURCE`: read the head, check it against this router (the
     trusted keys, board and firmware root of `settings`), and apply it, logging the outcome
-    (`log`: watch.SysLog). `{"applied": None, "already": ...}` for a bundle the chain holds."""
+    (`log`: text.SysLog). `{"applied": None, "already": ...}` for a bundle the chain holds."""
     from snapshot.fleet import fetch
     with fetch.open_source(source) as stream:
         try:

@@ -27,7 +27,6 @@ from snapshot.health import checks as health
 from snapshot.health import results as kept
 from snapshot.store import trial as trials
 from snapshot.store.chain import commit
-from snapshot.text import printable
 
 
 class Settings(NamedTuple):
@@ -132,27 +131,3 @@ def run_hooks(directory: Path, decision: Decision, log: Callable) -> None:
                 log(f"rollback hook {hook.name} exited {done.returncode}", loud=True)
         except (OSError, subprocess.TimeoutExpired) as e:
             log(f"rollback hook {hook.name} failed: {e}", loud=True)
-
-
-class SysLog:
-    """Lines an operator can grep (`logread | grep snapshot`): syslog, tagged snapshot, and
-    stderr unless `echo` is off (a command that reports its own outcome, so that a refusal is
-    its one `Error:` line). Control characters are escaped (snapshot.text)."""
-
-    def __init__(self, echo: bool = True):
-        self.echo = echo
-        try:
-            import syslog
-            syslog.openlog("snapshot", 0, syslog.LOG_DAEMON)
-            self._syslog = syslog
-        except ImportError:
-            self._syslog = None
-
-    def __call__(self, line: str, loud: bool = False) -> None:
-        import sys
-        line = printable(line)
-        if self.echo:
-            print(f"snapshot: {line}", file=sys.stderr, flush=True)
-        if self._syslog:
-            self._syslog.syslog(self._syslog.LOG_ERR if loud else self._syslog.LOG_NOTICE,
-                                line)
