@@ -16,15 +16,15 @@ import random
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from installed import compile_package
-from measure import interleaved, one_cpu, run, verdict
+from measure import LAUNCHER, interleaved, one_cpu, router_python, run, verdict
 
 MIB = 1 << 20
-CLI = [sys.executable, "-m", "snapshot"]
+#: The command as a router starts it (main(): measure.router_python and the launcher).
+CLI: list[str] = []
 ROUNDS = 9
 
 
@@ -115,6 +115,9 @@ def main() -> None:
     compile_package()
     # Not /tmp: on a router that is RAM, and here it may be small; the working dirs are big.
     with tempfile.TemporaryDirectory(prefix="snapshot-bench-", dir=os.getcwd()) as tmp:
+        python, env = router_python(Path(tmp))
+        os.environ.update(env)   # every command below starts as a router's does
+        CLI[:] = [*python, str(LAUNCHER)]
         bench_unpack(Path(tmp))
         bench_memory(Path(tmp))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import one_cpu, verdict  # noqa: E402
+from measure import LAUNCHER, one_cpu, router_python, verdict  # noqa: E402
 from mtd import FlashType, Geometry, SimFlash  # noqa: E402
 from snapshot import operations  # noqa: E402
 from snapshot.store.chain import Chain  # noqa: E402
@@ -44,8 +44,8 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from measure import interleaved, run
 from mtd import SimFlash
-sqfs, image, work, rounds, archives = sys.argv[2], sys.argv[3], Path(sys.argv[4]), \
-    int(sys.argv[5]), sys.argv[6:]
+snapshot, sqfs, image, work, rounds, archives = json.loads(sys.argv[2]), sys.argv[3], \
+    sys.argv[4], Path(sys.argv[5]), int(sys.argv[6]), sys.argv[7:]
 (work / "sq").mkdir(parents=True)
 subprocess.run(["mount", "-o", "loop,ro", sqfs, str(work / "sq")], check=True)
 done = {"mount": 0, "tar": 0}
@@ -56,8 +56,8 @@ def mount():
     target = work / f"t{done['mount']}"
     with SimFlash(image) as flash:
         before = flash.stats().bytes_read
-    cost = run([sys.executable, "-m", "snapshot", "--device", image, "mount", "--root",
-                str(work / "sq"), "--target", str(target)])
+    cost = run([*snapshot, "--device", image, "mount", "--root", str(work / "sq"),
+                "--target", str(target)])
     with SimFlash(image) as flash:
         read.append(flash.stats().bytes_read - before)
     subprocess.run(["umount", "-R", "-l", str(target)], check=True)
@@ -103,6 +103,8 @@ def chain_of(n: int, work: Path) -> tuple[Path, list[Path], int]:
 
 
 def bench_mount(work: Path) -> None:
+    python, env = router_python(work)
+    snapshot = [*python, str(LAUNCHER)]   # as preinit starts it on a router
     rootfs = work / "rootfs"
     for name in ("etc", "rom", "overlay", "tmp"):
         (rootfs / name).mkdir(parents=True)
@@ -114,9 +116,9 @@ def bench_mount(work: Path) -> None:
         image, archives, payload = chain_of(n, work)
         out = subprocess.run(
             ["unshare", "-m", "--propagation", "private", sys.executable, "-c", MEASURE,
-             str(Path(__file__).resolve().parent), str(sqfs), str(image), str(work / f"m{n}"),
-             str(ROUNDS), *map(str, archives)],
-            capture_output=True, text=True, check=True, cwd=REPO)
+             str(Path(__file__).resolve().parent), json.dumps(snapshot), str(sqfs), str(image),
+             str(work / f"m{n}"), str(ROUNDS), *map(str, archives)],
+            capture_output=True, text=True, check=True, cwd=REPO, env=env)
         result = json.loads(out.stdout.splitlines()[-1])
         (ours, ours_wall), (tar, tar_wall) = result["mount"], result["tar"]
         ratio = ours / tar

@@ -29,11 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from installed import compile_package  # noqa: E402
-from measure import interleaved, one_cpu, run, verdict  # noqa: E402
+from measure import LAUNCHER, interleaved, one_cpu, router_python, run, verdict  # noqa: E402
 
 ROUNDS = 7
 ROM_ENTRIES = 3000
-CLI = [sys.executable, "-m", "snapshot"]
+#: The command as a router starts it (main(): measure.router_python and the launcher).
+CLI: list[str] = []
 
 
 def firmware(work: Path) -> int:
@@ -87,8 +88,10 @@ def main() -> None:
     compile_package()
     with tempfile.TemporaryDirectory(prefix="bench-bundle-") as tmp:
         work = Path(tmp)
+        python, router = router_python(work)
+        CLI[:] = [*python, str(LAUNCHER)]
         lab = Lab.make(work / "lab")
-        env = {**os.environ, **lab.env}
+        env = {**router, **lab.env}
         image_bytes = firmware(work)
         nand = Geometry(FlashType.NAND, 8 << 20, 128 << 10, 2048, 64)
         ref = work / "ref.img"

@@ -26,20 +26,16 @@ The package is compiled as installed (bench/installed.py). `status` is printed b
 without a target.
 Run: .venv/bin/python bench/bench_startup.py
 """
-import os
-import site
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from installed import ROOT, compile_package
-from measure import interleaved, one_cpu, run, verdict
+from installed import compile_package
+from measure import LAUNCHER, interleaved, one_cpu, router_python, run, verdict
 
 ROUNDS = 40
 MIB = 1 << 20
-#: /sbin/snapshot, as the feed package installs it.
-LAUNCHER = ROOT / "openwrt-package" / "snapshot" / "files" / "snapshot"
 
 
 def image(work: Path, device: str | None) -> str:
@@ -57,12 +53,8 @@ def image(work: Path, device: str | None) -> str:
 
 def frames(work: Path) -> dict:
     """Each frame's interpreter (with its flags) and environment."""
-    venv = work / "router-python"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=":".join([str(ROOT), *site.getsitepackages()]))
-    return {"router": ([str(venv / "bin" / "python")], env),
-            "bare": ([str(venv / "bin" / "python"), "-S"], env)}
+    python, env = router_python(work)
+    return {"router": (python, env), "bare": ([*python, "-S"], env)}
 
 
 def main(device: str | None = None) -> None:

@@ -8,12 +8,18 @@ slows down mid-run slows every contender alike, and reports each one's median.
 """
 import os
 import shutil
+import site
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: /sbin/snapshot, as the feed package installs it.
+LAUNCHER = ROOT / "openwrt-package" / "snapshot" / "files" / "snapshot"
 
 
 def one_cpu() -> int:
@@ -24,6 +30,21 @@ def one_cpu() -> int:
     if len(cpus) > 1:
         os.sched_setaffinity(0, {cpus[-1]})
     return sorted(os.sched_getaffinity(0))[0]
+
+
+def router_python(work: Path) -> tuple[list[str], dict]:
+    """An interpreter and environment that start `snapshot` as a router does: a virtualenv
+    made in `work` without packages, so that its site runs, as python3's does on a router,
+    but runs no .pth file of this machine's (this project's own virtualenv has its editable
+    install's finder, which imports re, pathlib and enum before any command and would
+    flatter every ratio); the package and its dependencies on PYTHONPATH. Run the command
+    as [*python, LAUNCHER, ...]."""
+    venv = work / "router-python"
+    if not venv.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), *site.getsitepackages()]))
+    return [str(venv / "bin" / "python")], env
 
 
 @dataclass

@@ -57,9 +57,9 @@ PURE_PACKAGES = ("click", "pytest", "_pytest", "pluggy", "iniconfig", "packaging
                  "pygments")
 #: The project's packages (setup.py's top-level ones).
 PACKAGES = ("snapshot", "mtd")
-#: What of the checkout a run needs: the packages and the tests and benches, with pytest's
-#: configuration.
-PROJECT_PARTS = (*PACKAGES, "tests", "bench", "pyproject.toml")
+#: What of the checkout a run needs: the packages, the tests and benches with pytest's
+#: configuration, and the feed package (its /sbin/snapshot launcher, which the benches run).
+PROJECT_PARTS = (*PACKAGES, "tests", "bench", "openwrt-package", "pyproject.toml")
 
 
 def cache_entry(cache_dir: str | os.PathLike[str] | None = None) -> Path:

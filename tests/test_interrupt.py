@@ -32,8 +32,6 @@ def state(image) -> dict:
 def no_steps_yet(monkeypatch):
     """Each in-process command starts as a process does: no visible step taken."""
     monkeypatch.setattr(chains, "VISIBLE_STEPS", {})
-    import snapshot.cli.common as common
-    monkeypatch.setattr(common, "VISIBLE_STEPS", chains.VISIBLE_STEPS)
 
 
 def test_ctrl_c_during_a_push_says_nothing_was_changed(tmp_path):
