@@ -20,7 +20,6 @@ What a volume is, seen through the Flash protocol (DESIGN.md §14):
 import errno
 import os
 import stat
-from pathlib import Path
 
 from mtd._ubi_abi import ffi, lib
 from mtd.errors import FlashOpenError, MtdError, from_errno
@@ -31,11 +30,14 @@ from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_bloc
 SYS_CLASS_UBI = "/sys/class/ubi"
 
 
-def volume_sysfs(path: str, rdev: int, sys_dev: str = "/sys/dev/char") -> Path | None:
+# Paths are strings here, not pathlib's: a UBI router's every command opens its volume, and
+# on its CPU pathlib's import would be a tenth of a short command.
+
+def volume_sysfs(path: str, rdev: int, sys_dev: str = "/sys/dev/char") -> str | None:
     """The sysfs directory of the UBI volume whose device number is rdev, or None when the
     character device is not a UBI volume (an MTD device, a UBI device's own node)."""
-    directory = Path(os.path.realpath(f"{sys_dev}/{os.major(rdev)}:{os.minor(rdev)}"))
-    return directory if (directory / "usable_eb_size").is_file() else None
+    directory = os.path.realpath(f"{sys_dev}/{os.major(rdev)}:{os.minor(rdev)}")
+    return directory if os.path.isfile(f"{directory}/usable_eb_size") else None
 
 
 def is_volume(path: str) -> bool:
@@ -49,11 +51,15 @@ def is_volume(path: str) -> bool:
 
 def path_for_name(name: str, sys_class: str = SYS_CLASS_UBI) -> str:
     """/dev/ubiX_Y of the volume called name, looked up in sysfs as fstools does."""
-    found = sorted(v for v in Path(sys_class).glob("ubi*_*")
-                   if _read(v / "name", default=None) == name)
+    try:
+        entries = os.listdir(sys_class)
+    except OSError:
+        entries = []
+    found = sorted(v for v in entries if v.startswith("ubi") and "_" in v[3:]
+                   and _read(f"{sys_class}/{v}/name", default=None) == name)
     if not found:
         raise FlashOpenError(f"no UBI volume named {name!r} in {sys_class}")
-    return f"/dev/{found[0].name}"
+    return f"/dev/{found[0]}"
 
 
 def volume_exists(name: str, sys_class: str = SYS_CLASS_UBI) -> bool:
@@ -64,9 +70,10 @@ def volume_exists(name: str, sys_class: str = SYS_CLASS_UBI) -> bool:
     return True
 
 
-def _read(path: Path, default: str | None = "") -> str | None:
+def _read(path: str, default: str | None = "") -> str | None:
     try:
-        return path.read_text().strip()
+        with open(path) as f:
+            return f.read().strip()
     except OSError:
         return default
 
@@ -100,15 +107,15 @@ class UbiVolume(Closing):
     def by_name(cls, name: str, writable: bool = False) -> "UbiVolume":
         return cls(path_for_name(name), writable)
 
-    def _read_geometry(self, sysfs: Path) -> Geometry:
-        kind = _read(sysfs / "type")
+    def _read_geometry(self, sysfs: str) -> Geometry:
+        kind = _read(f"{sysfs}/type")
         if kind != "dynamic":
             raise FlashOpenError(f"{self.name}: a {kind} UBI volume; the chain needs a dynamic "
                                  f"one (ubimkvol -t dynamic, the default)")
         try:
-            leb = int(_read(sysfs / "usable_eb_size"))
-            lebs = int(_read(sysfs / "reserved_ebs"))
-            page = int(_read(sysfs.parent / "min_io_size"))
+            leb = int(_read(f"{sysfs}/usable_eb_size"))
+            lebs = int(_read(f"{sysfs}/reserved_ebs"))
+            page = int(_read(f"{os.path.dirname(sysfs)}/min_io_size"))
         except ValueError:
             raise FlashOpenError(f"{self.name}: unreadable UBI geometry in {sysfs}") from None
         return Geometry(type=FlashType.UBI, size=leb * lebs, erasesize=leb, writesize=page,

@@ -61,8 +61,8 @@ EXTENSIONS = {
 #: Standard library modules python3-light ships, as far as snapshot imports them. Named one
 #: by one: a new import fails the test until someone has checked where OpenWrt puts it.
 LIGHT = {
-    "base64", "binascii", "contextlib", "dataclasses", "enum", "errno", "fcntl", "gc", "gzip", "hashlib",
-    "http", "io",
+    "base64", "binascii", "collections", "contextlib", "dataclasses", "enum", "errno", "fcntl",
+    "gc", "gzip", "hashlib", "http", "io",
     "json", "mmap", "os", "pathlib", "random", "re", "shlex", "shutil", "signal", "socket",
     "stat", "struct", "subprocess", "sys", "syslog", "tarfile", "tempfile", "time",
     "traceback",
