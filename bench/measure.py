@@ -42,8 +42,12 @@ def router_python(work: Path) -> tuple[list[str], dict]:
     venv = work / "router-python"
     if not venv.exists():
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    packages = site.getsitepackages()
+    # The package where it is installed (a guest's dist-packages, bench_mipsel.py), else
+    # this checkout (here the virtualenv holds only the editable install's finder).
+    installed = any(os.path.isfile(os.path.join(p, "snapshot", "__init__.py")) for p in packages)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), *site.getsitepackages()]))
+               PYTHONPATH=os.pathsep.join([*([] if installed else [str(ROOT)]), *packages]))
     return [str(venv / "bin" / "python")], env
 
 

@@ -8,9 +8,9 @@ Offsets and lengths are bytes from the start of the partition.
 """
 import errno
 import os
-from collections import namedtuple
 
 from mtd.errors import FlashBusy, FlashOpenError, MtdError, from_errno
+from mtd.fields import fields
 
 
 class FlashType(str):
@@ -33,8 +33,7 @@ FlashType.NOR, FlashType.NAND, FlashType.MLC_NAND, FlashType.RAM, FlashType.ROM,
     FlashType.DATAFLASH, FlashType.UBI, FlashType.ABSENT = map(FlashType, FlashType.NAMES)
 
 
-class Geometry(namedtuple("Geometry", "type size erasesize writesize oobsize flags",
-                          defaults=(0,))):
+class Geometry(fields("Geometry", "type size erasesize writesize oobsize flags", defaults=(0,))):
     # type: FlashType, size: int, erasesize: int, writesize: int, oobsize: int, flags: int
     __slots__ = ()
 
@@ -64,7 +63,7 @@ class Geometry(namedtuple("Geometry", "type size erasesize writesize oobsize fla
         return self._asdict() | {"type": str(self.type), "blocks": self.blocks}
 
 
-class Bitflips(namedtuple("Bitflips", "corrected uncorrectable", defaults=(0, 0))):
+class Bitflips(fields("Bitflips", "corrected uncorrectable", defaults=(0, 0))):
     """ECC events seen during one read: `corrected` flips (data is right, the block should be
     rewritten soon) and `uncorrectable` ones (the data returned is wrong)."""
     # corrected: int, uncorrectable: int
@@ -74,8 +73,8 @@ class Bitflips(namedtuple("Bitflips", "corrected uncorrectable", defaults=(0, 0)
         return bool(self.corrected or self.uncorrectable)
 
 
-class Stats(namedtuple("Stats", ("programs erases bytes_programmed bytes_read erase_counts "
-                                 "ecc_corrected ecc_failed bad_blocks"))):
+class Stats(fields("Stats", "programs erases bytes_programmed bytes_read erase_counts "
+                           "ecc_corrected ecc_failed bad_blocks")):
     """Wear and traffic figures. None where the backend does not keep the figure (the kernel
     counts ECC events and bad blocks, but not programs, erases or bytes)."""
     # programs: int | None, erases: int | None, bytes_programmed: int | None

@@ -4,9 +4,9 @@ Every constant and field below is specified in FORMAT.md; the section is cited b
 The format version is independent of the package version.
 """
 import struct
-from collections import namedtuple
 from zlib import crc32
 
+from mtd.fields import fields
 from snapshot.errors import FormatLimit
 
 FORMAT_VERSION = 4          # FORMAT.md: the format as a whole
@@ -107,7 +107,7 @@ def _check_record(rtype: int, compression: int, seq: int, gen: int, created: int
     _fits("creation time", created, 64)
 
 
-class Extent(namedtuple("Extent", "first last")):
+class Extent(fields("Extent", "first last")):
     """Physical blocks first..last, walked in that direction (descending when first > last).
     Every block in the range that is not bad belongs to the record."""
     # first: int, last: int
@@ -118,7 +118,7 @@ class Extent(namedtuple("Extent", "first last")):
         return range(self.first, self.last + step, step)
 
 
-class RecordHeader(namedtuple("RecordHeader", "type compression seq gen created message")):
+class RecordHeader(fields("RecordHeader", "type compression seq gen created message")):
     # type: int, compression: int, seq: int, gen: int, created: int, message: str
     __slots__ = ()
 
@@ -158,7 +158,7 @@ class RecordHeader(namedtuple("RecordHeader", "type compression seq gen created 
         return struct.unpack_from("<I", self.pack(), 4)[0]
 
 
-class Commit(namedtuple("Commit", "gen payload_length payload_crc header_crc")):
+class Commit(fields("Commit", "gen payload_length payload_crc header_crc")):
     # gen: int, payload_length: int, payload_crc: int, header_crc: int
     __slots__ = ()
 
@@ -183,7 +183,7 @@ class Commit(namedtuple("Commit", "gen payload_length payload_crc header_crc")):
         return cls(gen, length, payload_crc, header_crc)
 
 
-class Layout(namedtuple("Layout", "header_size payload_length writesize")):
+class Layout(fields("Layout", "header_size payload_length writesize")):
     """Where a record's parts lie in its byte stream (its blocks' bytes, concatenated).
     FORMAT.md §4: header at 0, payload at the next page boundary, commit marker at the page
     boundary after the payload."""
@@ -203,9 +203,9 @@ class Layout(namedtuple("Layout", "header_size payload_length writesize")):
         return self.commit_offset + round_up(COMMIT.size, self.writesize)
 
 
-class DirEntry(namedtuple("DirEntry", "type compression seq gen created payload_length "
-                                      "payload_crc header_crc extents message flags",
-                          defaults=(0,))):
+class DirEntry(fields("DirEntry", "type compression seq gen created payload_length "
+                                  "payload_crc header_crc extents message flags",
+                      defaults=(0,))):
     """What the anchor says about one record (FORMAT.md §3)."""
     # type: int, compression: int, seq: int, gen: int, created: int, payload_length: int
     # payload_crc: int, header_crc: int, extents: tuple[Extent, ...], message: str, flags: int
@@ -288,7 +288,7 @@ MAX_CHANNEL_VERSION = (1 << 32) - 1
 MAX_TIME = (1 << 63) - 1
 
 
-class Fleet(namedtuple("Fleet", "version published expires failed", defaults=(0, 0, 0, ()))):
+class Fleet(fields("Fleet", "version published expires failed", defaults=(0, 0, 0, ()))):
     """What a unit remembers of its fleet channel, on flash (FORMAT.md §3, type 5): the highest
     channel version it accepted, that channel's signed `published` and `expires` times, and
     the bundles whose trial failed here."""
@@ -324,7 +324,7 @@ class Fleet(namedtuple("Fleet", "version published expires failed", defaults=(0,
         return self._replace(failed=kept[-MAX_FAILED:])
 
 
-class Anchor(namedtuple("Anchor", "gen records", defaults=((),))):
+class Anchor(fields("Anchor", "gen records", defaults=((),))):
     """One anchor entry: the whole chain as of generation `gen` (FORMAT.md §3)."""
     # gen: int, records: tuple[DirEntry, ...]
     __slots__ = ()
