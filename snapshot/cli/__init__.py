@@ -4,10 +4,11 @@ what the command called needs: the group imports a family module when one of its
 runs (common.Group), and a family module imports the engine its commands call. The front
 door (door.py) starts the commands a router runs most without click at all.
 
-    door.py     the front door: list, status and mount without click
-    hot.py      the bodies of those three, which both doors call
+    door.py     the front door: list, status, mount, unpack, bundle apply without click
+    hot.py      the bodies of the commands the door starts, which both doors call
     plain.py    output and errors, without click
-    common.py   the command group, shared options, the progress line
+    stores.py   what the commands that store share (a write's chain, the progress line)
+    common.py   the command group, shared options
     listing.py  list, status
     chain.py    format, save, push, rollback, squash, unpack, check, show, export, probe
     trial.py    confirm, health, watch

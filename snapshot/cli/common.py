@@ -1,5 +1,7 @@
-"""What the `snapshot` commands share: the command group, which turns library errors into
-one `Error: ...` line; option types and shared options; the progress line; opening the chain.
+"""What the `snapshot` commands share through click: the command group, which turns library
+errors into one `Error: ...` line (plain.py words it); option types and shared options.
+What needs no click is in plain.py (output, errors) and stores.py (a write's chain and
+progress line), for the front door (door.py) to use too.
 
 Exit status: 0 success, 1 an error (one `Error: ...` line on stderr), 2 bad usage, 3 busy
 (another command is writing), 4 the chain is damaged (see `check --repair`), 5 stored, but

@@ -6,11 +6,11 @@ from contextlib import contextmanager
 
 from snapshot import config, jobs
 from snapshot.cli.plain import echo, human, print_json, write
-from snapshot.text import printable
 from snapshot.errors import SnapshotError
 from snapshot.store.chain import Chain, opened
 from snapshot.store.format import COMPRESSIONS, MAX_ATTEMPTS, STATE_NAMES
 from snapshot.store.format import TRIAL as TRIAL_STATE
+from snapshot.text import printable
 
 # Exit status of a save, push or convert whose directory changed while it was read.
 INEXACT = 5
