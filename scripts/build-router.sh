@@ -622,6 +622,16 @@ sed -i "s,^\(\s*\)list lua_prefix\s.*,\1list ucode_prefix '/cgi-bin/luci=/usr/sh
     "$R/etc/config/uhttpd"
 grep -q ucode_prefix "$R/etc/config/uhttpd" || { log "no lua_prefix in uhttpd.config"; exit 1; }
 
+# 6e. batman-adv, the mesh the trial and rollback test runs over (tests/test_router.py): the
+#     kernel's module and what it needs, loaded at boot as OpenWrt's kmod-batman-adv has it
+#     loaded. The mesh itself is configured with busybox's `ip link` (batman-adv takes its
+#     interfaces over rtnetlink); batctl, from OpenWrt's routing feed, is not pinned.
+modprobe -d "$KROOT" -S "$KVER" --show-depends batman_adv | while read -r verb path _; do
+    [[ $verb == insmod ]] && cp "$path" "$KMODS/"
+done
+# libcrc32c, which batman-adv needs, asks the kernel for a crc32c implementation: loaded first.
+printf 'crc32c_generic\nbatman-adv\n' >"$R/etc/modules.d/50-batman-adv"
+
 # 7. Services enabled as `/etc/init.d/NAME enable` does.
 for script in "$R"/etc/init.d/*; do
     chmod 0755 "$script"
