@@ -178,7 +178,7 @@ MESH_ROUTER, MESH_NEIGHBOUR = "10.99.0.1", "10.99.0.2"
 #: The neighbour's job in its guest (Debian's iproute2): its card into batman-adv, bat0 up
 #: with its address, then idle until qemu is killed.
 NEIGHBOUR_JOB = ("ip link add bat0 type batadv && ip link set eth0 master bat0 && "
-                 f"ip link set eth0 up && ip link set bat0 up && "
+                 "ip link set eth0 up && ip link set bat0 up && "
                  f"ip addr add {MESH_NEIGHBOUR}/24 dev bat0 && echo mesh-neighbour: up && "
                  "exec sleep 100000")
 
@@ -209,6 +209,8 @@ BROKEN_CHANGE = "sed -i '/master bat0/d' /etc/rc.local && echo broken > /etc/add
 
 
 def free_udp_ports(count: int) -> list[int]:
+    """Ports of the host's loopback that no one uses now (the kernel's pick), for qemus to
+    bind a moment later."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
@@ -241,8 +243,10 @@ def mesh_neighbour(tmp_path_factory):
         yield router_port, neighbour_port
 
 
-def next_boot(router: Router, root, name: str, mesh_link=None) -> Router:
-    """The boot after `router` ended (a reboot in the guest), on the same flash."""
+def next_boot(router: Router, root, name: str,
+              mesh_link: tuple[int, int] | None = None) -> Router:
+    """The boot after `router` ended (a reboot in the guest), on the same flash; on the
+    mesh link if given (mesh_neighbour)."""
     work = router.console_log.parent
     return Router(root, work / "flash.img", work / f"console-{name}.log", mesh_link=mesh_link)
 
