@@ -535,9 +535,12 @@ PY
 #     squashfs are read-only virtio disks here, so the image step writes neither, and on
 #     rootfs_data it writes what `mtd -j` writes after a NOR board's image (DESIGN.md §11):
 #     the image's last word, 0xdeadc0de, at the start of an erased block, or, keeping
-#     settings, a jffs2 holding the backup. OpenWrt's mtd tool is not built: the jffs2 is
-#     made by the kernel's own on an mtdram of the same erase size, before stage2 leaves
-#     the root, and its blocks are copied to the start of rootfs_data.
+#     settings, a jffs2 holding the backup and, at the start of the block after it, the
+#     end-of-filesystem mark 0xdeadc0de (mtd's jffs2.c writes it there; OpenWrt's kernel
+#     erases that block and every one after it when jffs2 mounts the partition: step 8's
+#     initramfs does that part here). OpenWrt's mtd tool is not built: the jffs2 is made by
+#     the kernel's own on an mtdram of the same erase size, before stage2 leaves the root,
+#     and its blocks and the mark are copied to the start of rootfs_data.
 ln -sfn ../../lib/libc.so "$R/usr/bin/ldd"
 modprobe -d "$KROOT" -S "$KVER" --show-depends mtdram | while read -r verb path _; do
     [[ $verb == insmod ]] && cp "$path" "$KMODS/"
@@ -570,7 +573,10 @@ platform_pre_upgrade() {
 	done
 	dd if=/dev/settings-mtd of="$SETTINGS_JFFS2" bs=64k count=$used 2>/dev/null
 	rm /dev/settings-mtd
-	[ $used -gt 0 ]
+	[ $used -gt 0 ] || return 1
+	# The end mark, made here: stage2's RAM root has no tr.
+	{ printf '\336\255\300\336'
+	  dd if=/dev/zero bs=65532 count=1 2>/dev/null | tr '\0' '\377'; } >>"$SETTINGS_JFFS2"
 }
 
 platform_do_upgrade() {
@@ -616,6 +622,16 @@ sed -i "s,^\(\s*\)list lua_prefix\s.*,\1list ucode_prefix '/cgi-bin/luci=/usr/sh
     "$R/etc/config/uhttpd"
 grep -q ucode_prefix "$R/etc/config/uhttpd" || { log "no lua_prefix in uhttpd.config"; exit 1; }
 
+# 6e. batman-adv, the mesh the trial and rollback test runs over (tests/test_router.py): the
+#     kernel's module and what it needs, loaded at boot as OpenWrt's kmod-batman-adv has it
+#     loaded. The mesh itself is configured with busybox's `ip link` (batman-adv takes its
+#     interfaces over rtnetlink); batctl, from OpenWrt's routing feed, is not pinned.
+modprobe -d "$KROOT" -S "$KVER" --show-depends batman_adv | while read -r verb path _; do
+    [[ $verb == insmod ]] && cp "$path" "$KMODS/"
+done
+# libcrc32c, which batman-adv needs, asks the kernel for a crc32c implementation: loaded first.
+printf 'crc32c_generic\nbatman-adv\n' >"$R/etc/modules.d/50-batman-adv"
+
 # 7. Services enabled as `/etc/init.d/NAME enable` does.
 for script in "$R"/etc/init.d/*; do
     chmod 0755 "$script"
@@ -652,6 +668,33 @@ cat >"$I/init" <<'INIT'
 # the second disk), jffs2 and overlay. Then procd takes over, as on the router.
 B=/bin/busybox
 fail() { echo "initramfs: $*"; $B sleep 1; $B poweroff -f; }
+# OpenWrt's kernel carries a jffs2 patch that Debian's lacks: when jffs2 mounts a partition,
+# the first block that starts with 0xdeadc0de (the end mark `mtd -j` writes after the jffs2
+# of a sysupgrade that keeps settings) and every block after it are erased, so nothing the
+# partition held before (an old jffs2's nodes, a chain's records) joins the new filesystem.
+# This boot mounts jffs2 when rootfs_data starts with a jffs2 node (fstools' test), so the
+# erase is done then, here; the kernel would do it a little later, in mount_root, after the
+# chain's own void (DESIGN.md §11) has run.
+starts() { $B dd if="$1" bs=1 count="$2" skip="$3" 2>/dev/null | $B od -An -tx1 | $B tr -d ' \n'; }
+end_of_filesystem() {
+    local mtd erase blocks b=1
+    mtd=$($B grep '"rootfs_data"' /proc/mtd | $B cut -d: -f1)
+    [ -n "$mtd" ] || return 0
+    case "$(starts /dev/$mtd 2 0)" in 8519|1985) ;; *) return 0 ;; esac
+    erase=$($B cat /sys/class/mtd/$mtd/erasesize)
+    blocks=$(($($B cat /sys/class/mtd/$mtd/size) / erase))
+    while [ $b -lt $blocks ]; do
+        if [ "$(starts /dev/$mtd 4 $((b * erase)))" = deadc0de ]; then
+            echo "initramfs: jffs2's end of filesystem mark at block $b of rootfs_data:" \
+                "erasing from there on"
+            $B dd if=/dev/zero bs=$erase count=$((blocks - b)) 2>/dev/null | $B tr '\0' '\377' |
+                $B dd of=/dev/mtdblock${mtd#mtd} bs=$erase seek=$b conv=fsync 2>/dev/null ||
+                fail "erase rootfs_data from block $b"
+            return 0
+        fi
+        b=$((b + 1))
+    done
+}
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
@@ -665,6 +708,7 @@ while read -r ko; do
         $B insmod /lib/modules/$ko || fail "insmod $ko" ;;
     esac
 done < /modules
+end_of_filesystem
 $B mount -t squashfs -o ro /dev/vda /newroot || fail "mount the squashfs root"
 $B umount /proc /sys /dev
 exec $B switch_root /newroot /sbin/init

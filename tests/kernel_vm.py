@@ -78,6 +78,8 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("crc32c_generic", ""),
     ("veth", ""),
     ("batman_adv", ""),
+    # A network card, for a guest started with one (the real router's mesh neighbour).
+    ("virtio_net", ""),
 )
 
 # The guest's PID 1. Static (no per-run data) so the initramfs can be cached; per-run settings come
@@ -273,12 +275,14 @@ class KernelVM:
         env: dict[str, str],
         results_dir: Path,
         flash_image: Path | None = None,
+        devices: tuple[str, ...] = (),
     ) -> GuestHandle:
         """Boot a guest that runs argv and return at once; see GuestHandle.
 
         flash_image: host file behind block2mtd, created erased (4 MiB) if missing; None means a
         fresh temporary image, deleted when the handle closes. results_dir receives console.log and
-        the .kernel-vm/ state; one guest at a time per results_dir.
+        the .kernel-vm/ state; one guest at a time per results_dir. devices: more qemu arguments
+        (a network card and its backend: the guest has none otherwise).
         """
         if not argv:
             raise ValueError("argv is empty")
@@ -333,6 +337,7 @@ class KernelVM:
             "-virtfs", f"local,path={_qemu_escape(str(results_dir))},mount_tag=results,"
                        "security_model=none,multidevs=remap",
             "-drive", f"file={_qemu_escape(str(flash_image))},format=raw,if=virtio,cache=writeback",
+            *devices,
         ]
         try:
             # Own session: a Ctrl-C aimed at the test runner must not kill qemu behind our back.

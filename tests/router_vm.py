@@ -36,6 +36,9 @@ assert FLASH_SIZE % FLASH_ERASE_SIZE == 0
 #: loopback (the router is 192.168.1.1 on the same network, its stock LAN address).
 HOST_ADDRESS = "192.168.1.2"
 
+#: The router's mesh card's MAC, by which the router finds it (its name depends on probe order).
+MESH_MAC = "52:54:00:5e:00:01"
+
 #: The kernel prints to the console from here on only what is an error: preinit's and
 #: procd's own messages (through /dev/kmsg) are notices, and the serial port is slow.
 KERNEL_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
@@ -73,6 +76,14 @@ def build_root() -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
+def mesh_link_args(local: int, remote: int, mac: str) -> list[str]:
+    """qemu's arguments for a network card whose frames go as UDP datagrams on the host's
+    loopback from port local to port remote, and come in at local. Stateless, so either
+    end's qemu can stop and a new one start on the same ports (the router's reboots)."""
+    return ["-netdev", f"socket,id=mesh,udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}",
+            "-device", f"virtio-net-pci,netdev=mesh,mac={mac}"]
+
+
 def erased_flash(path: Path) -> Path:
     create_flash_image(path, FLASH_SIZE)
     return path
@@ -83,9 +94,11 @@ class Router:
     writes. Use as a context manager so that qemu never outlives the test."""
 
     def __init__(self, root: Path, flash: Path, console_log: Path,
-                 http_port: int | None = None):
+                 http_port: int | None = None, mesh_link: tuple[int, int] | None = None):
         """http_port: a host port (on 127.0.0.1) forwarded to the router's web server, the
-        LAN address's port 80."""
+        LAN address's port 80. mesh_link: a second network card, MAC MESH_MAC, whose frames
+        qemu sends as UDP datagrams from the first host port (on 127.0.0.1) to the second, and
+        takes from the first: a link to another guest's card (mesh_link_args)."""
         self.console_log = console_log
         self._text = ""
         self._seen = 0
@@ -103,6 +116,8 @@ class Router:
             "-nic", f"user,model=virtio-net-pci,net=192.168.1.0/24,host={HOST_ADDRESS}"
                     + (f",hostfwd=tcp:127.0.0.1:{http_port}-192.168.1.1:80" if http_port else ""),
         ]
+        if mesh_link:
+            cmd += mesh_link_args(*mesh_link, MESH_MAC)
         self.started = time.monotonic()
         self._log = open(console_log, "ab")
         # Own session: a Ctrl-C aimed at pytest must not kill qemu behind the harness's back.
