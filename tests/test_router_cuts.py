@@ -1,0 +1,182 @@
+"""The real router (tests/router_vm.py, a NOR router's flash) through power cuts and boots
+that are never confirmed: each next boot is the real /etc/preinit's, whose hook's `snapshot
+mount` decides what the router runs.
+
+One router lives through it all, each test starting on the boot the one before left:
+- its first boot on erased flash (the stock mount_root's jffs2), `snapshot convert`, and a
+  reboot into the chain;
+- a power cut during `snapshot push` and during `snapshot save`, each at two points (CUTS):
+  while the record's blocks are written, and around its commit. The command runs through
+  tests/guest_boot/synced_cli.py, so that each flash operation is on the disk image when it
+  returns, as on flash (its module doc), and qemu is killed once the CLI's progress line has
+  shown that many blocks written. The next boot is exactly the state before the command or
+  the state it stored;
+- a change on trial that no boot confirms (a crash loop: each boot is cut short before the
+  watch decides): preinit counts the boots, and after max_attempts (3) the next boot is the
+  state before the trial;
+- `sysupgrade -n` (not keeping settings): the board's image step writes 0xdeadc0de at the
+  start of rootfs_data, and the next boot is an empty chain (DESIGN.md §11).
+Marked `router`, with the tier (`bash scripts/test.sh -m router`).
+"""
+import json
+import re
+import time
+
+import pytest
+
+from conftest import cannot_run
+from router_vm import Router, RouterUnavailable, build_root, erased_flash
+from test_router import BOOT_TIMEOUT, SYNCED_CLI, copy_into, settled
+
+pytestmark = pytest.mark.router
+
+#: Erase blocks of incompressible data each cut command stores.
+BLOCKS = 24
+
+#: Where the power is cut: once the command has reported `blocks` erase blocks written, then
+#: `delay` seconds: amid the record, and after its last block, around its commit marker and
+#: the anchor entry.
+CUTS = {1: (3, 0.0), 2: (BLOCKS, 0.03)}
+
+#: What `snapshot mount` says of a chain it had to repair or could not boot whole. A torn
+#: anchor entry is what a cut during its program leaves; the boot repairs it.
+BOOT_PROBLEMS = ("chain damaged", "falling back", "repair failed", "not applied",
+                 "booting snapshots 1..")
+TORN_ANCHOR = "an interrupted write left a torn anchor entry"
+
+#: The data the cut commands store, with their digests: what tells old from new.
+FILES = "mkdir -p /root/cut && cd /root/cut && find . -type f | sort | xargs -r sha256sum"
+
+
+class Life:
+    """The router's current boot; each next boot starts on the flash the last one left."""
+
+    def __init__(self, root, work):
+        self.root = root
+        self.work = work
+        self.boots = 0
+        self.router: Router | None = None
+
+    def boot(self, settle: bool = True) -> Router:
+        """The next boot, logged in once rc.d has started the snapshot service and its watch
+        has ended (settle), or as soon as the console is there."""
+        self.close()
+        self.boots += 1
+        self.router = Router(self.root, self.work / "flash.img",
+                             self.work / f"console-{self.boots}.log")
+        if settle:
+            return settled(self.router)
+        self.router.login(BOOT_TIMEOUT)
+        return self.router
+
+    def reboot(self, settle: bool = True) -> Router:
+        self.router.send("reboot\n")
+        self.router.wait_exit(120)
+        return self.boot(settle)
+
+    def close(self) -> None:
+        if self.router is not None:
+            self.router.__exit__(None, None, None)
+            self.router = None
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory):
+    try:
+        root = build_root()
+    except RouterUnavailable as e:
+        cannot_run(f"real-router tier unavailable: {e}")
+    work = tmp_path_factory.mktemp("router-cuts")
+    erased_flash(work / "flash.img")
+    life = Life(root, work)
+    try:
+        router = life.boot()
+        router.wait_until("grep -q ' /overlay jffs2 ' /proc/mounts", 300)
+        router.check("mkdir /root/cut && sync")
+        router.send("snapshot convert\n")
+        router.expect("snapshot convert: converted; rebooting into the chain", 600)
+        router.wait_exit(120)
+        life.boot()
+        yield life
+    finally:
+        life.close()
+
+
+def state(router: Router) -> dict:
+    status = json.loads(router.check("snapshot status --json", 180))
+    return {"snapshots": status["snapshots"], "files": router.check(FILES)}
+
+
+def assert_booted_the_chain(router: Router) -> None:
+    log = router.check("dmesg | grep 'snapshot: '")
+    assert "snapshot: mounted " in log, log
+    problems = [line for line in log.splitlines()
+                if any(p in line for p in BOOT_PROBLEMS) and TORN_ANCHOR not in line]
+    assert not problems, log
+
+
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("operation", ["push", "save"])
+def test_a_power_cut_leaves_the_state_before_the_command_or_the_one_it_stored(
+        life, operation, cut):
+    router = life.router
+    copy_into(router, SYNCED_CLI, "/tmp/synced_cli.py")
+    old = state(router)
+    # push stores the new file as a snapshot; save replaces the volatile record's files.
+    replace = "" if operation == "push" else "rm -f /root/cut/* && "
+    router.check(f"{replace}head -c {BLOCKS * 64 * 1024} /dev/urandom "
+                 f">/root/cut/{operation}-{cut}")
+    new = state(router)
+    new["snapshots"] += operation == "push"
+    blocks, delay = CUTS[cut]
+    message = f" -m 'cut {cut}'" if operation == "push" else ""
+    router.send(f"python3 /tmp/synced_cli.py {operation}{message} </dev/null\n")
+    for _ in range(blocks):
+        router.expect(" written", 300)
+    time.sleep(delay)
+    router.kill()
+
+    after = life.boot()
+    got = state(after)
+    assert got in (old, new), f"old {old}\nnew {new}\ngot {got}"
+    assert_booted_the_chain(after)
+    after.check("snapshot check", 300)
+    print(f"power cut {cut} during {operation} on the router: the next boot is "
+          f"{'old' if got == old else 'new'}")
+
+
+#: The watch waits an hour before it judges: no boot of the crash loop lives that long.
+SLOW_WATCH = "uci set snapshot.main.grace=3600 && uci commit snapshot"
+
+
+def test_a_trial_no_boot_confirms_gives_way_after_max_attempts_boots(life):
+    router = life.router
+    router.check(f"{SLOW_WATCH} && snapshot push -m 'slow watch'", 180)
+    router.check("echo broken > /root/crash-loop && snapshot push --trial -m 'crash loop'", 180)
+    for attempt in (1, 2, 3):
+        # The watch waits out its grace on trial: log in without waiting for it to end.
+        router = life.reboot(settle=False)
+        log = router.check("dmesg | grep 'snapshot: '")
+        assert re.search(rf"snapshot: trying snapshot \d+: boot {attempt} of 3", log), log
+        assert router.check("cat /root/crash-loop") == "broken\n"
+    router = life.reboot()
+    log = router.check("dmesg | grep 'snapshot: '")
+    assert "was not confirmed in 3 boots" in log, log
+    assert router.sh("test -e /root/crash-loop")[0] == 1
+    status = json.loads(router.check("snapshot status --json", 180))
+    assert status["trial"] is None
+    assert "not confirmed in 3 boots" in status["last_rollback"]["reason"]
+
+
+def test_a_sysupgrade_without_settings_boots_an_empty_chain(life):
+    router = life.router
+    router.check("echo image > /tmp/fw.bin")
+    router.send("sysupgrade -n /tmp/fw.bin\n")
+    router.wait_exit(600)
+    router = life.boot()
+    status = json.loads(router.check("snapshot status --json", 180))
+    assert status["snapshots"] == 0 and status["trial"] is None and not status["volatile"]
+    assert router.sh("test -e /root/cut")[0] == 1
+    assert router.check("uci get snapshot.main.grace") == "300\n"
+    mounts = router.check("cat /proc/mounts")
+    assert " /overlay tmpfs " in mounts and "jffs2" not in mounts
