@@ -14,6 +14,8 @@ One router lives through it all, each test starting on the boot the one before l
 - a change on trial that no boot confirms (a crash loop: each boot is cut short before the
   watch decides): preinit counts the boots, and after max_attempts (3) the next boot is the
   state before the trial;
+- fstools' factoryreset (`firstboot -y`): its mark alone, then an empty chain that takes
+  a save;
 - `sysupgrade -n` (not keeping settings): the board's image step writes 0xdeadc0de at the
   start of rootfs_data, and the next boot is an empty chain (DESIGN.md §11).
 Marked `router`, with the tier (`bash scripts/test.sh -m router`).
@@ -168,6 +170,26 @@ def test_a_trial_no_boot_confirms_gives_way_after_max_attempts_boots(life):
     assert "not confirmed in 3 boots" in status["last_rollback"]["reason"]
 
 
+def test_the_real_factoryreset_writes_deadc0de_over_the_first_4_bytes_only(life):
+    """base-files' `firstboot -y` runs fstools' factoryreset, which marks the partition for
+    the next mount; the boot after it is an empty chain (DESIGN.md §11), and a save on that
+    chain survives a reboot."""
+    router = life.router
+    block = "python3 -c \"print(open('/dev/mtd0', 'rb').read(65536).hex())\""
+    before = router.check(block).strip()
+    router.check("firstboot -y", 120)
+    after = router.check(block).strip()
+    assert after[:8] == "deadc0de" != before[:8]
+    assert after[8:] == before[8:]
+    router = life.reboot()
+    status = json.loads(router.check("snapshot status --json", 180))
+    assert status["snapshots"] == 0 and not status["volatile"]
+    assert router.sh("test -e /root/cut")[0] == 1
+    router.check("echo after-reset > /root/after-reset && snapshot save", 180)
+    router = life.reboot()
+    assert router.check("cat /root/after-reset") == "after-reset\n"
+
+
 def test_a_sysupgrade_without_settings_boots_an_empty_chain(life):
     router = life.router
     router.check("echo image > /tmp/fw.bin")
@@ -176,7 +198,7 @@ def test_a_sysupgrade_without_settings_boots_an_empty_chain(life):
     router = life.boot()
     status = json.loads(router.check("snapshot status --json", 180))
     assert status["snapshots"] == 0 and status["trial"] is None and not status["volatile"]
-    assert router.sh("test -e /root/cut")[0] == 1
+    assert router.sh("test -e /root/after-reset")[0] == 1
     assert router.check("uci get snapshot.main.grace") == "300\n"
     mounts = router.check("cat /proc/mounts")
     assert " /overlay tmpfs " in mounts and "jffs2" not in mounts
