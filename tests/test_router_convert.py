@@ -39,7 +39,7 @@ SHOW = ("ls -l /etc/secret /etc/system-link | cut -c1-10; readlink /etc/system-l
         "test -e /etc/banner || echo no banner; sha256sum /root/blob")
 
 #: The RAM stage finds `snapshot` on PATH after it pivots (its /tmp moves along): this one
-#: runs tests/guest_boot/synced_cli.py, so that each flash operation is on the disk image
+#: runs tests/synced_cli.py, so that each flash operation is on the disk image
 #: when it returns, as on flash.
 SYNCED = ("mkdir -p /tmp/synced && printf '#!/bin/sh\\nexec python3 /tmp/synced_cli.py \"$@\"\\n'"
           " > /tmp/synced/snapshot && chmod +x /tmp/synced/snapshot")
@@ -51,7 +51,7 @@ SYNCED = ("mkdir -p /tmp/synced && printf '#!/bin/sh\\nexec python3 /tmp/synced_
 #: holds just a cleanmarker) for the anchor entry, and the stock mount_root no longer
 #: recognised jffs2.
 CONVERT_CUTS = {"blocks-16": (16, 0.0), "blocks-24+30ms": (24, 0.03), "anchor-erased": (None, 0)}
-SNAPSHOT_HOLD = "KBOOT_HOLD_ANCHOR_ERASE=60"
+SNAPSHOT_HOLD = "SYNCED_HOLD_ANCHOR_ERASE=60"
 
 #: What the hook says when a cut fell after convert wrote the chain's anchor entry but before
 #: the switch (DESIGN.md §9): jffs2 still owns block 0, so the chain never counted.
@@ -99,7 +99,7 @@ def test_a_power_cut_during_convert_leaves_jffs2_as_it_was_or_the_chain(
         router.send(f"{hold} PATH=/tmp/synced:$PATH snapshot convert </dev/null\n")
         router.expect("snapshot convert: writing the chain on", 600)
         if blocks is None:
-            router.expect("kboot-cut: anchor block", 600)
+            router.expect("synced-cli: anchor block", 600)
         else:
             for _ in range(blocks):
                 router.expect(" written", 300)

@@ -7,7 +7,7 @@ One router lives through it all, each test starting on the boot the one before l
   reboot into the chain;
 - a power cut during `snapshot push` and during `snapshot save`, each at two points (CUTS):
   while the record's blocks are written, and around its commit. The command runs through
-  tests/guest_boot/synced_cli.py, so that each flash operation is on the disk image when it
+  tests/synced_cli.py, so that each flash operation is on the disk image when it
   returns, as on flash (its module doc), and qemu is killed once the CLI's progress line has
   shown that many blocks written. The next boot is exactly the state before the command or
   the state it stored;

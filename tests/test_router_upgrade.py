@@ -7,7 +7,7 @@ tier's feed v1 (tests/test_router.py's `feeds`, served over HTTP) and confirmed,
 blocks of incompressible data saved (the volatile record the upgrade's store copies), the
 watch made fast and the feed switched to v2, all of it on flash; a copy of its flash image is
 the start of each cut (an upgrade is refused while a trial is pending). Each cut boots that
-image, runs the upgrade through tests/guest_boot/synced_cli.py (each flash operation on the
+image, runs the upgrade through tests/synced_cli.py (each flash operation on the
 disk image when it returns, as on flash) and kills qemu:
 - while apk runs its post-commit hooks: apk has written the whole upgrade into RAM and
   snapshot has stored nothing (a hook added for the cut holds it there);
