@@ -18,15 +18,22 @@ One router lives through it all, each test starting on the boot the one before l
   a save;
 - `sysupgrade -n` (not keeping settings): the board's image step writes 0xdeadc0de at the
   start of rootfs_data, and the next boot is an empty chain (DESIGN.md §11).
+- a sysupgrade that kept settings: the settings' jffs2 over the chain's first blocks; the
+  next boot is the stock one, through fstools' mount_root, with the settings restored.
 Marked `router`, with the tier (`bash scripts/test.sh -m router`).
 """
+import io
 import json
 import re
+import subprocess
+import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import cannot_run
+from kernel_vm import FLASH_ERASE_SIZE
 from router_vm import Router, RouterUnavailable, build_root, erased_flash
 from test_router import BOOT_TIMEOUT, SYNCED_CLI, copy_into, settled
 
@@ -202,3 +209,56 @@ def test_a_sysupgrade_without_settings_boots_an_empty_chain(life):
     assert router.check("uci get snapshot.main.grace") == "300\n"
     mounts = router.check("cat /proc/mounts")
     assert " /overlay tmpfs " in mounts and "jffs2" not in mounts
+
+
+#: The settings a sysupgrade keeps, in its sysupgrade.tgz.
+KEPT_SYSTEM = b"config system\n\toption hostname 'kept'\n"
+
+
+def settings_jffs2(work: Path) -> bytes:
+    """What the board's image step writes from rootfs_data's start after a sysupgrade that
+    keeps settings (as `mtd -j` does): a jffs2 holding sysupgrade.tgz, in whole erase
+    blocks."""
+    tree = work / "settings"
+    tree.mkdir()
+    with tarfile.open(tree / "sysupgrade.tgz", "w:gz") as tar:
+        info = tarfile.TarInfo("etc/config/system")
+        info.size, info.mode = len(KEPT_SYSTEM), 0o644
+        tar.addfile(info, io.BytesIO(KEPT_SYSTEM))
+    image = work / "settings.jffs2"
+    subprocess.run(["mkfs.jffs2", "-r", str(tree), "-o", str(image),
+                    f"--eraseblock={FLASH_ERASE_SIZE}", "-l", "-p"], check=True,
+                   capture_output=True)
+    return image.read_bytes()
+
+
+@pytest.mark.xfail(strict=False, reason="stale jffs2 nodes: the blocks the chain never took "
+                   "after `snapshot convert` still hold the first jffs2's nodes (its .fs_state "
+                   "READY, upper/, /root/cut); the settings' jffs2 mounts with them, fstools "
+                   "skips its first-mount cleanup and the kept settings are not restored. "
+                   "Likely the cause of test_router.py's sysupgrade xfail; not fixed here")
+def test_a_sysupgrade_that_kept_settings_boots_jffs2_with_them(life, tmp_path):
+    """DESIGN.md §11: over a chain with pushed and saved data, the settings' jffs2 in the
+    first blocks voids the chain: the hook erases its other anchor blocks and leaves the
+    partition to fstools' mount_root, which mounts the jffs2; the hook's restore unpacks the
+    kept settings. Nothing of the chain is left. (tests/test_router.py runs base-files'
+    sysupgrade itself; here the image step's bytes are written while the router is off.)"""
+    router = life.router
+    router.check("echo pushed > /root/pushed && snapshot push -m 'before the sysupgrade' && "
+                 "echo saved > /root/saved && snapshot save", 180)
+    router.send("poweroff\n")
+    router.wait_exit(120)
+    settings = settings_jffs2(tmp_path)
+    with open(life.work / "flash.img", "r+b") as flash:
+        flash.write(settings)
+    router = life.boot()
+    log = router.check("dmesg | grep -e 'snapshot: ' -e 'mount_root: '")
+    assert "erased the chain's anchor blocks" in log and "booting the stock way" in log, log
+    assert "mount_root: switching to jffs2 overlay" in log, log
+    assert "snapshot: restoring the settings a sysupgrade kept" in log, log
+    assert " /overlay jffs2 " in router.check("cat /proc/mounts")
+    assert router.check("uci get system.@system[0].hostname") == "kept\n"
+    assert router.sh("test -e /root/pushed || test -e /root/saved")[0] == 1
+    starts = router.check("for b in 1 2 3; do dd if=/dev/mtd0 bs=65536 skip=$b count=1 "
+                          "2>/dev/null | head -c 4; echo; done")
+    assert "SnpA" not in starts, starts
