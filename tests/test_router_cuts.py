@@ -232,11 +232,12 @@ def settings_jffs2(work: Path) -> bytes:
     return image.read_bytes()
 
 
-@pytest.mark.xfail(strict=False, reason="stale jffs2 nodes: the blocks the chain never took "
-                   "after `snapshot convert` still hold the first jffs2's nodes (its .fs_state "
-                   "READY, upper/, /root/cut); the settings' jffs2 mounts with them, fstools "
-                   "skips its first-mount cleanup and the kept settings are not restored. "
-                   "Likely the cause of test_router.py's sysupgrade xfail; not fixed here")
+@pytest.mark.xfail(strict=False, reason="stale jffs2 nodes: blocks the chain has not taken "
+                   "since `snapshot convert` still hold the first jffs2's nodes; in a failing "
+                   "run fstools found .fs_state READY on the settings' jffs2, skipped its "
+                   "first-mount cleanup, and the kept settings were not restored. It depends on "
+                   "which blocks the chain rewrote (it passed after more cuts). Likely the cause "
+                   "of test_router.py's sysupgrade xfail; not fixed here")
 def test_a_sysupgrade_that_kept_settings_boots_jffs2_with_them(life, tmp_path):
     """DESIGN.md §11: over a chain with pushed and saved data, the settings' jffs2 in the
     first blocks voids the chain: the hook erases its other anchor blocks and leaves the
