@@ -651,7 +651,7 @@ mkdir -p "$I/bin" "$I/dev" "$I/proc" "$I/sys" "$I/newroot" "$I/lib/modules"
 cp "$(command -v busybox)" "$I/bin/busybox"
 mknod -m 0600 "$I/dev/console" c 5 1
 : >"$I/etc.modules"
-for mod in virtio_pci virtio_blk squashfs loop overlay mtdblock block2mtd jffs2; do
+for mod in virtio_pci virtio_blk squashfs loop overlay mtdblock block2mtd jffs2 zstd ubi ubifs; do
     modprobe -d "$KROOT" -S "$KVER" --show-depends "$mod" | while read -r verb path _; do
         [[ $verb == insmod ]] || continue
         ko="$(basename "$path")"
@@ -664,8 +664,11 @@ mv "$I/etc.modules" "$I/modules"
 cat >"$I/init" <<'INIT'
 #!/bin/busybox sh
 # What a router's kernel does with its built-in drivers before it runs /sbin/init: virtio
-# for the disks, squashfs for the root, MTD with the flash named rootfs_data (block2mtd over
-# the second disk), jffs2 and overlay. Then procd takes over, as on the router.
+# for the disks, squashfs for the root, MTD with the flash (block2mtd over the second disk),
+# jffs2, UBI and ubifs, and overlay. Then procd takes over, as on the router.
+# The flash is a NOR router's, the MTD partition rootfs_data; with `flash=ubi` on the
+# kernel command line (tests/router_vm.py) a NAND router's, an MTD partition `ubi` that
+# UBI attaches at boot, as a NAND board's kernel does: rootfs_data is a volume in it.
 B=/bin/busybox
 fail() { echo "initramfs: $*"; $B sleep 1; $B poweroff -f; }
 # OpenWrt's kernel carries a jffs2 patch that Debian's lacks: when jffs2 mounts a partition,
@@ -698,12 +701,20 @@ end_of_filesystem() {
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
+flash=nor
+for arg in $($B cat /proc/cmdline); do
+    case "$arg" in flash=ubi) flash=ubi ;; esac
+done
 while read -r ko; do
-    case "$ko" in
-    block2mtd.ko)
+    case "$ko:$flash" in
+    block2mtd.ko:*)
         n=0
         while [ ! -b /dev/vdb ] && [ $n -lt 50 ]; do $B sleep 0.1; n=$((n + 1)); done
-        $B insmod /lib/modules/$ko block2mtd=/dev/vdb,65536,rootfs_data || fail "insmod $ko" ;;
+        name=rootfs_data
+        [ $flash = ubi ] && name=ubi
+        $B insmod /lib/modules/$ko block2mtd=/dev/vdb,65536,$name || fail "insmod $ko" ;;
+    ubi.ko:ubi)
+        $B insmod /lib/modules/$ko mtd=ubi || fail "insmod $ko mtd=ubi" ;;
     *)
         $B insmod /lib/modules/$ko || fail "insmod $ko" ;;
     esac

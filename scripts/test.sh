@@ -10,7 +10,8 @@ bash scripts/install.sh
 # Tier 2 builds squashfs images and mounts them in `unshare -m` (util-linux), and runs the
 # health checks against real daemons in network namespaces (iproute2, ping, babeld); the
 # kernel tier's guest uses the host's batctl with its own batman-adv module; the stock
-# marks' tests write a sysupgrade's jffs2 made with mkfs.jffs2; the fleet test's routers run
+# marks' tests write a sysupgrade's jffs2 made with mkfs.jffs2, and the real router's NAND
+# flash is made with mtd-utils' mkfs.ubifs and ubinize; the fleet test's routers run
 # Debian's dropbear, and Ansible reaches them with OpenSSH's client; the browser tier drives
 # Debian's chromium through its chromedriver (Selenium never downloads a browser).
 missing=()

@@ -164,11 +164,6 @@ def summary_lines(config) -> list[str]:
                      + ", ".join(f"{k}: {n}" for k, n in sorted(sweep.CHECKED.items())) + ")")
     mipsel = sys.modules.get("test_mipsel")
     lines += mipsel.SUMMARY if mipsel else []
-    boots = sys.modules.get("test_kernel_boot")
-    for name, outcomes in sorted(boots.KILLED.items()) if boots else ():
-        lines.append(f"kernel boot power cuts during {name}: {len(outcomes)} qemu kills, "
-                     f"{outcomes.count('old')} gave the old state, {outcomes.count('new')} "
-                     "the new one")
     run = config.stash.get(GUEST_RUN, None)
     if run is not None and (run.summary or run.error):
         lines.append(run.summary or run.error.splitlines()[0])

@@ -8,7 +8,10 @@ rc.d. Nothing of the host is shared with it.
 
 The flash is block2mtd over a virtio disk backed by a host file, so it persists across boots
 (qemu runs with -no-reboot: a reboot in the guest ends qemu, and the next boot is a new
-qemu on the same file), and killing qemu is a power cut.
+qemu on the same file), and killing qemu is a power cut. It is a NOR router's, rootfs_data
+an MTD partition, or a NAND router's (flash="ubi"): UBI attached at boot to an MTD
+partition `ubi`, rootfs_data a volume in it (ubi_flash() makes one as an installer leaves
+it).
 
 Stdlib only and no project imports, like tests/kernel_vm.py, whose qemu helpers it uses.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -89,16 +93,57 @@ def erased_flash(path: Path) -> Path:
     return path
 
 
+#: UBI on block2mtd: 64 KiB physical erase blocks written a byte at a time, so a logical
+#: block is what the erase counter and volume headers (64 bytes each) leave of one.
+UBI_PEB_SIZE = FLASH_ERASE_SIZE
+UBI_LEB_SIZE = UBI_PEB_SIZE - 128
+
+
+def ubi_flash(path: Path, overlay: Path | None = None) -> Path:
+    """A NAND router's flash for flash="ubi": UBI with one volume, rootfs_data, which
+    grows to fill the flash when UBI first attaches it (ubinize's autoresize, as an
+    installer's image has it). Empty, as OpenWrt's nand.sh makes it; or, with overlay (a
+    directory holding upper/ and work/), a stock ubifs overlay of that content, as a router
+    that ran OpenWrt before this package leaves it."""
+    with tempfile.TemporaryDirectory(prefix="ubi-flash-") as tmp:
+        volume = [
+            "[rootfs_data]", "mode=ubi", "vol_id=0", "vol_type=dynamic",
+            "vol_name=rootfs_data", "vol_flags=autoresize",
+        ]
+        if overlay is None:
+            volume.append(f"vol_size={UBI_LEB_SIZE}")
+        else:
+            ubifs = Path(tmp) / "ubifs.img"
+            subprocess.run(["mkfs.ubifs", "-r", str(overlay), "-m", "1",
+                            "-e", str(UBI_LEB_SIZE), "-c", str(FLASH_SIZE // UBI_PEB_SIZE),
+                            "-o", str(ubifs)], check=True, capture_output=True)
+            volume.append(f"image={ubifs}")
+        config = Path(tmp) / "ubinize.cfg"
+        config.write_text("\n".join(volume) + "\n")
+        image = Path(tmp) / "ubi.img"
+        subprocess.run(["ubinize", "-o", str(image), "-p", str(UBI_PEB_SIZE), "-m", "1",
+                        str(config)], check=True, capture_output=True)
+        data = image.read_bytes()
+    # The blocks after the image are erased, as on a flash the installer wrote.
+    path.write_bytes(data + b"\xff" * (FLASH_SIZE - len(data)))
+    return path
+
+
 class Router:
     """One boot of the router: a qemu process whose serial console this object reads and
     writes. Use as a context manager so that qemu never outlives the test."""
 
     def __init__(self, root: Path, flash: Path, console_log: Path,
-                 http_port: int | None = None, mesh_link: tuple[int, int] | None = None):
+                 http_port: int | None = None, mesh_link: tuple[int, int] | None = None,
+                 flash_kind: str = "nor"):
         """http_port: a host port (on 127.0.0.1) forwarded to the router's web server, the
         LAN address's port 80. mesh_link: a second network card, MAC MESH_MAC, whose frames
         qemu sends as UDP datagrams from the first host port (on 127.0.0.1) to the second, and
-        takes from the first: a link to another guest's card (mesh_link_args)."""
+        takes from the first: a link to another guest's card (mesh_link_args). flash_kind:
+        "nor" (rootfs_data an MTD partition) or "ubi" (rootfs_data a UBI volume; see
+        ubi_flash)."""
+        if flash_kind not in ("nor", "ubi"):
+            raise ValueError(f"flash_kind {flash_kind!r} is neither 'nor' nor 'ubi'")
         self.console_log = console_log
         self._text = ""
         self._seen = 0
@@ -109,7 +154,7 @@ class Router:
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-serial", "stdio",
             "-kernel", str(kernel), "-initrd", str(root / "initramfs.cpio"),
-            "-append", KERNEL_CMDLINE,
+            "-append", KERNEL_CMDLINE + (" flash=ubi" if flash_kind == "ubi" else ""),
             "-drive", f"file={_qemu_escape(str(root / 'root.squashfs'))},format=raw,"
                       "if=virtio,readonly=on",
             "-drive", f"file={_qemu_escape(str(flash))},format=raw,if=virtio,cache=writeback",

@@ -2,8 +2,8 @@
 squashfs, overlayfs and tmpfs in private mount namespaces (tests/test_boot.py's boots), over
 images written from the documented format (tests/old_chain.py). The boot is read-only: it
 shows what the stock boot shows, writes nothing to the flash, refuses `save` and `push`, and
-leaves the old chain to a later `snapshot convert`. The real snapshot_tool's chain boots
-through the router's preinit in tests/test_kernel_legacy.py."""
+leaves the old chain to a later `snapshot convert`. Such a chain boots through the real
+router's preinit in tests/test_router_convert.py."""
 import io
 import random
 import tarfile

@@ -5,7 +5,8 @@ The images here stand in for jffs2: blocks that start with a jffs2 node header a
 data, blocks holding only a cleanmarker, erased blocks. What jffs2 needs to mount with all
 its data is every data block's contents somewhere on the flash (it scans for nodes wherever
 they are) and block 0 unchanged (the stock mount_root looks there for the jffs2 magic). The
-real-jffs2 version, on a kernel MTD device with the RAM stage, is tests/test_kernel_convert.py.
+real-jffs2 version, on the real router with the RAM stage and power cuts, is
+tests/test_router_convert.py.
 """
 import random
 import struct

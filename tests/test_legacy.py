@@ -1,7 +1,8 @@
 """`snapshot convert` from the old fstools chain (2014, `OWRT`): reading it (FORMAT.md §8) and
 converting it in place, power-cut safe (DESIGN.md §9), on NOR and NAND simulator images
-written from the documented format (tests/old_chain.py). The real `snapshot_tool` writes the
-chain in the kernel tier: tests/test_kernel_legacy.py."""
+written from the documented format (tests/old_chain.py), which the real `snapshot_tool` lays out
+byte for byte (tests/test_kernel_snapshot_tool.py). The real router boots and converts such a
+chain: tests/test_router_convert.py."""
 import io
 import random
 import subprocess

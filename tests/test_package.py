@@ -4,7 +4,7 @@ Its recipes run through tests/openwrt_package/harness.mk (tests/package_stage.py
 OpenWrt's INSTALL_DIR, INSTALL_BIN, INSTALL_DATA and INSTALL_CONF into a staging root. That
 proves the paths and modes the package gives every file; it cannot prove that an OpenWrt
 buildroot builds the package (no buildroot here: harness.mk says what stands in for it).
-test_kernel_boot.py boots a router made of the same staged tree.
+scripts/build-router.sh installs the real router's root by the same recipes.
 """
 import os
 import stat

@@ -314,10 +314,10 @@ def test_the_boot_after_the_rollback_has_the_mesh_back(rolled_back):
 
 # -- 6. A power cut during a push --------------------------------------------------------------
 
-#: The kernel tier's launcher of the CLI that makes each flash operation reach the disk image
-#: before it returns (block2mtd writes back in offset order, not program order; its module
+#: The launcher of the CLI that makes each flash operation reach the disk image before it
+#: returns (block2mtd writes back in offset order, not program order; its module
 #: doc): a kill then lands between two operations, as on flash.
-SYNCED_CLI = Path(__file__).resolve().parent / "guest_boot" / "synced_cli.py"
+SYNCED_CLI = Path(__file__).resolve().parent / "synced_cli.py"
 
 #: What the cut push stores: incompressible, so that it spans many erase blocks.
 CUT_BLOCKS = 24

@@ -1,5 +1,6 @@
 """The snapshot CLI with every flash program and erase made durable before it returns, for the
-power-cut tests in the kernel-tier boot (test_kernel_boot.py).
+real router's power-cut tests (tests/test_router*.py copy it into the guest and run it with the
+router's Python and its installed package).
 
 On real flash a program or erase is done when the driver returns. block2mtd only dirties
 the block device's page cache, which is written back later, and in offset order, not
@@ -9,8 +10,8 @@ test-only launcher wraps the writable device, as tests/cut_runner.py does, and c
 after each operation: the disk image then follows the program order, and a kill lands
 between two operations or tears the one under way.
 
-With KBOOT_HOLD_ANCHOR_ERASE=S in the environment, after erasing a block of the anchor area
-it writes `kboot-cut: anchor block N erased` on stderr and waits S seconds before going on
+With SYNCED_HOLD_ANCHOR_ERASE=S in the environment, after erasing a block of the anchor area
+it writes `synced-cli: anchor block N erased` on stderr and waits S seconds before going on
 (to program the anchor entry there): the host can cut the power in that window, which is
 otherwise a few milliseconds wide. The wait changes nothing on the flash.
 
@@ -19,16 +20,13 @@ Usage: python synced_cli.py [snapshot CLI arguments]
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+import mtd.locate
+from snapshot.cli import main
+from snapshot.store import chain
+from snapshot.store.format import ANCHOR_BLOCKS
 
-import mtd.locate  # noqa: E402
-from snapshot.cli import main  # noqa: E402
-from snapshot.store import chain  # noqa: E402
-from snapshot.store.format import ANCHOR_BLOCKS  # noqa: E402
-
-HOLD_ANCHOR_ERASE = float(os.environ.get("KBOOT_HOLD_ANCHOR_ERASE", "0"))
+HOLD_ANCHOR_ERASE = float(os.environ.get("SYNCED_HOLD_ANCHOR_ERASE", "0"))
 
 
 class Synced:
@@ -63,7 +61,7 @@ class Synced:
             os.sync()
         block = offset // self._flash.geometry.erasesize
         if HOLD_ANCHOR_ERASE and block < ANCHOR_BLOCKS:
-            print(f"\nkboot-cut: anchor block {block} erased", file=sys.stderr, flush=True)
+            print(f"\nsynced-cli: anchor block {block} erased", file=sys.stderr, flush=True)
             time.sleep(HOLD_ANCHOR_ERASE)
         return result
 

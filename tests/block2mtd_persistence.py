@@ -1,7 +1,7 @@
-"""Guest side of test_kernel_boot.py::test_block2mtd_persistence: write erase blocks to the
-block2mtd device and tell the host (on the serial console) when, so that it can look at the
-disk image while the guest runs. The host answers through the file `go` in the results
-directory (the directory of the harness's state dir, shared at the same path).
+"""Guest side of tests/test_kernel_block2mtd.py: write erase blocks to the block2mtd device
+and tell the host (on the serial console) when, so that it can look at the disk image while
+the guest runs. The host answers through the file `go` in the results directory (the
+directory of the harness's state dir, shared at the same path).
 
     wrote 5       block 5 erased and programmed, the device still open (fsync tried first)
     closed 5      after go = "close": the device closed
@@ -16,12 +16,12 @@ from pathlib import Path
 
 MEMERASE = 0x40084D02  # _IOW('M', 2, struct erase_info_user)
 ERASE_SIZE = 64 * 1024
-GO = Path(os.environ["KBOOT_RESULTS"]) / "go"
+GO = Path(os.environ["PERSISTENCE_RESULTS"]) / "go"
 
 
 def console(message: str) -> None:
     with open("/dev/ttyS0", "w") as tty:
-        tty.write(f"kboot-persist: {message}\n")
+        tty.write(f"persistence: {message}\n")
 
 
 def program(fd: int, block: int) -> None:
