@@ -5,7 +5,6 @@ import os
 
 from snapshot.errors import RecordDamaged
 from snapshot.store import verified
-from snapshot.store import trial as trials
 from snapshot.store.chain import Chain, Record
 from snapshot.store.format import SNAPSHOT, STATE_NAMES, TRIAL, VOLATILE
 
@@ -59,6 +58,7 @@ def listing(chain: Chain) -> dict:
 def status(chain: Chain, layers=("/overlay", "/volatile")) -> dict:
     """The chain in brief, the trial pending, the last rollback, and the RAM the running
     system's tmpfs layers use (None where there is no such mount). Reads the anchor only."""
+    from snapshot.store import trial as trials   # here: list does without it
     trial = chain.trial
     snapshots, volatile = chain.view()
     note = chain.note

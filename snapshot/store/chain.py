@@ -10,8 +10,6 @@ one, so after a power cut anywhere the next open sees exactly the old chain or t
 (DESIGN.md walks every step).
 """
 import errno
-import fcntl
-import mmap
 import os
 import struct
 import time
@@ -209,6 +207,7 @@ class DeviceLock:
     at once instead of interleaving its writes with the first one's."""
 
     def __init__(self, path: str):
+        import fcntl   # here, as mmap below: the commands that only read start without them
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
         try:
@@ -548,6 +547,7 @@ class PayloadReader:
         # The payload's flips, in memory shared with a child process that reads the stream
         # for the one that made it (archive.Payloads forks one): the maker learns of them
         # all the same, and a boot scrubs the record.
+        import mmap
         self._shared_flips = mmap.mmap(-1, _FLIPS.size)
         self._flips: list[int] = []
         self._fetched = 0        # payload bytes read from flash so far
