@@ -14,7 +14,12 @@ order, as in the kernel tier, and each boot starts on the flash the one before l
 7. the upgrade on trial, which the watch confirms; a failing post-install script; then
    `sysupgrade` keeping settings, into
 8. the stock jffs2 with the settings.
-Marked `router`: `bash scripts/test.sh -m router` runs this tier alone.
+Every state is reached on both CPUs (router_vm.CPUS): the `root` fixture is parametrized,
+so each test runs once per CPU, x86_64 and mipsel (malta) each a chain of boots of its own
+(side by side under xdist: tests/conftest.py groups them by CPU). The mipsel root has no
+apk, so its boots end at state 6: `snapshot upgrade` and the sysupgrade after it are
+x86_64's only.
+Marked `router`: `bash scripts/test.sh -m router` runs this tier alone, `-k mipsel` one CPU.
 """
 import base64
 import functools
@@ -27,7 +32,7 @@ import pytest
 
 from conftest import cannot_run
 from router_sandbox import Feeds
-from router_vm import HOST_ADDRESS, Router, RouterUnavailable, build_root, erased_flash
+from router_vm import CPUS, HOST_ADDRESS, Router, RouterUnavailable, build_root, erased_flash
 
 pytestmark = pytest.mark.router
 
@@ -37,12 +42,18 @@ BOOT_TIMEOUT = 400
 SETTLE_TIMEOUT = 300
 
 
-@pytest.fixture(scope="module")
-def root():
+@pytest.fixture(scope="module", params=CPUS)
+def root(request):
     try:
-        return build_root()
+        return build_root(request.param)
     except RouterUnavailable as e:
         cannot_run(f"real-router tier unavailable: {e}")
+
+
+#: The fixtures whose boots need what only the x86_64 root has: apk, for `snapshot upgrade`
+#: from a feed, and the sysupgrade whose boot follows it. tests/conftest.py skips a test that
+#: uses one on another CPU before any fixture is set up.
+X86_64_ONLY = {"upgraded", "after_sysupgrade"}
 
 
 @pytest.fixture(scope="module")
