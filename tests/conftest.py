@@ -128,10 +128,9 @@ def pytest_itemcollected(item):
         # The real router's CPUs (tests/test_router.py's `root`) boot side by side.
         if cpu := getattr(item, "callspec", None) and item.callspec.params.get("root"):
             group += f"-{cpu}"
-            if cpu != "x86_64" and set(item.fixturenames) & getattr(item.module, "X86_64_ONLY",
-                                                                    set()):
-                item.add_marker(pytest.mark.skip(reason=f"the {cpu} root has no apk "
-                                                 "(scripts/build-router.sh)"))
+            only = getattr(item.module, "X86_64_ONLY", {})
+            if cpu != "x86_64" and (why := [only[f] for f in only if f in item.fixturenames]):
+                item.add_marker(pytest.mark.skip(reason=f"x86_64 only: {why[0]}"))
     else:
         group = "host"
     item.add_marker(pytest.mark.xdist_group(group))
