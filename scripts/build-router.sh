@@ -17,8 +17,8 @@
 #     DEPENDS ship (tests/openwrt_python.py says which module is in which package);
 #   - the project, installed by the feed Makefile's own recipes (tests/openwrt_package/
 #     harness.mk), so a file the Makefile stops installing is missing here too;
-#   - LuCI (for the browser tier, x86_64): rpcd-mod-luci, lucihttp, luci-base, ucode-mod-html and
-#     the bootstrap theme, with luci-app-snapshot laid out as luci.mk lays out an app;
+#   - LuCI (for the browser tier, x86_64): rpcd-mod-luci, lucihttp, luci-base,
+#     ucode-mod-html and the bootstrap theme, with luci-app-snapshot laid out as luci.mk lays out an app;
 #   - a small initramfs that does the kernel's part: it loads the drivers a router has
 #     built in (virtio, squashfs, MTD with block2mtd naming the flash rootfs_data, jffs2,
 #     overlay), mounts the squashfs root and hands over to procd.
@@ -668,11 +668,12 @@ platform_do_upgrade() {
 EOF
 
 # 6c. apk, OpenWrt's package manager since it replaced opkg, for `snapshot upgrade` and the
-#     commit hook (x86_64: the mipsel root has none, see the top). The one tool not built against musl: apk 3 needs OpenSSL (or mbedtls)
-#     and zstd, which the pinned sources do not hold. It is the host tests' build (scripts/
-#     setup-openwrt-tools.sh, the pinned apk-tools) on Debian's glibc, OpenSSL and zstd (in
-#     PYTHON_DEBS), which the root holds beside musl for Python. Its database is made as
-#     OpenWrt's image build makes it, here with no package installed by apk.
+#     commit hook (x86_64 only: the mipsel root has none, see the top). The one tool not
+#     built against musl: apk 3 needs OpenSSL (or mbedtls) and zstd, which the pinned
+#     sources do not hold. It is the host tests' build (scripts/setup-openwrt-tools.sh, the
+#     pinned apk-tools) on Debian's glibc, OpenSSL and zstd (in PYTHON_DEBS), which the root
+#     holds beside musl for Python. Its database is made as OpenWrt's image build makes it,
+#     here with no package installed by apk.
 if [[ $ARCH == x86_64 ]]; then
     install -m 0755 "$OPENWRT_TOOLS/bin/apk" "$R/usr/bin/apk"
     cp -a "$OPENWRT_TOOLS"/lib/libapk.so* "$R/usr/lib/"
