@@ -17,8 +17,8 @@ order, as in the kernel tier, and each boot starts on the flash the one before l
 Every state is reached on both CPUs (router_vm.CPUS): the `root` fixture is parametrized,
 so each test runs once per CPU, x86_64 and mipsel (malta) each a chain of boots of its own
 (side by side under xdist: tests/conftest.py groups them by CPU). The mipsel root has no
-apk, so `snapshot upgrade` and the sysupgrade after it are x86_64's only, and its boots end
-at state 5 (the power cut) to keep the tier's time (X86_64_ONLY).
+apk, so its boots end at state 6: `snapshot upgrade` and the sysupgrade after it are
+x86_64's only (X86_64_ONLY).
 Marked `router`: `bash scripts/test.sh -m router` runs this tier alone, `-k mipsel` one CPU.
 """
 import base64
@@ -55,9 +55,6 @@ def root(request):
 X86_64_ONLY = {
     "upgraded": "the mipsel root has no apk (scripts/build-router.sh)",
     "after_sysupgrade": "its boot follows `snapshot upgrade`: the mipsel root has no apk",
-    # It passes on mipsel (its boot and test 225 s on two busy cores); the tier, its two CPUs
-    # side by side, waits for mipsel's chain of boots: 20 minutes with it there, 17 without.
-    "after_firstboot": "one more mipsel boot than the tier's 15 minutes have room for",
 }
 
 
