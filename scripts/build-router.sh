@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Build the real-router tier's x86_64 OpenWrt root from the pinned sources
-# (../shared/openwrt-src, SOURCES.md; the recipe: ../shared/reference/real-router.md):
+# Build the real-router tier's OpenWrt root from the pinned sources (../shared/openwrt-src,
+# SOURCES.md; the recipe: ../shared/reference/real-router.md), for one of two CPUs:
+#   ARCH=x86_64 (the default): the kernel tier's Debian kernel, everything built for the host;
+#   ARCH=mipsel: Debian's malta kernel (scripts/setup-mipsel.sh, run from here) under
+#     qemu-system-mipsel, the CPU family of MT7621 and many other routers; everything below
+#     is cross-built with mipsel-linux-gnu-gcc, Python is Debian's mipsel build, and the
+#     project's cffi bindings are cross-built for it (tests/mipsel_vm.py). LuCI and apk are
+#     left out: the browser tier and `snapshot upgrade` run on x86_64.
 #   - musl, then json-c, libubox, ubus, uci, ucode, udebug, procd, ubox, uhttpd, rpcd,
 #     libnl-tiny, netifd, usign, jsonfilter and fstools against it;
 #   - busybox with OpenWrt's default applets (Config-defaults.in) and its patches, which add
@@ -11,36 +17,41 @@
 #     DEPENDS ship (tests/openwrt_python.py says which module is in which package);
 #   - the project, installed by the feed Makefile's own recipes (tests/openwrt_package/
 #     harness.mk), so a file the Makefile stops installing is missing here too;
-#   - LuCI (for the browser tier): rpcd-mod-luci, lucihttp, luci-base, ucode-mod-html and
-#     the bootstrap theme, with luci-app-snapshot laid out as luci.mk lays out an app;
+#   - LuCI (for the browser tier, x86_64): rpcd-mod-luci, lucihttp, luci-base,
+#     ucode-mod-html and the bootstrap theme, with luci-app-snapshot laid out as luci.mk lays out an app;
 #   - a small initramfs that does the kernel's part: it loads the drivers a router has
 #     built in (virtio, squashfs, MTD with block2mtd naming the flash rootfs_data, jffs2,
 #     overlay), mounts the squashfs root and hands over to procd.
 #
 # Run as root (apt-get, the caches). Needs scripts/install.sh's .venv (it builds the
-# package's Python modules) and the kernel tier's kernel (scripts/setup-kernel-tier.sh,
-# run from here).
+# package's Python modules) and the CPU's kernel (scripts/setup-kernel-tier.sh or
+# scripts/setup-mipsel.sh, run from here).
 #
-# Cached in three steps, each keyed by a hash of its inputs, so a warm run takes seconds:
+# Cached per CPU in $CACHE/$ARCH, in three steps, each keyed by a hash of its inputs, so a
+# warm run takes seconds:
 #   $CACHE/tools-KEY/  the musl userland and busybox (KEY: the tarballs and this script's
 #                      build functions); about 10 minutes cold on two cores
 #   $CACHE/luci-KEY/   LuCI's packages built against the tools (KEY: the tools' key, the
 #                      LuCI tarballs and its build functions); about a minute cold
-#   $CACHE/root-KEY/   root.squashfs, initramfs.cpio, KERNEL (the vmlinux path) and READY,
-#                      written last (KEY: the tools' and LuCI's keys, this script, the
-#                      project files installed, the Debian packages and the kernel)
+#   $CACHE/root-KEY/   root.squashfs, initramfs.cpio, KERNEL (the kernel image's path), ARCH
+#                      and READY, written last (KEY: the tools' and LuCI's keys, this
+#                      script, the project files installed, the Debian packages and the
+#                      kernel)
 # The last line on stdout is the root directory. Older entries are removed.
 #
-# Env: SNAPSHOT_ROUTER_CACHE (default /var/cache/snapshot-router), SNAPSHOT_OPENWRT_SRC
-# (default ../shared/openwrt-src beside the checkout), SNAPSHOT_VM_CACHE (the kernel tier's),
+# Env: ARCH (x86_64 or mipsel), SNAPSHOT_ROUTER_CACHE (default /var/cache/snapshot-router),
+# SNAPSHOT_OPENWRT_SRC (default ../shared/openwrt-src beside the checkout), SNAPSHOT_VM_CACHE
+# (the kernel tier's), SNAPSHOT_MIPSEL_CACHE (scripts/setup-mipsel.sh's),
 # SNAPSHOT_OPENWRT_TOOLS (scripts/setup-openwrt-tools.sh's, for apk).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 SCRIPT="$HERE/scripts/build-router.sh"
-CACHE="${SNAPSHOT_ROUTER_CACHE:-/var/cache/snapshot-router}"
+ARCH="${ARCH:-x86_64}"
+CACHE="${SNAPSHOT_ROUTER_CACHE:-/var/cache/snapshot-router}/$ARCH"
 SRC="${SNAPSHOT_OPENWRT_SRC:-$HERE/../shared/openwrt-src}"
 VM_CACHE="${SNAPSHOT_VM_CACHE:-/var/cache/snapshot-kernel-vm}"
+MIPSEL_CACHE="${SNAPSHOT_MIPSEL_CACHE:-/var/cache/snapshot-mipsel}"
 # The interpreter that builds the package's Python modules (harness.mk's HOST_PYTHON3_BIN).
 PY="${SNAPSHOT_BUILD_PYTHON:-$HERE/.venv/bin/python}"
 # The machines here have two cores, shared.
@@ -58,6 +69,25 @@ COMPONENTS=(musl json-c libubox ubus uci ucode udebug procd ubox uhttpd rpcd lib
 
 log() { echo "build-router: $*" >&2; }
 
+# What differs between the CPUs: Debian's architecture and triplet, the compiler musl wraps
+# and the binutils prefix, where the kernel's UAPI headers are (asm is per architecture),
+# and the names base-files' version placeholders take (OpenWrt's target, package
+# architecture and board).
+case "$ARCH" in
+x86_64)
+    DEB_ARCH=amd64 TRIPLET=x86_64-linux-gnu CROSS=""
+    UAPI=/usr/include UAPI_ASM=/usr/include/x86_64-linux-gnu/asm
+    OPENWRT_TARGET=x86/64 OPENWRT_ARCH=x86_64 BOARD=x86 ;;
+mipsel)
+    DEB_ARCH=mipsel TRIPLET=mipsel-linux-gnu CROSS=mipsel-linux-gnu-
+    UAPI=/usr/mipsel-linux-gnu/include UAPI_ASM=/usr/mipsel-linux-gnu/include/asm
+    OPENWRT_TARGET=malta/le OPENWRT_ARCH=mipsel_24kc BOARD=malta
+    # The cross compiler and the mipsel UAPI headers (<mtd/mtd-user.h>).
+    PACKAGES+=(gcc-mipsel-linux-gnu libc6-dev-mipsel-cross) ;;
+*)
+    log "ARCH must be x86_64 or mipsel, not $ARCH"; exit 1 ;;
+esac
+
 [[ $(id -u) -eq 0 ]] || { log "must run as root (apt-get, the cache in $CACHE)"; exit 1; }
 [[ -x $PY ]] || { log "no $PY: run scripts/install.sh first"; exit 1; }
 SRC="$(cd "$SRC" 2>/dev/null && pwd)" || { log "no pinned sources in $SRC"; exit 1; }
@@ -72,12 +102,26 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-bash "$HERE/scripts/setup-kernel-tier.sh" >&2
-# apk (the root's step 6c).
-OPENWRT_TOOLS="${SNAPSHOT_OPENWRT_TOOLS:-/var/cache/snapshot-openwrt-tools}"
-SNAPSHOT_OPENWRT_TOOLS="$OPENWRT_TOOLS" bash "$HERE/scripts/setup-openwrt-tools.sh" >&2
-KVER="$(cat "$VM_CACHE/KERNEL_VERSION")"
-KROOT="$VM_CACHE/root"
+# The kernel: KVER its module directory's name, KROOT the tree holding lib/modules/KVER,
+# KERNEL_IMAGE what qemu's -kernel takes.
+if [[ $ARCH == x86_64 ]]; then
+    bash "$HERE/scripts/setup-kernel-tier.sh" >&2
+    # apk (the root's step 6c).
+    OPENWRT_TOOLS="${SNAPSHOT_OPENWRT_TOOLS:-/var/cache/snapshot-openwrt-tools}"
+    SNAPSHOT_OPENWRT_TOOLS="$OPENWRT_TOOLS" bash "$HERE/scripts/setup-openwrt-tools.sh" >&2
+    KVER="$(cat "$VM_CACHE/KERNEL_VERSION")"
+    KROOT="$VM_CACHE/root"
+    KERNEL_IMAGE="$VM_CACHE/vmlinux"
+else
+    # Also Debian's mipsel busybox-static (the initramfs's) and _cffi_backend, and the
+    # project's bindings cross-built (ABI, a directory of .so files).
+    SNAPSHOT_MIPSEL_CACHE="$MIPSEL_CACHE" bash "$HERE/scripts/setup-mipsel.sh" >&2
+    MIPSEL_ENTRY="$(readlink -f "$MIPSEL_CACHE/current")"
+    KVER="$(cat "$MIPSEL_ENTRY/KERNEL_VERSION")"
+    KROOT="$MIPSEL_ENTRY/kernel"
+    KERNEL_IMAGE="$KROOT/boot/vmlinuz-$KVER"
+    ABI="$(cd "$HERE/tests" && SNAPSHOT_MIPSEL_CACHE="$MIPSEL_CACHE" "$PY" mipsel_vm.py "$HERE")"
+fi
 
 tarball() {
     local found
@@ -97,8 +141,10 @@ run() {
 # Every build below runs in $B (sources), installs into $STAGE (the root's /usr and /lib
 # as OpenWrt lays them out) and compiles with $CC, musl-gcc plus the kernel's UAPI headers.
 musl_toolchain() {
+    local loader
     tar -xzf "$(tarball musl)" -C "$B"
-    (cd "$B/musl" && run "$B/musl.log" ./configure --prefix="$M" --syslibdir="$M/lib" &&
+    (cd "$B/musl" && run "$B/musl.log" ./configure --prefix="$M" --syslibdir="$M/lib" \
+        CC="${CROSS}gcc" CROSS_COMPILE="$CROSS" &&
         run "$B/musl.log" make -j"$JOBS" && run "$B/musl.log" make install)
     # Programs name the router's loader, not the private prefix's.
     sed -i "s,-dynamic-linker $M/lib/,-dynamic-linker /lib/," "$M/lib/musl-gcc.specs"
@@ -106,14 +152,17 @@ musl_toolchain() {
     # reached through their own directory. A wrapper, not CFLAGS: netifd's generator runs
     # $CC -E without flags.
     mkdir -p "$M/uapi"
-    for d in linux asm-generic mtd; do ln -sfn "/usr/include/$d" "$M/uapi/$d"; done
-    ln -sfn /usr/include/x86_64-linux-gnu/asm "$M/uapi/asm"
+    for d in linux asm-generic mtd; do ln -sfn "$UAPI/$d" "$M/uapi/$d"; done
+    ln -sfn "$UAPI_ASM" "$M/uapi/asm"
     printf '#!/bin/sh\nexec %s -isystem %s "$@"\n' "$M/bin/musl-gcc" "$M/uapi" >"$CC"
     chmod +x "$CC"
     # No library or header of the host's may reach a musl build.
     cat >"$B/toolchain.cmake" <<EOF
 set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR $ARCH)
 set(CMAKE_C_COMPILER $CC)
+set(CMAKE_AR $(command -v "${CROSS}ar"))
+set(CMAKE_RANLIB $(command -v "${CROSS}ranlib"))
 set(CMAKE_FIND_ROOT_PATH $STAGE)
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
@@ -126,7 +175,9 @@ set(CMAKE_EXE_LINKER_FLAGS_INIT "-L$STAGE/usr/lib -Wl,-rpath-link,$STAGE/usr/lib
 EOF
     mkdir -p "$STAGE/lib" "$STAGE/usr/lib"
     cp "$M/lib/libc.so" "$STAGE/lib/libc.so"
-    ln -sf libc.so "$STAGE/lib/ld-musl-x86_64.so.1"
+    # The loader's name is the architecture's (ld-musl-x86_64.so.1, ld-musl-mipsel.so.1).
+    loader="$(grep -o 'ld-musl-[^ ]*\.so\.1' "$M/lib/musl-gcc.specs" | head -n1)"
+    ln -sf libc.so "$STAGE/lib/$loader"
 }
 
 # cmake_component NAME [CFLAGS] [cmake options...]: configure, build and install into
@@ -215,9 +266,12 @@ openwrt_busybox() {
         }' "$pkg/Config-defaults.in" >"$bb/.config"
     # Options 1.37.0 does not know are dropped, and new ones of 1.36.1 answered no, as the
     # Makefile's `yes n | make oldconfig` does.
-    run "$B/busybox.log" sh -c 'cd "$1" && yes n | make CC="$2" oldconfig' - "$bb" "$CC"
-    run "$B/busybox.log" make -C "$bb" -j"$JOBS" CC="$CC"
-    run "$B/busybox.log" make -C "$bb" CC="$CC" CONFIG_PREFIX="$STAGE" install
+    # CROSS_COMPILE: the target's binutils (ar, strip); its host tools stay the host's.
+    run "$B/busybox.log" sh -c 'cd "$1" && yes n | make CC="$2" CROSS_COMPILE="$3" oldconfig' \
+        - "$bb" "$CC" "$CROSS"
+    run "$B/busybox.log" make -C "$bb" -j"$JOBS" CC="$CC" CROSS_COMPILE="$CROSS"
+    run "$B/busybox.log" make -C "$bb" CC="$CC" CROSS_COMPILE="$CROSS" CONFIG_PREFIX="$STAGE" \
+        install
 }
 
 build_tools() {
@@ -232,6 +286,7 @@ build_tools() {
 tools_key() {
     local c
     {
+        echo "$ARCH"
         for c in "${COMPONENTS[@]}"; do sha256sum "$(tarball "$c")" | cut -d' ' -f1; done
         declare -f musl_toolchain cmake_component cmake_in_source openwrt_userland \
             openwrt_busybox build_tools
@@ -322,9 +377,13 @@ luci_key() {
     } | sha256sum | cut -c1-16
 }
 
-LUCI_KEY="$(luci_key)"
-LUCI="$CACHE/luci-$LUCI_KEY"
-if [[ ! -f "$LUCI/READY" ]]; then
+# The browser tier runs on x86_64 only: no LuCI for the other CPU (LUCI_KEY empty).
+LUCI_KEY=""
+if [[ $ARCH == x86_64 ]]; then
+    LUCI_KEY="$(luci_key)"
+    LUCI="$CACHE/luci-$LUCI_KEY"
+fi
+if [[ -n $LUCI_KEY && ! -f "$LUCI/READY" ]]; then
     log "building LuCI into $LUCI"
     started=$SECONDS
     rm -rf "$LUCI" "$LUCI.tmp"
@@ -349,7 +408,7 @@ deb_versions() {
         Package:) pkg="$value" ;;
         Version:) DEB_VERSION[$pkg]="$value" ;;
         esac
-    done < <(apt-cache show --no-all-versions "${PYTHON_DEBS[@]}" 2>/dev/null)
+    done < <(apt-cache show --no-all-versions "${PYTHON_DEBS[@]/%/:$DEB_ARCH}" 2>/dev/null)
     for pkg in "${PYTHON_DEBS[@]}"; do [[ -n ${DEB_VERSION[$pkg]:-} ]] || return 1; done
 }
 if ! deb_versions; then
@@ -364,9 +423,15 @@ PROJECT_FILES=(setup.py pyproject.toml snapshot mtd initscripts openwrt-package
 
 root_key() {
     {
-        echo "$TOOLS_KEY $LUCI_KEY $KVER"
-        sha256sum "$SCRIPT" "$VM_CACHE/vmlinux" | cut -d' ' -f1
-        sha256sum "$OPENWRT_TOOLS/bin/apk" "$OPENWRT_TOOLS"/lib/libapk.so.* | cut -d' ' -f1
+        echo "$ARCH $TOOLS_KEY $LUCI_KEY $KVER"
+        sha256sum "$SCRIPT" "$KERNEL_IMAGE" | cut -d' ' -f1
+        if [[ $ARCH == x86_64 ]]; then
+            sha256sum "$OPENWRT_TOOLS/bin/apk" "$OPENWRT_TOOLS"/lib/libapk.so.* | cut -d' ' -f1
+        else
+            # The bindings' directory is named by their inputs' hash; setup-mipsel.sh's entry
+            # by its packages' versions (the backend, busybox).
+            echo "$ABI $MIPSEL_ENTRY"
+        fi
         for pkg in "${PYTHON_DEBS[@]}"; do echo "$pkg=${DEB_VERSION[$pkg]}"; done
         (cd "$HERE" && find "${PROJECT_FILES[@]}" -type f ! -name '*.so' ! -name '*.pyc' \
             ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 | sort -z \
@@ -415,8 +480,8 @@ cp -a "$FILES/base-files/files/." "$R/"
 sed -i 's,%PATH%,/usr/sbin:/usr/bin:/sbin:/bin,g' "$R/etc/preinit" "$R/etc/profile" \
     "$R/sbin/hotplug-call"
 sed -i -e 's,%D,OpenWrt,g' -e 's,%N,OpenWrt,g' -e 's,%V,SNAPSHOT,g' -e 's,%v,SNAPSHOT,g' \
-    -e 's,%C,snapshot-tier,g' -e 's,%R,r0-caef0a839a80,g' -e 's,%S,x86/64,g' \
-    -e 's,%A,x86_64,g' -e 's,%t,,g' -e 's,%T,x86,g' -e 's,%M,,g' -e 's,%P,,g' \
+    -e 's,%C,snapshot-tier,g' -e 's,%R,r0-caef0a839a80,g' -e "s,%S,$OPENWRT_TARGET,g" \
+    -e "s,%A,$OPENWRT_ARCH,g" -e 's,%t,,g' -e "s,%T,$BOARD,g" -e 's,%M,,g' -e 's,%P,,g' \
     -e 's,%h,,g' -e 's,%u,,g' -e 's,%s,,g' -e 's,%c,,g' \
     "$R/etc/openwrt_release" "$R/etc/openwrt_version" "$R/usr/lib/os-release" "$R/etc/banner"
 # Failsafe is not offered: it would cost every boot a wait for a key press.
@@ -445,7 +510,8 @@ ln -sfn /proc/mounts "$R/etc/mtab"
 ln -sfn /tmp/resolv.conf "$R/etc/resolv.conf"
 ln -sfn /tmp/TZ "$R/etc/TZ"
 ln -sfn /tmp/localtime "$R/etc/localtime"
-# x86's inittab (target/linux/x86/base-files): the console is the serial port.
+# x86's inittab (target/linux/x86/base-files): the console is the serial port, ttyS0 on
+# malta too.
 cat >"$R/etc/inittab" <<'EOF'
 ::sysinit:/etc/init.d/rcS S boot
 ::shutdown:/etc/init.d/rcS K shutdown
@@ -488,14 +554,14 @@ DEBS="$CACHE/debs"
 mkdir -p "$DEBS"
 chmod 0777 "$DEBS"
 for pkg in "${PYTHON_DEBS[@]}"; do
-    deb="$DEBS/${pkg}_${DEB_VERSION[$pkg]//:/%3a}_amd64.deb"
+    deb="$DEBS/${pkg}_${DEB_VERSION[$pkg]//:/%3a}_$DEB_ARCH.deb"
     if [[ ! -f $deb ]]; then
-        (cd "$DEBS" && apt-get download -qq "$pkg=${DEB_VERSION[$pkg]}")
+        (cd "$DEBS" && apt-get download -qq "$pkg:$DEB_ARCH=${DEB_VERSION[$pkg]}")
     fi
     dpkg-deb -x "$deb" "$R"
 done
 rm -rf "$R/usr/share/doc" "$R/usr/share/lintian" "$R/usr/share/man" "$R/usr/share/binfmts" \
-    "$R/usr/lib/x86_64-linux-gnu/gconv" "$R/usr/share/pixmaps" "$R/usr/share/applications"
+    "$R/usr/lib/$TRIPLET/gconv" "$R/usr/share/pixmaps" "$R/usr/share/applications"
 ln -sfn python3.11 "$R/usr/bin/python3"
 
 # 6. The project, by the feed Makefile's own recipes.
@@ -528,6 +594,19 @@ for modules in package_stage.STAND_INS.values():
         target = stdlib / "site-packages" / source.name
         shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
 PY
+# The compiled modules above are the host's: on another CPU, the bindings cross-built for it
+# and Debian's _cffi_backend for it take their place, and no other CPU's code is left.
+SITE="$R/usr/lib/python3.11/site-packages"
+if [[ $ARCH != x86_64 ]]; then
+    rm -f "$SITE"/_cffi_backend.*.so "$SITE"/mtd/*.so
+    cp "$MIPSEL_ENTRY"/root/usr/lib/python3/dist-packages/_cffi_backend.*.so "$SITE/"
+    cp "$ABI"/*.so "$SITE/mtd/"
+fi
+machine="$(readelf -h "$R/usr/bin/python3.11" | sed -n 's/^ *Machine: *//p')"
+while read -r so; do
+    [[ "$(readelf -h "$so" | sed -n 's/^ *Machine: *//p')" == "$machine" ]] \
+        || { log "$so is not built for $machine"; exit 1; }
+done < <(find "$SITE" -name '*.so')
 
 # 6b. sysupgrade on this board. musl's ldd, as OpenWrt's libc package installs it: sysupgrade
 #     and its stage2 find the libraries of what they copy into RAM with it. The board's
@@ -595,32 +674,37 @@ platform_do_upgrade() {
 EOF
 
 # 6c. apk, OpenWrt's package manager since it replaced opkg, for `snapshot upgrade` and the
-#     commit hook. The one tool not built against musl: apk 3 needs OpenSSL (or mbedtls)
-#     and zstd, which the pinned sources do not hold. It is the host tests' build (scripts/
-#     setup-openwrt-tools.sh, the pinned apk-tools) on Debian's glibc, OpenSSL and zstd (in
-#     PYTHON_DEBS), which the root holds beside musl for Python. Its database is made as
-#     OpenWrt's image build makes it, here with no package installed by apk.
-install -m 0755 "$OPENWRT_TOOLS/bin/apk" "$R/usr/bin/apk"
-cp -a "$OPENWRT_TOOLS"/lib/libapk.so* "$R/usr/lib/"
-run "$W/apk.log" "$OPENWRT_TOOLS/bin/apk" --root "$R" add --initdb --no-cache
-# initdb's cache and log went through /var, a link to /tmp, which is RAM on the router.
-find "$R/tmp" -mindepth 1 -delete
+#     commit hook (x86_64 only: the mipsel root has none, see the top). The one tool not
+#     built against musl: apk 3 needs OpenSSL (or mbedtls) and zstd, which the pinned
+#     sources do not hold. It is the host tests' build (scripts/setup-openwrt-tools.sh, the
+#     pinned apk-tools) on Debian's glibc, OpenSSL and zstd (in PYTHON_DEBS), which the root
+#     holds beside musl for Python. Its database is made as OpenWrt's image build makes it,
+#     here with no package installed by apk.
+if [[ $ARCH == x86_64 ]]; then
+    install -m 0755 "$OPENWRT_TOOLS/bin/apk" "$R/usr/bin/apk"
+    cp -a "$OPENWRT_TOOLS"/lib/libapk.so* "$R/usr/lib/"
+    run "$W/apk.log" "$OPENWRT_TOOLS/bin/apk" --root "$R" add --initdb --no-cache
+    # initdb's cache and log went through /var, a link to /tmp, which is RAM on the router.
+    find "$R/tmp" -mindepth 1 -delete
+fi
 
-# 6d. LuCI (the browser tier): its packages' trees, and luci-app-snapshot laid out as luci.mk
-#     lays out an app (htdocs in /www, root in /). luci-base's postinst, which the image
-#     build skips, is done here: uhttpd runs LuCI's ucode dispatcher for /cgi-bin/luci, in
-#     place of the Lua handler of the stock config.
-cp -a "$LUCI/stage/." "$R/"
-# rpcd's Makefile installs its ACL for sessions not logged in: without `session access`
-# there, LuCI's login page takes its first refused call for an expired session.
-tar -xzf "$(tarball rpcd)" -O rpcd/unauthenticated.json \
-    >"$R/usr/share/rpcd/acl.d/unauthenticated.json"
-APP="$HERE/openwrt-package/luci-app-snapshot"
-cp -a "$APP/htdocs/." "$R/www/"
-cp -a "$APP/root/." "$R/"
-sed -i "s,^\(\s*\)list lua_prefix\s.*,\1list ucode_prefix '/cgi-bin/luci=/usr/share/ucode/luci/uhttpd.uc'," \
-    "$R/etc/config/uhttpd"
-grep -q ucode_prefix "$R/etc/config/uhttpd" || { log "no lua_prefix in uhttpd.config"; exit 1; }
+# 6d. LuCI (the browser tier, x86_64): its packages' trees, and luci-app-snapshot laid out as
+#     luci.mk lays out an app (htdocs in /www, root in /). luci-base's postinst, which the
+#     image build skips, is done here: uhttpd runs LuCI's ucode dispatcher for /cgi-bin/luci,
+#     in place of the Lua handler of the stock config.
+if [[ -n $LUCI_KEY ]]; then
+    cp -a "$LUCI/stage/." "$R/"
+    # rpcd's Makefile installs its ACL for sessions not logged in: without `session access`
+    # there, LuCI's login page takes its first refused call for an expired session.
+    tar -xzf "$(tarball rpcd)" -O rpcd/unauthenticated.json \
+        >"$R/usr/share/rpcd/acl.d/unauthenticated.json"
+    APP="$HERE/openwrt-package/luci-app-snapshot"
+    cp -a "$APP/htdocs/." "$R/www/"
+    cp -a "$APP/root/." "$R/"
+    sed -i "s,^\(\s*\)list lua_prefix\s.*,\1list ucode_prefix '/cgi-bin/luci=/usr/share/ucode/luci/uhttpd.uc'," \
+        "$R/etc/config/uhttpd"
+    grep -q ucode_prefix "$R/etc/config/uhttpd" || { log "no lua_prefix in uhttpd.config"; exit 1; }
+fi
 
 # 6e. batman-adv, the mesh the trial and rollback test runs over (tests/test_router.py): the
 #     kernel's module and what it needs, loaded at boot as OpenWrt's kmod-batman-adv has it
@@ -648,7 +732,12 @@ run "$W/squashfs.log" mksquashfs "$R" "$ROOT.tmp/root.squashfs" -noappend -quiet
 # 8. The initramfs: the kernel's part of the boot (see INIT below).
 I="$W/initramfs"
 mkdir -p "$I/bin" "$I/dev" "$I/proc" "$I/sys" "$I/newroot" "$I/lib/modules"
-cp "$(command -v busybox)" "$I/bin/busybox"
+# The host's busybox, or Debian's mipsel busybox-static.
+if [[ $ARCH == x86_64 ]]; then
+    cp "$(command -v busybox)" "$I/bin/busybox"
+else
+    cp "$MIPSEL_ENTRY/root/bin/busybox" "$I/bin/busybox"
+fi
 mknod -m 0600 "$I/dev/console" c 5 1
 : >"$I/etc.modules"
 for mod in virtio_pci virtio_blk squashfs loop overlay mtdblock block2mtd jffs2 zstd ubi ubifs; do
@@ -726,7 +815,8 @@ exec $B switch_root /newroot /sbin/init
 INIT
 chmod 0755 "$I/init"
 (cd "$I" && find . | cpio -o -H newc --quiet >"$ROOT.tmp/initramfs.cpio")
-echo "$VM_CACHE/vmlinux" >"$ROOT.tmp/KERNEL"
+echo "$KERNEL_IMAGE" >"$ROOT.tmp/KERNEL"
+echo "$ARCH" >"$ROOT.tmp/ARCH"
 
 rm -rf "$W"
 echo "assembled in $((SECONDS - started)) s" >"$ROOT.tmp/READY"

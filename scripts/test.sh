@@ -33,10 +33,12 @@ bash scripts/setup-mipsel.sh
 # The router's own tools (uci, ubus, rpcd, usign, apk, opkg, fstools), built from the pinned
 # sources; the tests find them in $SNAPSHOT_OPENWRT_TOOLS.
 bash scripts/setup-openwrt-tools.sh
-# The real router (OpenWrt built from the pinned sources against musl, booted in qemu),
-# built here so that its minutes show; its tests say why if it cannot be.
-bash scripts/build-router.sh >/dev/null \
-    || echo "test: scripts/build-router.sh failed; the router tests will say why" >&2
+# The real router (OpenWrt built from the pinned sources against musl, booted in qemu), for
+# both CPUs, built here so that its minutes show; its tests say why if it cannot be.
+for arch in x86_64 mipsel; do
+    ARCH=$arch bash scripts/build-router.sh >/dev/null \
+        || echo "test: ARCH=$arch scripts/build-router.sh failed; the router tests will say why" >&2
+done
 # Two workers (the machines here have two cores): the qemu guests of the kernel tiers run
 # side by side; tests/conftest.py groups the tests so that no two host tests run at once.
 exec .venv/bin/python -m pytest -n "${SNAPSHOT_TEST_WORKERS:-2}" --dist loadgroup "$@"

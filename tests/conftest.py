@@ -8,9 +8,10 @@ silently. Deselect it explicitly with `-m "not kernel"`.
 
 scripts/test.sh runs the suite in two pytest-xdist workers (`-n 2 --dist loadgroup`): the
 kernel tests as one group (one guest), each file of tests that boot their own guests as one
-(their module fixtures boot a router once), and the host tests as one, so no two host tests
-ever run at the same time (some share /tmp/snapshot). The summary lines each worker gathers
-(cut points, qemu kills, the guest's run) reach the controller's terminal summary.
+(their module fixtures boot a router once; the real router's, one per CPU), and the host
+tests as one, so no two host tests ever run at the same time (some share /tmp/snapshot). The
+summary lines each worker gathers (cut points, qemu kills, the guest's run) reach the
+controller's terminal summary.
 """
 import json
 import os
@@ -124,6 +125,12 @@ def pytest_itemcollected(item):
         group = "kernel-guest"
     elif any(item.get_closest_marker(m) for m in ("kernel_boot", "router", "browser")):
         group = item.path.stem
+        # The real router's CPUs (tests/test_router.py's `root`) boot side by side.
+        if cpu := getattr(item, "callspec", None) and item.callspec.params.get("root"):
+            group += f"-{cpu}"
+            only = getattr(item.module, "X86_64_ONLY", {})
+            if cpu != "x86_64" and (why := [only[f] for f in only if f in item.fixturenames]):
+                item.add_marker(pytest.mark.skip(reason=f"x86_64 only: {why[0]}"))
     else:
         group = "host"
     item.add_marker(pytest.mark.xdist_group(group))

@@ -1,10 +1,11 @@
 """The real-router tier: boot the OpenWrt root scripts/build-router.sh builds under qemu
 and drive it through its serial console, as a person with a serial cable would.
 
-The guest is the router: the Debian kernel of the kernel tier, an initramfs that does only
-what a router's built-in drivers do (it names the flash rootfs_data, mounts the squashfs
-root), then procd as PID 1, OpenWrt's /etc/preinit with the project's hook, mount_root,
-rc.d. Nothing of the host is shared with it.
+The guest is the router, on one of two CPUs (CPUS): x86_64 with the Debian kernel of the
+kernel tier, or mipsel on qemu's malta board with Debian's malta kernel. An initramfs does
+only what a router's built-in drivers do (it names the flash rootfs_data, mounts the
+squashfs root), then procd as PID 1, OpenWrt's /etc/preinit with the project's hook,
+mount_root, rc.d. Nothing of the host is shared with it.
 
 The flash is block2mtd over a virtio disk backed by a host file, so it persists across boots
 (qemu runs with -no-reboot: a reboot in the guest ends qemu, and the next boot is a new
@@ -26,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from kernel_vm import FLASH_ERASE_SIZE, QEMU, _qemu_escape, create_flash_image
+from kernel_vm import FLASH_ERASE_SIZE, _qemu_escape, create_flash_image
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "scripts" / "build-router.sh"
@@ -42,6 +43,18 @@ HOST_ADDRESS = "192.168.1.2"
 
 #: The router's mesh card's MAC, by which the router finds it (its name depends on probe order).
 MESH_MAC = "52:54:00:5e:00:01"
+
+#: The CPUs a root is built for (build-router.sh's ARCH), and the qemu machine of each:
+#: malta has PCI, so the disks and the NIC are virtio-pci devices as on x86_64; without
+#: highmem it addresses at most 256 MiB.
+CPUS = ("x86_64", "mipsel")
+MACHINES = {
+    "x86_64": ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "512"],
+    "mipsel": ["qemu-system-mipsel", "-accel", "tcg", "-M", "malta", "-m", "256"],
+}
+#: How much longer than on x86_64 a guest takes for the same work: every timeout a test
+#: gives is multiplied by it (the emulated 24Kf runs CPython about this much slower).
+SLOWNESS = {"x86_64": 1.0, "mipsel": 3.0}
 
 #: The kernel prints to the console from here on only what is an error: preinit's and
 #: procd's own messages (through /dev/kmsg) are notices, and the serial port is slow.
@@ -68,15 +81,16 @@ class RouterError(Exception):
     tail."""
 
 
-def build_root() -> Path:
-    """The cached root directory of scripts/build-router.sh, built if its inputs changed
-    (minutes cold, seconds warm)."""
+def build_root(cpu: str = "x86_64") -> Path:
+    """The cached root directory of scripts/build-router.sh for cpu (one of CPUS), built if
+    its inputs changed (minutes cold, seconds warm)."""
     if os.geteuid() != 0:
         raise RouterUnavailable("scripts/build-router.sh needs root")
-    done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
+    done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True,
+                          env={**os.environ, "ARCH": cpu})
     if done.returncode != 0:
-        raise RouterUnavailable(f"scripts/build-router.sh failed (exit {done.returncode}):\n"
-                                f"{done.stderr[-3000:]}")
+        raise RouterUnavailable(f"ARCH={cpu} scripts/build-router.sh failed "
+                                f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
     return Path(done.stdout.strip().splitlines()[-1])
 
 
@@ -145,13 +159,15 @@ class Router:
         if flash_kind not in ("nor", "ubi"):
             raise ValueError(f"flash_kind {flash_kind!r} is neither 'nor' nor 'ubi'")
         self.console_log = console_log
+        self.cpu = (root / "ARCH").read_text().strip()
+        self.slowness = SLOWNESS[self.cpu]
         self._text = ""
         self._seen = 0
         self._lock = threading.Condition()
         kernel = Path((root / "KERNEL").read_text().strip())
         cmd = [
-            QEMU, "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            *MACHINES[self.cpu], "-smp", "1", "-nodefaults", "-no-user-config",
+            "-display", "none", "-no-reboot",
             "-serial", "stdio",
             "-kernel", str(kernel), "-initrd", str(root / "initramfs.cpio"),
             "-append", KERNEL_CMDLINE + (" flash=ubi" if flash_kind == "ubi" else ""),
@@ -188,7 +204,7 @@ class Router:
         """Wait for pattern in the console output after what earlier calls consumed; consume
         up to the end of the match."""
         regex = re.compile(re.escape(pattern)) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * self.slowness
         with self._lock:
             while True:
                 match = regex.search(self._text, self._seen)
@@ -241,15 +257,15 @@ class Router:
 
     def wait_until(self, condition: str, timeout: float) -> None:
         """Poll a shell condition in the guest each second until it holds."""
-        self.check(f"n=0; until {condition}; do [ $n -ge {int(timeout)} ] && exit 1; "
-                   "n=$((n + 1)); sleep 1; done", timeout + 60)
+        self.check(f"n=0; until {condition}; do [ $n -ge {int(timeout * self.slowness)} ] "
+                   "&& exit 1; n=$((n + 1)); sleep 1; done", timeout + 60)
 
     def wait_exit(self, timeout: float) -> int:
         """Wait for qemu to end (a reboot or power-off in the guest)."""
         try:
-            return self._proc.wait(timeout)
+            return self._proc.wait(timeout * self.slowness)
         except subprocess.TimeoutExpired:
-            raise RouterError(f"qemu still running after {timeout:g} s\n"
+            raise RouterError(f"qemu still running after {timeout * self.slowness:g} s\n"
                               + self.console_tail()) from None
 
     def kill(self) -> None:
