@@ -740,7 +740,7 @@ else
 fi
 mknod -m 0600 "$I/dev/console" c 5 1
 : >"$I/etc.modules"
-for mod in virtio_pci virtio_blk squashfs loop overlay mtdblock block2mtd jffs2 zstd ubi ubifs; do
+for mod in virtio_pci virtio_blk squashfs loop overlay mtdblock block2mtd jffs2 zstd deflate lzo ubi ubifs; do
     modprobe -d "$KROOT" -S "$KVER" --show-depends "$mod" | while read -r verb path _; do
         [[ $verb == insmod ]] || continue
         ko="$(basename "$path")"
@@ -754,7 +754,8 @@ cat >"$I/init" <<'INIT'
 #!/bin/busybox sh
 # What a router's kernel does with its built-in drivers before it runs /sbin/init: virtio
 # for the disks, squashfs for the root, MTD with the flash (block2mtd over the second disk),
-# jffs2, UBI and ubifs, and overlay. Then procd takes over, as on the router.
+# jffs2, UBI and ubifs (with the compressors ubifs asks the crypto API for: the initramfs
+# has no modprobe to answer a request), and overlay. Then procd takes over, as on the router.
 # The flash is a NOR router's, the MTD partition rootfs_data; with `flash=ubi` on the
 # kernel command line (tests/router_vm.py) a NAND router's, an MTD partition `ubi` that
 # UBI attaches at boot, as a NAND board's kernel does: rootfs_data is a volume in it.
