@@ -105,6 +105,9 @@ class Lab:
                 (own / "etc/config").mkdir(parents=True, exist_ok=True)
                 (own / "etc/config/system").write_text(f"config system\n\toption hostname "
                                                       f"'{unit.stem}'\n")
+                # Fixed times: two units made from the same name are the same bytes.
+                for path in (own, own / "etc", own / "etc/config", own / "etc/config/system"):
+                    os.utime(path, (1_700_000_000, 1_700_000_000))
                 operations.save(Chain(flash), own)
 
     def bundle(self, image: Path, snapshots: str, out: Path, key: Path | None = None,
