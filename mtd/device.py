@@ -1,29 +1,41 @@
-"""Linux MTD character devices (/dev/mtdN) through the cffi bindings.
+"""Linux MTD character devices (/dev/mtdN): read with pread, described by sysfs
+(/sys/class/mtd/mtdN), changed through the cffi bindings.
 
-This is the only module that imports the compiled extension `mtd._mtd_abi`.
+This is the only module that imports the compiled extension `mtd._mtd_abi`, and it does so
+at the first ioctl (_abi): reads, the geometry and the ECC counters need none, so a command
+that only reads never loads the bindings. On a router's CPU, loading cffi's backend and the
+bindings was two fifths of `snapshot list` (bench/bench_mipsel.py).
 """
-import errno
 import os
 import stat
 
-from mtd._mtd_abi import ffi, lib
-from mtd.errors import FlashOpenError, MtdError, from_errno
+from mtd.errors import FlashOpenError, from_errno
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
                        check_span, check_write, open_backing, read_exactly,
                        write_all)
+from mtd.locate import MTD_CHAR_MAJOR
 
 DEFAULT_PARTITION = "rootfs_data"
 
-_TYPES = {
-    lib.MTD_ABSENT: FlashType.ABSENT,
-    lib.MTD_RAM: FlashType.RAM,
-    lib.MTD_ROM: FlashType.ROM,
-    lib.MTD_NORFLASH: FlashType.NOR,
-    lib.MTD_NANDFLASH: FlashType.NAND,
-    lib.MTD_DATAFLASH: FlashType.DATAFLASH,
-    lib.MTD_UBIVOLUME: FlashType.UBI,
-    lib.MTD_MLCNANDFLASH: FlashType.MLC_NAND,
-}
+#: sysfs's names for the types (drivers/mtd/mtdcore.c, mtd_type_show) that are not
+#: FlashType's own; "unknown" is what the kernel prints for a type it has no name for.
+_SYSFS_TYPES = {"unknown": FlashType.ABSENT}
+
+
+def _abi():
+    """The compiled bindings (ffi, lib), loaded at the first call."""
+    from mtd._mtd_abi import ffi, lib
+    return ffi, lib
+
+
+def mtd_sysfs(rdev: int, sys_class: str = "/sys/class/mtd") -> str | None:
+    """The sysfs directory of the MTD device whose node has device number rdev (/dev/mtdN is
+    minor 2N, /dev/mtdNro 2N + 1; both are described by mtdN's directory), or None when rdev
+    is not an MTD device's."""
+    if os.major(rdev) != MTD_CHAR_MAJOR:
+        return None
+    return f"{sys_class}/mtd{os.minor(rdev) // 2}"
+
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -86,9 +98,16 @@ class MtdDevice(Closing):
         self.writable = writable
         self._fd = open_backing(path, writable, "no such device")
         try:
-            if not stat.S_ISCHR(os.fstat(self._fd).st_mode):
-                raise FlashOpenError(f"{path}: not an MTD device (not a character device)")
+            st = os.fstat(self._fd)
+            self._sysfs = mtd_sysfs(st.st_rdev) if stat.S_ISCHR(st.st_mode) else None
+            if self._sysfs is None:
+                raise FlashOpenError(f"{path}: not an MTD device")
             self.geometry = self._read_geometry()
+            # A read-only command asks whether each block it reads is bad. The kernel counts
+            # the bad blocks of its table: with none, no block needs asking about. A writer
+            # asks the kernel every time, since its own writes may make a block bad.
+            self._no_bad_blocks = (not writable and self.geometry.is_nand
+                                   and self._number("bad_blocks") == 0)
         except BaseException:
             os.close(self._fd)
             raise
@@ -97,28 +116,49 @@ class MtdDevice(Closing):
     def by_name(cls, name: str, writable: bool = False) -> "MtdDevice":
         return cls(path_for_name(name), writable)
 
-    def _ioctl(self, operation: str, request: int, arg, offset: int | None = None) -> int:
-        ret = lib.ioctl(self._fd, request, arg)
+    def _ioctl(self, request: str, arg, offset: int | None = None) -> int:
+        """ioctl `request` (its name in the bindings) on the device, as MtdError on failure."""
+        ffi, lib = _abi()
+        ret = lib.ioctl(self._fd, getattr(lib, request), arg)
         if ret < 0:
-            raise from_errno(ffi.errno, self.name, operation, offset)
+            raise from_errno(ffi.errno, self.name, request, offset)
         return ret
 
-    def _read_geometry(self) -> Geometry:
-        info = ffi.new("struct mtd_info_user *")
+    def _attribute(self, name: str) -> str:
         try:
-            self._ioctl("MEMGETINFO", lib.MEMGETINFO, info)
-        except MtdError as e:
-            if e.errno == errno.ENOTTY:
-                raise FlashOpenError(f"{self.name}: not an MTD device") from None
-            raise
-        return Geometry(type=_TYPES.get(info.type, FlashType.ABSENT), size=info.size,
-                        erasesize=info.erasesize, writesize=info.writesize,
-                        oobsize=info.oobsize, flags=info.flags)
+            with open(f"{self._sysfs}/{name}") as f:
+                return f.read().strip()
+        except OSError as e:
+            raise FlashOpenError(f"{self.name}: cannot read {self._sysfs}/{name} (is sysfs "
+                                 f"mounted?): {e.strerror}") from None
 
-    def _ecc_stats(self):
-        ecc = ffi.new("struct mtd_ecc_stats *")
-        self._ioctl("ECCGETSTATS", lib.ECCGETSTATS, ecc)
-        return ecc
+    def _number(self, name: str) -> int:
+        """An integer attribute, as the kernel prints it: decimal, or hexadecimal with 0x
+        (flags)."""
+        text = self._attribute(name)
+        try:
+            return int(text, 16) if text.startswith("0x") else int(text)
+        except ValueError:
+            raise FlashOpenError(f"{self.name}: {self._sysfs}/{name} holds {text!r}, not a "
+                                 f"number") from None
+
+    def _read_geometry(self) -> Geometry:
+        """What MEMGETINFO would give, from the device's sysfs attributes (the same fields
+        of the kernel's struct mtd_info; sysfs-class-mtd in the kernel's ABI documents)."""
+        kind = self._attribute("type")
+        try:
+            flash_type = _SYSFS_TYPES.get(kind) or FlashType(kind)
+        except ValueError:
+            flash_type = FlashType.ABSENT
+        return Geometry(type=flash_type, size=self._number("size"),
+                        erasesize=self._number("erasesize"),
+                        writesize=self._number("writesize"), oobsize=self._number("oobsize"),
+                        flags=self._number("flags"))
+
+    def _ecc_counts(self) -> tuple[int, int]:
+        """The device's ECC counters (corrected bit flips, uncorrectable reads) since boot:
+        ECCGETSTATS's, as sysfs shows them."""
+        return self._number("corrected_bits"), self._number("ecc_failures")
 
     def read(self, offset: int, length: int) -> bytes:
         check_span(self.name, self.geometry, "read", offset, length)
@@ -127,12 +167,14 @@ class MtdDevice(Closing):
     def read_ecc(self, offset: int, length: int) -> tuple[bytes, Bitflips]:
         # read() on /dev/mtdN returns data even after -EUCLEAN (corrected) or -EBADMSG
         # (uncorrectable); only the device's ECC counters reveal them. MEMREAD would report
-        # per call but needs Linux 5.18, newer than many router kernels.
-        before = self._ecc_stats()
-        before = (before.corrected, before.failed)
+        # per call but needs Linux 5.18, newer than many router kernels. NOR and RAM devices
+        # have no ECC: their counters never move, and are not read.
+        if not self.geometry.is_nand:
+            return self.read(offset, length), Bitflips()
+        before = self._ecc_counts()
         data = self.read(offset, length)
-        after = self._ecc_stats()
-        return data, Bitflips(after.corrected - before[0], after.failed - before[1])
+        after = self._ecc_counts()
+        return data, Bitflips(after[0] - before[0], after[1] - before[1])
 
     def write(self, offset: int, data: bytes) -> None:
         check_write(self.name, self.geometry, offset, len(data))
@@ -140,35 +182,38 @@ class MtdDevice(Closing):
 
     def erase(self, offset: int, length: int) -> None:
         check_erase(self.name, self.geometry, offset, length)
+        ffi, lib = _abi()
         for start in range(offset, offset + length, self.geometry.erasesize):
             # Chips flagged POWERUP_LOCK come out of reset with every block locked; an erase
             # of a locked block fails, so unlock each one just before erasing it.
             if self.geometry.flags & lib.MTD_POWERUP_LOCK:
                 lock = ffi.new("struct erase_info_user *", (start, self.geometry.erasesize))
-                self._ioctl("MEMUNLOCK", lib.MEMUNLOCK, lock, start)
+                self._ioctl("MEMUNLOCK", lock, start)
             erase = ffi.new("struct erase_info_user64 *", (start, self.geometry.erasesize))
-            self._ioctl("MEMERASE64", lib.MEMERASE64, erase, start)
+            self._ioctl("MEMERASE64", erase, start)
 
     def is_bad(self, block: int) -> bool:
         check_block(self.name, self.geometry, "MEMGETBADBLOCK", block)
         # Only NAND keeps a bad block table; NOR and RAM devices have no bad blocks.
-        if not self.geometry.is_nand:
+        if not self.geometry.is_nand or self._no_bad_blocks:
             return False
+        ffi, _ = _abi()
         offset = ffi.new("int64_t *", self.geometry.block_offset(block))
-        return self._ioctl("MEMGETBADBLOCK", lib.MEMGETBADBLOCK, offset, offset[0]) > 0
+        return self._ioctl("MEMGETBADBLOCK", offset, offset[0]) > 0
 
     def mark_bad(self, block: int) -> None:
         check_block(self.name, self.geometry, "MEMSETBADBLOCK", block)
+        ffi, _ = _abi()
         offset = ffi.new("int64_t *", self.geometry.block_offset(block))
-        self._ioctl("MEMSETBADBLOCK", lib.MEMSETBADBLOCK, offset, offset[0])
+        self._ioctl("MEMSETBADBLOCK", offset, offset[0])
 
     def bad_blocks(self) -> list[int]:
         return [b for b in range(self.geometry.blocks) if self.is_bad(b)]
 
     def stats(self) -> Stats:
-        ecc = self._ecc_stats()
+        corrected, failed = self._ecc_counts()
         return Stats(programs=None, erases=None, bytes_programmed=None, bytes_read=None,
-                     erase_counts=None, ecc_corrected=ecc.corrected, ecc_failed=ecc.failed,
+                     erase_counts=None, ecc_corrected=corrected, ecc_failed=failed,
                      bad_blocks=len(self.bad_blocks()))
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """UBI volumes (/dev/ubiX_Y) through the cffi bindings: `rootfs_data` on today's NAND routers,
 where OpenWrt keeps the overlay in a UBI volume rather than on a raw MTD partition.
 
-This is the only module that imports the compiled extension `mtd._ubi_abi`.
+This is the only module that imports the compiled extension `mtd._ubi_abi`, at the first
+ioctl (_abi): reading a volume needs pread and sysfs only, so a command that only reads never
+loads the bindings (mtd/device.py says why that matters).
 
 What a volume is, seen through the Flash protocol (DESIGN.md §14):
 - An erase unit is a logical eraseblock (LEB) of the volume's `usable_eb_size` bytes: the
@@ -21,13 +23,18 @@ import errno
 import os
 import stat
 
-from mtd._ubi_abi import ffi, lib
 from mtd.errors import FlashOpenError, MtdError, from_errno
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
                        check_span, check_write, open_backing, read_exactly,
                        write_all)
 
 SYS_CLASS_UBI = "/sys/class/ubi"
+
+
+def _abi():
+    """The compiled bindings (ffi, lib), loaded at the first call."""
+    from mtd._ubi_abi import ffi, lib
+    return ffi, lib
 
 
 # Paths are strings here, not pathlib's: a UBI router's every command opens its volume, and
@@ -95,10 +102,11 @@ class UbiVolume(Closing):
             if writable:
                 # Without it, write() on a dynamic volume is refused and single LEBs cannot be
                 # written or erased: the volume would only take a whole-volume update.
+                ffi, lib = _abi()
                 prop = ffi.new("struct ubi_set_vol_prop_req *")
                 prop.property = lib.UBI_VOL_PROP_DIRECT_WRITE
                 prop.value = 1
-                self._ioctl("UBI_IOCSETVOLPROP", lib.UBI_IOCSETVOLPROP, prop)
+                self._ioctl("UBI_IOCSETVOLPROP", prop)
         except BaseException:
             os.close(self._fd)
             raise
@@ -121,14 +129,16 @@ class UbiVolume(Closing):
         return Geometry(type=FlashType.UBI, size=leb * lebs, erasesize=leb, writesize=page,
                         oobsize=0)
 
-    def _ioctl(self, operation: str, request: int, arg, offset: int | None = None) -> int:
-        ret = lib.ioctl(self._fd, request, arg)
+    def _ioctl(self, request: str, arg, offset: int | None = None) -> int:
+        """ioctl `request` (its name in the bindings) on the volume, as MtdError on failure."""
+        ffi, lib = _abi()
+        ret = lib.ioctl(self._fd, getattr(lib, request), arg)
         if ret < 0:
-            raise from_errno(ffi.errno, self.name, operation, offset)
+            raise from_errno(ffi.errno, self.name, request, offset)
         return ret
 
     def _lnum(self, block: int):
-        return ffi.new("int32_t *", block)
+        return _abi()[0].new("int32_t *", block)
 
     def read(self, offset: int, length: int) -> bytes:
         check_span(self.name, self.geometry, "read", offset, length)
@@ -153,8 +163,7 @@ class UbiVolume(Closing):
     def erase(self, offset: int, length: int) -> None:
         check_erase(self.name, self.geometry, offset, length)
         for start in range(offset, offset + length, self.geometry.erasesize):
-            self._ioctl("UBI_IOCEBER", lib.UBI_IOCEBER,
-                        self._lnum(start // self.geometry.erasesize), start)
+            self._ioctl("UBI_IOCEBER", self._lnum(start // self.geometry.erasesize), start)
 
     def change(self, block: int, data: bytes) -> None:
         """Replace the contents of LEB `block` by data (the rest reads erased) in one atomic
@@ -166,10 +175,10 @@ class UbiVolume(Closing):
         if len(data) > g.erasesize:
             raise MtdError(errno.EINVAL, self.name, "UBI_IOCEBCH", start,
                            f"{len(data)} bytes do not fit in a {g.erasesize}-byte LEB")
-        request = ffi.new("struct ubi_leb_change_req *")
+        request = _abi()[0].new("struct ubi_leb_change_req *")
         request.lnum = block
         request.bytes = len(data)
-        self._ioctl("UBI_IOCEBCH", lib.UBI_IOCEBCH, request, start)
+        self._ioctl("UBI_IOCEBCH", request, start)
         view = memoryview(data)
         # UBI collects the bytes and changes the LEB once the last of them arrives.
         while view:
@@ -182,7 +191,7 @@ class UbiVolume(Closing):
     def is_mapped(self, block: int) -> bool:
         """Whether UBI has a physical block behind LEB `block` (an erased LEB has none)."""
         check_block(self.name, self.geometry, "UBI_IOCEBISMAP", block)
-        return self._ioctl("UBI_IOCEBISMAP", lib.UBI_IOCEBISMAP, self._lnum(block)) == 1
+        return self._ioctl("UBI_IOCEBISMAP", self._lnum(block)) == 1
 
     def is_bad(self, block: int) -> bool:
         check_block(self.name, self.geometry, "is_bad", block)

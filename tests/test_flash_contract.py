@@ -62,8 +62,13 @@ def nand(request, tmp_path):
         yield dev
 
 
-def sysfs(device: str, attribute: str) -> str:
-    return Path(f"/sys/class/mtd/{Path(device).name}/{attribute}").read_text().strip()
+def proc_mtd_size(device: str) -> int:
+    """The device's size as /proc/mtd gives it (hexadecimal), a view of the kernel's other
+    than the sysfs attributes MtdDevice reads its geometry from."""
+    for line in Path("/proc/mtd").read_text().splitlines():
+        if line.startswith(f"{Path(device).name}:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"{device} is not in /proc/mtd")
 
 
 def test_geometry_is_what_the_device_is(flash, request):
@@ -73,11 +78,7 @@ def test_geometry_is_what_the_device_is(flash, request):
         assert g == SIM_GEOMETRY[backend]
         return
     assert (g.type, g.erasesize, g.writesize, g.oobsize) == KERNEL_GEOMETRY[backend]
-    # The ioctl agrees with the kernel's own sysfs view of the same device.
-    assert g.size == int(sysfs(flash.name, "size"))
-    assert g.erasesize == int(sysfs(flash.name, "erasesize"))
-    assert g.writesize == int(sysfs(flash.name, "writesize"))
-    assert g.oobsize == int(sysfs(flash.name, "oobsize"))
+    assert g.size == proc_mtd_size(flash.name) and g.size % g.erasesize == 0
 
 
 def test_erased_block_reads_back_as_ff(flash):
@@ -125,3 +126,35 @@ def test_ecc_statistics_are_read(flash):
 
 def test_bad_block_count_is_in_the_statistics(nand):
     assert nand.stats().bad_blocks == 1
+
+
+READ_ONLY = """\
+import json, sys
+from mtd.device import MtdDevice
+with MtdDevice(sys.argv[1]) as dev:
+    g = dev.geometry
+    bad = [b for b in range(g.blocks) if dev.is_bad(b)]
+    data, flips = dev.read_ecc(0, g.erasesize)
+print(json.dumps({"geometry": list(g), "bad": bad, "erased": data == b"\\xff" * g.erasesize,
+                  "flips": list(flips), "bindings": "mtd._mtd_abi" in sys.modules}))
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["nandsim", "mtdram", "block2mtd"])
+def test_a_read_only_open_needs_the_bindings_only_for_a_bad_block(backend, tmp_path):
+    """Read-only, the geometry and the ECC counters come from sysfs and the bytes from pread:
+    a command that only reads loads no bindings, unless the kernel counts bad blocks on the
+    device, which only MEMGETBADBLOCK can place. What it sees is what a writer sees."""
+    import json
+    import subprocess
+    import sys
+    device = guest_device(backend)
+    with MtdDevice(device, writable=True) as dev:
+        dev.erase(0, dev.geometry.erasesize)
+        writer = {"geometry": list(dev.geometry), "bad": dev.bad_blocks()}
+    seen = json.loads(subprocess.run([sys.executable, "-c", READ_ONLY, device], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert seen["geometry"] == writer["geometry"] and seen["bad"] == writer["bad"]
+    assert seen["erased"] and seen["flips"] == [0, 0]
+    assert seen["bindings"] == (backend == "nandsim") == bool(writer["bad"])

@@ -35,7 +35,8 @@ import json, platform, struct, sys
 from mtd import _mtd_abi, _ubi_abi
 print(json.dumps({"machine": platform.machine(), "pointer": struct.calcsize("P"),
                   "byteorder": sys.byteorder, "bindings": _mtd_abi.__file__,
-                  "MEMGETINFO": _mtd_abi.lib.MEMGETINFO, "MEMERASE": _mtd_abi.lib.MEMERASE,
+                  "MEMERASE64": _mtd_abi.lib.MEMERASE64,
+                  "MEMGETBADBLOCK": _mtd_abi.lib.MEMGETBADBLOCK,
                   "UBI_IOCEBISMAP": _ubi_abi.lib.UBI_IOCEBISMAP}))
 """
 
@@ -104,11 +105,11 @@ def test_the_guest_is_32_bit_little_endian_mips_with_mipsel_bindings(guest):
 
 
 def test_the_bindings_carry_the_mips_ioctl_numbers(guest):
-    """MEMGETINFO reads a 32-byte struct mtd_info_user, MEMERASE writes an 8-byte struct
-    erase_info_user, UBI_IOCEBISMAP reads a 4-byte LEB number (mtd/*-user.h)."""
+    """MEMERASE64 writes a 16-byte struct erase_info_user64, MEMGETBADBLOCK writes an 8-byte
+    offset, UBI_IOCEBISMAP reads a 4-byte LEB number (mtd/*-user.h)."""
     machine = guest["machine"]
-    assert machine["MEMGETINFO"] == mips_ioc(2, "M", 1, 32) == 0x40204D01
-    assert machine["MEMERASE"] == mips_ioc(4, "M", 2, 8) == 0x80084D02
+    assert machine["MEMERASE64"] == mips_ioc(4, "M", 20, 16) == 0x80104D14
+    assert machine["MEMGETBADBLOCK"] == mips_ioc(4, "M", 11, 8) == 0x80084D0B
     assert machine["UBI_IOCEBISMAP"] == mips_ioc(2, "O", 5, 4) == 0x40044F05
 
 

@@ -59,10 +59,6 @@ def root(request):
 #: uses one on another CPU before any fixture is set up (the first reason that applies).
 X86_64_ONLY = {
     "mesh_neighbour": "the mesh's neighbour is a kernel-tier guest on x86_64's kernel",
-    # Not a design limit: an open bug (issue 26), kept visible here rather than failing CI.
-    "power_cut": "on mipsel the boot after the cut did not reach the console in 17 minutes "
-                 "(2026-12-07, the run after this session's merges; x86_64 boots it in "
-                 "seconds); cause not yet found",
     "upgraded": "the mipsel root has no apk (scripts/build-router.sh)",
     "after_sysupgrade": "its boot follows `snapshot upgrade`: the mipsel root has no apk",
 }
