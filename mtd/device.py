@@ -9,9 +9,9 @@ bindings was two fifths of `snapshot list` (bench/bench_mipsel.py).
 import os
 import stat
 
-from mtd.errors import FlashOpenError, from_errno
+from mtd.errors import FlashOpenError
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
-                       check_span, check_write, open_backing, read_exactly,
+                       check_span, check_write, ioctl, open_backing, read_exactly,
                        write_all)
 from mtd.locate import MTD_CHAR_MAJOR
 
@@ -23,9 +23,9 @@ _SYSFS_TYPES = {"unknown": FlashType.ABSENT}
 
 
 def _abi():
-    """The compiled bindings (ffi, lib), loaded at the first call."""
-    from mtd._mtd_abi import ffi, lib
-    return ffi, lib
+    """The compiled bindings, loaded at the first call."""
+    from mtd import _mtd_abi
+    return _mtd_abi
 
 
 def mtd_sysfs(rdev: int, sys_class: str = "/sys/class/mtd") -> str | None:
@@ -117,12 +117,7 @@ class MtdDevice(Closing):
         return cls(path_for_name(name), writable)
 
     def _ioctl(self, request: str, arg, offset: int | None = None) -> int:
-        """ioctl `request` (its name in the bindings) on the device, as MtdError on failure."""
-        ffi, lib = _abi()
-        ret = lib.ioctl(self._fd, getattr(lib, request), arg)
-        if ret < 0:
-            raise from_errno(ffi.errno, self.name, request, offset)
-        return ret
+        return ioctl(_abi(), self._fd, self.name, request, arg, offset)
 
     def _attribute(self, name: str) -> str:
         try:
@@ -182,7 +177,8 @@ class MtdDevice(Closing):
 
     def erase(self, offset: int, length: int) -> None:
         check_erase(self.name, self.geometry, offset, length)
-        ffi, lib = _abi()
+        abi = _abi()
+        ffi, lib = abi.ffi, abi.lib
         for start in range(offset, offset + length, self.geometry.erasesize):
             # Chips flagged POWERUP_LOCK come out of reset with every block locked; an erase
             # of a locked block fails, so unlock each one just before erasing it.
@@ -197,14 +193,12 @@ class MtdDevice(Closing):
         # Only NAND keeps a bad block table; NOR and RAM devices have no bad blocks.
         if not self.geometry.is_nand or self._no_bad_blocks:
             return False
-        ffi, _ = _abi()
-        offset = ffi.new("int64_t *", self.geometry.block_offset(block))
+        offset = _abi().ffi.new("int64_t *", self.geometry.block_offset(block))
         return self._ioctl("MEMGETBADBLOCK", offset, offset[0]) > 0
 
     def mark_bad(self, block: int) -> None:
         check_block(self.name, self.geometry, "MEMSETBADBLOCK", block)
-        ffi, _ = _abi()
-        offset = ffi.new("int64_t *", self.geometry.block_offset(block))
+        offset = _abi().ffi.new("int64_t *", self.geometry.block_offset(block))
         self._ioctl("MEMSETBADBLOCK", offset, offset[0])
 
     def bad_blocks(self) -> list[int]:

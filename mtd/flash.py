@@ -197,6 +197,15 @@ def write_all(fd: int, name: str, offset: int, data: bytes) -> None:
         offset += done
 
 
+def ioctl(bindings, fd: int, name: str, request: str, arg, offset: int | None = None) -> int:
+    """ioctl `request` (its name in `bindings`, a compiled cffi module) on fd, the device
+    `name`; a failure as MtdError naming the request and offset."""
+    ret = bindings.lib.ioctl(fd, getattr(bindings.lib, request), arg)
+    if ret < 0:
+        raise from_errno(bindings.ffi.errno, name, request, offset)
+    return ret
+
+
 def open_backing(path: str, writable: bool, missing: str) -> int:
     """Open a device node or image read-only (or read-write), as FlashOpenError on failure."""
     try:

@@ -25,16 +25,16 @@ import stat
 
 from mtd.errors import FlashOpenError, MtdError, from_errno
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
-                       check_span, check_write, open_backing, read_exactly,
+                       check_span, check_write, ioctl, open_backing, read_exactly,
                        write_all)
 
 SYS_CLASS_UBI = "/sys/class/ubi"
 
 
 def _abi():
-    """The compiled bindings (ffi, lib), loaded at the first call."""
-    from mtd._ubi_abi import ffi, lib
-    return ffi, lib
+    """The compiled bindings, loaded at the first call."""
+    from mtd import _ubi_abi
+    return _ubi_abi
 
 
 # Paths are strings here, not pathlib's: a UBI router's every command opens its volume, and
@@ -102,9 +102,9 @@ class UbiVolume(Closing):
             if writable:
                 # Without it, write() on a dynamic volume is refused and single LEBs cannot be
                 # written or erased: the volume would only take a whole-volume update.
-                ffi, lib = _abi()
-                prop = ffi.new("struct ubi_set_vol_prop_req *")
-                prop.property = lib.UBI_VOL_PROP_DIRECT_WRITE
+                abi = _abi()
+                prop = abi.ffi.new("struct ubi_set_vol_prop_req *")
+                prop.property = abi.lib.UBI_VOL_PROP_DIRECT_WRITE
                 prop.value = 1
                 self._ioctl("UBI_IOCSETVOLPROP", prop)
         except BaseException:
@@ -130,15 +130,10 @@ class UbiVolume(Closing):
                         oobsize=0)
 
     def _ioctl(self, request: str, arg, offset: int | None = None) -> int:
-        """ioctl `request` (its name in the bindings) on the volume, as MtdError on failure."""
-        ffi, lib = _abi()
-        ret = lib.ioctl(self._fd, getattr(lib, request), arg)
-        if ret < 0:
-            raise from_errno(ffi.errno, self.name, request, offset)
-        return ret
+        return ioctl(_abi(), self._fd, self.name, request, arg, offset)
 
     def _lnum(self, block: int):
-        return _abi()[0].new("int32_t *", block)
+        return _abi().ffi.new("int32_t *", block)
 
     def read(self, offset: int, length: int) -> bytes:
         check_span(self.name, self.geometry, "read", offset, length)
@@ -175,7 +170,7 @@ class UbiVolume(Closing):
         if len(data) > g.erasesize:
             raise MtdError(errno.EINVAL, self.name, "UBI_IOCEBCH", start,
                            f"{len(data)} bytes do not fit in a {g.erasesize}-byte LEB")
-        request = _abi()[0].new("struct ubi_leb_change_req *")
+        request = _abi().ffi.new("struct ubi_leb_change_req *")
         request.lnum = block
         request.bytes = len(data)
         self._ioctl("UBI_IOCEBCH", request, start)
