@@ -47,12 +47,18 @@ BOOT_TIMEOUT = 400
 SETTLE_TIMEOUT = 300
 
 
-@pytest.fixture(scope="module", params=CPUS)
-def root(request):
+def usable_root(cpu: str = "x86_64") -> Path:
+    """The router root built for `cpu` (scripts/build-router.sh's cache), or the tier's
+    `cannot_run` saying why there is none."""
     try:
-        return build_root(request.param)
+        return build_root(cpu)
     except RouterUnavailable as e:
         cannot_run(f"real-router tier unavailable: {e}")
+
+
+@pytest.fixture(scope="module", params=CPUS)
+def root(request):
+    return usable_root(request.param)
 
 
 #: The fixtures whose boots run on x86_64 only, and why: tests/conftest.py skips a test that
@@ -371,18 +377,25 @@ def power_cut(rolled_back, root):
         yield settled(after)
 
 
-def test_after_a_power_cut_during_a_push_the_boot_is_old_or_new(power_cut):
-    status = json.loads(power_cut.check("snapshot status --json", 180))
-    rc, output = power_cut.sh("sha256sum /root/cut/blob")
-    if status["snapshots"] == power_cut.cut["snapshots"]:
-        outcome = "old"
+def cut_outcome(router: Router) -> str:
+    """"old" or "new": the state the boot after a push of /root/cut/blob was cut shows, by
+    router.cut (the number of snapshots before the push, the blob's digest); any other
+    state fails the test. The chain then passes `snapshot check`."""
+    snapshots = json.loads(router.check("snapshot status --json", 180))["snapshots"]
+    rc, output = router.sh("sha256sum /root/cut/blob")
+    if snapshots == router.cut["snapshots"]:
         assert rc == 1, output
+        outcome = "old"
     else:
+        assert snapshots == router.cut["snapshots"] + 1
+        assert output.split()[0] == router.cut["digest"]
         outcome = "new"
-        assert status["snapshots"] == power_cut.cut["snapshots"] + 1
-        assert output.split()[0] == power_cut.cut["digest"]
-    power_cut.check("snapshot check", 300)
-    print(f"power cut during a push on the router: the next boot is {outcome}")
+    router.check("snapshot check", 300)
+    return outcome
+
+
+def test_after_a_power_cut_during_a_push_the_boot_is_old_or_new(power_cut):
+    print(f"power cut during a push on the router: the next boot is {cut_outcome(power_cut)}")
 
 
 # -- 5. The stock tools ------------------------------------------------------------------------

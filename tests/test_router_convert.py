@@ -15,11 +15,10 @@ import time
 
 import pytest
 
-from conftest import cannot_run
 from mtd import FlashType, Geometry
 from old_chain import FIRST_SEQ, OldTool, archive
-from router_vm import FLASH_SIZE, Router, RouterUnavailable, build_root, erased_flash
-from test_router import SYNCED_CLI, copy_into, settled
+from router_vm import FLASH_SIZE, Router, erased_flash
+from test_router import SYNCED_CLI, copy_into, settled, usable_root
 
 pytestmark = pytest.mark.router
 
@@ -61,10 +60,7 @@ VOIDED = ("starts with jffs2 (a sysupgrade that kept settings, or a jffs2 overla
 
 @pytest.fixture(scope="module")
 def root():
-    try:
-        return build_root()
-    except RouterUnavailable as e:
-        cannot_run(f"real-router tier unavailable: {e}")
+    return usable_root()
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cannot_run
 from kernel_vm import FLASH_ERASE_SIZE
-from router_vm import Router, RouterUnavailable, build_root, erased_flash
-from test_router import BOOT_TIMEOUT, SYNCED_CLI, copy_into, settled
+from router_vm import Router, erased_flash
+from test_router import BOOT_TIMEOUT, SYNCED_CLI, copy_into, settled, usable_root
 
 pytestmark = pytest.mark.router
 
@@ -91,10 +90,7 @@ class Life:
 
 @pytest.fixture(scope="module")
 def life(tmp_path_factory):
-    try:
-        root = build_root()
-    except RouterUnavailable as e:
-        cannot_run(f"real-router tier unavailable: {e}")
+    root = usable_root()
     work = tmp_path_factory.mktemp("router-cuts")
     erased_flash(work / "flash.img")
     life = Life(root, work)

@@ -21,9 +21,9 @@ import time
 
 import pytest
 
-from conftest import cannot_run
-from router_vm import Router, RouterUnavailable, build_root, erased_flash
-from test_router import FAST_WATCH, SYNCED_CLI, copy_into, feeds, settled, use_feed  # noqa: F401
+from router_vm import Router, erased_flash
+from test_router import (FAST_WATCH, SYNCED_CLI, copy_into, feeds, settled,  # noqa: F401
+                         usable_root, use_feed)
 
 pytestmark = pytest.mark.router
 
@@ -50,10 +50,7 @@ SHOW = "cat /srv/mesh-tool/VERSION; apk info -v 2>/dev/null | grep mesh-tool; sh
 def before_upgrade(feeds, tmp_path_factory):  # noqa: F811 (the fixture imported above)
     """The router of the module doc, ready for the upgrade: its root, work dir, the flash
     image's copy, its status and what SHOW showed."""
-    try:
-        root = build_root()
-    except RouterUnavailable as e:
-        cannot_run(f"real-router tier unavailable: {e}")
+    root = usable_root()
     built, feed = feeds
     work = tmp_path_factory.mktemp("router-upgrade")
     erased_flash(work / "flash.img")
