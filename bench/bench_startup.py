@@ -22,6 +22,8 @@ keeps its state in JSON: json, and with it re and enum). The line's `opening the
 alone` is that opening by itself; on a router `list` opens /dev/mtdN instead, and
 bench/bench_mipsel.py runs this bench in the mipsel guest on its mtdram device.
 
+`list` and `status` name no device, as on a router: the device comes from the configuration
+(SNAPSHOT_CONFIG, a file here naming the image), read as a router reads it.
 The package is compiled as installed (bench/installed.py). `status` is printed beside `list`,
 without a target.
 Run: .venv/bin/python bench/bench_startup.py
@@ -66,8 +68,11 @@ def main(device: str | None = None) -> None:
         flash = image(Path(tmp), device)
         opening = f"from mtd import open_flash; open_flash({flash!r}).close()"
         print(f"on {'the MTD device ' + flash if device else 'a simulated image'}")
+        settings = Path(tmp) / "snapshot"
+        settings.write_text(f"config snapshot 'main'\n\toption device '{flash}'\n")
         for name, (python, env) in frames(Path(tmp)).items():
-            snapshot = [*python, LAUNCHER, "--device", flash]
+            env = dict(env, SNAPSHOT_CONFIG=str(settings))
+            snapshot = [*python, LAUNCHER]
             m = interleaved(ROUNDS, {
                 "pass": lambda: run([*python, "-c", "pass"], env=env),
                 "click": lambda: run([*python, "-c", "import click"], env=env),

@@ -7,10 +7,13 @@
     config check 'mesh'
         option type 'batman'
 
-On a router it is read through `uci export`, which also applies the changes `uci set` saved in
-SAVE_DIR and not yet committed. Elsewhere the file is parsed directly, one statement a line,
-to the sections uci reads; so is a file uci refuses, less the lines that do not parse, so that
-a broken file never stops a boot. The options of the first `snapshot` section named `main`,
+The file is parsed here, one statement a line, into the sections uci reads (its words split as
+uci's own parser splits them). Where `uci set` has saved changes to it in SAVE_DIR, not yet
+committed, it is read through `uci export` instead, which applies them; a file uci refuses is
+parsed here all the same, less the lines that do not parse, so that a broken file never stops
+a boot. (Running uci for every read cost `snapshot list` on a router three times its own
+start-up: the process, and the imports of subprocess. tests/test_config.py reads every
+file both ways and compares.) The options of the first `snapshot` section named `main`,
 or anonymous, are the settings; `check` sections are the health checks. An option with an
 empty value is left out, as uci does; lists are not settings and are left out too.
 SNAPSHOT_CONFIG names another file (tests, images being prepared on a PC). A missing file
@@ -22,7 +25,6 @@ naming the file, the section and the option, once per process: a misspelt option
 otherwise be silently ignored.
 """
 import os
-import re
 import sys
 
 from snapshot.errors import SnapshotError
@@ -39,8 +41,8 @@ DEFAULTS = {"device": "", "compression": "gzip", "save_on_shutdown": "0", "max_a
 # Where `uci set` keeps the changes not yet committed: uci's own default, as on the router
 # (given another with -t, uci applies the changes in both).
 SAVE_DIR = "/tmp/.uci"
-# The names uci accepts for a configuration file.
-UCI_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# The characters uci accepts in a configuration file's name.
+UCI_NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 #: The section types snapshot reads: its settings (here), `check` (health/checks.py),
 #: `fleet` (fleet/channel.py). Each reader warns about the options it does not know
 #: (unknown()).
@@ -110,13 +112,15 @@ def sections(path: str | None = None) -> list[tuple[str, str | None, dict[str, s
 
 
 def _from_uci(path: str) -> str | None:
-    """The file as `uci export` prints it, uncommitted changes applied; None without uci, for a
-    missing file, or when uci fails, so that the file parser reads what uci cannot."""
+    """The file as `uci export` prints it, with the changes saved in SAVE_DIR applied; None
+    when there are none, without uci, for a missing file, or when uci fails, so that the file
+    parser reads the file."""
     directory, name = os.path.split(os.path.abspath(path))
     # uci takes a name with a dot in it as package.section, and would read another file.
-    if not (os.path.exists(path) and UCI_NAME.fullmatch(name)):
+    if not (name and UCI_NAME.issuperset(name) and os.path.exists(path)
+            and os.path.exists(os.path.join(SAVE_DIR, name))):
         return None
-    import subprocess   # here, like shlex below: most commands off a router never need it
+    import subprocess   # here: a read without saved changes runs no process
     try:
         done = subprocess.run(["uci", "-c", directory, "-t", SAVE_DIR, "export", name],
                               capture_output=True)
@@ -129,20 +133,17 @@ def _from_uci(path: str) -> str | None:
 
 
 def _parse(text: str) -> list[tuple[str, str | None, dict[str, str]]]:
-    """The sections of a UCI file, one statement a line; a line that does not parse is
-    skipped, where uci would refuse the whole file."""
-    import shlex
+    """The sections of a UCI file, its statements a line at a time; a line that does not parse
+    is skipped, where uci would refuse the whole file."""
     found: list[tuple[str, str | None, dict[str, str]]] = []
     named: dict[str, dict[str, str]] = {}
     options = None
-    for line in text.splitlines():
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError:
-            continue
+    statements = (words for line in text.splitlines() for words in _statements(line) or ())
+    for words in statements:
         if not words:
             continue
-        if words[0] == "config" and len(words) > 1:
+        # uci takes a keyword's first letter for the keyword.
+        if words[0] in ("config", "c") and len(words) > 1:
             name = words[2] if len(words) > 2 else None
             # uci adds the options of a section named again to the first one of that name.
             options = named.get(name) if name else None
@@ -152,9 +153,73 @@ def _parse(text: str) -> list[tuple[str, str | None, dict[str, str]]]:
                 if name:
                     named[name] = options
         # uci ignores an option with an empty value, even one set before it.
-        elif words[0] == "option" and options is not None and len(words) > 2 and words[2]:
+        elif words[0] in ("option", "o") and options is not None and len(words) > 2 and words[2]:
             options[words[1]] = words[2]
     return found
+
+
+_SPACE = " \t\n\r\v\f"
+
+
+def _statements(line: str) -> list[list[str]] | None:
+    """The statements of one line, each its words, as uci's parser splits them: whitespace
+    between words, `#` outside quotes ends the line; within a word, '...' is taken as it
+    stands, and a backslash, outside single quotes, takes the character after it as it
+    stands. A `;` after a closing quote starts another statement; after an unquoted word's
+    last character it ends the line (uci reads no further there). None for a line that does
+    not parse on its own (a quote left open, a backslash at its end: uci would go on to the
+    next line; a `;` after a space after an unquoted word: uci refuses it). By hand, not with
+    shlex: shlex imports re, most of a short command's start-up on a router."""
+    statements: list[list[str]] = [[]]
+    word: list[str] | None = None
+    quoted = False      # whether the last character taken closed a quote
+    at, end = 0, len(line)
+    while at < end:
+        c = line[at]
+        if c in _SPACE or c == "#" or c == ";":
+            if word is not None:
+                statements[-1].append("".join(word))
+                word = None
+            if c == "#":
+                break
+            if c == ";":
+                if not quoted:
+                    return statements if at and line[at - 1] not in _SPACE else None
+                statements.append([])
+            at += 1
+            continue
+        if word is None:
+            word = []
+        quoted = c in "'\""
+        if c == "'":
+            close = line.find("'", at + 1)
+            if close < 0:
+                return None
+            word.append(line[at + 1:close])
+            at = close + 1
+        elif c == '"':
+            at += 1
+            while at < end and line[at] != '"':
+                if line[at] == "\\":
+                    at += 1
+                    if at == end:
+                        return None
+                word.append(line[at])
+                at += 1
+            if at == end:
+                return None
+            at += 1
+        elif c == "\\":
+            if at + 1 == end:
+                return None
+            word.append(line[at + 1])
+            at += 2
+        else:
+            word.append(c)
+            at += 1
+    if word is not None:
+        statements[-1].append("".join(word))
+    return statements
 
 
 def number(options: dict[str, str], key: str, low: int, high: int | None = None) -> int:

@@ -19,6 +19,7 @@ Stdlib only and no project imports, like tests/kernel_vm.py, whose qemu helpers 
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -254,6 +255,17 @@ class Router:
         if rc != 0:
             raise RouterError(f"{command!r} exited {rc}:\n{output}")
         return output
+
+    def write_file(self, data: bytes, target: str) -> None:
+        """data into the file target in the guest, through the console: base64 (the line
+        discipline would take control bytes), in short lines (the console loses input bytes
+        of a long one)."""
+        encoded = base64.b64encode(data).decode()
+        self.check(f"mkdir -p $(dirname {target}) && : > {target}.b64")
+        for at in range(0, len(encoded), 200):
+            self.check(f"printf %s '{encoded[at:at + 200]}' >> {target}.b64")
+        self.check(f"python3 -c 'import base64; open(\"{target}\", \"wb\").write(base64."
+                   f"b64decode(open(\"{target}.b64\").read()))' && rm {target}.b64")
 
     def wait_until(self, condition: str, timeout: float) -> None:
         """Poll a shell condition in the guest each second until it holds."""

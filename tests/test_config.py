@@ -56,6 +56,14 @@ FILES = {
                      "\toption compression ''\n"
                      "\toption device ''\n"
                      "\toption window\n"),
+    "uci-grammar": ("c snapshot 'main'; o compression xz # a comment; o grace '1'\n"
+                    "\to device \"/dev/mtd\\3\"\n"
+                    "\to health_dir /etc/a#b\n"
+                    "\toption rollback_dir '/etc/x'\\''y'\"z\"w\n"
+                    "\toption window '12';option interval 7\n"
+                    "\toption grace 60; option keep 2\n"
+                    "\toption pass_rounds 4;option fail_rounds 5\n"
+                    "p snapshot\n"),
     "named-twice": ("config snapshot 'main'\n"
                     "\toption compression 'xz'\n"
                     "config check 'mesh'\n"
@@ -83,17 +91,13 @@ def config_file(tmp_path: Path, text: str) -> str:
 
 
 def read_both_ways(path: str, uci: Path, monkeypatch) -> tuple[list, list]:
-    """config.sections(path) through uci and through the file parser, after checking that uci
-    itself accepts the file (else config would fall back to the parser for both)."""
+    """The sections of `uci export` of the file (uci must accept it), and config.sections(path),
+    which parses the file itself when uci has no saved changes to it."""
     directory, name = Path(path).parent, Path(path).name
-    accepted = subprocess.run([uci, "-c", directory, "-t", config.SAVE_DIR, "export", name],
+    exported = subprocess.run([uci, "-c", directory, "-t", config.SAVE_DIR, "export", name],
                               capture_output=True, text=True)
-    assert accepted.returncode == 0, accepted.stderr
-    through_uci = config.sections(path)
-    with monkeypatch.context() as m:
-        m.setenv("PATH", "")
-        parsed = config.sections(path)
-    return through_uci, parsed
+    assert exported.returncode == 0, exported.stderr
+    return config._parse(exported.stdout), config.sections(path)
 
 
 @pytest.mark.parametrize("case", FILES)
@@ -200,3 +204,13 @@ def test_a_missing_config_file_means_defaults(through_uci, tmp_path, monkeypatch
     assert config.load(str(tmp_path / "none")) == config.DEFAULTS
     monkeypatch.setenv("PATH", "")
     assert config.load(str(tmp_path / "none")) == config.DEFAULTS
+
+
+def test_a_read_without_saved_changes_runs_no_uci(through_uci, tmp_path, monkeypatch):
+    """The file is parsed here: `snapshot list` on a router starts no process to read it."""
+    path = config_file(tmp_path, FILES["options-set"])
+    ran = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: ran.append(a) or real_run(*a, **k))
+    assert config.load(path)["compression"] == "xz"
+    assert ran == []

@@ -22,7 +22,6 @@ apk, so its boots end at state 6: `snapshot upgrade` and the sysupgrade after it
 x86_64's only (X86_64_ONLY).
 Marked `router`: `bash scripts/test.sh -m router` runs this tier alone, `-k mipsel` one CPU.
 """
-import base64
 import functools
 import http.server
 import json
@@ -347,14 +346,8 @@ CUT_BLOCKS = 24
 
 
 def copy_into(router: Router, source: Path, target: str) -> None:
-    """A host file into the guest, through the console: base64 (the line discipline would
-    take control bytes), in short lines (the console loses input bytes of a long one)."""
-    data = base64.b64encode(source.read_bytes()).decode()
-    router.check(f"mkdir -p $(dirname {target}) && : > {target}.b64")
-    for at in range(0, len(data), 200):
-        router.check(f"printf %s '{data[at:at + 200]}' >> {target}.b64")
-    router.check(f"python3 -c 'import base64; open(\"{target}\", \"wb\").write(base64."
-                 f"b64decode(open(\"{target}.b64\").read()))' && rm {target}.b64")
+    """A host file into the guest (Router.write_file)."""
+    router.write_file(source.read_bytes(), target)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ KIB = 1024
 #: simulator itself imports to open the image (json, and with it re and enum), which a
 #: router never runs.
 HEAVY = {"click", "dataclasses", "inspect", "typing", "enum", "contextlib",
-         "tarfile", "lzma", "bz2", "gzip", "shutil", "subprocess", "http.client", "ssl",
+         "tarfile", "lzma", "bz2", "gzip", "shutil", "subprocess", "shlex", "http.client", "ssl",
          "email", "urllib.request", "snapshot.operations", "snapshot.tree.archive",
          "snapshot.tree.capture", "snapshot.tree.restore", "snapshot.fleet.bundle",
          "snapshot.fleet.channel", "snapshot.fleet.fetch", "snapshot.health.checks",
@@ -33,10 +33,10 @@ HEAVY = {"click", "dataclasses", "inspect", "typing", "enum", "contextlib",
 IMPORTS = """
 import sys
 from mtd.sim import SimFlash
-SimFlash(sys.argv[2]).close()
+SimFlash(sys.argv[1]).close()
 simulator = set(sys.modules)
 from snapshot.__main__ import run
-sys.argv[0] = "snapshot"
+sys.argv = ["snapshot", *sys.argv[2:]]
 try:
     run()
 finally:
@@ -44,15 +44,15 @@ finally:
 """
 
 
-def imported_by(*args) -> set[str]:
-    """The modules `snapshot --device IMAGE ...` imports beyond what opening the simulated
-    IMAGE imports, as a router's interpreter runs it: -S, so that what this virtualenv's site
-    imports (its editable install's finder imports enum, contextlib and re) is not counted
-    as the command's."""
+def imported_by(image: Path, *args, env: dict | None = None) -> set[str]:
+    """The modules `snapshot ARGS...` imports beyond what opening the simulated IMAGE imports,
+    as a router's interpreter runs it: -S, so that what this virtualenv's site imports (its
+    editable install's finder imports enum, contextlib and re) is not counted as the
+    command's."""
     path = os.pathsep.join([str(Path(__file__).resolve().parent.parent), *site.getsitepackages()])
-    done = subprocess.run([sys.executable, "-S", "-c", IMPORTS, *map(str, args)],
+    done = subprocess.run([sys.executable, "-S", "-c", IMPORTS, str(image), *map(str, args)],
                           capture_output=True, text=True, check=True,
-                          env=dict(os.environ, PYTHONPATH=path))
+                          env=dict(os.environ, PYTHONPATH=path, **(env or {})))
     return set(done.stderr.splitlines()[-1].split())
 
 
@@ -69,8 +69,22 @@ def test_list_and_status_import_nothing_of_the_tree_layer_nor_the_wings_code(tmp
     image = tmp_path / "flash.img"
     SimFlash.create(image, Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0))
     ok(image, "format")
-    modules = imported_by("--device", image, command)
+    modules = imported_by(image, "--device", image, command)
     assert "snapshot.cli.hot" in modules and "snapshot.store.chain" in modules
     assert not modules & HEAVY, modules & HEAVY
     assert not {m for m in modules if m.startswith("snapshot.cli.")} - {
         "snapshot.cli.door", "snapshot.cli.hot", "snapshot.cli.plain"}
+
+
+def test_list_with_the_device_from_the_configuration_reads_it_without_uci_or_shlex(tmp_path):
+    """As on a router, where `snapshot list` names no device: the configuration is read by
+    the file parser (no uci process: it has no saved changes), and nothing heavy is imported
+    for it."""
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, Geometry(FlashType.NOR, 1024 * KIB, 64 * KIB, 1, 0))
+    ok(image, "format")
+    settings = tmp_path / "snapshot"
+    settings.write_text(f"config snapshot 'main'\n\toption device '{image}'\n")
+    modules = imported_by(image, "list", env={"SNAPSHOT_CONFIG": str(settings)})
+    assert "snapshot.config" in modules and "snapshot.store.chain" in modules
+    assert not modules & HEAVY, modules & HEAVY
