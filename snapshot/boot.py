@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import FlashOpenError, MtdError, open_flash
@@ -43,17 +42,21 @@ from snapshot.text import printable
 MOUNTPOINTS = ("rom", "overlay", "volatile")
 
 
-@dataclass
 class BootReport:
-    """What a mount did, for the log and for tests."""
-    snapshots: int = 0
-    volatile: bool = False
-    fallback: bool = False
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    tried: bool = True          # the pending trial, if any, is applied
-    rolled_back: str | None = None
-    old: bool = False           # the old fstools chain, booted read-only
+    """What a mount did, for the log and for tests. (A plain class, as the store's: a
+    dataclass's import is most of `mount`'s start-up on a router's CPU.)"""
+    __slots__ = ("snapshots", "volatile", "fallback", "problems", "seconds", "tried",
+                 "rolled_back", "old")
+
+    def __init__(self):
+        self.snapshots = 0
+        self.volatile = False
+        self.fallback = False
+        self.problems: list[str] = []
+        self.seconds = 0.0
+        self.tried = True               # the pending trial, if any, is applied
+        self.rolled_back: str | None = None
+        self.old = False                # the old fstools chain, booted read-only
 
 
 class Log:

@@ -5,9 +5,7 @@ anchor entry. A failure or power cut before the commit leaves the old state; DES
 the step tables.
 """
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtd import Flash
@@ -21,7 +19,6 @@ from snapshot.store.chain import (KEEP, LEGACY_MAGIC, Chain, Record, RecordWrite
 from snapshot.store.format import (COMPRESSION_GZIP, CONFIRMED, FAILED, MAX_MESSAGE, SNAPSHOT,
                                    TRIAL, VOLATILE, Anchor, DirEntry, Layout, round_up)
 from snapshot.tree import archive, restore
-from snapshot.tree.capture import Capture, compressed_bound, tar_bound
 
 
 # -- format ------------------------------------------------------------------------------------
@@ -113,7 +110,7 @@ def _current_snapshots(chain: Chain, snapshots: list[Record], progress) -> list[
 
 
 def _store(chain: Chain, rtype: int, source: Path, message: str, progress,
-           compression: int) -> tuple[list[DirEntry], DirEntry, Capture, bool]:
+           compression: int) -> tuple:
     """Write `source` as a new record on top of the snapshots a boot applies now (the tried
     view: a pending trial included, a failed one not). Returns those snapshots' entries
     (records read with corrected bit flips rewritten), the new record's entry, how the
@@ -124,6 +121,7 @@ def _store(chain: Chain, rtype: int, source: Path, message: str, progress,
     snapshots = chain.view()[0]
     seq = len(snapshots) + 1 if rtype == SNAPSHOT else len(snapshots)
     writer = RecordWriter(chain, rtype, seq, message, compression, progress)
+    from snapshot.tree.capture import Capture   # here: boot imports this module, never writes
     capture = Capture(source)
     booted = live.check_base(source, [r.entry for r in snapshots])
     entries = _current_snapshots(chain, snapshots, progress)
@@ -155,6 +153,7 @@ def _room(chain: Chain, writer: RecordWriter, source: Path, compression: int) ->
     def blocks(payload: int) -> int:
         return -(-Layout(writer.header.size, payload, g.writesize).end // g.erasesize)
 
+    from snapshot.tree.capture import Capture, compressed_bound, tar_bound
     if blocks(compressed_bound(tar_bound(source))) <= free:
         return
     counted = _Counted()
@@ -169,7 +168,7 @@ def _room(chain: Chain, writer: RecordWriter, source: Path, compression: int) ->
 
 
 def save(chain: Chain, source: Path, progress=None, compression: int = COMPRESSION_GZIP,
-         trial: int | None = None) -> Capture:
+         trial: int | None = None):
     """Replace the volatile record by `source`. The new one goes into the back buffer
     beside the old one; the commit switches; the old one's blocks become free. A booted
     volatile layer is refused if the chain changed under it (snapshot/live.py). Returns the
@@ -201,7 +200,7 @@ def _volatile_entries(chain: Chain) -> list[DirEntry]:
 
 
 def push(chain: Chain, source: Path, message: str = "", progress=None,
-         compression: int = COMPRESSION_GZIP, trial: int | None = None) -> Capture:
+         compression: int = COMPRESSION_GZIP, trial: int | None = None):
     """Append `source` as a new snapshot and drop the volatile record, in one commit: after
     any power cut the device holds (old chain, old volatile) or (new chain, no volatile).
     A booted volatile layer is refused if the chain changed under it; once pushed, the new
@@ -375,7 +374,7 @@ def empty_dir(directory: Path) -> None:
     """Remove what is in directory, keeping it (it may be a mountpoint)."""
     for entry in os.scandir(directory):
         if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
+            restore.remove_tree(entry.path)
         else:
             os.unlink(entry.path)
 
@@ -472,16 +471,23 @@ def export(chain: Chain, index: int, target: Path) -> int:
 EMPTY_ARCHIVE = bytes(1024)
 
 
-@dataclass
+# Plain classes, not dataclasses: boot imports this module, and a dataclass's import is most
+# of `mount`'s start-up on a router's CPU.
+
 class Report:
-    device: str
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    repairs: list[str] = field(default_factory=list)
-    damage: list[str] = field(default_factory=list)   # the problems that lose data
-    lost: list[str] = field(default_factory=list)     # what a repair loses (check: would)
-    snapshots: int = 0
-    volatile: bool = False
+    """What a check or a repair found and did."""
+    __slots__ = ("device", "problems", "notes", "repairs", "damage", "lost", "snapshots",
+                 "volatile")
+
+    def __init__(self, device: str):
+        self.device = device
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.repairs: list[str] = []
+        self.damage: list[str] = []     # the problems that lose data
+        self.lost: list[str] = []       # what a repair loses (check: would)
+        self.snapshots = 0
+        self.volatile = False
 
     @property
     def clean(self) -> bool:
@@ -493,16 +499,19 @@ class Report:
                 "repairs": self.repairs, "lost": self.lost, "nothing_lost": not self.lost}
 
 
-@dataclass
 class Findings:
     """What a repair does with each record (indexes in anchor order): a record not named in
     `empty` or `drop` is kept, rewritten if it is in `scrub`."""
-    scrub: list[int]
-    empty: dict[int, str]          # confirmed snapshots whose content is lost, and why
-    drop: dict[int, str]           # records left out of the directory, and why
-    damaged_trial: str | None      # why the trial failed: it is damaged itself
-    torn_anchor: bool
-    mark: bool = False             # the mark block is still to be written
+    __slots__ = ("scrub", "empty", "drop", "damaged_trial", "torn_anchor", "mark")
+
+    def __init__(self, scrub: list[int], empty: dict[int, str], drop: dict[int, str],
+                 damaged_trial: str | None, torn_anchor: bool, mark: bool = False):
+        self.scrub = scrub
+        self.empty = empty                  # confirmed snapshots whose content is lost, and why
+        self.drop = drop                    # records left out of the directory, and why
+        self.damaged_trial = damaged_trial  # why the trial failed: it is damaged itself
+        self.torn_anchor = torn_anchor
+        self.mark = mark                    # the mark block is still to be written
 
     @property
     def rewrites_directory(self) -> bool:

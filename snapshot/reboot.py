@@ -14,9 +14,7 @@ the stock way) nothing is the booted device.
 """
 import json
 import os
-import subprocess
 from pathlib import Path
-from typing import Callable
 
 from mtd import Flash, FlashOpenError, open_flash
 from snapshot.errors import SnapshotError
@@ -49,7 +47,7 @@ def booted(device: str | None) -> tuple[str, bool]:
     return name, isinstance(recorded, dict) and recorded.get("key") == mine
 
 
-def reboot_into(device: str | None, what: str, log: Callable) -> bool:
+def reboot_into(device: str | None, what: str, log) -> bool:
     """Reboot into `what` (the way OpenWrt does: procd handles the `reboot` command) when
     `device` is the one the running system booted from; otherwise log one line saying when
     it takes effect. Returns whether it rebooted."""
@@ -59,6 +57,7 @@ def reboot_into(device: str | None, what: str, log: Callable) -> bool:
             f"which did not boot its overlay from it")
         return False
     log(f"rebooting into {what}")
+    import subprocess   # here: boot imports this module, and never reboots through it
     try:
         subprocess.run(["reboot"], check=False)
     except OSError as e:

@@ -88,3 +88,23 @@ def test_list_with_the_device_from_the_configuration_reads_it_without_uci_or_shl
     modules = imported_by(image, "list", env={"SNAPSHOT_CONFIG": str(settings)})
     assert "snapshot.config" in modules and "snapshot.store.chain" in modules
     assert not modules & HEAVY, modules & HEAVY
+
+
+#: What boot's one Python process must not import to mount the chain: the writers' tar and
+#: compressors, dataclasses (and with it inspect, ast, dis), typing, the subprocess
+#: machinery; each a large part of the boot's start-up on a router's CPU
+#: (bench/bench_router_boot.py).
+BOOT_HEAVY = {"click", "dataclasses", "inspect", "typing", "tarfile", "lzma", "bz2", "shutil",
+              "subprocess", "snapshot.tree.capture", "snapshot.fleet.bundle", "ssl", "email",
+              "http.client"}
+
+
+def test_the_mount_imports_none_of_the_writers_or_dataclasses():
+    path = os.pathsep.join([str(Path(__file__).resolve().parent.parent), *site.getsitepackages()])
+    done = subprocess.run([sys.executable, "-S", "-c", "import sys; import snapshot.boot, "
+                           "snapshot.cli.door, snapshot.cli.hot; print(' '.join(sys.modules))"],
+                          capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=path))
+    modules = set(done.stdout.split())
+    assert "snapshot.boot" in modules and "snapshot.tree.restore" in modules
+    assert not modules & BOOT_HEAVY, modules & BOOT_HEAVY

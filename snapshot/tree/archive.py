@@ -9,12 +9,10 @@ Entries are in sorted order and carry no user or group names, so the same tree a
 the same bytes.
 """
 import fcntl
-import lzma
 import os
 import signal
 import struct
 import zlib
-from dataclasses import dataclass
 
 from snapshot.errors import SnapshotError
 from snapshot.store.format import COMPRESSION_GZIP, COMPRESSION_XZ
@@ -75,20 +73,25 @@ _BLOCK = 512
 _EMPTY = bytes(_BLOCK)
 
 
-@dataclass
 class Entry:
-    """One archive entry. For a FILE, copy_to() reads its data before the next entry."""
-    name: str
-    type: str
-    mode: int
-    uid: int
-    gid: int
-    mtime: int
-    size: int
-    linkname: str
-    devmajor: int
-    devminor: int
-    xattrs: dict[str, bytes]
+    """One archive entry. For a FILE, copy_to() reads its data before the next entry. (A
+    plain class: a dataclass's import is most of `mount`'s start-up on a router's CPU.)"""
+    __slots__ = ("name", "type", "mode", "uid", "gid", "mtime", "size", "linkname",
+                 "devmajor", "devminor", "xattrs")
+
+    def __init__(self, name: str, type: str, mode: int, uid: int, gid: int, mtime: int,
+                 size: int, linkname: str, devmajor: int, devminor: int,
+                 xattrs: dict[str, bytes]):
+        self.name, self.type, self.mode, self.uid, self.gid = name, type, mode, uid, gid
+        self.mtime, self.size, self.linkname = mtime, size, linkname
+        self.devmajor, self.devminor, self.xattrs = devmajor, devminor, xattrs
+
+    def __eq__(self, other) -> bool:
+        return type(other) is Entry and all(getattr(self, k) == getattr(other, k)
+                                            for k in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"Entry({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__)})"
 
     @property
     def is_whiteout(self) -> bool:
@@ -257,8 +260,11 @@ def _apply_pax(entry: Entry, pax: dict[str, bytes]) -> None:
 def _decompressed(source, compression: int):
     """The decompressed stream, in pieces of at most PIECE bytes. The decoders check the
     stream's own integrity data (gzip's CRC-32 and length, xz's CRC32) at its end."""
+    errors: tuple = (ArchiveError, zlib.error)
     try:
         if compression == COMPRESSION_XZ:
+            import lzma   # here: records are gzip unless the configuration says xz
+            errors += (lzma.LZMAError,)
             decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
         elif compression == COMPRESSION_GZIP:
             decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)   # 16+: the gzip wrapper
@@ -278,7 +284,7 @@ def _decompressed(source, compression: int):
                     raise ArchiveError("compressed stream ends early")
         if decoder.unused_data or source.read(READ_CHUNK):
             raise ArchiveError("data after the end of the compressed stream")
-    except (ArchiveError, lzma.LZMAError, zlib.error) as e:
+    except errors as e:
         raise _unreadable(source, e) from None
 
 

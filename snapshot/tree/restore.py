@@ -7,7 +7,6 @@ the record's CRC included, has passed, so a refused or damaged archive leaves th
 untouched; in place (into a target the caller can discard), entries go in as they pass.
 """
 import os
-import shutil
 import stat
 from contextlib import closing
 from pathlib import Path
@@ -24,6 +23,13 @@ class UnsafeEntry(ArchiveError):
 
     def __init__(self, name: str, reason: str):
         super().__init__(f"archive entry {name!r} refused: {reason}")
+
+
+def remove_tree(path, ignore_errors: bool = False) -> None:
+    """shutil.rmtree, with shutil imported here: it imports bz2, lzma and fnmatch, which boot
+    (an unpack into a fresh tmpfs) rarely needs."""
+    import shutil
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def _relative(name: str) -> str:
@@ -345,9 +351,9 @@ class _Staged:
         an undo failed: then it is the only copy). After a failure, the directories touched
         get their times back."""
         if self.keep_displaced:
-            shutil.rmtree(self.new, ignore_errors=True)
+            remove_tree(self.new, ignore_errors=True)
         else:
-            shutil.rmtree(self.root, ignore_errors=True)
+            remove_tree(self.root, ignore_errors=True)
         if not failed:
             return
         for directory, (inode, atime, mtime) in self.times.items():
@@ -401,7 +407,7 @@ def _remove(path: str) -> bool:
     except FileNotFoundError:
         return False
     except IsADirectoryError:
-        shutil.rmtree(path)
+        remove_tree(path)
     return True
 
 
@@ -462,7 +468,7 @@ def _apply_dir(path: str, entry: Entry, replaces: bool) -> None:
     existing = current is not None and stat.S_ISDIR(current.st_mode)
     if existing and entry.is_opaque:
         # An opaque directory replaces everything earlier snapshots put in it.
-        shutil.rmtree(path)
+        remove_tree(path)
         current, existing = None, False
     if existing:
         _merge_dir(path, entry, current)
