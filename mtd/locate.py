@@ -37,17 +37,19 @@ def open_flash(spec: str | None, writable: bool = False) -> Flash:
     if spec and spec.startswith("mtd:"):
         from mtd.device import MtdDevice
         return MtdDevice.by_name(spec[4:], writable)
-    from mtd import ubi
     if spec and spec.startswith("ubi:"):
+        from mtd import ubi
         return ubi.UbiVolume.by_name(spec[4:], writable)
     from mtd.device import MtdDevice, default_partition_name, partitions
     if spec:
+        from mtd import ubi
         if ubi.is_volume(spec):
             return ubi.UbiVolume(spec, writable)
         return MtdDevice(spec, writable)
     name = default_partition_name()
     if name in partitions():
         return MtdDevice.by_name(name, writable)
+    from mtd import ubi   # only now: a NOR router's commands never import it
     if ubi.volume_exists(name):
         return ubi.UbiVolume.by_name(name, writable)
     raise FlashOpenError(f"no MTD partition and no UBI volume named {name!r}")

@@ -25,7 +25,7 @@ under their new numbers. Before that commit the old chain stands, whatever fails
 """
 import tarfile
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from snapshot import live
@@ -84,12 +84,12 @@ class _Tree:
                 # Merged: the newest entry's metadata, but an opaque mark stays (it hides
                 # the squashfs, which this entry's layer never saw).
                 kept = {k: v for k, v in current.entry.xattrs.items() if k in OPAQUE_XATTRS}
-                current.entry = replace(entry, xattrs={**kept, **entry.xattrs})
+                current.entry = entry.replace(xattrs={**kept, **entry.xattrs})
                 return
             if current is not None and current.children is None and not entry.is_opaque:
                 # Where a file, symlink or whiteout hid the squashfs's directory, so must
                 # the directory that replaces it.
-                entry = replace(entry, xattrs={OPAQUE: b"y", **entry.xattrs})
+                entry = entry.replace(xattrs={OPAQUE: b"y", **entry.xattrs})
             parent.children[base] = _Node(entry, children={})
         elif entry.type == HARDLINK:
             parent.children.pop(base, None)
@@ -211,7 +211,7 @@ def merged(out, chain: Chain, records: list[Record], merge: Plan, compression: i
     with compressor(out, compression) as stream, \
             tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for path, entry in merge.dataless:
-            tar.addfile(header(replace(entry, name=path)))
+            tar.addfile(header(entry.replace(name=path)))
         sources = [chain.payload(records[i]) for i in wanted]
         with archive.Payloads(sources, [records[i].entry.compression for i in wanted]) \
                 as payloads:
@@ -223,9 +223,9 @@ def merged(out, chain: Chain, records: list[Record], merge: Plan, compression: i
                     if paths is None:
                         continue
                     first, *others = paths
-                    tar.addfile(header(replace(entry, name=first)), EntryData(reader))
+                    tar.addfile(header(entry.replace(name=first)), EntryData(reader))
                     for other in others:
-                        tar.addfile(header(replace(entry, name=other, type=HARDLINK,
+                        tar.addfile(header(entry.replace(name=other, type=HARDLINK,
                                                    linkname=first, size=0, xattrs={})))
 
 

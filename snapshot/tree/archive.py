@@ -86,6 +86,13 @@ class Entry:
         self.mtime, self.size, self.linkname = mtime, size, linkname
         self.devmajor, self.devminor, self.xattrs = devmajor, devminor, xattrs
 
+    def replace(self, **changes) -> "Entry":
+        """A copy with the fields `changes` names changed (as dataclasses.replace)."""
+        copy = Entry(*(getattr(self, k) for k in self.__slots__))
+        for key, value in changes.items():
+            setattr(copy, key, value)
+        return copy
+
     def __eq__(self, other) -> bool:
         return type(other) is Entry and all(getattr(self, k) == getattr(other, k)
                                             for k in self.__slots__)
