@@ -17,9 +17,8 @@ order, as in the kernel tier, and each boot starts on the flash the one before l
 8. the stock jffs2 with the settings.
 Every state is reached on both CPUs (router_vm.CPUS): the `root` fixture is parametrized,
 so each test runs once per CPU, x86_64 and mipsel (malta) each a chain of boots of its own
-(side by side under xdist: tests/conftest.py groups them by CPU). The mipsel root has no
-apk, so its boots end at state 6: `snapshot upgrade` and the sysupgrade after it are
-x86_64's only (X86_64_ONLY).
+(side by side under xdist: tests/conftest.py groups them by CPU), but for the fixtures
+X86_64_ONLY names and what follows them.
 Marked `router`: `bash scripts/test.sh -m router` runs this tier alone, `-k mipsel` one CPU.
 """
 import base64
@@ -63,8 +62,6 @@ X86_64_ONLY = {
     "power_cut": "on mipsel the boot after the cut did not reach the console in 17 minutes "
                  "(2026-12-07, the run after this session's merges; x86_64 boots it in "
                  "seconds); cause not yet found",
-    "upgraded": "the mipsel root has no apk (scripts/build-router.sh)",
-    "after_sysupgrade": "its boot follows `snapshot upgrade`: the mipsel root has no apk",
 }
 
 
