@@ -707,7 +707,7 @@ done < <(find "$SITE" -name '*.so')
 #     erases that block and every one after it when jffs2 mounts the partition: step 8's
 #     initramfs does that part here). OpenWrt's mtd tool is not built: the jffs2 is made by
 #     the kernel's own on an mtdram of the same erase size, before stage2 leaves the root,
-#     and its blocks and the mark are copied to the start of rootfs_data.
+#     and its blocks that hold nodes and the mark are copied to the start of rootfs_data.
 ln -sfn ../../lib/libc.so "$R/usr/bin/ldd"
 modprobe -d "$KROOT" -S "$KVER" --show-depends mtdram | while read -r verb path _; do
     [[ $verb == insmod ]] && cp "$path" "$KMODS/"
@@ -719,8 +719,11 @@ platform_check_image() {
 	return 0
 }
 
-# A jffs2 needs 5 erase blocks or more; only the first ones, up to the last that holds more
-# than a clean marker (12 bytes at its start), are written to rootfs_data.
+# A jffs2 needs 5 erase blocks or more; only those that hold more than a clean marker (12
+# bytes at the start) are written to rootfs_data, one after the other (jffs2 finds its nodes
+# wherever they are). The kernel's jffs2 leaves blocks empty, at times the first one, not
+# even a clean marker in it: rootfs_data must start with a jffs2 node for fstools and step
+# 8's initramfs to take it for one.
 platform_pre_upgrade() {
 	local index blocks=8 block=0 used=0
 	[ -n "$UPGRADE_BACKUP" ] || return 0
@@ -733,12 +736,16 @@ platform_pre_upgrade() {
 	cp "$UPGRADE_BACKUP" /tmp/settings.mnt/sysupgrade.tgz
 	umount /tmp/settings.mnt || return 1
 	mknod /dev/settings-mtd c 90 $((index * 2)) || return 1
+	: >"$SETTINGS_JFFS2"
 	while [ $block -lt $blocks ]; do
-		[ "$(dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null |
-			tail -c +13 | tr -d '\377' | head -c 1 | wc -c)" = 0 ] || used=$((block + 1))
+		if [ "$(dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null |
+			tail -c +13 | tr -d '\377' | head -c 1 | wc -c)" != 0 ]; then
+			dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null \
+				>>"$SETTINGS_JFFS2"
+			used=$((used + 1))
+		fi
 		block=$((block + 1))
 	done
-	dd if=/dev/settings-mtd of="$SETTINGS_JFFS2" bs=64k count=$used 2>/dev/null
 	rm /dev/settings-mtd
 	[ $used -gt 0 ] || return 1
 	# The end mark, made here: stage2's RAM root has no tr.
