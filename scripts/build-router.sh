@@ -5,8 +5,8 @@
 #   ARCH=mipsel: Debian's malta kernel (scripts/setup-mipsel.sh, run from here) under
 #     qemu-system-mipsel, the CPU family of MT7621 and many other routers; everything below
 #     is cross-built with mipsel-linux-gnu-gcc, Python is Debian's mipsel build, and the
-#     project's cffi bindings are cross-built for it (tests/mipsel_vm.py). LuCI and apk are
-#     left out: the browser tier and `snapshot upgrade` run on x86_64.
+#     project's cffi bindings are cross-built for it (tests/mipsel_vm.py), and so is apk
+#     (step 6c). LuCI is left out: the browser tier runs on x86_64.
 #   - musl, then json-c, libubox, ubus, uci, ucode, udebug, procd, ubox, uhttpd, rpcd,
 #     libnl-tiny, netifd, usign, jsonfilter and fstools against it;
 #   - busybox with OpenWrt's default applets (Config-defaults.in) and its patches, which add
@@ -27,22 +27,26 @@
 # package's Python modules) and the CPU's kernel (scripts/setup-kernel-tier.sh or
 # scripts/setup-mipsel.sh, run from here).
 #
-# Cached per CPU in $CACHE/$ARCH, in three steps, each keyed by a hash of its inputs, so a
-# warm run takes seconds:
+# Cached per CPU in $CACHE/$ARCH, in steps, each keyed by a hash of its inputs, so a warm
+# run takes seconds:
 #   $CACHE/tools-KEY/  the musl userland and busybox (KEY: the tarballs and this script's
 #                      build functions); about 10 minutes cold on two cores
 #   $CACHE/luci-KEY/   LuCI's packages built against the tools (KEY: the tools' key, the
 #                      LuCI tarballs and its build functions); about a minute cold
+#   $CACHE/apk-KEY/    apk cross-built, on a CPU other than the host's (KEY: the apk-tools
+#                      tarball, its build functions and the Debian packages it builds
+#                      against); about half a minute cold
 #   $CACHE/root-KEY/   root.squashfs, initramfs.cpio, KERNEL (the kernel image's path), ARCH
 #                      and READY, written last (KEY: the tools' and LuCI's keys, this
-#                      script, the project files installed, the Debian packages and the
-#                      kernel)
+#                      script, apk's binaries, the project files installed, the Debian
+#                      packages and the kernel)
 # The last line on stdout is the root directory. Older entries are removed.
 #
 # Env: ARCH (x86_64 or mipsel), SNAPSHOT_ROUTER_CACHE (default /var/cache/snapshot-router),
 # SNAPSHOT_OPENWRT_SRC (default ../shared/openwrt-src beside the checkout), SNAPSHOT_VM_CACHE
 # (the kernel tier's), SNAPSHOT_MIPSEL_CACHE (scripts/setup-mipsel.sh's),
-# SNAPSHOT_OPENWRT_TOOLS (scripts/setup-openwrt-tools.sh's, for apk).
+# SNAPSHOT_OPENWRT_TOOLS (scripts/setup-openwrt-tools.sh's: the host's apk, and the root's
+# on x86_64).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
@@ -63,11 +67,17 @@ PYTHON_DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6
              libexpat1 liblzma5 libbz2-1.0 libffi8)
 # apk's (the root's step 6c).
 PYTHON_DEBS+=(libssl3 libzstd1)
+# What apk is cross-built against on a CPU other than the host's (set below): the headers and
+# pkg-config files of PYTHON_DEBS' libssl3, libzstd1 and zlib1g.
+APK_DEBS=()
 # The tarballs, in build order (each links the ones before it).
 COMPONENTS=(musl json-c libubox ubus uci ucode udebug procd ubox uhttpd rpcd libnl-tiny
             netifd usign jsonpath fstools busybox openwrt-busybox openwrt-files)
 
 log() { echo "build-router: $*" >&2; }
+
+# shellcheck source=scripts/apk-tools.sh
+source "$HERE/scripts/apk-tools.sh"
 
 # What differs between the CPUs: Debian's architecture and triplet, the compiler musl wraps
 # and the binutils prefix, where the kernel's UAPI headers are (asm is per architecture),
@@ -82,8 +92,13 @@ mipsel)
     DEB_ARCH=mipsel TRIPLET=mipsel-linux-gnu CROSS=mipsel-linux-gnu-
     UAPI=/usr/mipsel-linux-gnu/include UAPI_ASM=/usr/mipsel-linux-gnu/include/asm
     OPENWRT_TARGET=malta/le OPENWRT_ARCH=mipsel_24kc BOARD=malta
-    # The cross compiler and the mipsel UAPI headers (<mtd/mtd-user.h>).
-    PACKAGES+=(gcc-mipsel-linux-gnu libc6-dev-mipsel-cross) ;;
+    # meson's names of the CPU, for apk's cross file.
+    MESON_CPU=mips MESON_ENDIAN=little
+    # The cross compiler and the mipsel UAPI headers (<mtd/mtd-user.h>); meson for apk.
+    PACKAGES+=(gcc-mipsel-linux-gnu libc6-dev-mipsel-cross meson ninja-build)
+    APK_DEBS=(libssl-dev libzstd-dev zlib1g-dev)
+    # OpenSSL's libcrypto links libatomic on 32-bit MIPS (for its 64-bit atomics).
+    PYTHON_DEBS+=(libatomic1) ;;
 *)
     log "ARCH must be x86_64 or mipsel, not $ARCH"; exit 1 ;;
 esac
@@ -104,11 +119,11 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 # The kernel: KVER its module directory's name, KROOT the tree holding lib/modules/KVER,
 # KERNEL_IMAGE what qemu's -kernel takes.
+# The host's apk, which makes the root's apk database (step 6c) on either CPU.
+OPENWRT_TOOLS="${SNAPSHOT_OPENWRT_TOOLS:-/var/cache/snapshot-openwrt-tools}"
+SNAPSHOT_OPENWRT_TOOLS="$OPENWRT_TOOLS" bash "$HERE/scripts/setup-openwrt-tools.sh" >&2
 if [[ $ARCH == x86_64 ]]; then
     bash "$HERE/scripts/setup-kernel-tier.sh" >&2
-    # apk (the root's step 6c).
-    OPENWRT_TOOLS="${SNAPSHOT_OPENWRT_TOOLS:-/var/cache/snapshot-openwrt-tools}"
-    SNAPSHOT_OPENWRT_TOOLS="$OPENWRT_TOOLS" bash "$HERE/scripts/setup-openwrt-tools.sh" >&2
     KVER="$(cat "$VM_CACHE/KERNEL_VERSION")"
     KROOT="$VM_CACHE/root"
     KERNEL_IMAGE="$VM_CACHE/vmlinux"
@@ -408,12 +423,93 @@ deb_versions() {
         Package:) pkg="$value" ;;
         Version:) DEB_VERSION[$pkg]="$value" ;;
         esac
-    done < <(apt-cache show --no-all-versions "${PYTHON_DEBS[@]/%/:$DEB_ARCH}" 2>/dev/null)
-    for pkg in "${PYTHON_DEBS[@]}"; do [[ -n ${DEB_VERSION[$pkg]:-} ]] || return 1; done
+    done < <(apt-cache show --no-all-versions "${DEBS_USED[@]/%/:$DEB_ARCH}" 2>/dev/null)
+    for pkg in "${DEBS_USED[@]}"; do [[ -n ${DEB_VERSION[$pkg]:-} ]] || return 1; done
 }
+DEBS_USED=("${PYTHON_DEBS[@]}" "${APK_DEBS[@]}")
 if ! deb_versions; then
     apt-get update -qq
-    deb_versions || { log "apt knows not all of ${PYTHON_DEBS[*]}"; exit 1; }
+    deb_versions || { log "apt knows not all of ${DEBS_USED[*]}"; exit 1; }
+fi
+
+# deb_file PKG: the path of PKG's package for the CPU, of the version above, downloaded once.
+DEBS="$CACHE/debs"
+mkdir -p "$DEBS"
+# apt-get download drops privileges to _apt, which must be able to write there.
+chmod 0777 "$DEBS"
+deb_file() {
+    local deb="$DEBS/${1}_${DEB_VERSION[$1]//:/%3a}_$DEB_ARCH.deb"
+    [[ -f $deb ]] || (cd "$DEBS" && apt-get download -qq "$1:$DEB_ARCH=${DEB_VERSION[$1]}" >&2)
+    echo "$deb"
+}
+
+# --- apk: the host's on x86_64, cross-built on another CPU --------------------------------
+
+# The pinned apk-tools built as the host's (scripts/apk-tools.sh) by the cross compiler,
+# against Debian's OpenSSL, zstd and zlib for the CPU: their packages, of the versions the
+# root holds, unpacked into a sysroot of the build's own (no package of another CPU is
+# installed on the host). The compiler's entry in the cross file carries that sysroot's
+# paths: arch-specific headers (opensslconf.h), and libraries to link and to resolve
+# libssl's own dependencies from.
+build_apk() {
+    local sysroot="$B/sysroot" lib="$B/sysroot/usr/lib/$TRIPLET" pkg
+    for pkg in "${APK_DEBS[@]}" libssl3 libzstd1 zlib1g; do
+        dpkg-deb -x "$(deb_file "$pkg")" "$sysroot"
+    done
+    cat >"$B/cross.ini" <<EOF
+[binaries]
+c = ['${CROSS}gcc', '-I$sysroot/usr/include/$TRIPLET', '-L$lib',
+     '-Wl,-rpath-link,$lib:$sysroot/lib/$TRIPLET']
+ar = '${CROSS}ar'
+strip = '${CROSS}strip'
+pkgconfig = 'pkg-config'
+
+[properties]
+sys_root = '$sysroot'
+pkg_config_libdir = '$lib/pkgconfig:$sysroot/usr/share/pkgconfig'
+
+[host_machine]
+system = 'linux'
+cpu_family = '$MESON_CPU'
+cpu = '$MESON_CPU'
+endian = '$MESON_ENDIAN'
+EOF
+    tar -xzf "$(tarball apk-tools)" -C "$B"
+    apk_tools_build "$B/apk-tools" "$APK_OUT" --cross-file "$B/cross.ini"
+}
+
+apk_key() {
+    local pkg
+    {
+        echo "$ARCH"
+        sha256sum "$(tarball apk-tools)" | cut -d' ' -f1
+        for pkg in "${APK_DEBS[@]}" libssl3 libzstd1 zlib1g; do
+            echo "$pkg=${DEB_VERSION[$pkg]}"
+        done
+        declare -f apk_tools_build build_apk
+    } | sha256sum | cut -c1-16
+}
+
+# APK: the prefix whose bin/apk and lib/libapk.so* the root takes (APK_KEY empty: no step).
+APK_KEY=""
+if [[ $ARCH == x86_64 ]]; then
+    APK="$OPENWRT_TOOLS"
+else
+    APK_KEY="$(apk_key)"
+    APK="$CACHE/apk-$APK_KEY"
+    if [[ ! -f "$APK/READY" ]]; then
+        log "cross-building apk into $APK"
+        started=$SECONDS
+        rm -rf "$APK" "$APK.tmp"
+        B="$APK.tmp/build"
+        APK_OUT="$APK.tmp"
+        mkdir -p "$B"
+        build_apk
+        rm -rf "$B"
+        echo "built in $((SECONDS - started)) s" >"$APK.tmp/READY"
+        mv "$APK.tmp" "$APK"
+        log "apk built in $((SECONDS - started)) s"
+    fi
 fi
 
 # The project's files the feed Makefile installs (its SNAPSHOT_SOURCE_FILES and files/),
@@ -425,9 +521,8 @@ root_key() {
     {
         echo "$ARCH $TOOLS_KEY $LUCI_KEY $KVER"
         sha256sum "$SCRIPT" "$KERNEL_IMAGE" | cut -d' ' -f1
-        if [[ $ARCH == x86_64 ]]; then
-            sha256sum "$OPENWRT_TOOLS/bin/apk" "$OPENWRT_TOOLS"/lib/libapk.so.* | cut -d' ' -f1
-        else
+        sha256sum "$APK/bin/apk" "$APK"/lib/libapk.so.* | cut -d' ' -f1
+        if [[ $ARCH != x86_64 ]]; then
             # The bindings' directory is named by their inputs' hash; setup-mipsel.sh's entry
             # by its packages' versions (the backend, busybox).
             echo "$ABI $MIPSEL_ENTRY"
@@ -550,15 +645,8 @@ done
 printf 'failover\nnet_failover\nvirtio_net\n' >"$R/etc/modules.d/30-virtio-net"
 
 # 5. Debian's Python and the libraries it needs; glibc beside musl.
-DEBS="$CACHE/debs"
-mkdir -p "$DEBS"
-chmod 0777 "$DEBS"
 for pkg in "${PYTHON_DEBS[@]}"; do
-    deb="$DEBS/${pkg}_${DEB_VERSION[$pkg]//:/%3a}_$DEB_ARCH.deb"
-    if [[ ! -f $deb ]]; then
-        (cd "$DEBS" && apt-get download -qq "$pkg:$DEB_ARCH=${DEB_VERSION[$pkg]}")
-    fi
-    dpkg-deb -x "$deb" "$R"
+    dpkg-deb -x "$(deb_file "$pkg")" "$R"
 done
 rm -rf "$R/usr/share/doc" "$R/usr/share/lintian" "$R/usr/share/man" "$R/usr/share/binfmts" \
     "$R/usr/lib/$TRIPLET/gconv" "$R/usr/share/pixmaps" "$R/usr/share/applications"
@@ -619,7 +707,7 @@ done < <(find "$SITE" -name '*.so')
 #     erases that block and every one after it when jffs2 mounts the partition: step 8's
 #     initramfs does that part here). OpenWrt's mtd tool is not built: the jffs2 is made by
 #     the kernel's own on an mtdram of the same erase size, before stage2 leaves the root,
-#     and its blocks and the mark are copied to the start of rootfs_data.
+#     and its blocks that hold nodes and the mark are copied to the start of rootfs_data.
 ln -sfn ../../lib/libc.so "$R/usr/bin/ldd"
 modprobe -d "$KROOT" -S "$KVER" --show-depends mtdram | while read -r verb path _; do
     [[ $verb == insmod ]] && cp "$path" "$KMODS/"
@@ -631,8 +719,11 @@ platform_check_image() {
 	return 0
 }
 
-# A jffs2 needs 5 erase blocks or more; only the first ones, up to the last that holds more
-# than a clean marker (12 bytes at its start), are written to rootfs_data.
+# A jffs2 needs 5 erase blocks or more; only those that hold more than a clean marker (12
+# bytes at the start) are written to rootfs_data, one after the other (jffs2 finds its nodes
+# wherever they are). The kernel's jffs2 leaves blocks empty, at times the first one, not
+# even a clean marker in it: rootfs_data must start with a jffs2 node for fstools and step
+# 8's initramfs to take it for one.
 platform_pre_upgrade() {
 	local index blocks=8 block=0 used=0
 	[ -n "$UPGRADE_BACKUP" ] || return 0
@@ -645,12 +736,16 @@ platform_pre_upgrade() {
 	cp "$UPGRADE_BACKUP" /tmp/settings.mnt/sysupgrade.tgz
 	umount /tmp/settings.mnt || return 1
 	mknod /dev/settings-mtd c 90 $((index * 2)) || return 1
+	: >"$SETTINGS_JFFS2"
 	while [ $block -lt $blocks ]; do
-		[ "$(dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null |
-			tail -c +13 | tr -d '\377' | head -c 1 | wc -c)" = 0 ] || used=$((block + 1))
+		if [ "$(dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null |
+			tail -c +13 | tr -d '\377' | head -c 1 | wc -c)" != 0 ]; then
+			dd if=/dev/settings-mtd bs=64k skip=$block count=1 2>/dev/null \
+				>>"$SETTINGS_JFFS2"
+			used=$((used + 1))
+		fi
 		block=$((block + 1))
 	done
-	dd if=/dev/settings-mtd of="$SETTINGS_JFFS2" bs=64k count=$used 2>/dev/null
 	rm /dev/settings-mtd
 	[ $used -gt 0 ] || return 1
 	# The end mark, made here: stage2's RAM root has no tr.
@@ -674,19 +769,22 @@ platform_do_upgrade() {
 EOF
 
 # 6c. apk, OpenWrt's package manager since it replaced opkg, for `snapshot upgrade` and the
-#     commit hook (x86_64 only: the mipsel root has none, see the top). The one tool not
-#     built against musl: apk 3 needs OpenSSL (or mbedtls) and zstd, which the pinned
-#     sources do not hold. It is the host tests' build (scripts/setup-openwrt-tools.sh, the
-#     pinned apk-tools) on Debian's glibc, OpenSSL and zstd (in PYTHON_DEBS), which the root
-#     holds beside musl for Python. Its database is made as OpenWrt's image build makes it,
-#     here with no package installed by apk.
-if [[ $ARCH == x86_64 ]]; then
-    install -m 0755 "$OPENWRT_TOOLS/bin/apk" "$R/usr/bin/apk"
-    cp -a "$OPENWRT_TOOLS"/lib/libapk.so* "$R/usr/lib/"
-    run "$W/apk.log" "$OPENWRT_TOOLS/bin/apk" --root "$R" add --initdb --no-cache
-    # initdb's cache and log went through /var, a link to /tmp, which is RAM on the router.
-    find "$R/tmp" -mindepth 1 -delete
-fi
+#     commit hook. The one tool not built against musl: apk 3 needs OpenSSL (or mbedtls) and
+#     zstd, which the pinned sources do not hold. It is the pinned apk-tools on Debian's
+#     glibc, OpenSSL and zstd (in PYTHON_DEBS), which the root holds beside musl for Python:
+#     on x86_64 the host tests' build (scripts/setup-openwrt-tools.sh), on mipsel that build
+#     cross-compiled ($APK, above). Its database is made as OpenWrt's image build makes it,
+#     by the host's apk (the database's files are the same on every CPU), here with no
+#     package installed by apk. Its architecture is OpenWrt's package architecture, as
+#     there; the test feeds' packages are noarch, which every architecture takes. The
+#     project's commit hook (step 6) is for the router's own transactions, not this one: run
+#     here, chrooted into the root, it would need the root's CPU.
+install -m 0755 "$APK/bin/apk" "$R/usr/bin/apk"
+cp -a "$APK"/lib/libapk.so* "$R/usr/lib/"
+run "$W/apk.log" "$OPENWRT_TOOLS/bin/apk" --root "$R" --arch "$OPENWRT_ARCH" add --initdb \
+    --no-cache --no-commit-hooks
+# initdb's cache and log went through /var, a link to /tmp, which is RAM on the router.
+find "$R/tmp" -mindepth 1 -delete
 
 # 6d. LuCI (the browser tier, x86_64): its packages' trees, and luci-app-snapshot laid out as
 #     luci.mk lays out an app (htdocs in /www, root in /). luci-base's postinst, which the
@@ -824,7 +922,9 @@ echo "assembled in $((SECONDS - started)) s" >"$ROOT.tmp/READY"
 rm -rf "$ROOT"
 mv "$ROOT.tmp" "$ROOT"
 # Entries of earlier inputs, once no session can still be using them.
-find "$CACHE" -mindepth 1 -maxdepth 1 \( -name 'tools-*' -o -name 'luci-*' -o -name 'root-*' \) \
-    ! -name "tools-$TOOLS_KEY" ! -name "luci-$LUCI_KEY" ! -name "root-$ROOT_KEY" -mmin +60 -exec rm -rf {} +
+find "$CACHE" -mindepth 1 -maxdepth 1 \
+    \( -name 'tools-*' -o -name 'luci-*' -o -name 'apk-*' -o -name 'root-*' \) \
+    ! -name "tools-$TOOLS_KEY" ! -name "luci-$LUCI_KEY" ! -name "apk-$APK_KEY" \
+    ! -name "root-$ROOT_KEY" -mmin +60 -exec rm -rf {} +
 log "root ready in $ROOT ($((SECONDS - started)) s)"
 echo "$ROOT"

@@ -39,6 +39,9 @@ PINS=(
 
 log() { echo "setup-openwrt-tools: $*" >&2; }
 
+# shellcheck source=scripts/apk-tools.sh
+source "$(dirname "$0")/apk-tools.sh"
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -116,14 +119,7 @@ build() {
         make -C "$dir/_build" install >/dev/null
         ln -sf opkg-cl "$PREFIX/bin/opkg" ;;
     apk-tools)
-        meson setup "$dir/_build" "$dir" --prefix="$PREFIX" --libdir=lib -Dlua=disabled \
-            -Ddocs=disabled -Dhelp=disabled -Dpython=disabled -Dtests=disabled \
-            -Dcrypto_backend=openssl -Durl_backend=libfetch -Dzstd=enabled \
-            "-Dc_link_args=-Wl,-rpath,\$ORIGIN/../lib" >"$dir/_build.log" 2>&1 \
-            || { tail -n 30 "$dir/_build.log" >&2; return 1; }
-        ninja -C "$dir/_build" -j"$JOBS" >>"$dir/_build.log" 2>&1 \
-            || { tail -n 30 "$dir/_build.log" >&2; return 1; }
-        ninja -C "$dir/_build" install >/dev/null ;;
+        apk_tools_build "$dir" "$PREFIX" ;;
     fstools)
         # Built in place, not installed: the three binaries and libfstools, with a RUNPATH into
         # the prefix's libraries and their own directory.

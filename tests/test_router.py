@@ -17,9 +17,8 @@ order, as in the kernel tier, and each boot starts on the flash the one before l
 8. the stock jffs2 with the settings.
 Every state is reached on both CPUs (router_vm.CPUS): the `root` fixture is parametrized,
 so each test runs once per CPU, x86_64 and mipsel (malta) each a chain of boots of its own
-(side by side under xdist: tests/conftest.py groups them by CPU). The mipsel root has no
-apk, so its boots end at state 6: `snapshot upgrade` and the sysupgrade after it are
-x86_64's only (X86_64_ONLY).
+(side by side under xdist: tests/conftest.py groups them by CPU), but for the fixtures
+X86_64_ONLY names and what follows them.
 Marked `router`: `bash scripts/test.sh -m router` runs this tier alone, `-k mipsel` one CPU.
 """
 import functools
@@ -64,8 +63,6 @@ def root(request):
 #: uses one on another CPU before any fixture is set up (the first reason that applies).
 X86_64_ONLY = {
     "mesh_neighbour": "the mesh's neighbour is a kernel-tier guest on x86_64's kernel",
-    "upgraded": "the mipsel root has no apk (scripts/build-router.sh)",
-    "after_sysupgrade": "its boot follows `snapshot upgrade`: the mipsel root has no apk",
 }
 
 
