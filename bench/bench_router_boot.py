@@ -66,6 +66,17 @@ def window(router: Router) -> float:
     return float(INIT_D.search(log).group(1)) - float(PREINIT.search(log).group(1))
 
 
+def convert(root: Path, flash: Path, console_log: Path) -> None:
+    """A boot of flash that runs `snapshot convert` once the overlay is jffs2 (a first boot's
+    rc.d formats it), which reboots into the chain."""
+    with Router(root, flash, console_log) as router:
+        settled(router)
+        router.wait_until("grep -q ' /overlay jffs2 ' /proc/mounts", SETTLE_TIMEOUT)
+        router.send("snapshot convert\n")
+        router.expect("snapshot convert: converted; rebooting into the chain", 600)
+        router.wait_exit(120)
+
+
 BOOT_NUMBERS = itertools.count(1)
 
 
@@ -136,11 +147,7 @@ def main() -> None:
             reboot(router)
         chain = work / "chain.img"
         shutil.copyfile(jffs2, chain)
-        with Router(root, chain, work / "console-convert.log") as router:
-            settled(router)
-            router.send("snapshot convert\n")
-            router.expect("snapshot convert: converted; rebooting into the chain", 600)
-            router.wait_exit(120)
+        convert(root, chain, work / "console-convert.log")
         medians = interleaved(BOOTS, {
             "jffs2": lambda: boot_seconds(root, jffs2, work, "jffs2"),
             "chain": lambda: boot_seconds(root, chain, work, "chain"),

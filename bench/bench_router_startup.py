@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_router_boot import reboot, settled  # noqa: E402
+from bench_router_boot import convert, reboot, settled  # noqa: E402
 from measure import verdict  # noqa: E402
 from router_vm import Router, build_root, erased_flash  # noqa: E402
 
@@ -76,12 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-router-startup-") as tmp:
         work = Path(tmp)
         flash = erased_flash(work / "flash.img")
-        with Router(root, flash, work / "console-first.log") as router:
-            settled(router)
-            router.wait_until("grep -q ' /overlay jffs2 ' /proc/mounts", 300)
-            router.send("snapshot convert\n")
-            router.expect("snapshot convert: converted; rebooting into the chain", 600)
-            router.wait_exit(120)
+        convert(root, flash, work / "console-first.log")
         with Router(root, flash, work / "console-chain.log") as router:
             settled(router)
             router.write_file(MEASURE.encode(), "/tmp/measure.py")
