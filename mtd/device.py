@@ -17,11 +17,6 @@ from mtd.locate import MTD_CHAR_MAJOR
 
 DEFAULT_PARTITION = "rootfs_data"
 
-#: sysfs's names for the types (drivers/mtd/mtdcore.c, mtd_type_show) that are not
-#: FlashType's own; "unknown" is what the kernel prints for a type it has no name for.
-_SYSFS_TYPES = {"unknown": FlashType.ABSENT}
-
-
 def _abi():
     """The compiled bindings, loaded at the first call."""
     from mtd import _mtd_abi
@@ -140,9 +135,10 @@ class MtdDevice(Closing):
     def _read_geometry(self) -> Geometry:
         """What MEMGETINFO would give, from the device's sysfs attributes (the same fields
         of the kernel's struct mtd_info; sysfs-class-mtd in the kernel's ABI documents)."""
-        kind = self._attribute("type")
+        # sysfs names the types as FlashType does (drivers/mtd/mtdcore.c, mtd_type_show),
+        # and "unknown" one it has no name for.
         try:
-            flash_type = _SYSFS_TYPES.get(kind) or FlashType(kind)
+            flash_type = FlashType(self._attribute("type"))
         except ValueError:
             flash_type = FlashType.ABSENT
         return Geometry(type=flash_type, size=self._number("size"),
