@@ -167,7 +167,7 @@ def side_by_side(work: Path, lab, env: dict, geometry, bundle: Path, old: Path,
         for suffix in ("", ".sim.json"):
             shutil.copyfile(f"{blank}{suffix}", f"{unit}{suffix}")
         if first:
-            firmware.CACHE.unlink(missing_ok=True)
+            Path(firmware.CACHE).unlink(missing_ok=True)
         return run([*CLI, "--device", unit, "bundle", "apply", source, "--no-reboot"],
                    env=env)
 

@@ -17,29 +17,27 @@ block.
 leave it after a cut (DESIGN.md), and `status` says which state it is in.
 """
 import fcntl
-import json
 import os
 import time
-from collections.abc import Callable
-from pathlib import Path
 
+from snapshot import kept
 from snapshot.errors import Busy
 
-DIRECTORY = Path("/tmp/snapshot")
-RECORD = DIRECTORY / "job.json"
+DIRECTORY = "/tmp/snapshot"
+RECORD = f"{DIRECTORY}/job.json"
 # Held (flock) by the job's process for its whole life: a second job cannot start beside it.
-LOCK = DIRECTORY / "job.lock"
+LOCK = f"{DIRECTORY}/job.lock"
 PROGRESS_EVERY = 1.0
 # The job this process runs, if it is a job's process, and when its progress was last written.
 _running: dict | None = None
 _progress_written = 0.0
 
 
-def start(method: str, run: Callable[[], dict]) -> int:
+def start(method: str, run) -> int:
     """Run `run()` in a detached process (its own session, stdio on /dev/null); returns the
-    job's id once its record says "running". Busy if a job is still running; then nothing
+    job's id once its record says "running" (`run`: no arguments, returns a dict). Busy if a job is still running; then nothing
     starts."""
-    DIRECTORY.mkdir(parents=True, exist_ok=True)
+    os.makedirs(DIRECTORY, exist_ok=True)
     lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
@@ -73,7 +71,7 @@ def start(method: str, run: Callable[[], dict]) -> int:
     return job["id"]
 
 
-def _detached(job: dict, run: Callable[[], dict], written: int) -> None:
+def _detached(job: dict, run, written: int) -> None:
     """The job's process: it keeps the lock's descriptor (inherited) until it exits."""
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -112,16 +110,11 @@ def progress(line: str, now: bool = False) -> None:
 
 
 def _read() -> dict | None:
-    try:
-        return json.loads(RECORD.read_text())
-    except (OSError, ValueError):
-        return None
+    return kept.read(RECORD)
 
 
 def _write(job: dict) -> None:
-    partial = RECORD.with_suffix(".partial")
-    partial.write_text(json.dumps(job))
-    os.replace(partial, RECORD)
+    kept.write(RECORD, job)
 
 
 def _alive(pid: int) -> bool:

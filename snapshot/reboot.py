@@ -12,24 +12,18 @@ workstation), a reboot would restart this machine for nothing: the command says 
 when the change takes effect instead. Without a record (a sandbox mount, or a system booted
 the stock way) nothing is the booted device.
 """
-import json
-import os
-from pathlib import Path
-
 from mtd import Flash, FlashOpenError, open_flash
+from snapshot import kept
 from snapshot.errors import SnapshotError
 from snapshot.store.verified import device_key
 
-BOOTED = Path("/tmp/snapshot/booted.json")
+BOOTED = "/tmp/snapshot/booted.json"
 
 
-def record(flash: Flash, where: Path | None = None) -> None:
-    """Note `flash` as the device the running system booted its overlay from."""
-    where = where or BOOTED
-    where.parent.mkdir(parents=True, exist_ok=True)
-    partial = where.with_name(f"{where.name}.partial")
-    partial.write_text(json.dumps({"device": flash.name, "key": device_key(flash)}))
-    os.replace(partial, where)
+def record(flash: Flash, where=None) -> None:
+    """Note `flash` as the device the running system booted its overlay from (in BOOTED, or
+    the path `where`)."""
+    kept.write(where or BOOTED, {"device": flash.name, "key": device_key(flash)})
 
 
 def booted(device: str | None) -> tuple[str, bool]:
@@ -40,11 +34,8 @@ def booted(device: str | None) -> tuple[str, bool]:
             name, mine = flash.name, device_key(flash)
     except (FlashOpenError, OSError):
         return device or "the overlay partition", False
-    try:
-        recorded = json.loads(BOOTED.read_text())
-    except (OSError, ValueError):
-        return name, False
-    return name, isinstance(recorded, dict) and recorded.get("key") == mine
+    recorded = kept.read(BOOTED)
+    return name, recorded is not None and recorded.get("key") == mine
 
 
 def reboot_into(device: str | None, what: str, log) -> bool:

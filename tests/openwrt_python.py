@@ -94,7 +94,11 @@ OWN = {"snapshot", "mtd"}
 
 #: What python3-light's filespec leaves out besides ABSENT: the test suites (also every
 #: package's test/ and tests/), the test extension modules, and pdb's help text.
-LIGHT_LEAVES_OUT = {"test", "pdb.doc"}
+LIGHT_LEAVES_OUT = {"test", "pdb.doc",
+                    # Debian's, not CPython's: its sitecustomize.py (which imports apport's
+                    # hook into every start) is in no OpenWrt package, and would weigh on
+                    # every start-up measured on the router, `python3 -c pass` included.
+                    "sitecustomize.py"}
 
 
 class Unplaced(Exception):

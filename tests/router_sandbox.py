@@ -761,7 +761,7 @@ def _namespace_main(spec: dict) -> None:
         # reboots into it (snapshot/reboot.py); the sandbox form notes nothing, and the
         # router's /tmp is made after it.
         with SimFlash(spec["image"]) as flash:
-            reboot.record(flash, target / reboot.BOOTED.relative_to("/"))
+            reboot.record(flash, target / reboot.BOOTED.lstrip("/"))
         for name in spec["tmp_links"]:
             (target / "tmp" / name).symlink_to(f"{HOST}/tmp/{name}")
         if spec["ram"]:

@@ -506,9 +506,9 @@ from pathlib import Path
 from snapshot.fleet import firmware
 image, rom, cli = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 subprocess.run(["mount", "-o", "loop,ro", str(image), str(rom)], check=True)
-firmware.CACHE.unlink(missing_ok=True)
+Path(firmware.CACHE).unlink(missing_ok=True)
 ids = [firmware.kind(rom), firmware.identity(rom, firmware.SQUASHFS)]
-kept = json.loads(firmware.CACHE.read_text())["sha256"]
+kept = json.loads(Path(firmware.CACHE).read_text())["sha256"]
 ids += [kept, firmware.identity(rom, firmware.SQUASHFS), firmware.tree_id(rom)]
 done = [subprocess.run(argv, capture_output=True, text=True) for argv in cli]
 print(json.dumps({"ids": ids, "done": [(d.returncode, d.stderr) for d in done]}))

@@ -23,9 +23,9 @@ from test_fleet import behind_a_slow_server, collect, on, poll, world  # noqa: F
 def no_last_poll():
     # The last poll's outcome lives in /tmp, as on a router, where /tmp starts empty at boot;
     # here another test's would still be there.
-    memory.LAST_POLL.unlink(missing_ok=True)
+    Path(memory.LAST_POLL).unlink(missing_ok=True)
     yield
-    memory.LAST_POLL.unlink(missing_ok=True)
+    Path(memory.LAST_POLL).unlink(missing_ok=True)
 
 
 def publish(lab, unit, channel, bundle, *more):

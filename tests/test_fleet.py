@@ -30,7 +30,7 @@ GROUPS = {"u1": "canary", "u2": "canary", "u3": "rest", "u4": "rest"}
 def world(tmp_path):
     # The watch's last results live in /tmp, as on a router, where /tmp starts empty at boot;
     # here another test's would still be there.
-    kept.RESULTS.unlink(missing_ok=True)
+    Path(kept.RESULTS).unlink(missing_ok=True)
     lab = Lab.make(tmp_path / "lab")
     lab.reference(tmp_path / "ref.img", NOR)
     channel = tmp_path / "www/fleet"

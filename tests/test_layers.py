@@ -13,7 +13,7 @@ ROOT = Path(snapshot.__file__).parent
 #: __init__.
 LAYERS = {
     # base: anything may import it
-    "snapshot": 1, "snapshot.errors": 1, "snapshot.text": 1,
+    "snapshot": 1, "snapshot.errors": 1, "snapshot.text": 1, "snapshot.kept": 1,
     # the chain on flash: bytes and records
     "snapshot.store": 2,
     # overlay directories to and from tar streams

@@ -101,6 +101,13 @@ def test_first_boot_overlay_is_jffs2_on_rootfs_data(first_boot):
     assert "overlayfs:/overlay / overlay " in mounts
 
 
+def test_python_starts_as_openwrts_does(first_boot):
+    # No Debian sitecustomize (nor apport's hook, which it imports): every start-up measured
+    # on this router, `python3 -c pass` included, is OpenWrt's.
+    started = first_boot.check("python3 -c 'import sys; print(sorted(sys.modules))'")
+    assert "sitecustomize" not in started and "apport" not in started
+
+
 def test_procd_runs_ubusd_rpcd_and_the_snapshot_service(first_boot):
     services = json.loads(first_boot.check("ubus call service list"))
     assert services["rpcd"]["instances"]["instance1"]["running"]

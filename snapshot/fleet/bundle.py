@@ -16,12 +16,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
-from pathlib import Path
-from typing import NamedTuple
 
+from mtd.fields import fields
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
 from snapshot.fleet import firmware
 from snapshot.store import trial as trials
@@ -49,10 +47,13 @@ class BundleRefused(SnapshotError):
     """A bundle this router does not apply; nothing was written."""
 
 
-class Bundle(NamedTuple):
-    manifest: dict
-    manifest_bytes: bytes
-    signature: bytes
+# Paths are strings or path-like objects, used through os.path, and the records are
+# mtd.fields tuples: `bundle apply` runs on a router's CPU, where pathlib and typing would add
+# urllib.parse, ipaddress, fnmatch and typing's own weight to every run.
+
+class Bundle(fields("Bundle", "manifest manifest_bytes signature")):
+    # manifest: dict, manifest_bytes: bytes, signature: bytes
+    __slots__ = ()
 
     @property
     def id(self) -> str:
@@ -100,10 +101,16 @@ def base(chain: Chain) -> list[str]:
     return [content_hash(chain, r) for r in chain.snapshots if r.entry.state == CONFIRMED]
 
 
-def board(board_file: Path) -> str:
+def _beside(path, name: str) -> str:
+    """A file in `path`'s directory: where a temporary file for `path` goes."""
+    return os.path.join(os.path.dirname(os.fspath(path)), name)
+
+
+def board(board_file) -> str:
     """The router's board name, as OpenWrt's board detection wrote it."""
     try:
-        name = board_file.read_text().strip()
+        with open(board_file, encoding="utf-8", errors="surrogateescape") as f:
+            name = f.read().strip()
     except OSError as e:
         raise SnapshotError(f"{board_file}: cannot read the board name: {e.strerror} "
                             f"(option board_file)") from None
@@ -124,8 +131,8 @@ def manifest_bytes(manifest: dict) -> bytes:
                       ensure_ascii=True).encode()
 
 
-def create(chain: Chain, first: int, last: int, out: Path, boards: list[str], rom: Path,
-           message: str | None = None, key: Path | None = None) -> Bundle:
+def create(chain: Chain, first: int, last: int, out, boards: list[str], rom,
+           message: str | None = None, key=None) -> Bundle:
     """Write snapshots first..last of `chain` as a bundle to `out`: one payload, the record's
     own bytes for one snapshot, the merge squash makes for several. The snapshots below
     `first` are its base and must be confirmed; so must first..last. The firmware is the one
@@ -150,7 +157,7 @@ def create(chain: Chain, first: int, last: int, out: Path, boards: list[str], ro
     newest = records[-1].entry
     message = newest.message if message is None else message
     below = [content_hash(chain, r) for r in chain.snapshots[:first - 1]]
-    tmp = out.with_name(f".{out.name}.new")
+    tmp = _beside(out, f".{os.path.basename(out)}.new")
     try:
         with open(tmp, "w+b") as f:
             if len(records) == 1:
@@ -176,12 +183,20 @@ def create(chain: Chain, first: int, last: int, out: Path, boards: list[str], ro
             signature = sign_bytes(data, key) if key else b""
             _write(out, version, data, signature, f)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
     return Bundle(manifest, data, signature)
 
 
-def _write(out: Path, version: int, data: bytes, signature: bytes, payload) -> None:
-    tmp = out.with_name(f".{out.name}.part")
+def _remove(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write(out, version: int, data: bytes, signature: bytes, payload) -> None:
+    import shutil
+    tmp = _beside(out, f".{os.path.basename(out)}.part")
     try:
         with open(tmp, "wb") as f:
             f.write(HEADER.pack(MAGIC, version, 0, len(data), len(signature)))
@@ -193,10 +208,10 @@ def _write(out: Path, version: int, data: bytes, signature: bytes, payload) -> N
             os.fsync(f.fileno())
         os.replace(tmp, out)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
 
 
-def sign(path: Path, key: Path) -> Bundle:
+def sign(path, key) -> Bundle:
     """Sign the bundle at `path` with the usign secret key `key`, replacing any signature."""
     with open(path, "rb") as f:
         bundle = read_head(f, str(path))
@@ -228,15 +243,16 @@ SIG_LENGTH = 2 + 8 + 64
 
 
 def _usign(*args: str, **run) -> subprocess.CompletedProcess:
-    usign = shutil.which("usign")
-    if usign is None:
-        raise SnapshotError("usign is not installed: it signs and verifies bundles")
-    return subprocess.run([usign, *args], capture_output=True, **run)
+    try:
+        # Found on PATH as the shell would find it.
+        return subprocess.run(["usign", *args], capture_output=True, **run)
+    except FileNotFoundError:
+        raise SnapshotError("usign is not installed: it signs and verifies bundles") from None
 
 
-def sign_bytes(data: bytes, key: Path) -> bytes:
+def sign_bytes(data: bytes, key) -> bytes:
     import tempfile
-    if not key.is_file():
+    if not os.path.isfile(key):
         raise SnapshotError(f"{key}: no such secret key")
     # usign maps the message it signs: a file, not a pipe. The signature comes on stdout.
     with tempfile.NamedTemporaryFile(prefix="snapshot-sign-") as message:
@@ -272,7 +288,7 @@ def fingerprint(signature: bytes) -> str:
     return raw[2:10].hex()
 
 
-def verify_bytes(data: bytes, signature: bytes, public_key: Path) -> bool:
+def verify_bytes(data: bytes, signature: bytes, public_key) -> bool:
     """Whether usign finds `signature` of `data` good against `public_key`: one usign run,
     the message on its stdin, the signature (as `fingerprint` read it) through a pipe, so
     the key whose role the caller checked is the key usign verifies with."""
@@ -294,16 +310,17 @@ def verify_bytes(data: bytes, signature: bytes, public_key: Path) -> bool:
     return done.returncode == 0
 
 
-def verify(bundle: Bundle, keys_dir: Path) -> str:
+def verify(bundle: Bundle, keys_dir) -> str:
     """The fingerprint of the trusted key that signed the manifest, or BundleRefused."""
     if not bundle.signature:
         raise BundleRefused(f"bundle {bundle.id} is not signed (snapshot bundle sign); "
                             f"nothing was written")
     key = fingerprint(bundle.signature)
-    if not (keys_dir / key).is_file():
+    public_key = os.path.join(keys_dir, key)
+    if not os.path.isfile(public_key):
         raise BundleRefused(f"bundle {bundle.id} is signed by key {key}, which {keys_dir} "
                             f"does not trust; nothing was written")
-    if not verify_bytes(bundle.manifest_bytes, bundle.signature, keys_dir / key):
+    if not verify_bytes(bundle.manifest_bytes, bundle.signature, public_key):
         raise BundleRefused(f"bundle {bundle.id}: bad signature (key {key}): the bundle was "
                             f"changed after it was signed; nothing was written")
     return key
@@ -393,12 +410,10 @@ def describe(bundle: Bundle) -> dict:
 
 # -- applying one ---------------------------------------------------------------------------------
 
-class Router(NamedTuple):
-    """What a bundle is checked against: the trusted keys, this board, this firmware root
-    (option rom, whose id is computed of the kind the bundle names)."""
-    keys_dir: Path
-    board: str
-    rom: Path
+class Router(fields("Router", "keys_dir board rom")):
+    """What a bundle is checked against: the trusted keys (a directory), this board, this
+    firmware root (option rom, whose id is computed of the kind the bundle names)."""
+    __slots__ = ()
 
 
 def check(bundle: Bundle, router: Router) -> None:
@@ -521,8 +536,8 @@ def apply_from(source: str, chain: Chain, settings: dict, max_attempts: int, log
     with fetch.open_source(source) as stream:
         try:
             made = read_head(stream, source)
-            check(made, Router(Path(settings["keys_dir"]), board(Path(settings["board_file"])),
-                               Path(settings["rom"])))
+            check(made, Router(settings["keys_dir"], board(settings["board_file"]),
+                               settings["rom"]))
             check_file(stream, made, source)
             done = already(chain, made)
             if done:

@@ -17,12 +17,10 @@ number: a loop device set up again) and the image's superblock. The tree id stat
 entry of the root (3,000 on a router): only a bundle that names one pays it.
 """
 import hashlib
-import json
 import os
-import re
 import struct
-from pathlib import Path
 
+from snapshot import kept
 from snapshot.errors import SnapshotError
 
 SQUASHFS, TREE = "squashfs", "tree"
@@ -34,28 +32,35 @@ assert SUPERBLOCK.size == 96
 SQUASHFS_MAGIC = 0x73717368                 # "hsqs"
 CHUNK = 256 * 1024
 #: This boot's squashfs id: {"key": boot:device:superblock, "sha256": id}.
-CACHE = Path("/tmp/snapshot/rootfs.json")
-MOUNTINFO = Path("/proc/self/mountinfo")
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+CACHE = "/tmp/snapshot/rootfs.json"
+MOUNTINFO = "/proc/self/mountinfo"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# Paths here are strings or path-like objects, used through os.path: `bundle apply` checks the
+# firmware on every run, and pathlib would add urllib.parse, ipaddress and fnmatch to it.
 
 
-def kind(rom: Path) -> str:
+def _read(path, mode: str = "r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def kind(rom) -> str:
     """The id a bundle made from `rom` names: SQUASHFS for a squashfs mounted there or an
     image file, TREE for an unpacked root."""
-    if rom.is_file() or _mounted_device(rom) is not None:
+    if os.path.isfile(rom) or _mounted_device(rom) is not None:
         return SQUASHFS
-    if rom.is_dir():
+    if os.path.isdir(rom):
         return TREE
     raise SnapshotError(f"{rom}: the firmware root is not a directory or a squashfs image "
                         f"(option rom)")
 
 
-def identity(rom: Path, of: str) -> str:
+def identity(rom, of: str) -> str:
     """The id of kind `of` (SQUASHFS or TREE) of the firmware at `rom`; SnapshotError when
     `rom` has no id of that kind."""
     if of == TREE:
         return tree_id(rom)
-    if rom.is_file():
+    if os.path.isfile(rom):
         with open(rom, "rb") as f:
             return _image_id(f, str(rom))
     mounted = _mounted_device(rom)
@@ -65,11 +70,11 @@ def identity(rom: Path, of: str) -> str:
     return _cached_image_id(*mounted)
 
 
-def tree_id(rom: Path) -> str:
+def tree_id(rom) -> str:
     """SHA-256 over the firmware root's tree: each path with its type, mode, owner, size,
     mtime and link target, in sorted order. A squashfs never changes while it is mounted,
     and two builds of a firmware differ in at least one of these."""
-    if not rom.is_dir():
+    if not os.path.isdir(rom):
         raise SnapshotError(f"{rom}: the firmware root is not a directory (option rom)")
     digest = hashlib.sha256()
     for top, dirs, files in os.walk(rom):
@@ -112,34 +117,30 @@ def _image_id(f, name: str) -> str:
     return digest.hexdigest()
 
 
-def _cached_image_id(device: Path, attached: str) -> str:
+def _cached_image_id(device: str, attached: str) -> str:
     """The image id of the squashfs on `device`, read once per boot (see the module doc)."""
     try:
         with open(device, "rb") as f:
             raw, _ = _superblock(f, str(device))
-            key = (f"{BOOT_ID.read_text().strip()}:{os.stat(device).st_rdev}:{attached}:"
+            key = (f"{_read(BOOT_ID).strip()}:{os.stat(device).st_rdev}:{attached}:"
                    f"{raw.hex()}")
-            try:
-                found = json.loads(CACHE.read_text())
-                if found["key"] == key:
-                    return found["sha256"]
-            except (OSError, ValueError, TypeError, KeyError):
-                pass    # not this boot's, or unreadable: read the image again
+            found = kept.read(CACHE)
+            if found is not None and found.get("key") == key \
+                    and isinstance(found.get("sha256"), str):
+                return found["sha256"]
+            # not this boot's, or unreadable: read the image again
             digest = _image_id(f, str(device))
     except OSError as e:
         raise SnapshotError(f"{device}: cannot read the firmware's squashfs: "
                             f"{e.strerror or e}") from None
     try:
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        partial = CACHE.with_name(f".{CACHE.name}.{os.getpid()}")
-        partial.write_text(json.dumps({"key": key, "sha256": digest}))
-        os.replace(partial, CACHE)
+        kept.write(CACHE, {"key": key, "sha256": digest})
     except OSError:
         pass    # the next check reads the image again
     return digest
 
 
-def _mounted_device(rom: Path) -> tuple[Path, str] | None:
+def _mounted_device(rom) -> tuple[str, str] | None:
     """The block device of the squashfs mounted at `rom` (its whole root, the top mount
     there) and its DISKSEQ ("" when the kernel gives none), or None when none is. A loop
     device with no node in /dev (a container's, a sandbox's private /dev) is read through
@@ -147,7 +148,7 @@ def _mounted_device(rom: Path) -> tuple[Path, str] | None:
     where = os.fsencode(os.path.realpath(rom))
     found = None
     try:
-        lines = MOUNTINFO.read_bytes().splitlines()
+        lines = _read(MOUNTINFO, "rb").splitlines()
     except OSError:
         return None
     for line in lines:
@@ -159,22 +160,22 @@ def _mounted_device(rom: Path) -> tuple[Path, str] | None:
                 else None
     if found is None:
         return None
-    sysfs = Path(f"/sys/dev/block/{found}")
+    sysfs = f"/sys/dev/block/{found}"
     try:
         uevent = dict(line.partition("=")[::2] for line in
-                      (sysfs / "uevent").read_text().splitlines())
+                      _read(f"{sysfs}/uevent").splitlines())
     except OSError:
         uevent = {}
     try:
-        device = Path("/dev") / uevent["DEVNAME"]
+        device = os.path.join("/dev", uevent["DEVNAME"])
         major, minor = map(int, found.split(":"))
         if os.stat(device).st_rdev == os.makedev(major, minor):
             return device, uevent.get("DISKSEQ", "")
     except (OSError, KeyError, ValueError):
         pass
     try:
-        backing = Path((sysfs / "loop/backing_file").read_text().strip())
-        if backing.is_file():
+        backing = _read(f"{sysfs}/loop/backing_file").strip()
+        if os.path.isfile(backing):
             return backing, uevent.get("DISKSEQ", "")
     except OSError:
         pass
@@ -184,4 +185,12 @@ def _mounted_device(rom: Path) -> tuple[Path, str] | None:
 
 def _unescape(field: bytes) -> bytes:
     """A mountinfo path: the kernel writes space, tab, newline and backslash as \\ooo."""
-    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field)
+    parts = field.split(b"\\")
+    out = [parts[0]]
+    for part in parts[1:]:
+        code = part[:3]
+        if len(code) == 3 and all(0x30 <= c <= 0x37 for c in code) and code[0] <= 0x33:
+            out += [bytes([int(code, 8)]), part[3:]]
+        else:
+            out += [b"\\", part]
+    return b"".join(out)

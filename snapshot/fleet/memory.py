@@ -4,18 +4,14 @@ channel's expiry, the bundles that failed here: FORMAT.md §3) and the last roll
 in RAM, the last poll's outcome. Apart from the channel's code (snapshot/fleet/channel.py),
 so that reading them imports nothing of the download, the bundles or the engine.
 """
-import json
-import os
-from pathlib import Path
-
-from snapshot import config
+from snapshot import config, kept
 from snapshot.errors import SnapshotError
 from snapshot.store import trial as trials
 from snapshot.store.chain import Chain
 from snapshot.store.format import Fleet
 
 #: The last poll's outcome, for `status` (RAM: a poll's result is not worth a flash write).
-LAST_POLL = Path("/tmp/snapshot/fleet.json")
+LAST_POLL = "/tmp/snapshot/fleet.json"
 DEFAULTS = {"channel": "", "group": "", "delay": "600", "confirm": "watch"}
 CONFIRMERS = ("watch", "operator")
 
@@ -48,20 +44,13 @@ def failed_here(chain: Chain) -> set[str]:
 def keep_poll(done: dict, when: float) -> None:
     """The poll's outcome in LAST_POLL (a temporary file renamed into place)."""
     try:
-        LAST_POLL.parent.mkdir(parents=True, exist_ok=True)
-        partial = LAST_POLL.with_suffix(".partial")
-        partial.write_text(json.dumps({"time": int(when), **done}))
-        os.replace(partial, LAST_POLL)
+        kept.write(LAST_POLL, {"time": int(when), **done})
     except OSError:
         pass   # status then shows no poll: the poll itself did what it says
 
 
 def last_poll() -> dict | None:
-    try:
-        found = json.loads(LAST_POLL.read_text())
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
+    return kept.read(LAST_POLL)
 
 
 def status(chain: Chain, fleet: dict) -> dict:

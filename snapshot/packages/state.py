@@ -4,12 +4,12 @@ package transaction started from (snapshot/packages/upgrade.py). Each is one JSO
 STATE_DIR, replaced whole (a temporary file renamed into place); a reboot forgets them.
 Apart from the upgrade's code, so that `status` reads them importing nothing of it.
 """
-import json
 import os
 import time
-from pathlib import Path
 
-STATE_DIR = Path("/tmp/snapshot")
+from snapshot import kept
+
+STATE_DIR = "/tmp/snapshot"
 #: While it exists (and its process lives), an upgrade is running: the hooks stay silent.
 UPGRADING = "upgrading.json"
 #: The package change the running system holds that is not on flash.
@@ -18,36 +18,34 @@ UNSAVED = "unsaved-change.json"
 PENDING = "transaction.json"
 
 
-def state_file(name: str, state_dir: Path) -> Path:
-    return state_dir / name
+def state_file(name: str, state_dir) -> str:
+    return os.path.join(state_dir, name)
 
 
-def write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+write = kept.write
+read = kept.read
 
 
-def read(path: Path) -> dict | None:
+def forget(path: str) -> None:
+    """Remove the record at `path`, if there is one."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
-def unsaved(state_dir: Path = STATE_DIR) -> dict | None:
+def unsaved(state_dir=STATE_DIR) -> dict | None:
     """The package change the running system holds that flash does not, if any: `status`
     shows it (a reboot discards it)."""
     return read(state_file(UNSAVED, state_dir))
 
 
-def record_unsaved(state_dir: Path, what: str, error: str) -> None:
+def record_unsaved(state_dir, what: str, error: str) -> None:
     write(state_file(UNSAVED, state_dir), {"what": what, "error": error,
                                            "when": int(time.time())})
 
 
-def upgrading(state_dir: Path = STATE_DIR) -> bool:
+def upgrading(state_dir=STATE_DIR) -> bool:
     mark = read(state_file(UPGRADING, state_dir))
     if not mark:
         return False

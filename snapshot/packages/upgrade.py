@@ -120,7 +120,7 @@ def _human(n: int) -> str:
 
 def upgrade(device: str | None, pm: PackageManager, changes: list[Change], upper: Path,
             max_attempts: int, compression: int, progress=None,
-            state_dir: Path = state.STATE_DIR) -> Outcome:
+            state_dir: str = state.STATE_DIR) -> Outcome:
     """Install `changes` (from plan()), then store what the transaction changed as a snapshot
     on trial. A failed transaction raises its PackageError; what it left in RAM is recorded
     as unsaved."""
@@ -147,16 +147,16 @@ def upgrade(device: str | None, pm: PackageManager, changes: list[Change], upper
             state.record_unsaved(state_dir, text, str(e))
             raise NotKept(f"the upgrade is installed in RAM but could not be stored: {e}; a "
                           f"reboot discards it") from None
-        state.state_file(state.UNSAVED, state_dir).unlink(missing_ok=True)
+        state.forget(state.state_file(state.UNSAVED, state_dir))
         return Outcome(done or changes, number, entry.payload_length, text)
     finally:
-        mark.unlink(missing_ok=True)
+        state.forget(mark)
 
 
 # -- the hooks ---------------------------------------------------------------------------------
 
 def pre_commit(device: str | None, pm: PackageManager, upper: Path,
-               state_dir: Path = state.STATE_DIR) -> None:
+               state_dir: str = state.STATE_DIR) -> None:
     """Note the state before a transaction. Kept as it is while an automatic snapshot made
     from it is still on trial (it absorbs this transaction), or while a transaction that
     stored nothing is still open."""
@@ -185,7 +185,7 @@ def _still_absorbing(device: str | None, pending: dict) -> bool:
 
 
 def post_commit(device: str | None, pm: PackageManager, upper: Path, max_attempts: int,
-                compression: int, log, state_dir: Path = state.STATE_DIR) -> str | None:
+                compression: int, log, state_dir: str = state.STATE_DIR) -> str | None:
     """Store what the transactions since the noted state changed, as one snapshot on trial
     (replacing an automatic one still on trial). Returns what it says, or None when nothing
     changed. Never raises for a failure to store: the change stands in RAM, logged, and
@@ -206,10 +206,10 @@ def post_commit(device: str | None, pm: PackageManager, upper: Path, max_attempt
             if not done:
                 if replace is not None and not paths:
                     commit(chain, trials.drop(chain))
-                    path.unlink(missing_ok=True)
+                    state.forget(path)
                     return "the packages are as before: the automatic snapshot is dropped"
                 if replace is None:
-                    path.unlink(missing_ok=True)
+                    state.forget(path)
                     return None
             text = transaction.message([str(c) for c in done], "") if done else \
                 replace.entry.message
@@ -225,6 +225,6 @@ def post_commit(device: str | None, pm: PackageManager, upper: Path, max_attempt
         return f"not stored ({e}); the change is in RAM only until it is saved"
     pending["pushed"] = entry.gen
     state.write(path, pending)
-    state.state_file(state.UNSAVED, state_dir).unlink(missing_ok=True)
+    state.forget(state.state_file(state.UNSAVED, state_dir))
     log(f"automatic snapshot {number} ({text}) stored, on trial")
     return f"snapshot {number} ({text}) stored, on trial"
