@@ -1,5 +1,5 @@
 """The rpcd exec plugin behind `ubus call snapshot METHOD` (/usr/libexec/rpcd/snapshot runs
-`python3 -I -m snapshot.rpcd`; the ACL groups are in /usr/share/rpcd/acl.d/snapshot.json).
+`main` under `python3 -I`; the ACL groups are in /usr/share/rpcd/acl.d/snapshot.json).
 
 rpcd runs `PLUGIN list` once for the methods and their arguments, then `PLUGIN call METHOD`
 for each call, with the arguments as a JSON object on stdin; whatever JSON object the plugin
@@ -13,23 +13,25 @@ command prints with a non-zero status stay as printed: `check` on a damaged chai
 rpcd kills a plugin after 120 s, so push, save, squash, repair and upgrade start a background
 job and answer at once with `{"started": METHOD, "job": ID}`; `status` reports the job, its
 progress line while it runs and, once done, its reply (snapshot/jobs.py).
+
+LuCI asks for `status` every few seconds, each time a new process on the router's CPU: the
+plugin is started with -c rather than -m (runpy), and this module imports no typing,
+contextlib or traceback (the last only for a bug's report).
 """
 import io
 import json
 import sys
-import traceback
-from contextlib import redirect_stderr, redirect_stdout
-from typing import NamedTuple
+
+from mtd.fields import fields
 
 # An argument's type as rpcd reads it from `list`: a string, a 32-bit integer, a boolean.
 STRING, INTEGER, BOOLEAN = "str", 32, True
 
 
-class Method(NamedTuple):
-    command: list[str]                          # the CLI command, printing JSON
-    # ubus argument -> (type, the command's option, or None for its argument)
-    arguments: dict[str, tuple[object, str | None]]
-    background: bool = False
+class Method(fields("Method", "command arguments background", defaults=(False,))):
+    # command: the CLI command (a list of words), printing JSON; arguments: ubus argument ->
+    # (type, the command's option, or None for its argument); background: run as a job.
+    __slots__ = ()
 
 
 SOURCE = {"from": (STRING, "--from"), "trial": (BOOLEAN, "--trial"),
@@ -117,13 +119,18 @@ def run(argv: list[str]) -> str:
     from snapshot.cli.door import command
     start = command(argv) or (lambda: _click(argv))
     out, err = io.StringIO(), io.StringIO()
+    stdout, stderr = sys.stdout, sys.stderr
     try:
-        with redirect_stdout(out), redirect_stderr(err):
+        sys.stdout, sys.stderr = out, err
+        try:
             status = start() or 0
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
     except SystemExit as e:
         status = e.code
     except Exception as e:
         # A bug: rpcd would answer "No response"; say what broke, and keep the traceback.
+        import traceback
         traceback.print_exc()
         return _error(f"internal error: {type(e).__name__}: {e}", 1)
     printed = out.getvalue()

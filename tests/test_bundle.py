@@ -360,6 +360,42 @@ def test_sign_replaces_the_signature(lab, tmp_path):
     assert status(lab, dev)["bundle"]["state"] == "trial"
 
 
+def unreaped() -> set[int]:
+    """This process's children that ended and were not waited for."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if state == "Z" and int(ppid) == os.getpid():
+            found.add(int(pid))
+    return found
+
+
+def test_usign_verifies_a_message_larger_than_a_pipe_without_leaking_a_descriptor(lab,
+                                                                                 monkeypatch):
+    # verify_bytes starts usign itself (posix_spawn): the message goes through its stdin, the
+    # signature through a descriptor it inherits, and nothing stays open or unreaped after.
+    from snapshot.errors import SnapshotError
+    from snapshot.fleet import bundle as bundles
+    monkeypatch.setenv("PATH", lab.env["PATH"])
+    data = os.urandom(300 * 1024)        # several times what a pipe holds
+    signature = bundles.sign_bytes(data, lab.secret)
+    key = lab.keys_dir / bundles.fingerprint(signature)
+    before, dead = sorted(os.listdir("/proc/self/fd")), unreaped()
+    assert bundles.verify_bytes(data, signature, key)
+    assert not bundles.verify_bytes(data[:-1] + bytes([data[-1] ^ 1]), signature, key)
+    assert not bundles.verify_bytes(data, signature, lab.keys_dir / "no-such-key")
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert unreaped() == dead
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SnapshotError, match="usign is not installed"):
+        bundles.verify_bytes(data, signature, key)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 class Slow(Served):
     """Serves the whole file, slowly after the first `cut` bytes, so that a test can stop the
     unit mid-download."""
