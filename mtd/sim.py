@@ -40,7 +40,6 @@ process's share of the counters.
 import binascii
 import errno
 import fcntl
-import json
 import mmap
 import os
 import zlib
@@ -48,6 +47,7 @@ import zlib
 from mtd.errors import FlashOpenError, FlashViolation, MtdError
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
                        check_span, check_write, open_backing)
+from mtd.jsonread import loads
 
 SIDECAR_SUFFIX = ".sim.json"
 SIDECAR_FORMAT = "snapshot-flash-sim/1"
@@ -111,6 +111,12 @@ def _pack_bits(bits: bytearray) -> str:
 
 def _unpack_bits(text: str) -> bytearray:
     return bytearray(zlib.decompress(binascii.a2b_base64(text)))
+
+
+def _dumps(state: dict) -> str:
+    # Only a writer imports json (mtd/jsonread.py says why).
+    import json
+    return json.dumps(state)
 
 
 def _replace(path: str, text: str) -> None:
@@ -250,7 +256,7 @@ class SimFlash(Closing):
         except BaseException:
             _unlink(partial)
             raise
-        _replace(sidecar_path(image), json.dumps(state))
+        _replace(sidecar_path(image), _dumps(state))
 
     @classmethod
     def add_faults(cls, image, wear_limits: dict[int, int] | None = None,
@@ -260,7 +266,7 @@ class SimFlash(Closing):
         fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
         try:
             with _Locked(fd):
-                state = json.loads(_read_text(sidecar))
+                state = loads(_read_text(sidecar))
                 if _geometry(state).is_ubi and (wear_limits or bitflips):
                     raise ValueError("a UBI volume shows no worn blocks or bit flips: UBI "
                                      "handles them itself")
@@ -268,7 +274,7 @@ class SimFlash(Closing):
                                              for b, n in (wear_limits or {}).items()})
                 state["bitflips"].update({str(o): k for o, k in (bitflips or {}).items()})
                 _check_state(state, _geometry(state))
-                _replace(sidecar, json.dumps(state))
+                _replace(sidecar, _dumps(state))
         finally:
             os.close(fd)
 
@@ -277,7 +283,7 @@ class SimFlash(Closing):
         self.writable = writable
         self._sidecar = sidecar_path(image)
         try:
-            state = json.loads(_read_text(self._sidecar))
+            state = loads(_read_text(self._sidecar))
             if not isinstance(state, dict) or state.get("format") != SIDECAR_FORMAT:
                 raise ValueError(f"unknown sidecar format "
                                  f"{state.get('format') if isinstance(state, dict) else state!r}")
@@ -566,7 +572,7 @@ class SimFlash(Closing):
         any, marked `dirty` while the image may change further. Only writable handles save;
         the lock keeps handles of several processes from losing each other's counts."""
         with _Locked(self._fd):
-            state = json.loads(_read_text(self._sidecar))
+            state = loads(_read_text(self._sidecar))
             for key in _COUNTERS:
                 state["stats"][key] += self._delta[key]
             state["erase_counts"] = [a + b for a, b in
@@ -576,7 +582,7 @@ class SimFlash(Closing):
                 state["bitflips"] = {str(o): k for o, k in self._bitflips.items()}
                 state["programmed_pages"] = _pack_bits(self._programmed)
                 state["dirty"] = dirty
-            _replace(self._sidecar, json.dumps(state))
+            _replace(self._sidecar, _dumps(state))
         self._state = state
         self._erase_counts = list(state["erase_counts"])
         self._delta.clear()

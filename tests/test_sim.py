@@ -371,3 +371,78 @@ def test_create_that_fails_midway_leaves_no_image(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         SimFlash.create(tmp_path / "x.img", NAND)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the sidecar, read without the json module (mtd/jsonread.py) ----------------------------
+
+def _document(rng, depth: int = 0):
+    """A JSON-able value with what can go wrong in a reader: escapes, controls, surrogates,
+    non-ASCII, big and negative numbers, floats, nesting, flat integer arrays."""
+    roll = rng.random()
+    if depth > 4 or roll < 0.3:
+        kind = rng.randrange(6)
+        if kind == 0:
+            return rng.randint(-10 ** 20, 10 ** 20)
+        if kind == 1:
+            return rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-30, 30)
+        if kind == 2:
+            return rng.choice([True, False, None])
+        return "".join(rng.choice('ab"\\/\b\f\n\r\t\x00\x1f é€\U0001F600\ud800')
+                       for _ in range(rng.randint(0, 8)))
+    if roll < 0.6:
+        return [_document(rng, depth + 1) for _ in range(rng.randint(0, 5))]
+    if roll < 0.7:
+        return [rng.randint(-5, 10 ** 6) for _ in range(rng.randint(1, 30))]
+    return {"".join(rng.choice('ab"é\n') for _ in range(rng.randint(0, 4))):
+            _document(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+def _read_both(text: str):
+    from mtd.jsonread import loads
+    found = []
+    for read in (json.loads, loads):
+        try:
+            value = read(text)
+        except (ValueError, RecursionError):     # json's scanner: RecursionError when deep
+            found.append("refused")
+        else:
+            found.append(repr(value))
+    # json.loads takes NaN and Infinity, which are not JSON: the sidecar never holds them.
+    if found[0] != found[1] and found[1] == "refused" and any(
+            w in text for w in ("NaN", "Infinity")):
+        return found[1], found[1]
+    return found
+
+
+def test_the_sidecar_reader_reads_what_json_reads_and_refuses_what_it_refuses():
+    import random
+    rng = random.Random(25)
+    for round_ in range(400):
+        value = _document(rng)
+        for options in ({}, {"ensure_ascii": False}, {"indent": 2}, {"separators": (",", ":")}):
+            text = json.dumps(value, **options)
+            json_reads, ours = _read_both(text)
+            assert ours == json_reads != "refused", text
+            if round_ % 20 == 0:
+                for cut in range(len(text)):    # every truncation: a torn or damaged file
+                    json_reads, ours = _read_both(text[:cut])
+                    assert ours == json_reads, text[:cut]
+    for text in ("01", "-", "1.", ".5", "1e", "1e+", "+1", "[1,]", "{,}", '{"a":1,}', "[01]",
+                 "[1 2]", "[-0]", "tru", '"\\x"', '"\\u12g4"', "[" * 100000, "1 2", '"a\tb"',
+                 '{"a" 1}', '"\\ud83d\\ude00"', "NaN", "-Infinity", ""):
+        json_reads, ours = _read_both(text)
+        assert ours == json_reads, text
+
+
+def test_opening_an_image_to_read_imports_no_json(tmp_path):
+    image = tmp_path / "flash.img"
+    SimFlash.create(image, NAND, bad_blocks=[3])
+    with SimFlash(image, writable=True) as flash:
+        flash.write(0, b"\0" * NAND.writesize)
+    code = ("import sys; from mtd.sim import SimFlash; f = SimFlash(sys.argv[1]); "
+            "print(f.read(0, 4).hex(), f.stats().programs, sorted(f.bad_blocks()), "
+            "'json' in sys.modules, 're' in sys.modules)")
+    done = subprocess.run([sys.executable, "-S", "-c", code, str(image)], capture_output=True,
+                          text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+    assert done.stdout.split() == ["00000000", "1", "[3]", "False", "False"]
