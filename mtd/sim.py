@@ -47,7 +47,7 @@ import zlib
 from mtd.errors import FlashOpenError, FlashViolation, MtdError
 from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_block, check_erase,
                        check_span, check_write, open_backing)
-from mtd.jsonread import loads
+from mtd.jsontext import dumps, loads
 
 SIDECAR_SUFFIX = ".sim.json"
 SIDECAR_FORMAT = "snapshot-flash-sim/1"
@@ -111,12 +111,6 @@ def _pack_bits(bits: bytearray) -> str:
 
 def _unpack_bits(text: str) -> bytearray:
     return bytearray(zlib.decompress(binascii.a2b_base64(text)))
-
-
-def _dumps(state: dict) -> str:
-    # Only a writer imports json (mtd/jsonread.py says why).
-    import json
-    return json.dumps(state)
 
 
 def _replace(path: str, text: str) -> None:
@@ -256,7 +250,7 @@ class SimFlash(Closing):
         except BaseException:
             _unlink(partial)
             raise
-        _replace(sidecar_path(image), _dumps(state))
+        _replace(sidecar_path(image), dumps(state))
 
     @classmethod
     def add_faults(cls, image, wear_limits: dict[int, int] | None = None,
@@ -274,7 +268,7 @@ class SimFlash(Closing):
                                              for b, n in (wear_limits or {}).items()})
                 state["bitflips"].update({str(o): k for o, k in (bitflips or {}).items()})
                 _check_state(state, _geometry(state))
-                _replace(sidecar, _dumps(state))
+                _replace(sidecar, dumps(state))
         finally:
             os.close(fd)
 
@@ -582,7 +576,7 @@ class SimFlash(Closing):
                 state["bitflips"] = {str(o): k for o, k in self._bitflips.items()}
                 state["programmed_pages"] = _pack_bits(self._programmed)
                 state["dirty"] = dirty
-            _replace(self._sidecar, _dumps(state))
+            _replace(self._sidecar, dumps(state))
         self._state = state
         self._erase_counts = list(state["erase_counts"])
         self._delta.clear()

@@ -9,17 +9,19 @@ is anybody's, and what is kept there is advice, never trusted over the flash.
 
 Paths are strings (os.path), not pathlib: `status`, which LuCI polls through rpcd, and
 `bundle apply` read these, and pathlib would add urllib.parse, ipaddress and fnmatch to
-every start of theirs.
+every start of theirs. JSON is read and written by mtd/jsontext.py, without the json module
+(which, with the re and enum it imports, costs about as much as Python's own start-up).
 """
-import json
 import os
+
+from mtd.jsontext import dumps, loads
 
 
 def read(path) -> dict | None:
     """The record at `path`, or None if there is none, or it is damaged or not an object."""
     try:
         with open(path, encoding="utf-8") as f:
-            found = json.loads(f.read())
+            found = loads(f.read())
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None
@@ -34,7 +36,7 @@ def write(path, record: dict) -> None:
     partial = os.path.join(folder, f".{name}.{os.getpid()}")
     try:
         with open(partial, "w", encoding="utf-8") as f:
-            f.write(json.dumps(record))
+            f.write(dumps(record))
         os.replace(partial, path)
     except BaseException:
         try:

@@ -11,10 +11,10 @@ the list: the running system has those changes.
 A record is named by what a rewrite (scrubbing bit flips) keeps: seq, created, payload length
 and CRC. A directory without BASE beside it is not a booted layer and is not checked.
 """
-import json
 import os
 from pathlib import Path
 
+from mtd.jsontext import dumps, loads
 from snapshot.errors import SnapshotError
 from snapshot.store.format import DirEntry
 
@@ -41,7 +41,7 @@ def write_base(upper: Path, snapshots: list[DirEntry]) -> None:
     temporary name and renamed: a reader sees the old list or the new one."""
     path = _base_file(upper)
     partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps({"snapshots": [identity(e) for e in snapshots]}) + "\n")
+    partial.write_text(dumps({"snapshots": [identity(e) for e in snapshots]}) + "\n")
     os.replace(partial, path)
 
 
@@ -50,7 +50,7 @@ def check_base(upper: Path, snapshots: list[DirEntry]) -> bool:
     holds now. Returns whether `upper` is a booted layer at all."""
     path = _base_file(upper)
     try:
-        base = json.loads(path.read_text())["snapshots"]
+        base = loads(path.read_text())["snapshots"]
     except FileNotFoundError:
         return False
     except (OSError, ValueError, KeyError, TypeError) as e:

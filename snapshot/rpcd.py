@@ -16,13 +16,14 @@ progress line while it runs and, once done, its reply (snapshot/jobs.py).
 
 LuCI asks for `status` every few seconds, each time a new process on the router's CPU: the
 plugin is started with -c rather than -m (runpy), and this module imports no typing,
-contextlib or traceback (the last only for a bug's report).
+contextlib or traceback (the last only for a bug's report), and reads and writes JSON without
+the json module (mtd/jsontext.py).
 """
 import io
-import json
 import sys
 
 from mtd.fields import fields
+from mtd.jsontext import dumps, loads
 
 # An argument's type as rpcd reads it from `list`: a string, a 32-bit integer, a boolean.
 STRING, INTEGER, BOOLEAN = "str", 32, True
@@ -75,7 +76,7 @@ def call(name: str, arguments: dict) -> str:
     from snapshot.cli.plain import path_error
     from snapshot.errors import SnapshotError
     try:
-        job = jobs.start(name, lambda: json.loads(run(argv)))
+        job = jobs.start(name, lambda: loads(run(argv)))
     except SnapshotError as e:
         return _error(str(e), e.exit_code)
     except OSError as e:
@@ -135,7 +136,7 @@ def run(argv: list[str]) -> str:
         return _error(f"internal error: {type(e).__name__}: {e}", 1)
     printed = out.getvalue()
     try:
-        json.loads(printed)
+        loads(printed)
     except ValueError:
         lines = err.getvalue().strip().splitlines() or [f"exit status {status}"]
         return _error(lines[-1].removeprefix("Error: "), status or 1)
@@ -159,7 +160,7 @@ def _error(message: str, code: int) -> str:
 
 
 def _reply(reply: dict) -> str:
-    return json.dumps(reply, indent=2) + "\n"
+    return dumps(reply, indent=2) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -168,7 +169,7 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) == 2 and argv[0] == "call":
         try:
-            arguments = json.loads(sys.stdin.read() or "{}")
+            arguments = loads(sys.stdin.read() or "{}")
         except ValueError as e:
             arguments = e
         if not isinstance(arguments, dict):

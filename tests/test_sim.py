@@ -373,7 +373,7 @@ def test_create_that_fails_midway_leaves_no_image(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-# -- the sidecar, read without the json module (mtd/jsonread.py) ----------------------------
+# -- the sidecar's JSON, without the json module (mtd/jsontext.py) --------------------------
 
 def _document(rng, depth: int = 0):
     """A JSON-able value with what can go wrong in a reader: escapes, controls, surrogates,
@@ -387,7 +387,7 @@ def _document(rng, depth: int = 0):
             return rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-30, 30)
         if kind == 2:
             return rng.choice([True, False, None])
-        return "".join(rng.choice('ab"\\/\b\f\n\r\t\x00\x1f é€\U0001F600\ud800')
+        return "".join(rng.choice('ab"\\/\b\f\n\r\t\x00\x1f\x7f é€\U0001F600\ud800\udfff')
                        for _ in range(rng.randint(0, 8)))
     if roll < 0.6:
         return [_document(rng, depth + 1) for _ in range(rng.randint(0, 5))]
@@ -398,7 +398,7 @@ def _document(rng, depth: int = 0):
 
 
 def _read_both(text: str):
-    from mtd.jsonread import loads
+    from mtd.jsontext import loads
     found = []
     for read in (json.loads, loads):
         try:
@@ -432,6 +432,30 @@ def test_the_sidecar_reader_reads_what_json_reads_and_refuses_what_it_refuses():
                  '{"a" 1}', '"\\ud83d\\ude00"', "NaN", "-Infinity", ""):
         json_reads, ours = _read_both(text)
         assert ours == json_reads, text
+
+
+def test_the_writer_writes_what_json_writes_character_for_character():
+    import random
+    from mtd.fields import fields
+    from mtd.jsontext import dumps
+    pair = fields("Pair", "a b")
+    rng = random.Random(26)
+    for _ in range(2000):
+        value = _document(rng)
+        # What the commands hand it besides: tuples (mtd.fields records), str subclasses
+        # (FlashType), keys that are not strings, floats json writes its own way.
+        value = [value, pair(FlashType.NAND, (1, -0.0)), {1: float("nan"), None: 1e16,
+                                                           True: float("-inf")}]
+        for options in ({}, {"indent": 2}, {"indent": 0},
+                        {"separators": (",", ":"), "sort_keys": True}):
+            if options.get("sort_keys"):
+                value = value[0]
+                if isinstance(value, dict):
+                    value = dict(sorted(value.items()))
+            assert dumps(value, **options) == json.dumps(value, **options), options
+    for refused in (object(), {(1, 2): 3}, b"bytes", {1, 2}):
+        with pytest.raises(TypeError):
+            dumps(refused)
 
 
 def test_opening_an_image_to_read_imports_no_json(tmp_path):

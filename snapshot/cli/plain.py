@@ -35,8 +35,8 @@ def echo(message: str = "", err: bool = False) -> None:
 
 def print_json(data) -> None:
     """A command's report as JSON on stdout (json.dumps escapes every control character)."""
-    import json   # here: the commands' text output does without it
-    write(json.dumps(data, indent=2) + "\n")
+    from mtd.jsontext import dumps   # json.dumps's text, without importing json
+    write(dumps(data, indent=2) + "\n")
 
 
 def human(n: int) -> str:

@@ -13,12 +13,12 @@ commit leaves free blocks and the old chain.
 """
 import binascii
 import hashlib
-import json
 import os
 import re
 import struct
 
 from mtd.fields import fields
+from mtd.jsontext import dumps, loads
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
 from snapshot.fleet import firmware
 from snapshot.store import trial as trials
@@ -126,8 +126,7 @@ def tagged(bundle_id: str, message: str) -> str:
 
 def manifest_bytes(manifest: dict) -> bytes:
     """The canonical form: the same manifest gives the same bytes."""
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True).encode()
+    return dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
 def create(chain: Chain, first: int, last: int, out, boards: list[str], rom,
@@ -382,7 +381,7 @@ def read_head(stream, name: str) -> Bundle:
     data = _exactly(stream, mlen, "manifest", name)
     signature = _exactly(stream, slen, "signature", name)
     try:
-        manifest = json.loads(data)
+        manifest = loads(data.decode("utf-8"))
     except (ValueError, RecursionError):    # RecursionError: nested too deeply
         manifest = None
     if not _well_formed(manifest, version) or manifest_bytes(manifest) != data:

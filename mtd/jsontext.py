@@ -1,16 +1,20 @@
-"""JSON read without the json module, for the simulator's sidecar (mtd/sim.py).
+"""JSON text read and written without the json module: the simulator's sidecar (mtd/sim.py),
+and the small JSON the commands a router runs most read and write (the records kept in RAM,
+snapshot/kept.py; a bundle's manifest; `--json` output; the rpcd plugin's replies).
 
-Every command that opens a simulated image reads its sidecar, and json's import (with re,
-enum, functools and collections, and the regular expressions it compiles) costs about as
-much as Python's own start-up: on a PC trying the tool, or in bench/bench_startup.py, it was
-most of `snapshot list`. A router opens /dev/mtdN and never reads a sidecar; this keeps the
-simulator from weighing on what the host measures of the commands. Writing still goes
-through json (mtd/sim.py imports it when a writable handle saves).
+json's import (with re, enum, functools and collections, and the regular expressions it
+compiles at import) costs about as much as Python's own start-up: most of `snapshot list`
+on a simulated image, and of `status` and `bundle apply` anywhere. It lives here, below
+snapshot, beside mtd/fields.py, because the simulator needs it too.
 
-`loads` takes what RFC 8259 calls JSON text and gives what json.loads gives, or ValueError
-(tests/test_sim.py compares the two on generated documents and on every prefix of them);
-unlike json.loads it refuses NaN and Infinity, which are not JSON. A flat array of
-integers, as the erase counts are, is read in one split.
+- `loads` takes what RFC 8259 calls JSON text and gives what json.loads gives, or ValueError;
+  unlike json.loads it refuses NaN and Infinity, which are not JSON. A flat array of
+  integers, as the simulator's erase counts are, is read in one split.
+- `dumps(value, indent, separators, sort_keys)` gives what json.dumps gives with the same
+  options, character for character (ASCII only), for what the json module takes of dicts,
+  lists, tuples, strings, numbers, booleans and None.
+tests/test_sim.py compares both with json on generated documents, and `loads` on every prefix
+of some.
 """
 
 _SPACE = " \t\n\r"
@@ -175,3 +179,109 @@ def _number(word: str, at: int):
             or (e and exponent[:1] in "+-" and exponent.count("+") + exponent.count("-") > 1)):
         raise ValueError(f"not JSON: a value expected at character {at}")
     return float(word) if dot or e else int(word)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+#: json's escapes: \\, \", the five short ones, \u00XX for the other controls and DEL; the rest
+#: of ASCII stands for itself.
+_ESCAPED = {**{i: f"\\u{i:04x}" for i in [*range(0x20), 0x7F]},
+            **{ord(c): f"\\{e}" for e, c in _ESCAPES.items() if e != "/"}}
+
+
+def dumps(value, indent: int | None = None, separators: tuple[str, str] | None = None,
+          sort_keys: bool = False) -> str:
+    """json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys),
+    character for character."""
+    if separators is None:
+        separators = (", ", ": ") if indent is None else (",", ": ")
+    parts = []
+    try:
+        _write(value, parts, _Style(indent, *separators, sort_keys), "\n")
+    except RecursionError:
+        raise ValueError("Circular reference detected, or nested too deep") from None
+    return "".join(parts)
+
+
+class _Style:
+    __slots__ = ("indent", "item", "key", "sort")
+
+    def __init__(self, indent, item: str, key: str, sort: bool):
+        self.indent, self.item, self.key, self.sort = indent, item, key, sort
+
+
+def _write(value, parts: list, style: _Style, newline: str) -> None:
+    if isinstance(value, str):
+        parts.append(_quoted(value))
+    elif value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, int):
+        parts.append(int.__repr__(value))
+    elif isinstance(value, float):
+        parts.append(_float(value))
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            parts.append("[]")
+            return
+        inner = newline + " " * style.indent if style.indent is not None else ""
+        parts.append("[")
+        for i, item in enumerate(value):
+            parts.append((style.item if i else "") + inner)
+            _write(item, parts, style, inner)
+        parts.append(newline + "]" if style.indent is not None else "]")
+    elif isinstance(value, dict):
+        if not value:
+            parts.append("{}")
+            return
+        inner = newline + " " * style.indent if style.indent is not None else ""
+        parts.append("{")
+        items = sorted(value.items()) if style.sort else value.items()
+        for i, (key, item) in enumerate(items):
+            parts.append((style.item if i else "") + inner + _quoted(_key(key)) + style.key)
+            _write(item, parts, style, inner)
+        parts.append(newline + "}" if style.indent is not None else "}")
+    else:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _key(key) -> str:
+    """A dict key as json writes it."""
+    if isinstance(key, str):
+        return key
+    if key is None:
+        return "null"
+    if key is True or key is False:
+        return "true" if key else "false"
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float):
+        return _float(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def _float(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
+
+
+def _quoted(text: str) -> str:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    text = text.translate(_ESCAPED)
+    if not text.isascii():
+        text = "".join(c if c < "\x80" else _unicode(ord(c)) for c in text)
+    return f'"{text}"'
+
+
+def _unicode(code: int) -> str:
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
