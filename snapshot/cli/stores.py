@@ -2,7 +2,6 @@
 apply`): the locked chain and the progress line of a write, the boots a trial may have,
 the compression asked for, and the report of what was stored."""
 import sys
-from contextlib import contextmanager
 
 from snapshot import config, jobs
 from snapshot.cli.plain import echo, human, print_json, write
@@ -47,16 +46,33 @@ class Progress:
             echo(err=True)
 
 
-@contextmanager
-def writing(obj, what: str):
-    """A locked, writable chain and a progress line for `what`."""
-    with opened(obj["device"], writable=True) as dev:
-        chain = Chain(dev)
-        progress = Progress(what, chain.free_bytes())
+class writing:   # lower case: used as a function, `with writing(obj, what) as (chain, progress)`
+    """A locked, writable chain and a progress line for `what`. A class, not a
+    contextlib.contextmanager: `bundle apply` comes through here, and contextlib's import
+    would add to every apply on a router's CPU."""
+
+    def __init__(self, obj, what: str):
+        self._device = opened(obj["device"], writable=True)
+        self._what = what
+        self._progress = None
+
+    def __enter__(self):
+        dev = self._device.__enter__()
         try:
-            yield chain, progress
-        finally:
-            progress.done()
+            chain = Chain(dev)
+            self._progress = Progress(self._what, chain.free_bytes())
+        except BaseException:
+            self._device.__exit__(*sys.exc_info())
+            raise
+        return chain, self._progress
+
+    def __exit__(self, *exc):
+        try:
+            self._progress.done()
+        except BaseException:
+            self._device.__exit__(*sys.exc_info())
+            raise
+        return self._device.__exit__(*exc)
 
 
 def compression_of(name: str | None) -> int:

@@ -14,7 +14,6 @@ commit leaves free blocks and the old chain.
 import binascii
 import hashlib
 import os
-import re
 import struct
 
 from mtd.fields import fields
@@ -37,7 +36,7 @@ MAX_SIGNATURE = 4096
 LIMIT_64 = 1 << 64
 KEYS = {"format", "boards", "rootfs", "base", "message", "created", "payload"}
 PAYLOAD_KEYS = {"compression", "length", "sha256"}
-SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEX = frozenset("0123456789abcdef")
 CHUNK = 64 * 1024
 COMPRESSION_NAMES = {v: k for k, v in COMPRESSIONS.items()}
 
@@ -424,7 +423,7 @@ def _text(value) -> bool:
 
 
 def _hash(value) -> bool:
-    return isinstance(value, str) and SHA256.fullmatch(value) is not None
+    return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
 
 
 def describe(bundle: Bundle) -> dict:
