@@ -17,10 +17,10 @@ run. Two frames:
 (This project's own virtualenv is not a frame: its editable install's finder imports re,
 pathlib and enum before any command, which would flatter every ratio.)
 
-The image is simulated, and opening it imports what a router never does (the simulator
-keeps its state in JSON: json, and with it re and enum). The line's `opening the flash
-alone` is that opening by itself; on a router `list` opens /dev/mtdN instead, and
-bench/bench_mipsel.py runs this bench in the mipsel guest on its mtdram device.
+The image is simulated, and opening it imports what a router never does (the simulator,
+and the few C modules it uses; its JSON sidecar is read by mtd/jsontext.py, not the json
+module). The line's `opening the flash alone` is that opening by itself; on a router `list`
+opens /dev/mtdN instead: bench/bench_router_startup.py measures it there.
 
 `list` and `status` name no device, as on a router: the device comes from the configuration
 (SNAPSHOT_CONFIG, a file here naming the image), read as a router reads it.
