@@ -61,25 +61,39 @@ def _value(text: str, at: int):
     return _number(text[at:end], at), end
 
 
-def _object(text: str, at: int):
-    found = {}
+def _members(text: str, at: int, close: str, member):
+    """The members of the object or array whose bracket is at `at`, each read by
+    `member(text, at)`, and where it ends."""
+    found = []
     at = _skip(text, at + 1)
-    if text[at] == "}":
+    if text[at] == close:
         return found, at + 1
     while True:
-        if text[at] != '"':
-            raise ValueError(f"not JSON: a name expected at character {at}")
-        key, at = _string(text, at)
+        item, at = member(text, at)
+        found.append(item)
         at = _skip(text, at)
-        if text[at] != ":":
-            raise ValueError(f"not JSON: ':' expected at character {at}")
-        found[key], at = _value(text, _skip(text, at + 1))
-        at = _skip(text, at)
-        if text[at] == "}":
+        if text[at] == close:
             return found, at + 1
         if text[at] != ",":
-            raise ValueError(f"not JSON: ',' or '}}' expected at character {at}")
+            raise ValueError(f"not JSON: ',' or '{close}' expected at character {at}")
         at = _skip(text, at + 1)
+
+
+def _pair(text: str, at: int):
+    """An object's name and value."""
+    if text[at] != '"':
+        raise ValueError(f"not JSON: a name expected at character {at}")
+    key, at = _string(text, at)
+    at = _skip(text, at)
+    if text[at] != ":":
+        raise ValueError(f"not JSON: ':' expected at character {at}")
+    value, at = _value(text, _skip(text, at + 1))
+    return (key, value), at
+
+
+def _object(text: str, at: int):
+    pairs, at = _members(text, at, "}", _pair)
+    return dict(pairs), at     # a name given twice: the last value, as json keeps
 
 
 def _array(text: str, at: int):
@@ -96,19 +110,7 @@ def _array(text: str, at: int):
             # what reads back as written is taken here, the rest by the general path.
             if values is not None and list(map(str, values)) == words:
                 return values, end + 1
-    found = []
-    at = _skip(text, at + 1)
-    if text[at] == "]":
-        return found, at + 1
-    while True:
-        value, at = _value(text, at)
-        found.append(value)
-        at = _skip(text, at)
-        if text[at] == "]":
-            return found, at + 1
-        if text[at] != ",":
-            raise ValueError(f"not JSON: ',' or ']' expected at character {at}")
-        at = _skip(text, at + 1)
+    return _members(text, at, "]", _value)
 
 
 def _string(text: str, at: int):
@@ -159,26 +161,24 @@ def _hex4(text: str, at: int) -> int:
 
 
 def _no_controls(chunk: str, at: int) -> None:
-    if not chunk.isascii() or not chunk.isprintable():
-        if any(c < " " for c in chunk):
-            raise ValueError(f"not JSON: a control character in the string at character {at}")
+    # Printable ASCII, most text, has none; otherwise look.
+    if not (chunk.isascii() and chunk.isprintable()) and any(c < " " for c in chunk):
+        raise ValueError(f"not JSON: a control character in the string at character {at}")
 
 
 def _number(word: str, at: int):
     """A number as JSON writes it: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?"""
-    body = word[1:] if word.startswith("-") else word
-    whole, dot, rest = body.partition(".")
-    if not dot:
-        whole, e, exponent = whole.partition("e") if "e" in whole else whole.partition("E")
-        fraction = ""
-    else:
-        fraction, e, exponent = rest.partition("e") if "e" in rest else rest.partition("E")
-    if (not whole or not _DIGITS.issuperset(whole) or (len(whole) > 1 and whole[0] == "0")
-            or (dot and (not fraction or not _DIGITS.issuperset(fraction)))
-            or (e and not _DIGITS.issuperset(exponent.lstrip("+-") or "x"))
-            or (e and exponent[:1] in "+-" and exponent.count("+") + exponent.count("-") > 1)):
+    mantissa, e, exponent = word.removeprefix("-").replace("E", "e").partition("e")
+    whole, dot, fraction = mantissa.partition(".")
+    exponent = exponent[1:] if exponent[:1] in ("+", "-") else exponent
+    if not (_digits(whole) and (whole == "0" or whole[0] != "0")
+            and (not dot or _digits(fraction)) and (not e or _digits(exponent))):
         raise ValueError(f"not JSON: a value expected at character {at}")
     return float(word) if dot or e else int(word)
+
+
+def _digits(part: str) -> bool:
+    return bool(part) and _DIGITS.issuperset(part)
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -223,27 +223,23 @@ def _write(value, parts: list, style: _Style, newline: str) -> None:
         parts.append(int.__repr__(value))
     elif isinstance(value, float):
         parts.append(_float(value))
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, (list, tuple, dict)):
+        is_object = isinstance(value, dict)
+        opening, closing = "{}" if is_object else "[]"
         if not value:
-            parts.append("[]")
+            parts.append(opening + closing)
             return
         inner = newline + " " * style.indent if style.indent is not None else ""
-        parts.append("[")
-        for i, item in enumerate(value):
-            parts.append((style.item if i else "") + inner)
+        parts.append(opening)
+        if is_object:
+            pairs = sorted(value.items()) if style.sort else value.items()
+            members = ((_quoted(_key(key)) + style.key, item) for key, item in pairs)
+        else:
+            members = (("", item) for item in value)
+        for i, (name, item) in enumerate(members):
+            parts.append((style.item if i else "") + inner + name)
             _write(item, parts, style, inner)
-        parts.append(newline + "]" if style.indent is not None else "]")
-    elif isinstance(value, dict):
-        if not value:
-            parts.append("{}")
-            return
-        inner = newline + " " * style.indent if style.indent is not None else ""
-        parts.append("{")
-        items = sorted(value.items()) if style.sort else value.items()
-        for i, (key, item) in enumerate(items):
-            parts.append((style.item if i else "") + inner + _quoted(_key(key)) + style.key)
-            _write(item, parts, style, inner)
-        parts.append(newline + "}" if style.indent is not None else "}")
+        parts.append((newline if style.indent is not None else "") + closing)
     else:
         raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 

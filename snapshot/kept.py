@@ -27,6 +27,14 @@ def read(path) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
+def forget(path) -> None:
+    """Remove the file at `path`, if there is one."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def write(path, record: dict) -> None:
     """Replace the record at `path` whole (its directory made if need be). OSError if it
     cannot; the old record is then left as it was."""

@@ -614,3 +614,19 @@ def test_on_a_mounted_squashfs_both_formats_apply_and_the_id_is_kept_for_the_boo
                             firmware.tree_id(unpacked)]
     assert [code for code, _ in found["done"]] == [0, 0], found["done"]
     assert [status(lab, dev)["snapshots"] for dev in units] == [2, 2]
+
+
+def test_a_kept_firmware_id_that_is_not_a_digest_is_read_again(lab, tmp_path, monkeypatch):
+    # /tmp/snapshot/rootfs.json is advice (snapshot/kept.py): a record whose key is this
+    # boot's but whose id is no string is not taken, and the image is hashed again.
+    from snapshot import kept
+    from snapshot.fleet import firmware
+    image = _squashfs(lab.rom, tmp_path / "rom.sqfs")
+    monkeypatch.setattr(firmware, "CACHE", str(tmp_path / "rootfs.json"))
+    digest = firmware.identity(image, firmware.SQUASHFS)
+    assert firmware._cached_image_id(str(image), "") == digest
+    record = kept.read(firmware.CACHE)
+    assert record["sha256"] == digest
+    kept.write(firmware.CACHE, {**record, "sha256": 5})
+    assert firmware._cached_image_id(str(image), "") == digest
+    assert kept.read(firmware.CACHE)["sha256"] == digest

@@ -18,6 +18,7 @@ import struct
 
 from mtd.fields import fields
 from mtd.jsontext import dumps, loads
+from snapshot import kept
 from snapshot.errors import ChainDamaged, FlashFull, RecordDamaged, SnapshotError
 from snapshot.fleet import firmware
 from snapshot.store import trial as trials
@@ -180,15 +181,8 @@ def create(chain: Chain, first: int, last: int, out, boards: list[str], rom,
             signature = sign_bytes(data, key) if key else b""
             _write(out, version, data, signature, f)
     finally:
-        _remove(tmp)
+        kept.forget(tmp)
     return Bundle(manifest, data, signature)
-
-
-def _remove(path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _write(out, version: int, data: bytes, signature: bytes, payload) -> None:
@@ -205,7 +199,7 @@ def _write(out, version: int, data: bytes, signature: bytes, payload) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, out)
     finally:
-        _remove(tmp)
+        kept.forget(tmp)
 
 
 def sign(path, key) -> Bundle:

@@ -22,16 +22,7 @@ def state_file(name: str, state_dir) -> str:
     return os.path.join(state_dir, name)
 
 
-write = kept.write
-read = kept.read
-
-
-def forget(path: str) -> None:
-    """Remove the record at `path`, if there is one."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+write, read, forget = kept.write, kept.read, kept.forget
 
 
 def unsaved(state_dir=STATE_DIR) -> dict | None:
