@@ -18,5 +18,5 @@ setup(
     # selenium: the browser tier drives Debian's chromium through its chromedriver.
     extras_require={"test": ["pytest>=7,<9", "pytest-xdist>=3.5", "hypothesis>=6",
                              "ansible-core>=2.15,<2.18", "selenium>=4.10"]},
-    entry_points={"console_scripts": ["snapshot = snapshot.__main__:run"]},
+    entry_points={"console_scripts": ["snapshot = snapshot.cli.door:run"]},
 )

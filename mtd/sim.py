@@ -39,7 +39,6 @@ process's share of the counters.
 """
 import binascii
 import errno
-import fcntl
 import mmap
 import os
 import zlib
@@ -138,9 +137,12 @@ class _Locked:
         self._fd = fd
 
     def __enter__(self):
+        # Imported here: only a writable handle locks, and `list` opens an image to read.
+        import fcntl
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc):
+        import fcntl
         fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
 

@@ -27,8 +27,6 @@ flash, so the old chain stays as the stock tools and a later `convert` read it (
 import os
 import sys
 import time
-from contextlib import ExitStack
-from pathlib import Path
 
 from mtd import FlashOpenError, MtdError, open_flash
 from mtd import mount as kernel
@@ -84,38 +82,38 @@ class Mounts:
     an OSError."""
 
     def __init__(self):
-        self.made: list[Path] = []
+        self.made: list[str] = []
 
-    def mount(self, target: Path, fstype: str, source: str = "none", options: str = "") -> None:
-        target.mkdir(parents=True, exist_ok=True)
-        kernel.mount(source, str(target), fstype, options)
+    def mount(self, target: str, fstype: str, source: str = "none", options: str = "") -> None:
+        os.makedirs(target, exist_ok=True)
+        kernel.mount(source, target, fstype, options)
         self.made.append(target)
 
-    def bind(self, source: Path, target: Path) -> None:
-        kernel.bind(str(source), str(target))
+    def bind(self, source: str, target: str) -> None:
+        kernel.bind(source, target)
         self.made.append(target)
 
-    def move(self, source: Path, target: Path) -> None:
-        kernel.move(str(source), str(target))
+    def move(self, source: str, target: str) -> None:
+        kernel.move(source, target)
         self.made[self.made.index(source)] = target
 
-    def overlay(self, lower: Path, layer: Path, target: Path) -> None:
+    def overlay(self, lower: str, layer: str, target: str) -> None:
         self.mount(target, "overlay", "overlay",
                    f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work")
 
     def undo(self) -> None:
         for target in reversed(self.made):
             try:
-                kernel.unmount(str(target), lazy=True)
+                kernel.unmount(target, lazy=True)
             except OSError:
                 pass   # gone already, or never there: nothing left to undo
         self.made.clear()
 
 
-def _tmpfs_layer(mounts: Mounts, path: Path) -> None:
+def _tmpfs_layer(mounts: Mounts, path: str) -> None:
     mounts.mount(path, "tmpfs", "tmpfs", "mode=0755")
-    (path / "upper").mkdir()
-    (path / "work").mkdir()
+    os.mkdir(f"{path}/upper")
+    os.mkdir(f"{path}/work")
 
 
 def _decide_trial(chain: Chain, log: Log, boot: BootReport) -> None:
@@ -204,7 +202,7 @@ class ChainLayers:
             self.log(f"repaired: {line}", loud=bool(report.damage))
         return not report.clean
 
-    def fill_snapshots(self, upper: Path, lower: Path) -> None:
+    def fill_snapshots(self, upper: str, lower: str) -> None:
         boot = self.boot
         repairs = len(self.chain.records)   # each takes a damaged record out of the chain
         while True:
@@ -224,7 +222,7 @@ class ChainLayers:
             break
         boot.snapshots = applied
 
-    def fill_volatile(self, upper: Path, lower: Path) -> None:
+    def fill_volatile(self, upper: str, lower: str) -> None:
         boot = self.boot
         repairs = len(self.chain.records)
         while True:
@@ -272,7 +270,7 @@ class OldLayers:
             boot.problems.append(problem)
             self.log(f"old chain: {problem}", loud=True)
 
-    def _apply(self, entries: list, upper: Path, lower: Path) -> int:
+    def _apply(self, entries: list, upper: str, lower: str) -> int:
         applied, warnings, error = operations.apply_legacy(self.flash, entries, upper, lower,
                                                            self.layers)
         for problem in warnings + ([str(error)] if error else []):
@@ -280,7 +278,7 @@ class OldLayers:
             self.log(f"old chain: {problem}", loud=True)
         return applied
 
-    def fill_snapshots(self, upper: Path, lower: Path) -> None:
+    def fill_snapshots(self, upper: str, lower: str) -> None:
         snapshots = self.old.snapshots
         self.boot.snapshots = self._apply(snapshots, upper, lower)
         if self.boot.snapshots < len(snapshots):
@@ -288,7 +286,7 @@ class OldLayers:
                      + (", without the old volatile: it builds on them all"
                         if self.old.volatile else ""), loud=True)
 
-    def fill_volatile(self, upper: Path, lower: Path) -> None:
+    def fill_volatile(self, upper: str, lower: str) -> None:
         volatile = self.old.volatile
         if volatile is None or self.boot.snapshots != len(self.old.snapshots):
             return
@@ -298,67 +296,73 @@ class OldLayers:
         """Nothing: the old chain is read, never repaired."""
 
 
-def _layers(fill, root: Path, target: Path, scratch: Path, mounts: Mounts,
+def _layers(fill, root: str, target: str, scratch: str, mounts: Mounts,
             sandbox: bool) -> None:
     """Build the two layers in scratch (`fill`: ChainLayers or OldLayers), mount the
     merged root at target, then move the layers into it; then the chain's repair of what
     the layers did not read. Raises on a failed mount; a damaged record only shortens the
     chain."""
-    _tmpfs_layer(mounts, scratch / "overlay")
-    upper = scratch / "overlay/upper"
+    _tmpfs_layer(mounts, f"{scratch}/overlay")
+    upper = f"{scratch}/overlay/upper"
     fill.fill_snapshots(upper, root)
     _mountpoints(root, upper)
-    mounts.overlay(root, scratch / "overlay", scratch / "base")
-    _tmpfs_layer(mounts, scratch / "volatile")
-    fill.fill_volatile(scratch / "volatile/upper", scratch / "base")
-    mounts.overlay(scratch / "base", scratch / "volatile", target)
+    mounts.overlay(root, f"{scratch}/overlay", f"{scratch}/base")
+    _tmpfs_layer(mounts, f"{scratch}/volatile")
+    fill.fill_volatile(f"{scratch}/volatile/upper", f"{scratch}/base")
+    mounts.overlay(f"{scratch}/base", f"{scratch}/volatile", target)
     _place(root, target, scratch, mounts, sandbox)
-    mounts.move(scratch / "volatile", target / "volatile")
+    mounts.move(f"{scratch}/volatile", os.path.join(target, "volatile"))
     fill.finish()
 
 
-def _mountpoints(root: Path, upper: Path) -> None:
+def _mountpoints(root: str, upper: str) -> None:
     """Make /rom, /overlay and /volatile where the squashfs lacks them. In the snapshots'
     layer, not the volatile one: `save` must not capture them."""
     for name in MOUNTPOINTS:
-        if not (root / name).is_dir():
-            (upper / name).mkdir(exist_ok=True)
+        if not os.path.isdir(os.path.join(root, name)):
+            os.makedirs(f"{upper}/{name}", exist_ok=True)
 
 
-def _place(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: bool) -> None:
+def _place(root: str, target: str, scratch: str, mounts: Mounts, sandbox: bool) -> None:
     """Put the squashfs at T/rom (the router's pivot does that itself) and the snapshots'
     layer at T/overlay."""
     if sandbox:
-        mounts.bind(root, target / "rom")
-    mounts.move(scratch / "overlay", target / "overlay")
+        mounts.bind(root, os.path.join(target, "rom"))
+    mounts.move(f"{scratch}/overlay", os.path.join(target, "overlay"))
 
 
-def _fallback(root: Path, target: Path, scratch: Path, mounts: Mounts, sandbox: bool) -> None:
+def _fallback(root: str, target: str, scratch: str, mounts: Mounts, sandbox: bool) -> None:
     """A plain tmpfs overlay over the squashfs: the system comes up with nothing saved."""
-    _tmpfs_layer(mounts, scratch / "overlay")
-    _mountpoints(root, scratch / "overlay/upper")
-    mounts.overlay(root, scratch / "overlay", target)
+    _tmpfs_layer(mounts, f"{scratch}/overlay")
+    _mountpoints(root, f"{scratch}/overlay/upper")
+    mounts.overlay(root, f"{scratch}/overlay", target)
     _place(root, target, scratch, mounts, sandbox)
 
 
-def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
-          sandbox: bool) -> BootReport:
+def mount(device: str | None, root, target, scratch, log: Log, sandbox: bool) -> BootReport:
     """Mount the saved state of `device` over `root` at `target` (see the module doc). In the
     sandbox form the squashfs is bound at target/rom; otherwise pivot() follows, and a
     conversion a `snapshot convert` staged on a UBI volume is made first. StockBoot where
     `snapshot probe` would answer no (prepare() raises): nothing is mounted or logged; the
     writes of marks.settle are the only ones made (DESIGN.md §11)."""
     started = time.monotonic()
+    # Paths are strings (os.path), not pathlib's: on a router's CPU, pathlib's import (with
+    # re, enum and urllib.parse) would cost each boot more than Python's own start-up.
+    root, target, scratch = os.fspath(root), os.fspath(target), os.fspath(scratch)
     boot = BootReport()
     if not sandbox:
         _convert_pending(device, log)
     mounts = Mounts()
-    with ExitStack() as device_open:
+    device_open = opened(device, writable=True)
+    try:
+        flash = device_open.__enter__()
+    except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
+        # Silent, as probe was: the stock boot of a partition without a chain is normal.
+        raise StockBoot(str(e)) from None
+    try:
         try:
-            flash = device_open.enter_context(opened(device, writable=True))
             layers = prepare(flash, log, boot)
         except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
-            # Silent, as probe was: the stock boot of a partition without a chain is normal.
             raise StockBoot(str(e)) from None
         try:
             if not sandbox:
@@ -376,6 +380,8 @@ def mount(device: str | None, root: Path, target: Path, scratch: Path, log: Log,
                 # Leave nothing half-mounted: the preinit hook then boots the stock way.
                 mounts.undo()
                 raise
+    finally:
+        device_open.__exit__(None, None, None)
     boot.seconds = time.monotonic() - started
     old = boot.old and not boot.fallback
     log(f"mounted {boot.snapshots} snapshots"
@@ -412,11 +418,12 @@ def _record_booted(flash, log: Log) -> None:
             f"that store a change will not reboot into it", loud=True)
 
 
-def pivot(target: Path) -> None:
+def pivot(target) -> None:
     """Make target the root, with the old root (the squashfs) at /rom, as fstools does, and
     bring the kernel filesystems along."""
-    kernel.pivot_root(str(target), str(target / "rom"))
+    target = os.fspath(target)
+    kernel.pivot_root(target, os.path.join(target, "rom"))
     for name in ("proc", "sys", "dev", "tmp"):
         if os.path.ismount(f"/rom/{name}"):
-            Path(f"/{name}").mkdir(exist_ok=True)
+            os.makedirs(f"/{name}", exist_ok=True)
             kernel.move(f"/rom/{name}", f"/{name}")

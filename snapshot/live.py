@@ -12,7 +12,6 @@ A record is named by what a rewrite (scrubbing bit flips) keeps: seq, created, p
 and CRC. A directory without BASE beside it is not a booted layer and is not checked.
 """
 import os
-from pathlib import Path
 
 from mtd.jsontext import dumps, loads
 from snapshot.errors import SnapshotError
@@ -32,25 +31,30 @@ def identity(entry: DirEntry) -> list[int]:
     return [entry.seq, entry.created, entry.payload_length, entry.payload_crc]
 
 
-def _base_file(upper: Path) -> Path:
-    return Path(upper).absolute().parent / BASE
+# Paths are strings (os.path), not pathlib's: boot writes the base, and on a router's CPU
+# pathlib's import (with re, enum and urllib.parse) costs more than Python's own start-up.
+
+def _base_file(upper) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(upper)), BASE)
 
 
-def write_base(upper: Path, snapshots: list[DirEntry]) -> None:
+def write_base(upper, snapshots: list[DirEntry]) -> None:
     """Record `snapshots` as the base of the layer whose upper dir is `upper`. Written to a
     temporary name and renamed: a reader sees the old list or the new one."""
     path = _base_file(upper)
-    partial = path.with_suffix(".partial")
-    partial.write_text(dumps({"snapshots": [identity(e) for e in snapshots]}) + "\n")
+    partial = path[:-len(".json")] + ".partial"
+    with open(partial, "w") as f:
+        f.write(dumps({"snapshots": [identity(e) for e in snapshots]}) + "\n")
     os.replace(partial, path)
 
 
-def check_base(upper: Path, snapshots: list[DirEntry]) -> bool:
+def check_base(upper, snapshots: list[DirEntry]) -> bool:
     """Raise StaleLayer if `upper` is a booted layer built on other snapshots than the chain
     holds now. Returns whether `upper` is a booted layer at all."""
     path = _base_file(upper)
     try:
-        base = loads(path.read_text())["snapshots"]
+        with open(path) as f:
+            base = loads(f.read())["snapshots"]
     except FileNotFoundError:
         return False
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -65,7 +69,7 @@ def check_base(upper: Path, snapshots: list[DirEntry]) -> bool:
     return True
 
 
-def rebase(upper: Path, before: list[DirEntry], after: list[DirEntry]) -> None:
+def rebase(upper, before: list[DirEntry], after: list[DirEntry]) -> None:
     """After a write that replaced the snapshots under the running system by others showing
     exactly the same (squash): a booted layer over `before` is one over `after` now, and
     stays storable. A layer over anything else stays stale."""

@@ -6,11 +6,11 @@ the step tables.
 """
 import os
 import time
-from pathlib import Path
 
 from mtd import Flash
 from snapshot import live
 from snapshot.errors import ChainDamaged, FlashFull, NoChain, RecordDamaged, SnapshotError
+from snapshot.kept import forget
 from snapshot.store import marks, verified
 from snapshot.store import trial as trials
 from snapshot.store.chain import (KEEP, LEGACY_MAGIC, Chain, Record, RecordWriter,
@@ -109,7 +109,7 @@ def _current_snapshots(chain: Chain, snapshots: list[Record], progress) -> list[
     return entries
 
 
-def _store(chain: Chain, rtype: int, source: Path, message: str, progress,
+def _store(chain: Chain, rtype: int, source: str, message: str, progress,
            compression: int) -> tuple:
     """Write `source` as a new record on top of the snapshots a boot applies now (the tried
     view: a pending trial included, a failed one not). Returns those snapshots' entries
@@ -141,7 +141,7 @@ class _Counted:
         return len(data)
 
 
-def _room(chain: Chain, writer: RecordWriter, source: Path, compression: int) -> None:
+def _room(chain: Chain, writer: RecordWriter, source: str, compression: int) -> None:
     """FlashFull, before anything is written, when the record cannot fit in the free blocks.
     A tree whose tar stream would fit even if nothing of it compressed (capture.tar_bound)
     goes ahead at once; a bigger one is compressed once without being written, to learn the
@@ -167,7 +167,7 @@ def _room(chain: Chain, writer: RecordWriter, source: Path, compression: int) ->
                         f"(`snapshot squash` merges snapshots into one and may make room)")
 
 
-def save(chain: Chain, source: Path, progress=None, compression: int = COMPRESSION_GZIP,
+def save(chain: Chain, source: str, progress=None, compression: int = COMPRESSION_GZIP,
          trial: int | None = None):
     """Replace the volatile record by `source`. The new one goes into the back buffer
     beside the old one; the commit switches; the old one's blocks become free. A booted
@@ -199,7 +199,7 @@ def _volatile_entries(chain: Chain) -> list[DirEntry]:
     return [volatile.entry] if volatile is not None else []
 
 
-def push(chain: Chain, source: Path, message: str = "", progress=None,
+def push(chain: Chain, source: str, message: str = "", progress=None,
          compression: int = COMPRESSION_GZIP, trial: int | None = None):
     """Append `source` as a new snapshot and drop the volatile record, in one commit: after
     any power cut the device holds (old chain, old volatile) or (new chain, no volatile).
@@ -260,8 +260,8 @@ def rollback(chain: Chain, to: int | None) -> list[str]:
     return dropped
 
 
-def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
-                    lower: Path | None = None, tried: bool = True,
+def apply_snapshots(chain: Chain, dest: str, upto: int | None = None,
+                    lower: str | None = None, tried: bool = True,
                     undo: bool = True) -> tuple[int, SnapshotError | None]:
     """Apply snapshots 1..upto (default all) of a view of the chain (Chain.view: `tried`,
     with a pending trial) in order into dest, stopping at the first that is damaged or
@@ -309,7 +309,7 @@ def apply_snapshots(chain: Chain, dest: Path, upto: int | None = None,
     return applied, again or error
 
 
-def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None,
+def apply_volatile(chain: Chain, dest: str, lower: str | None = None,
                    tried: bool = True) -> None:
     """Apply the volatile record of a view of the chain (if any) into dest; on an error
     dest is as it was."""
@@ -327,7 +327,7 @@ def apply_volatile(chain: Chain, dest: Path, lower: Path | None = None,
     chain.read_whole(source)
 
 
-def apply_legacy(flash: Flash, entries: list, dest: Path, lower: Path | None,
+def apply_legacy(flash: Flash, entries: list, dest: str, lower: str | None,
                  layers) -> tuple[int, list[str], SnapshotError | None]:
     """Apply entries of the old fstools chain (legacy.read's, in order) into dest, which
     starts empty (boot's tmpfs layers), over `lower` (see restore.apply): exactly what
@@ -359,18 +359,21 @@ def apply_legacy(flash: Flash, entries: list, dest: Path, lower: Path | None,
     return len(entries), warnings, None
 
 
-def _target(dest: Path) -> tuple[Path, bool]:
-    """dest, made if need be, as a directory to unpack into, and whether it is empty."""
-    dest = Path(dest)
+def _target(dest) -> tuple[str, bool]:
+    """dest, made if need be, as a directory to unpack into, and whether it is empty. Paths
+    here are strings (os.path), not pathlib's: boot imports this module, and on a router's
+    CPU pathlib's import (with re, enum and urllib.parse) costs more than Python's own
+    start-up."""
+    dest = os.fspath(dest)
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        os.makedirs(dest, exist_ok=True)
         with os.scandir(dest) as entries:
             return dest, next(entries, None) is None
     except OSError as e:
         raise SnapshotError(f"{dest}: cannot unpack into it: {e.strerror}") from None
 
 
-def empty_dir(directory: Path) -> None:
+def empty_dir(directory: str) -> None:
     """Remove what is in directory, keeping it (it may be a mountpoint)."""
     for entry in os.scandir(directory):
         if entry.is_dir(follow_symlinks=False):
@@ -379,8 +382,8 @@ def empty_dir(directory: Path) -> None:
             os.unlink(entry.path)
 
 
-def unpack(chain: Chain, dest: Path, upto: int | None = None,
-           volatile_dest: Path | None = None, lower: Path | None = None) -> int:
+def unpack(chain: Chain, dest: str, upto: int | None = None,
+           volatile_dest: str | None = None, lower: str | None = None) -> int:
     """Apply snapshots 1..upto in order into dest (and the volatile into volatile_dest),
     over `lower` if given (see restore.apply). A damaged record is never applied, the ones
     before it are; returns the count applied."""
@@ -415,7 +418,7 @@ def _entries(chain: Chain, record: Record):
         yield entry
 
 
-def show(chain: Chain, index: int, rom: Path | None = None) -> dict:
+def show(chain: Chain, index: int, rom: str | None = None) -> dict:
     """What snapshot `index` changed, against snapshots 1..index-1 and the read-only root
     `rom` (when given): added, modified, deleted (whiteouts), made opaque."""
     record = snapshot_record(chain, index)
@@ -430,7 +433,7 @@ def show(chain: Chain, index: int, rom: Path | None = None) -> dict:
     changes = {"added": [], "modified": [], "deleted": [], "opaque": []}
     for entry in _entries(chain, record):
         name = restore.clean_name(entry.name)
-        existed = name in before or (rom is not None and os.path.lexists(rom / name))
+        existed = name in before or (rom is not None and os.path.lexists(f"{rom}/{name}"))
         if entry.is_whiteout:
             changes["deleted"].append(name)
         elif entry.is_opaque:
@@ -444,11 +447,11 @@ def show(chain: Chain, index: int, rom: Path | None = None) -> dict:
     return {"index": index, "seq": e.seq, "created": e.created, "message": e.message, **changes}
 
 
-def export(chain: Chain, index: int, target: Path) -> int:
+def export(chain: Chain, index: int, target: str) -> int:
     """Write snapshot `index`'s archive (a compressed tar) to target. The record's CRC is
     checked to the end before target appears; returns the bytes written."""
     record = snapshot_record(chain, index)
-    partial = target.with_name(target.name + ".part")
+    partial = f"{target}.part"
     source = chain.payload(record)
     try:
         with open(partial, "wb") as out:
@@ -456,10 +459,10 @@ def export(chain: Chain, index: int, target: Path) -> int:
                 out.write(chunk)
         os.replace(partial, target)
     except OSError as e:
-        partial.unlink(missing_ok=True)
+        forget(partial)
         raise SnapshotError(f"{target}: cannot be written: {e.strerror}") from None
     except BaseException:
-        partial.unlink(missing_ok=True)
+        forget(partial)
         raise
     return record.entry.payload_length
 

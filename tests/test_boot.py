@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +31,11 @@ cli = [sys.executable, "-m", "snapshot", "--device", image]
 if extra.get("squat"):   # a file where the boot means to make a directory
     (work / extra["squat"]).parent.mkdir(parents=True, exist_ok=True)
     (work / extra["squat"]).write_text("")
-booted = subprocess.run([*cli, "mount", "--root", str(root), "--target", str(target)],
-                        capture_output=True, text=True)
+mount = [*cli, "mount", "--root", str(root), "--target", str(target)]
+if extra.get("noting_imports"):   # the mount as a router's Python starts it: no site
+    mount = [sys.executable, "-S", "-c", extra["noting_imports"], *mount[3:]]
+booted = subprocess.run(mount, capture_output=True, text=True,
+                        env=dict(os.environ, **extra.get("env", {})))
 result = {"rc": booted.returncode, "log": booted.stderr, "files": {}, "mounts": {}}
 for name in ("rom", "overlay", "volatile"):
     result["mounts"][name] = os.path.ismount(target / name)
@@ -129,6 +133,43 @@ def test_boot_gives_the_merged_view_of_squashfs_snapshots_and_volatile(namespace
                                "bin/tool": "#!/bin/sh\n"}
     assert result["mounts"] == {"rom": True, "overlay": True, "volatile": True}
     assert "mounted 2 snapshots and the volatile record" in result["log"]
+
+
+#: Runs `snapshot ARGS...`, then prints the modules it imported as stderr's last line.
+NOTING_IMPORTS = """
+import sys
+from snapshot.__main__ import run
+sys.argv = ["snapshot", *sys.argv[1:]]
+try:
+    run()
+finally:
+    print(" ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+#: What boot's mount must not import while it runs on a one-CPU router (most routers),
+#: beyond test_startup's BOOT_HEAVY: pathlib (with re, enum, fnmatch, urllib.parse and
+#: ipaddress), contextlib (with collections and functools), json and signal (which imports
+#: enum). On a mipsel router's CPU, under qemu, pathlib's import alone took 830 ms, more
+#: than twice Python's own start-up (bench/bench_router_boot.py measures the mount there).
+BOOT_RUN_HEAVY = {"pathlib", "contextlib", "re", "enum", "json", "signal", "fnmatch",
+                  "urllib.parse", "ipaddress", "collections", "functools", "dataclasses",
+                  "typing", "tarfile", "shutil", "subprocess", "click", "snapshot.tree.capture"}
+
+
+def test_a_boot_on_one_cpu_imports_no_pathlib_contextlib_re_enum_or_json(namespaces, rootfs,
+                                                                          image, tmp_path):
+    write(image, tmp_path, "push", {"etc/config/network": "lan\n"})
+    write(image, tmp_path, "save", {"etc/config/system": "hostname rooftop\n"})
+    path = os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                            *site.getsitepackages()])
+    result = boot(rootfs, image, tmp_path, one_cpu=True, noting_imports=NOTING_IMPORTS,
+                  env={"PYTHONPATH": path})
+    assert result["rc"] == 0, result["log"]
+    assert result["files"]["etc/config/system"] == "hostname rooftop\n"
+    assert result["files"]["etc/config/network"] == "lan\n"
+    modules = set(result["log"].splitlines()[-1].split())
+    assert {"snapshot.boot", "snapshot.tree.restore", "mtd.mount"} <= modules
+    assert not modules & BOOT_RUN_HEAVY, modules & BOOT_RUN_HEAVY
 
 
 def test_writes_land_in_the_volatile_upper_dir(namespaces, rootfs, image, tmp_path):

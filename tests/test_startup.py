@@ -22,7 +22,7 @@ KIB = 1024
 #: modules for start-up (each a tenth or more of `list` on a router's CPU). `status` reads
 #: the JSON records kept in RAM (snapshot/kept.py), and json brings re and enum; `list`
 #: imports none of them (LIST_HEAVY), nor does the simulator that opens the image here
-#: (mtd/jsonread.py).
+#: (mtd/jsontext.py).
 HEAVY = {"click", "dataclasses", "inspect", "typing", "contextlib", "pathlib",
          "tarfile", "lzma", "bz2", "gzip", "shutil", "subprocess", "shlex", "http.client", "ssl",
          "email", "urllib.request", "snapshot.operations", "snapshot.tree.archive",

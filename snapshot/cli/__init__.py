@@ -4,7 +4,8 @@ what the command called needs: the group imports a family module when one of its
 runs (common.Group), and a family module imports the engine its commands call. The front
 door (door.py) starts the commands a router runs most without click at all.
 
-    door.py     the front door: list, status, mount, unpack, bundle apply without click
+    door.py     the front door: where the command starts (run), and list, status, mount,
+                unpack, bundle apply without click
     hot.py      the bodies of the commands the door starts, which both doors call
     plain.py    output and errors, without click
     stores.py   what the commands that store share (a write's chain, the progress line)

@@ -95,7 +95,7 @@ class Group(click.Group):
             e.message = printable(e.message)
             raise
         except BrokenPipeError:
-            raise   # the reader went away: nothing to tell it (snapshot.__main__)
+            raise   # the reader went away: nothing to tell it (snapshot.cli.door.run)
         except KeyboardInterrupt:
             echo(interrupted(ctx.obj or {}), err=True)
             raise SystemExit(INTERRUPTED) from None

@@ -9,8 +9,14 @@ prints errors as the click group does (plain.py). Every other command line goes 
 group, `--help`, a mistake and anything the door is unsure of included: the group then gives
 its own answer, usage errors and all.
 tests/test_door.py runs each form both ways and compares what they print and exit with.
+
+run() is the command itself: /sbin/snapshot (the feed's launcher), the installed script and
+`python -m snapshot` all start there, without a module between (each module costs a
+router's CPU milliseconds to find and load).
 """
+import gc
 import os
+import sys
 
 # How an option's value is taken, as the click option's type takes it; a value the type
 # would refuse makes the door decline the command line (click then says why).
@@ -51,6 +57,26 @@ FORMS = {
                                                      "--json": "as_json"},
                               argument="source"),
 }
+
+
+def run() -> None:
+    """The `snapshot` command (the library's callers use snapshot.cli.main)."""
+    # Nothing the command imports is ever garbage. No collections while importing, and
+    # frozen afterwards, so later collections and the interpreter's exit skip all of it
+    # (together about a tenth of a short command).
+    gc.disable()
+    start = command(sys.argv[1:])   # list, status, mount, unpack, bundle apply: without click
+    if start is None:
+        from snapshot.cli import main as start
+    gc.freeze()
+    gc.enable()
+    try:
+        start()
+    except BrokenPipeError:
+        # Output piped into a reader that stopped early (`snapshot list | head -1`): exit
+        # quietly, and keep the interpreter from complaining while it flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def command(argv: list[str]):
@@ -126,8 +152,8 @@ def _option(argv: list[str], at: int) -> tuple[str, str, int] | None:
 
 
 def _value(kind: str, text: str):
-    """The value of an option of `kind`, as its click type gives it, or None where that type
-    would refuse it."""
+    """The value of an option of `kind` (a path as a string, where click gives a pathlib.Path:
+    the bodies take either), or None where its click type would refuse it."""
     if kind == INTEGER:
         try:
             return int(text)
@@ -136,8 +162,7 @@ def _value(kind: str, text: str):
     if kind == DIRECTORY and not os.path.isdir(text) or \
             kind == PLACE and os.path.lexists(text) and not os.path.isdir(text):
         return None
-    from pathlib import Path   # here: list and status do without it
-    return Path(text)
+    return text
 
 
 def _run(body, device: str | None, here: str | None, arguments: dict) -> None:
@@ -152,7 +177,7 @@ def _run(body, device: str | None, here: str | None, arguments: dict) -> None:
     try:
         body(obj, **arguments)
     except BrokenPipeError:
-        raise   # the reader went away: nothing to tell it (snapshot.__main__)
+        raise   # the reader went away: nothing to tell it (run())
     except KeyboardInterrupt:
         echo(interrupted(obj), err=True)
         raise SystemExit(INTERRUPTED) from None

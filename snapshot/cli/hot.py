@@ -3,7 +3,10 @@ rpcd, every few seconds), mount (every boot), unpack, and bundle apply (a fleet'
 The front door (door.py) calls them without importing click, the click group (listing.py,
 chain.py, boot.py, bundle.py) with it; both give them the same arguments. list and status
 read record headers only, and each imports nothing of the tree layer or the wings until it
-needs it: on a router's CPU, start-up is most of a short command's run."""
+needs it: on a router's CPU, start-up is most of a short command's run. Paths are strings
+(os.path): pathlib's import, with re, enum and urllib.parse, would cost each boot's mount
+more than Python's own start-up there."""
+import os
 
 from snapshot import overview
 from snapshot.cli.plain import echo, human, print_json, when
@@ -110,17 +113,17 @@ def mount_root(obj: dict, root, target) -> None:
     """Boot: the chain over the squashfs, pivoted into (root and target None), or the
     sandbox form at `target` over `root` (paths); exit status 6 when there is no chain to
     boot."""
-    from pathlib import Path
     from snapshot import boot   # here: every other command starts sooner
     sandbox = root is not None
     if sandbox:
-        target = target.absolute()
-        scratch = target.parent / f".{target.name}.snapshot"
+        target = os.path.abspath(target)
+        folder, name = os.path.split(target)
+        scratch = os.path.join(folder, f".{name}.snapshot")
     else:
-        root, target, scratch = Path("/"), Path("/mnt"), Path("/tmp/.snapshot")
-    target.mkdir(parents=True, exist_ok=True)
+        root, target, scratch = "/", "/mnt", "/tmp/.snapshot"
+    os.makedirs(target, exist_ok=True)
     try:
-        boot.mount(obj["device"], root.absolute(), target, scratch,
+        boot.mount(obj["device"], os.path.abspath(root), target, scratch,
                    boot.Log(kmsg=not sandbox), sandbox)
     except StockBoot as e:
         raise SystemExit(e.exit_code) from None   # logged; no `Error:`: nothing is wrong
@@ -133,7 +136,7 @@ def unpack_chain(obj: dict, dest, upto: int | None, volatile_to, rom, force: boo
     `volatile_to` if given, whiteouts with nothing to hide in `rom` left out (paths)."""
     from snapshot import operations
     for where in (dest, volatile_to):
-        if not force and where is not None and where.is_dir() and any(where.iterdir()):
+        if not force and where is not None and os.path.isdir(where) and os.listdir(where):
             raise SnapshotError(f"{where} is not empty: the snapshots' files and whiteouts "
                                 f"would replace what it holds; add --force to unpack into "
                                 f"it anyway")

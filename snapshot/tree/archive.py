@@ -10,7 +10,6 @@ the same bytes.
 """
 import fcntl
 import os
-import signal
 import struct
 import zlib
 
@@ -365,6 +364,9 @@ class Payloads:
         if self._pid is not None:
             if kill:
                 # The child writes nothing anywhere but to the pipe: stopping it loses nothing.
+                # signal imported here: it imports enum, which a one-CPU router's boot, with
+                # no child to stop, does without.
+                import signal
                 os.kill(self._pid, signal.SIGKILL)
             os.waitpid(self._pid, 0)
             self._pid = None

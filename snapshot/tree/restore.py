@@ -8,8 +8,6 @@ untouched; in place (into a target the caller can discard), entries go in as the
 """
 import os
 import stat
-from contextlib import closing
-from pathlib import Path
 
 from snapshot.tree.archive import (BLOCK, CHAR, DIRECTORY, FIFO, FILE, HARDLINK, OPAQUE_XATTRS,
                                    STAGING, SYMLINK, ArchiveError, Entry, entries, refusal)
@@ -70,7 +68,7 @@ class Checks:
     records those paths, so a path checked in dest stays checked. What dest holds is read
     through in_target(), which squash.py answers from its merged tree instead."""
 
-    def __init__(self, dest: Path):
+    def __init__(self, dest: str):
         self.dest = dest
         self.kinds: dict[str, str] = {}   # what the archive has put at each path so far
         # Parent directories found safe, with all their ancestors: entries come sorted, so
@@ -134,13 +132,13 @@ class Checks:
         return SYMLINK if stat.S_ISLNK(mode) else DIRECTORY if stat.S_ISDIR(mode) else FILE
 
 
-def apply(source, compression: int, dest: Path, lower: Path | None = None,
+def apply(source, compression: int, dest: str, lower: str | None = None,
           in_place: bool = False, placed: set[str] | None = None) -> None:
     """Apply an archive onto dest with overlayfs semantics (apply_entries)."""
     apply_entries(entries(source, compression), dest, lower, in_place, placed)
 
 
-def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool = False,
+def apply_entries(stream, dest: str, lower: str | None = None, in_place: bool = False,
                   placed: set[str] | None = None) -> None:
     """Apply an archive's (reader, entry) pairs, as archive.entries reads them from a
     record (legacy_archive.converted from the old fstools chain), onto dest with overlayfs
@@ -167,18 +165,22 @@ def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool 
     left out: it only removes what earlier snapshots put at its path. overlayfs hides
     whiteouts only in directories it merges, so one in a directory the lower layer lacks
     would show up in listings."""
-    dest = Path(dest)
+    # A string (os.path), not a pathlib.Path: boot unpacks here, and on a router's CPU
+    # pathlib's import (with re, enum and urllib.parse) costs more than Python's own start-up.
+    dest = os.fspath(dest)
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        os.makedirs(dest, exist_ok=True)
     except OSError as e:
         raise ArchiveError(f"{dest}: cannot unpack into it: {e.strerror}") from None
     checks = Checks(dest)
     if not in_place:
         staged = _Staged(dest, lower)
         try:
-            with closing(stream):
+            try:
                 for reader, entry in stream:
                     staged.stage(reader, entry, checks.check(entry))
+            finally:
+                stream.close()
             staged.place()
         except BaseException:
             staged.clean_up(failed=True)
@@ -186,16 +188,17 @@ def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool 
         staged.clean_up(failed=False)
         return
     dir_times = []
-    root = str(dest)
     placed_before = placed if placed is not None else set()
-    # closing(): a refused entry ends the archive's reading process at once.
-    with closing(stream):
+    # Closed however the loop ends: a refused entry ends the archive's reading process at once.
+    try:
         for reader, entry in stream:
             name = checks.check(entry)
             if entry.type == FILE:
-                _write_file(reader, entry, f"{root}/{name}", dest, name in placed_before)
+                _write_file(reader, entry, f"{dest}/{name}", dest, name in placed_before)
             else:
                 _place(dest, name, entry, lower, dir_times, name in placed_before)
+    finally:
+        stream.close()
     if placed is not None:
         placed.update(checks.kinds)
     # Creating entries changes their directory's mtime: set directories' times last.
@@ -203,7 +206,7 @@ def apply_entries(stream, dest: Path, lower: Path | None = None, in_place: bool 
         os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
-def _place(dest: Path, name: str, entry: Entry, lower: Path | None, dir_times: list,
+def _place(dest: str, name: str, entry: Entry, lower: str | None, dir_times: list,
            replaces: bool) -> None:
     """Put one checked entry at its path, in place (not a FILE: _write_file does those;
     `replaces` as there)."""
@@ -234,7 +237,7 @@ class _Staged:
     out of; the error then says dest is as it was, or names what could not be put back and
     where it is. Only after the last entry is placed are the displaced ones deleted."""
 
-    def __init__(self, dest: Path, lower: Path | None):
+    def __init__(self, dest: str, lower: str | None):
         self.dest, self.lower = dest, lower
         self.root = f"{dest}/{STAGING}"
         self.new, self.old = f"{self.root}/new", f"{self.root}/old"
@@ -381,11 +384,11 @@ def _restore_metadata(path: str, before: os.stat_result, xattrs: dict[str, bytes
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
 
 
-def _cannot(entry: Entry, dest: Path, error: OSError) -> ArchiveError:
+def _cannot(entry: Entry, dest: str, error: OSError) -> ArchiveError:
     return ArchiveError(f"cannot unpack {entry.name!r} into {dest}: {error.strerror}")
 
 
-def _in_lower(lower: Path, name: str) -> bool:
+def _in_lower(lower: str, name: str) -> bool:
     """Whether the lower layer has something at name. A symlink on the way counts as yes:
     it cannot be followed safely here, and a whiteout too many is harmless."""
     parts = name.split("/")
@@ -411,7 +414,7 @@ def _remove(path: str) -> bool:
     return True
 
 
-def _write_file(reader, entry: Entry, path: str, dest: Path, replaces: bool = False) -> None:
+def _write_file(reader, entry: Entry, path: str, dest: str, replaces: bool = False) -> None:
     """Write a FILE entry's data and metadata to a new file at path (`replaces`: something
     is probably there already)."""
     try:
@@ -432,7 +435,7 @@ def _write_file(reader, entry: Entry, path: str, dest: Path, replaces: bool = Fa
         raise _cannot(entry, dest, e) from None
 
 
-def _apply_entry(entry: Entry, path: str, dest: Path, replaces: bool) -> None:
+def _apply_entry(entry: Entry, path: str, dest: str, replaces: bool) -> None:
     if entry.type == DIRECTORY:
         _apply_dir(path, entry, replaces)
         return
