@@ -37,9 +37,7 @@ was killed in between, and its record of programmed NAND pages is rebuilt from t
 (a page that reads anything but 0xFF is programmed). What such a kill loses is the killed
 process's share of the counters.
 """
-import binascii
 import errno
-import mmap
 import os
 import zlib
 
@@ -49,7 +47,10 @@ from mtd.flash import (Bitflips, Closing, FlashType, Geometry, Stats, check_bloc
 from mtd.jsontext import dumps, loads
 
 SIDECAR_SUFFIX = ".sim.json"
-SIDECAR_FORMAT = "snapshot-flash-sim/1"
+SIDECAR_FORMAT = "snapshot-flash-sim/2"
+# Format 1 differs only in programmed_pages, in base64 there (hex in 2, which needs no module
+# to read): its images still open, and a writer's first change rewrites the sidecar as 2.
+SIDECAR_FORMATS = ("snapshot-flash-sim/1", SIDECAR_FORMAT)
 POWERCUT_EXIT_STATUS = 99
 CORRECTED = "corrected"
 UNCORRECTABLE = "uncorrectable"
@@ -63,13 +64,18 @@ _operations_issued = 0
 
 
 class _Counters:
-    """A handle's operation counts since its last save, in memory shared with the processes
-    it forks: a child that reads the flash (the archive reader does, while its parent does
-    not use the flash) counts towards the handle's stats."""
+    """A handle's operation counts since its last save. A child that reads the flash (the
+    archive reader does, while its parent does not use the flash) counts towards the handle's
+    stats: when this process forks, the counts of every open handle move into memory shared
+    with the child. Until then they are a list (mmap is imported only then: `list` on a
+    simulated image never forks)."""
+
+    #: The counters of open handles that are not shared yet.
+    private: set = set()
 
     def __init__(self):
-        self._memory = mmap.mmap(-1, 8 * len(_COUNTERS))
-        self._values = memoryview(self._memory).cast("q")
+        self._values = [0] * len(_COUNTERS)
+        _Counters.private.add(self)
 
     def __getitem__(self, key: str) -> int:
         return self._values[_COUNTERS.index(key)]
@@ -78,7 +84,25 @@ class _Counters:
         self._values[_COUNTERS.index(key)] += amount
 
     def clear(self) -> None:
-        self._memory[:] = bytes(len(self._memory))
+        for at in range(len(_COUNTERS)):
+            self._values[at] = 0
+
+    def release(self) -> None:
+        """The handle is closed: nothing counts here any more."""
+        _Counters.private.discard(self)
+
+    @classmethod
+    def share(cls) -> None:
+        import mmap
+        for counters in cls.private:
+            shared = memoryview(mmap.mmap(-1, 8 * len(_COUNTERS))).cast("q")
+            for at, value in enumerate(counters._values):
+                shared[at] = value
+            counters._values = shared
+        cls.private.clear()
+
+
+os.register_at_fork(before=_Counters.share)
 
 
 # Paths are strings here, not pathlib's: every command that opens an image imports this
@@ -105,10 +129,15 @@ def _unlink(path: str) -> None:
 
 
 def _pack_bits(bits: bytearray) -> str:
-    return binascii.b2a_base64(zlib.compress(bytes(bits)), newline=False).decode()
+    return zlib.compress(bytes(bits)).hex()
 
 
-def _unpack_bits(text: str) -> bytearray:
+def _unpack_bits(state: dict) -> bytearray:
+    """The programmed_pages bits of a sidecar, as its format writes them."""
+    text = state["programmed_pages"]
+    if state["format"] == SIDECAR_FORMAT:
+        return bytearray(zlib.decompress(bytes.fromhex(text)))
+    import binascii
     return bytearray(zlib.decompress(binascii.a2b_base64(text)))
 
 
@@ -139,11 +168,11 @@ class _Locked:
     def __enter__(self):
         # Imported here: only a writable handle locks, and `list` opens an image to read.
         import fcntl
+        self._fcntl = fcntl
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc):
-        import fcntl
-        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        self._fcntl.lockf(self._fd, self._fcntl.LOCK_UN)
 
 
 def _int(what: str, value, low: int = 0, high: int | None = None) -> int:
@@ -168,9 +197,9 @@ def _geometry(state: dict) -> Geometry:
     return geometry
 
 
-def _check_state(state: dict, g: Geometry) -> None:
-    """Refuse a sidecar whose fields a handle could not use (ValueError, KeyError, TypeError
-    say which), before anything is done with them."""
+def _check_state(state: dict, g: Geometry) -> bytearray:
+    """Refuse a sidecar whose fields a handle could not use (ValueError, KeyError, TypeError,
+    zlib.error say which), before anything is done with them; its programmed pages' bits."""
     for key, kind in (("bad_blocks", list), ("factory_bad_blocks", list), ("wear_limits", dict),
                       ("bitflips", dict), ("erase_counts", list), ("stats", dict),
                       ("programmed_pages", str)):
@@ -193,10 +222,12 @@ def _check_state(state: dict, g: Geometry) -> None:
     for key in _COUNTERS:
         _int(key, state["stats"][key])
     pages = g.size // g.writesize if g.programs_once else 0
-    if len(_unpack_bits(state["programmed_pages"])) != (pages + 7) // 8:
+    programmed = _unpack_bits(state)
+    if len(programmed) != (pages + 7) // 8:
         raise ValueError("programmed_pages does not cover the device")
     if type(state.get("dirty", False)) is not bool:
         raise ValueError("dirty is not true or false")
+    return programmed
 
 
 class SimFlash(Closing):
@@ -280,11 +311,11 @@ class SimFlash(Closing):
         self._sidecar = sidecar_path(image)
         try:
             state = loads(_read_text(self._sidecar))
-            if not isinstance(state, dict) or state.get("format") != SIDECAR_FORMAT:
+            if not isinstance(state, dict) or state.get("format") not in SIDECAR_FORMATS:
                 raise ValueError(f"unknown sidecar format "
                                  f"{state.get('format') if isinstance(state, dict) else state!r}")
             self.geometry = _geometry(state)
-            _check_state(state, self.geometry)
+            programmed = _check_state(state, self.geometry)
         except FileNotFoundError:
             raise FlashOpenError(f"{image}: not a simulated flash image "
                                  f"(no sidecar {os.path.basename(self._sidecar)})") from None
@@ -305,7 +336,7 @@ class SimFlash(Closing):
         self._bad = set(state["bad_blocks"])
         self._wear_limits = {int(b): n for b, n in state["wear_limits"].items()}
         self._bitflips = {int(o): k for o, k in state["bitflips"].items()}
-        self._programmed = _unpack_bits(state["programmed_pages"])
+        self._programmed = programmed
         self._erase_counts = list(state["erase_counts"])
         self._delta = _Counters()
         self._erase_delta = [0] * self.geometry.blocks
@@ -576,6 +607,7 @@ class SimFlash(Closing):
             if self._mutated:
                 state["bad_blocks"] = sorted(self._bad)
                 state["bitflips"] = {str(o): k for o, k in self._bitflips.items()}
+                state["format"] = SIDECAR_FORMAT
                 state["programmed_pages"] = _pack_bits(self._programmed)
                 state["dirty"] = dirty
             _replace(self._sidecar, dumps(state))
@@ -590,6 +622,7 @@ class SimFlash(Closing):
                 self._save(dirty=False)
             os.close(self._fd)
             self._fd = -1
+            self._delta.release()
 
 
 # MEMGETINFO describes a device's size in 32 bits.

@@ -91,6 +91,47 @@ def test_programmed_pages_are_remembered_by_the_next_process(tmp_path):
             f.write(2048, b"\x00" * 2048)
 
 
+def test_an_image_of_the_first_sidecar_format_opens_and_its_first_change_rewrites_it(tmp_path):
+    """Format 1 wrote programmed_pages in base64; 2 writes hex (read without a module)."""
+    import base64
+    import zlib
+    image = make(tmp_path, NAND)
+    with SimFlash(image, writable=True) as f:
+        f.write(2048, b"\0" * 2048)
+    state = json.loads(sidecar_of(image).read_text())
+    assert state["format"] == "snapshot-flash-sim/2"
+    bits = zlib.decompress(bytes.fromhex(state["programmed_pages"]))
+    state.update(format="snapshot-flash-sim/1",
+                 programmed_pages=base64.b64encode(zlib.compress(bits)).decode())
+    sidecar_of(image).write_text(json.dumps(state))
+    with SimFlash(image) as f:
+        assert f.read(2048, 4) == b"\0" * 4
+    with SimFlash(image, writable=True) as f:
+        with pytest.raises(FlashViolation):
+            f.write(2048, b"\0" * 2048)   # still known to be programmed
+        f.write(4096, b"\0" * 2048)
+    state = json.loads(sidecar_of(image).read_text())
+    assert state["format"] == "snapshot-flash-sim/2"
+    with SimFlash(image, writable=True) as f:
+        for offset in (2048, 4096):
+            with pytest.raises(FlashViolation):
+                f.write(offset, b"\0" * 2048)
+
+
+def test_reading_a_simulated_image_imports_no_mmap_binascii_or_fcntl(tmp_path):
+    """What a router's `list` never pays for: the simulator's own modules. The counters go
+    into shared memory (mmap) only when the process forks."""
+    image = make(tmp_path, NAND)
+    with SimFlash(image, writable=True) as f:
+        f.write(0, b"\0" * 2048)
+    done = subprocess.run([sys.executable, "-S", "-c", "import sys; from mtd.sim import SimFlash\n"
+                           f"with SimFlash({image!r}) as f: f.read(0, 4096)\n"
+                           "print(' '.join(sys.modules))"],
+                          capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+    assert not {"mmap", "binascii", "fcntl", "json"} & set(done.stdout.split())
+
+
 def test_erase_must_cover_whole_blocks(tmp_path):
     with SimFlash(make(tmp_path, NAND), writable=True) as f:
         with pytest.raises(MtdError, match="not whole 131072-byte erase blocks"):
@@ -186,7 +227,10 @@ def test_statistics_count_programs_erases_and_bytes(tmp_path):
 
 
 def test_reads_of_a_forked_child_count_in_the_parents_statistics(tmp_path):
+    """The counts move into memory shared with the child when the process forks: those
+    before the fork are kept, and the child's and the parent's after it add up."""
     with SimFlash(make(tmp_path, NAND)) as f:
+        f.read(0, 100)
         pid = os.fork()
         if pid == 0:
             try:
@@ -194,7 +238,8 @@ def test_reads_of_a_forked_child_count_in_the_parents_statistics(tmp_path):
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)
-        assert f.stats().bytes_read == 1000
+        f.read(0, 10)
+        assert f.stats().bytes_read == 1110
 
 
 def test_statistics_accumulate_across_processes(tmp_path):
