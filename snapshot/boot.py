@@ -339,6 +339,17 @@ def _fallback(root: str, target: str, scratch: str, mounts: Mounts, sandbox: boo
     _place(root, target, scratch, mounts, sandbox)
 
 
+class _opened_to_boot(opened):   # lower case: used as a function, as opened is
+    """`opened`, where a device that cannot be opened is StockBoot, silently, as probe's no
+    was: the stock boot of a partition without a chain is normal."""
+
+    def __enter__(self):
+        try:
+            return super().__enter__()
+        except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
+            raise StockBoot(str(e)) from None
+
+
 def mount(device: str | None, root, target, scratch, log: Log, sandbox: bool) -> BootReport:
     """Mount the saved state of `device` over `root` at `target` (see the module doc). In the
     sandbox form the squashfs is bound at target/rom; otherwise pivot() follows, and a
@@ -353,13 +364,7 @@ def mount(device: str | None, root, target, scratch, log: Log, sandbox: bool) ->
     if not sandbox:
         _convert_pending(device, log)
     mounts = Mounts()
-    device_open = opened(device, writable=True)
-    try:
-        flash = device_open.__enter__()
-    except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
-        # Silent, as probe was: the stock boot of a partition without a chain is normal.
-        raise StockBoot(str(e)) from None
-    try:
+    with _opened_to_boot(device, writable=True) as flash:
         try:
             layers = prepare(flash, log, boot)
         except (SnapshotError, MtdError, FlashOpenError, OSError) as e:
@@ -380,8 +385,6 @@ def mount(device: str | None, root, target, scratch, log: Log, sandbox: bool) ->
                 # Leave nothing half-mounted: the preinit hook then boots the stock way.
                 mounts.undo()
                 raise
-    finally:
-        device_open.__exit__(None, None, None)
     boot.seconds = time.monotonic() - started
     old = boot.old and not boot.fallback
     log(f"mounted {boot.snapshots} snapshots"
