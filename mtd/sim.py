@@ -93,6 +93,8 @@ class _Counters:
 
     @classmethod
     def share(cls) -> None:
+        """Before a fork (os.register_at_fork): every open handle's counts, kept so far, go
+        into memory the child will share."""
         import mmap
         for counters in cls.private:
             shared = memoryview(mmap.mmap(-1, 8 * len(_COUNTERS))).cast("q")
