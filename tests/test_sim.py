@@ -242,6 +242,17 @@ def test_reads_of_a_forked_child_count_in_the_parents_statistics(tmp_path):
         assert f.stats().bytes_read == 1110
 
 
+def test_a_closed_handle_is_not_kept_for_the_next_fork(tmp_path):
+    """Only open handles' counters move into shared memory at a fork: a process that opens
+    many handles in turn (a test run, a long-lived command) keeps none of the closed ones."""
+    from mtd.sim import _Counters
+    flash = SimFlash(make(tmp_path, NAND))
+    counters = flash._delta
+    assert counters in _Counters.private
+    flash.close()
+    assert counters not in _Counters.private
+
+
 def test_statistics_accumulate_across_processes(tmp_path):
     image = make(tmp_path, NAND)
     for _ in range(2):
